@@ -1,0 +1,128 @@
+"""The local worker pool: starts agent processes, watches each through a pidfd (a death is
+seen at once, in the broker's poller), kills and reaps them.
+
+``spawn`` and ``forkserver`` start a fresh interpreter (``python -m worker.agent``), which never
+re-imports the caller's ``__main__``; ``fork`` forks (before the broker's ZeroMQ context exists).
+Must not speak the protocol: the server decides who is lost or replaced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from multiprocessing.process import BaseProcess
+
+from worker.agent import AgentConfig, agent_main
+from worker.lifecycle import describe_exit
+
+__all__ = ["LocalWorker", "WorkerPool"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class LocalWorker:
+    handle: BaseProcess | subprocess.Popen[bytes]
+    pid: int
+    pidfd: int
+
+    def wait(self, timeout_s: float) -> int | None:
+        """Exit code (negative: signal) once exited within ``timeout_s``, else None."""
+        if isinstance(self.handle, subprocess.Popen):
+            try:
+                return self.handle.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                return None
+        self.handle.join(timeout_s)
+        return self.handle.exitcode
+
+
+class WorkerPool:
+    """Local agents for one broker endpoint."""
+
+    def __init__(self, endpoint: str, start_method: str, *, log_level: int = logging.WARNING,
+                 startup_timeout_s: float = 60.0) -> None:  # fmt: skip
+        self._start_method = start_method
+        self._config = AgentConfig(
+            endpoint=endpoint,
+            parent_pid=os.getpid(),
+            startup_timeout_s=startup_timeout_s,
+            log_level=log_level,
+        )
+        self._by_fd: dict[int, LocalWorker] = {}
+        self.started = 0
+
+    def _start_one(self) -> BaseProcess | subprocess.Popen[bytes]:
+        if self._start_method == "fork":
+            proc = multiprocessing.get_context("fork").Process(
+                target=agent_main, args=(self._config,), name="zmpexec-worker"
+            )
+            proc.start()
+            return proc
+        c = self._config
+        env = dict(os.environ)
+        # The worker must import what this process can (task modules, the executor's class).
+        env["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
+        argv = [sys.executable, "-m", "worker.agent", "--endpoint", c.endpoint,
+                "--parent-pid", str(c.parent_pid), "--startup-timeout", str(c.startup_timeout_s),
+                "--log-level", str(c.log_level)]  # fmt: skip
+        return subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, process_group=0)
+
+    def spawn(self, n: int = 1) -> list[LocalWorker]:
+        out = []
+        for _ in range(n):
+            handle = self._start_one()
+            assert handle.pid is not None
+            w = LocalWorker(handle, handle.pid, os.pidfd_open(handle.pid))
+            self._by_fd[w.pidfd] = w
+            self.started += 1
+            out.append(w)
+        return out
+
+    def pidfds(self) -> list[int]:
+        return list(self._by_fd)
+
+    def pids(self) -> set[int]:
+        return {w.pid for w in self._by_fd.values()}
+
+    def __len__(self) -> int:
+        return len(self._by_fd)
+
+    def reap(self, pidfd: int) -> tuple[int, int] | None:
+        """The (pid, exit code) of the worker behind a readable pidfd, now forgotten."""
+        w = self._by_fd.pop(pidfd, None)
+        if w is None:
+            return None
+        code = w.wait(1.0)
+        code = -signal.SIGKILL if code is None else code
+        os.close(w.pidfd)
+        if isinstance(w.handle, BaseProcess):
+            w.handle.close()
+        logger.info("worker process %d %s", w.pid, describe_exit(code))
+        return w.pid, code
+
+    def kill(self, pid: int) -> None:
+        """SIGKILL a worker's process group (agent and its forkserver); reaped via its pidfd."""
+        if pid not in self.pids():
+            return
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def shutdown(self, grace_s: float) -> None:
+        """Wait up to ``grace_s`` for agents to exit on their own, then kill and reap the rest."""
+        deadline = time.monotonic() + grace_s
+        for fd, w in list(self._by_fd.items()):
+            if w.wait(max(0.0, deadline - time.monotonic())) is None:
+                logger.warning("worker %d did not exit within %.1fs: killing it", w.pid, grace_s)
+                self.kill(w.pid)
+            self.reap(fd)

@@ -1,0 +1,125 @@
+"""The worker registry: who is connected, what each runs, when each was last heard from, and
+which deadlines are due. Pure: takes an explicit ``now`` (monotonic seconds), no sockets.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+__all__ = ["Dispatch", "WorkerInfo", "WorkerRegistry"]
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    """One attempt of one quantum on one worker; ``backstop`` is when the broker gives up."""
+
+    quantum_id: str
+    attempt: int
+    sent_at: float
+    backstop: float | None
+
+
+@dataclass(slots=True)
+class WorkerInfo:
+    worker_id: str
+    identity: bytes
+    pid: int
+    host: str
+    slots: int
+    local: bool
+    last_seen: float
+    in_flight: dict[str, Dispatch] = field(default_factory=dict)
+    completed: int = 0
+
+    @property
+    def free_slots(self) -> int:
+        return self.slots - len(self.in_flight)
+
+
+class WorkerRegistry:
+    """Workers by ZeroMQ identity; an idle queue (least recently used first) for dispatch."""
+
+    def __init__(self) -> None:
+        self._by_identity: dict[bytes, WorkerInfo] = {}
+        self._idle: OrderedDict[bytes, None] = OrderedDict()
+        self._serial = 0
+
+    def add(
+        self, identity: bytes, pid: int, host: str, slots: int, *, local: bool, now: float
+    ) -> WorkerInfo:
+        self._serial += 1
+        info = WorkerInfo(f"w{self._serial}", identity, pid, host, max(1, slots), local, now)
+        self._by_identity[identity] = info
+        self._idle[identity] = None
+        return info
+
+    def get(self, identity: bytes) -> WorkerInfo | None:
+        return self._by_identity.get(identity)
+
+    def workers(self) -> list[WorkerInfo]:
+        return list(self._by_identity.values())
+
+    def __len__(self) -> int:
+        return len(self._by_identity)
+
+    def seen(self, info: WorkerInfo, now: float) -> None:
+        info.last_seen = now
+
+    def next_free(self) -> WorkerInfo | None:
+        """The least recently used worker with a free slot, or None."""
+        for identity in self._idle:
+            return self._by_identity[identity]
+        return None
+
+    def assign(self, info: WorkerInfo, dispatch: Dispatch) -> None:
+        info.in_flight[dispatch.quantum_id] = dispatch
+        if info.free_slots <= 0:
+            self._idle.pop(info.identity, None)
+
+    def complete(self, info: WorkerInfo, quantum_id: str, attempt: int) -> Dispatch | None:
+        """The matching in-flight dispatch, removed; None for a stale or unknown result."""
+        d = info.in_flight.get(quantum_id)
+        if d is None or d.attempt != attempt:
+            return None
+        del info.in_flight[quantum_id]
+        info.completed += 1
+        self._idle[info.identity] = None
+        self._idle.move_to_end(info.identity)
+        return d
+
+    def remove(self, info: WorkerInfo) -> list[Dispatch]:
+        """Forget a worker; return what it had in flight."""
+        self._by_identity.pop(info.identity, None)
+        self._idle.pop(info.identity, None)
+        lost = list(info.in_flight.values())
+        info.in_flight.clear()
+        return lost
+
+    def by_pid(self, pid: int) -> WorkerInfo | None:
+        for info in self._by_identity.values():
+            if info.local and info.pid == pid:
+                return info
+        return None
+
+    def silent(self, now: float, limit_s: float) -> list[WorkerInfo]:
+        return [w for w in self._by_identity.values() if now - w.last_seen > limit_s]
+
+    def overdue(self, now: float) -> list[tuple[WorkerInfo, Dispatch]]:
+        return [
+            (w, d)
+            for w in self._by_identity.values()
+            for d in w.in_flight.values()
+            if d.backstop is not None and now >= d.backstop
+        ]
+
+    def next_deadline(self, limit_s: float) -> float | None:
+        """The earliest moment a worker could be declared silent or a backstop expire."""
+        times = [w.last_seen + limit_s for w in self._by_identity.values()]
+        times += [
+            d.backstop
+            for w in self._by_identity.values()
+            for d in w.in_flight.values()
+            if d.backstop is not None
+        ]
+        return min(times, default=None)

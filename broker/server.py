@@ -1,0 +1,361 @@
+"""The broker's event loop: one ROUTER socket, the graph state, the scheduler, the registry and
+the local pool, driven by frames, worker deaths and deadlines. Never unpickles what it receives.
+
+Loop: poll until a frame, a worker death or the nearest deadline -> handle frames -> handle
+deaths -> expire silent workers and overdue quanta -> dispatch ready quanta -> heartbeat.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import zmq
+
+from broker.ledger import Ledger
+from broker.pool import WorkerPool
+from broker.registry import Dispatch, WorkerInfo, WorkerRegistry
+from broker.scheduler import Scheduler
+from broker.state import GraphState
+from common.codec import decode, encode
+from common.config import ExecutionConfig
+from common.errors import ProtocolError, ProtocolVersionError
+from common.graph import QuantumGraph
+from common.protocol import (
+    Assign,
+    Goodbye,
+    Heartbeat,
+    Hello,
+    Message,
+    Refuse,
+    Result,
+    ResultStatus,
+    Shutdown,
+    Welcome,
+)
+from common.report import Reason
+from worker.lifecycle import describe_exit
+
+__all__ = ["BrokerServer", "RunTimings"]
+
+logger = logging.getLogger(__name__)
+
+_BATCH = 256  # frames handled per wake-up before deadlines get a look
+_BACKSTOP_GRACE_S = 5.0  # beyond a quantum's timeout, before the broker kills the worker
+_STARTUP_HOLD_S = 10.0  # wait this long at most for every local worker before dispatching
+
+
+@dataclass(slots=True)
+class RunTimings:
+    """Monotonic instants of the run (for benchmarks and progress)."""
+
+    started: float = 0.0
+    workers_ready: float | None = None
+    first_dispatch: float | None = None
+    last_result: float | None = None
+
+
+class BrokerServer:
+    """Serves one graph to local (spawned) and attached workers until every quantum ends."""
+
+    def __init__(
+        self,
+        graph: QuantumGraph,
+        config: ExecutionConfig,
+        executor_blob: bytes,
+        log_dir: Path,
+        endpoint: str,
+    ) -> None:
+        self.graph = graph
+        self.config = config
+        self.state = GraphState(graph.xgraph)
+        self.scheduler = Scheduler(graph.xgraph, {q.id: q.task_label for q in graph.quanta()})
+        self.registry = WorkerRegistry()
+        self.ledger = Ledger(graph, in_process=False)
+        self.timings = RunTimings()
+        self._executor_blob = executor_blob
+        self._log_dir = log_dir
+        self._endpoint = endpoint
+        self._stop_reason: str | None = None
+        self._fatal: str | None = None
+        self._last_sent: dict[bytes, float] = {}
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        self._pool = WorkerPool(endpoint, config.start_method,
+                                log_level=logging.getLogger().getEffectiveLevel(),
+                                startup_timeout_s=config.startup_timeout_s)  # fmt: skip
+        self._replacements_left = 2 * config.num_workers + 2
+
+    # ------------------------------------------------------------------ control
+    def request_stop(self, reason: str) -> None:
+        """Stop dispatching and cancel what runs. Safe from a signal handler."""
+        if self._stop_reason is None:
+            self._stop_reason = reason
+        try:
+            os.write(self._wake_w, b"!")
+        except OSError:
+            pass  # the pipe is full or closed: the loop is waking or gone anyway
+
+    @property
+    def stop_reason(self) -> str | None:
+        return self._stop_reason
+
+    @property
+    def fatal(self) -> str | None:
+        """Why the run could not go on (no workers could start), if that happened."""
+        return self._fatal
+
+    def run(self) -> None:
+        """Serve until every quantum ended or a stop was requested; always reaps workers."""
+        self.timings.started = time.monotonic()
+        # Workers are started before this process creates its ZeroMQ context (fork safety);
+        # they connect with retries, so binding second is fine.
+        self._pool.spawn(self.config.num_workers)
+        ctx = zmq.Context()
+        router = self._router = ctx.socket(zmq.ROUTER)
+        try:
+            router.setsockopt(zmq.LINGER, 0)
+            router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            router.bind(self._endpoint)
+            self._loop()
+        finally:
+            self._finish()
+            router.close(linger=0)
+            ctx.term()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+
+    # ------------------------------------------------------------------ loop
+    def _loop(self) -> None:
+        for qid in self.state.initial_ready():
+            self.scheduler.push(qid)
+        poller = zmq.Poller()
+        poller.register(self._router, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        pidfds = set(self._pool.pidfds())
+        for fd in pidfds:
+            poller.register(fd, zmq.POLLIN)
+        while not self.state.finished and self._stop_reason is None:
+            now = time.monotonic()
+            timeout_s = max(0.0, self._next_wakeup(now) - now)
+            events = dict(poller.poll(int(timeout_s * 1000) + 1))
+            now = time.monotonic()
+            if self._router in events:
+                self._handle_frames(now)
+            if self._wake_r in events:
+                os.read(self._wake_r, 4096)
+            for fd in pidfds & events.keys():
+                poller.unregister(fd)
+                self._handle_worker_exit(fd, now)
+            self._expire(now)
+            self._dispatch(now)
+            self._heartbeat(now)
+            current = set(self._pool.pidfds())
+            for fd in current - pidfds:
+                poller.register(fd, zmq.POLLIN)
+            pidfds = current
+
+    def _next_wakeup(self, now: float) -> float:
+        wake = now + self.config.heartbeat_interval_s
+        deadline = self.registry.next_deadline(self.config.worker_silence_limit_s)
+        if deadline is not None:
+            wake = min(wake, deadline)
+        if self._holding(now):
+            wake = min(wake, self.timings.started + _STARTUP_HOLD_S)
+        return wake
+
+    # ------------------------------------------------------------------ frames
+    def _handle_frames(self, now: float) -> None:
+        for _ in range(_BATCH):
+            try:
+                frames = self._router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) != 2:
+                logger.warning("dropping a message of %d frames (expected 2)", len(frames))
+                continue
+            identity, payload = frames
+            try:
+                msg = decode(payload)
+            except ProtocolVersionError as e:
+                self._refuse(identity, f"{e}; upgrade or downgrade the worker")
+                continue
+            except ProtocolError as e:
+                logger.warning("dropping bad frame from %r: %s", identity[:16], e)
+                continue
+            info = self.registry.get(identity)
+            if info is None:
+                if isinstance(msg, Hello):
+                    self._register(identity, msg, now)
+                else:
+                    logger.warning("dropping %s from unknown worker %r",
+                                   type(msg).__name__, identity[:16])  # fmt: skip
+                continue
+            self.registry.seen(info, now)
+            self._on_message(info, msg, now)
+
+    def _on_message(self, info: WorkerInfo, msg: Message, now: float) -> None:
+        match msg:
+            case Result():
+                self._on_result(info, msg, now)
+            case Heartbeat():
+                pass
+            case Goodbye(reason=reason):
+                self._lose_worker(info, f"worker {info.worker_id} left: {reason}", now)
+            case Hello():
+                logger.warning("duplicate HELLO from %s ignored", info.worker_id)
+            case Welcome() | Assign() | Refuse() | Shutdown():
+                logger.warning("unexpected %s from %s dropped", type(msg).__name__,
+                               info.worker_id)  # fmt: skip
+
+    def _refuse(self, identity: bytes, reason: str) -> None:
+        logger.warning("refusing worker %r: %s", identity[:16], reason)
+        self._send(identity, Refuse(reason=reason))
+
+    def _register(self, identity: bytes, hello: Hello, now: float) -> None:
+        local = hello.pid in self._pool.pids()
+        info = self.registry.add(identity, hello.pid, hello.host, hello.slots, local=local, now=now)
+        logger.info("worker %s registered (pid %d on %s, %s)", info.worker_id, hello.pid,
+                    hello.host, "local" if local else "attached")  # fmt: skip
+        self._send(identity, Welcome(
+            worker_id=info.worker_id,
+            heartbeat_interval_s=self.config.heartbeat_interval_s,
+            liveness=self.config.liveness,
+            executor=self._executor_blob,
+            log_dir=str(self._log_dir),
+        ))  # fmt: skip
+        if self.timings.workers_ready is None and len(self.registry) >= self.config.num_workers:
+            self.timings.workers_ready = now
+
+    def _send(self, identity: bytes, msg: Message) -> bool:
+        try:
+            self._router.send_multipart([identity, encode(msg)], zmq.NOBLOCK)
+        except zmq.ZMQError as e:  # EHOSTUNREACH (ROUTER_MANDATORY) or a full pipe
+            logger.warning("cannot send %s to %r: %s", type(msg).__name__, identity[:16], e)
+            return False
+        self._last_sent[identity] = time.monotonic()
+        return True
+
+    # ------------------------------------------------------------------ results
+    def _on_result(self, info: WorkerInfo, result: Result, now: float) -> None:
+        if self.registry.complete(info, result.quantum_id, result.attempt) is None:
+            logger.warning("ignoring result for %s attempt %d from %s: not in flight there",
+                           result.quantum_id, result.attempt, info.worker_id)  # fmt: skip
+            return
+        self.timings.last_result = now
+        self.ledger.result(result)
+        qid = result.quantum_id
+        match result.status:
+            case ResultStatus.SUCCESS:
+                self.scheduler.learn(self.graph.quantum(qid).task_label, result.duration_s)
+                for child in self.state.succeed(qid):
+                    self.scheduler.push(child)
+            case ResultStatus.TIMEOUT:
+                self._fail(qid, f"timed out: {result.exc_message}", timed_out=True)
+            case ResultStatus.FAILURE:
+                self._fail(qid, self.ledger.describe(qid))
+
+    def _fail(self, qid: str, what: str, *, timed_out: bool = False) -> None:
+        skipped = self.state.fail(qid, timed_out=timed_out)
+        for s in skipped:
+            self.scheduler.discard(s)
+        logger.warning("quantum %s; %d descendant(s) skipped", what, len(skipped))
+        if self.config.fail_fast:
+            self.request_stop(f"fail-fast: {what}")
+
+    # ------------------------------------------------------------------ losses
+    def _lose_worker(self, info: WorkerInfo, why: str, now: float) -> None:
+        """Forget a worker: retry or fail what it ran, kill it if local, replace it."""
+        for d in self.registry.remove(info):
+            self._requeue_or_fail(d, why)
+        self._last_sent.pop(info.identity, None)
+        if info.local:
+            self._pool.kill(info.pid)
+        logger.warning("%s", why)
+
+    def _requeue_or_fail(self, d: Dispatch, why: str) -> None:
+        if d.attempt <= self.config.retries:
+            logger.warning("re-dispatching %s (attempt %d lost: %s)", d.quantum_id, d.attempt, why)
+            self.state.requeue(d.quantum_id)
+            self.scheduler.push(d.quantum_id)
+            return
+        self.ledger.lost(d.quantum_id, Reason.WORKER_LOST, why, time.time())
+        self._fail(d.quantum_id, f"{d.quantum_id} lost with its worker: {why}")
+
+    def _handle_worker_exit(self, pidfd: int, now: float) -> None:
+        reaped = self._pool.reap(pidfd)
+        if reaped is None:
+            return
+        pid, code = reaped
+        info = self.registry.by_pid(pid)
+        if info is not None:
+            self._lose_worker(info, f"worker {info.worker_id} (pid {pid}) {describe_exit(code)}",
+                              now)  # fmt: skip
+        else:
+            logger.warning("worker process %d %s before registering", pid, describe_exit(code))
+        if self.state.finished or self._stop_reason is not None:
+            return
+        if self._replacements_left > 0:
+            self._replacements_left -= 1
+            self._pool.spawn(1)
+        elif len(self.registry) == 0 and len(self._pool) == 0:
+            self._fatal = "every local worker died and the replacement budget is spent"
+            self.request_stop(self._fatal)
+
+    def _expire(self, now: float) -> None:
+        for info in self.registry.silent(now, self.config.worker_silence_limit_s):
+            self._lose_worker(info, f"worker {info.worker_id} (pid {info.pid}) silent for "
+                              f"{now - info.last_seen:.1f}s", now)  # fmt: skip
+        for info, d in self.registry.overdue(now):
+            self.registry.complete(info, d.quantum_id, d.attempt)
+            why = "no result within the timeout plus grace; its worker was killed"
+            self.ledger.lost(d.quantum_id, Reason.TIMEOUT, why, time.time(), exit_code=None)
+            self._fail(d.quantum_id, f"{d.quantum_id} timed out: {why}", timed_out=True)
+            self._lose_worker(info, f"worker {info.worker_id} did not enforce a timeout", now)
+
+    # ------------------------------------------------------------------ dispatch
+    def _holding(self, now: float) -> bool:
+        """Hold dispatch briefly until every local worker is up, so work spreads evenly."""
+        return (
+            self.timings.workers_ready is None
+            and now < self.timings.started + _STARTUP_HOLD_S
+            and len(self.registry) < self.config.num_workers
+        )
+
+    def _dispatch(self, now: float) -> None:
+        if self._holding(now):
+            return
+        while len(self.scheduler) and (info := self.registry.next_free()) is not None:
+            qid = self.scheduler.pop()
+            if qid is None:
+                return
+            q = self.graph.quantum(qid)
+            attempt = self.ledger.dispatched(qid, info.worker_id, time.time())
+            timeout = q.timeout_s if q.timeout_s is not None else self.config.timeout_s
+            backstop = None if timeout is None else now + timeout + _BACKSTOP_GRACE_S
+            self.state.start(qid)
+            self.registry.assign(info, Dispatch(qid, attempt, now, backstop))
+            if self.timings.first_dispatch is None:
+                self.timings.first_dispatch = now
+            if not self._send(info.identity, Assign(quantum=q, attempt=attempt,
+                                                    timeout_s=timeout)):  # fmt: skip
+                self._lose_worker(info, f"worker {info.worker_id} unreachable", now)
+
+    def _heartbeat(self, now: float) -> None:
+        interval = self.config.heartbeat_interval_s
+        for info in self.registry.workers():
+            if now - self._last_sent.get(info.identity, 0.0) >= interval:
+                self._send(info.identity, Heartbeat())
+
+    # ------------------------------------------------------------------ end
+    def _finish(self) -> None:
+        """Cancel what did not end, tell workers to stop, reap local ones on one deadline."""
+        cancelled = self.state.cancel()
+        if cancelled:
+            logger.warning("%d quanta cancelled (%s)", len(cancelled), self._stop_reason)
+        for info in self.registry.workers():
+            self._send(info.identity, Shutdown(reason=self._stop_reason or "run complete"))
+        self._pool.shutdown(self.config.shutdown_grace_s)

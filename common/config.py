@@ -1,0 +1,60 @@
+"""Run configuration: frozen, validated at construction, built by entry points, passed down.
+
+Must not read the environment or any global state.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.errors import ConfigError
+
+__all__ = ["ExecutionConfig"]
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionConfig:
+    """How one run executes. Times are seconds.
+
+    ``timeout_s`` is the default per-quantum timeout (a quantum's own ``timeout_s`` wins);
+    ``retries`` is how many times a quantum lost with its worker is dispatched again;
+    ``run_dir`` holds logs (a fresh temporary directory when None).
+    """
+
+    num_workers: int = 1
+    timeout_s: float | None = None
+    fail_fast: bool = False
+    start_method: str = "spawn"
+    heartbeat_interval_s: float = 1.0
+    liveness: int = 10
+    retries: int = 1
+    max_quanta_per_executor: int | None = None
+    run_dir: Path | None = None
+    startup_timeout_s: float = 60.0
+    shutdown_grace_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.num_workers < 1:
+            raise ConfigError(f"number of processes must be at least 1, got {self.num_workers}")
+        if self.timeout_s is not None and self.timeout_s <= 0:
+            raise ConfigError(f"timeout must be positive, got {self.timeout_s}")
+        if self.start_method not in multiprocessing.get_all_start_methods():
+            raise ConfigError(
+                f"start method {self.start_method!r} is not one of "
+                f"{', '.join(multiprocessing.get_all_start_methods())}"
+            )
+        if self.heartbeat_interval_s <= 0 or self.liveness < 1:
+            raise ConfigError("heartbeat interval must be positive and liveness at least 1")
+        if self.retries < 0:
+            raise ConfigError(f"retries must be >= 0, got {self.retries}")
+        if self.max_quanta_per_executor is not None and self.max_quanta_per_executor < 1:
+            raise ConfigError("max quanta per executor must be at least 1")
+        if self.startup_timeout_s <= 0 or self.shutdown_grace_s < 0:
+            raise ConfigError("startup timeout must be positive and shutdown grace >= 0")
+
+    @property
+    def worker_silence_limit_s(self) -> float:
+        """A worker silent this long is lost."""
+        return self.heartbeat_interval_s * self.liveness

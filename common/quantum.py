@@ -1,0 +1,139 @@
+"""The quantum: one task run on one data id. Owns its plain-data form and task-path resolution.
+
+Must not touch the butler, sockets or processes.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from common.errors import TaskResolutionError
+
+__all__ = ["DataIdValue", "Quantum", "resolve_task"]
+
+DataIdValue = int | str
+
+
+def _as_mapping(value: object, what: str) -> dict[str, str]:
+    """Inputs/outputs are given as a list of dataset names or as {argument: dataset}."""
+    if isinstance(value, Mapping):
+        items = list(value.items())
+    elif isinstance(value, list | tuple):
+        items = [(name, name) for name in value]
+    else:
+        raise ValueError(f"{what} must be a list of dataset names or a mapping, not {value!r}")
+    for key, name in items:
+        if not isinstance(key, str) or not isinstance(name, str) or not key or not name:
+            raise ValueError(f"{what} entries must be non-empty strings, got {key!r}: {name!r}")
+    return dict(items)
+
+
+@dataclass(frozen=True, slots=True)
+class Quantum:
+    """One unit of work.
+
+    ``inputs``/``outputs`` map the task's argument (or result key) names to dataset names;
+    a plain list of dataset names means each name is its own argument name.
+    """
+
+    id: str
+    task_label: str
+    task: str
+    data_id: Mapping[str, DataIdValue] = field(default_factory=dict)
+    inputs: Mapping[str, str] = field(default_factory=dict)
+    outputs: Mapping[str, str] = field(default_factory=dict)
+    config: Mapping[str, Any] = field(default_factory=dict)
+    timeout_s: float | None = None
+
+    def __post_init__(self) -> None:
+        # Accept the list form in code too; store the normalized mapping.
+        object.__setattr__(self, "inputs", _as_mapping(self.inputs, "inputs"))
+        object.__setattr__(self, "outputs", _as_mapping(self.outputs, "outputs"))
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": self.id,
+            "task_label": self.task_label,
+            "task": self.task,
+            "data_id": dict(self.data_id),
+            "inputs": dict(self.inputs),
+            "outputs": dict(self.outputs),
+            "config": dict(self.config),
+        }
+        if self.timeout_s is not None:
+            out["timeout"] = self.timeout_s
+        return out
+
+    @classmethod
+    def from_dict(cls, raw: object) -> Quantum:
+        """Build from plain data (a graph file entry or a wire message); ValueError if bad."""
+        if not isinstance(raw, Mapping):
+            raise ValueError(f"a quantum must be a mapping, not {type(raw).__name__}")
+        unknown = set(raw) - {
+            "id", "task_label", "task", "data_id", "inputs", "outputs", "config", "timeout",
+        }  # fmt: skip
+        if unknown:
+            raise ValueError(f"unknown quantum field(s): {', '.join(sorted(map(str, unknown)))}")
+        qid = raw.get("id")
+        if not isinstance(qid, str) or not qid:
+            raise ValueError(f"quantum id must be a non-empty string, got {qid!r}")
+        task = raw.get("task")
+        if not isinstance(task, str) or ":" not in task:
+            raise ValueError(f"quantum {qid!r}: task must be 'pkg.module:callable', got {task!r}")
+        label = raw.get("task_label", task.rpartition(":")[2])
+        if not isinstance(label, str) or not label:
+            raise ValueError(f"quantum {qid!r}: task_label must be a non-empty string")
+        data_id = raw.get("data_id", {})
+        if not isinstance(data_id, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, int | str) and not isinstance(v, bool)
+            for k, v in data_id.items()
+        ):
+            raise ValueError(f"quantum {qid!r}: data_id must map strings to int or str")
+        config = raw.get("config", {})
+        if not isinstance(config, Mapping) or not all(isinstance(k, str) for k in config):
+            raise ValueError(f"quantum {qid!r}: config must be a mapping with string keys")
+        timeout = raw.get("timeout")
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
+        ):
+            raise ValueError(f"quantum {qid!r}: timeout must be a positive number of seconds")
+        try:
+            inputs = _as_mapping(raw.get("inputs", {}), "inputs")
+            outputs = _as_mapping(raw.get("outputs", {}), "outputs")
+        except ValueError as e:
+            raise ValueError(f"quantum {qid!r}: {e}") from e
+        return cls(
+            id=qid,
+            task_label=label,
+            task=task,
+            data_id=dict(data_id),
+            inputs=inputs,
+            outputs=outputs,
+            config=dict(config),
+            timeout_s=float(timeout) if timeout is not None else None,
+        )
+
+
+def resolve_task(path: str) -> Callable[..., Any]:
+    """Import ``pkg.module:callable`` and return the callable."""
+    module_name, sep, attr = path.partition(":")
+    if not sep or not module_name or not attr:
+        raise TaskResolutionError(f"task path {path!r} is not of the form 'pkg.module:callable'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise TaskResolutionError(f"task path {path!r}: cannot import {module_name!r}: {e}") from e
+    target: Any = module
+    for part in attr.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError as e:
+            raise TaskResolutionError(f"task path {path!r}: {module_name} has no {attr!r}") from e
+    if not callable(target):
+        raise TaskResolutionError(
+            f"task path {path!r} names a {type(target).__name__}, not a callable"
+        )
+    return target  # type: ignore[no-any-return]

@@ -1,0 +1,215 @@
+"""The run report in LSST's ``Report``/``QuantumReport`` JSON shape, plus our ``quantaDetails``.
+
+LSST's quantum reports reject unknown keys, so every extension lives in the top-level
+``quantaDetails`` object keyed by the LSST ``quantumId``. Pure data: no I/O beyond JSON text.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import sys
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "ExceptionInfo",
+    "ExecutionStatus",
+    "QuantumDetails",
+    "QuantumReport",
+    "Reason",
+    "Report",
+    "lsst_quantum_id",
+]
+
+# Stable namespace so a non-UUID quantum id always maps to the same report quantumId.
+_ID_NAMESPACE = uuid.UUID("5b0e2a0c-6c64-4d1b-9c38-3f0f6f2a9d11")
+
+
+class ExecutionStatus(enum.Enum):
+    SUCCESS = "success"
+    FAILURE = "failure"
+    TIMEOUT = "timeout"
+    SKIPPED = "skipped"
+
+
+class Reason(enum.StrEnum):
+    """Why a quantum did not succeed (our extension, in ``quantaDetails``)."""
+
+    EXCEPTION = "exception"
+    EXIT_CODE = "exit_code"
+    SIGNAL = "signal"
+    TIMEOUT = "timeout"
+    WORKER_LOST = "worker_lost"
+    UPSTREAM_FAILURE = "upstream_failure"
+    CANCELLED = "cancelled"
+    PROTOCOL = "protocol_error"
+
+
+def lsst_quantum_id(qid: str) -> str:
+    """The quantum's id when it is a UUID, else a stable uuid5 of it."""
+    try:
+        return str(uuid.UUID(qid))
+    except ValueError:
+        return str(uuid.uuid5(_ID_NAMESPACE, qid))
+
+
+@dataclass(frozen=True, slots=True)
+class ExceptionInfo:
+    className: str
+    message: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"className": self.className, "message": self.message}
+
+
+@dataclass(frozen=True, slots=True)
+class QuantumReport:
+    """Exactly LSST's fields; ``quantumId`` is a UUID string."""
+
+    quantumId: str
+    taskLabel: str
+    dataId: Mapping[str, int | str]
+    status: ExecutionStatus
+    exitCode: int | None = None
+    exceptionInfo: ExceptionInfo | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status.value,
+            "dataId": dict(self.dataId),
+            "taskLabel": self.taskLabel,
+            "exitCode": self.exitCode,
+            "exceptionInfo": self.exceptionInfo.to_dict() if self.exceptionInfo else None,
+            "quantumId": self.quantumId,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class QuantumDetails:
+    """Our extensions for one quantum; times are wall-clock epoch seconds."""
+
+    id: str
+    reason: Reason | None = None
+    message: str | None = None
+    attempts: int = 0
+    worker: str | None = None
+    startTime: float | None = None
+    endTime: float | None = None
+    maxRss: int | None = None
+    logPath: str | None = None
+    blockedBy: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "reason": self.reason.value if self.reason else None,
+            "message": self.message,
+            "attempts": self.attempts,
+            "worker": self.worker,
+            "startTime": self.startTime,
+            "endTime": self.endTime,
+            "maxRss": self.maxRss,
+            "logPath": self.logPath,
+            "blockedBy": list(self.blockedBy),
+        }
+
+
+@dataclass(slots=True)
+class Report:
+    """The whole run: status, per-quantum reports, and our details keyed by quantumId."""
+
+    taskCounts: dict[str, int]
+    status: ExecutionStatus = ExecutionStatus.SUCCESS
+    exitCode: int | None = None
+    exceptionInfo: ExceptionInfo | None = None
+    cmdLine: list[str] = field(default_factory=lambda: list(sys.argv))
+    quantaReports: list[QuantumReport] = field(default_factory=list)
+    quantaDetails: dict[str, QuantumDetails] = field(default_factory=dict)
+
+    def details(self, qid: str) -> QuantumDetails:
+        """Our details for quantum ``qid`` (our id, not the LSST uuid)."""
+        return self.quantaDetails[lsst_quantum_id(qid)]
+
+    def report_for(self, qid: str) -> QuantumReport:
+        key = lsst_quantum_id(qid)
+        for r in self.quantaReports:
+            if r.quantumId == key:
+                return r
+        raise KeyError(qid)
+
+    def counts(self) -> dict[ExecutionStatus, int]:
+        out = dict.fromkeys(ExecutionStatus, 0)
+        for r in self.quantaReports:
+            out[r.status] += 1
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "qgraphSummary": {
+                "qgraphTaskSummaries": {
+                    label: {"taskLabel": label, "numQuanta": n}
+                    for label, n in sorted(self.taskCounts.items())
+                }
+            },
+            "status": self.status.value,
+            "cmdLine": self.cmdLine,
+            "exitCode": self.exitCode,
+            "exceptionInfo": self.exceptionInfo.to_dict() if self.exceptionInfo else None,
+            "quantaReports": [r.to_dict() for r in self.quantaReports],
+            "quantaDetails": {k: d.to_dict() for k, d in self.quantaDetails.items()},
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_json(cls, text: str) -> Report:
+        """Parse a report written by ``to_json`` (ValueError with the cause if malformed)."""
+        try:
+            raw = json.loads(text)
+            return cls._from_dict(raw)
+        except (KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"not a zmpexec report: missing or malformed {e}") from e
+
+    @classmethod
+    def _from_dict(cls, raw: dict[str, Any]) -> Report:
+        def exc(d: dict[str, str] | None) -> ExceptionInfo | None:
+            return ExceptionInfo(d["className"], d["message"]) if d else None
+
+        summaries = raw["qgraphSummary"].get("qgraphTaskSummaries", {})
+        return cls(
+            taskCounts={label: int(s["numQuanta"]) for label, s in summaries.items()},
+            status=ExecutionStatus(raw.get("status", "success")),
+            exitCode=raw.get("exitCode"),
+            exceptionInfo=exc(raw.get("exceptionInfo")),
+            cmdLine=list(raw.get("cmdLine") or []),
+            quantaReports=[
+                QuantumReport(
+                    quantumId=r["quantumId"],
+                    taskLabel=r["taskLabel"],
+                    dataId=r["dataId"],
+                    status=ExecutionStatus(r["status"]),
+                    exitCode=r.get("exitCode"),
+                    exceptionInfo=exc(r.get("exceptionInfo")),
+                )
+                for r in raw.get("quantaReports", [])
+            ],
+            quantaDetails={
+                k: QuantumDetails(
+                    id=d["id"],
+                    reason=Reason(d["reason"]) if d.get("reason") else None,
+                    message=d.get("message"),
+                    attempts=d.get("attempts", 0),
+                    worker=d.get("worker"),
+                    startTime=d.get("startTime"),
+                    endTime=d.get("endTime"),
+                    maxRss=d.get("maxRss"),
+                    logPath=d.get("logPath"),
+                    blockedBy=tuple(d.get("blockedBy", ())),
+                )
+                for k, d in raw.get("quantaDetails", {}).items()
+            },
+        )

@@ -1,0 +1,94 @@
+"""Test tasks that worker processes resolve by name (``tests.tasks:<name>``).
+
+Each does one thing a test needs: succeed, fail, sleep, crash by signal, hang, hold the GIL,
+allocate memory, write outputs, start a grandchild.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+def ok(**inputs: Any) -> str:
+    """Succeeds; returns a summary of its inputs."""
+    return "ok:" + ",".join(sorted(inputs))
+
+
+def add(*, value: int = 0, **inputs: int) -> int:
+    """Sum of its inputs plus ``value``."""
+    return value + sum(inputs.values())
+
+
+def fail(*, message: str = "task failed on purpose", **inputs: Any) -> None:
+    raise ValueError(message)
+
+
+def fail_if(*, fail_on: int | None = None, detector: int = 0, **inputs: Any) -> int:
+    if fail_on is not None and detector == fail_on:
+        raise RuntimeError(f"detector {detector} is bad")
+    return detector
+
+
+def big_failure(*, size: int = 200_000, **inputs: Any) -> None:
+    raise RuntimeError("x" * size)
+
+
+def sleep(*, seconds: float = 0.1, **inputs: Any) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def crash(*, sig: int = signal.SIGSEGV, **inputs: Any) -> None:
+    os.kill(os.getpid(), sig)
+    time.sleep(10)
+
+
+def exit_hard(*, code: int = 7, **inputs: Any) -> None:
+    os._exit(code)
+
+
+def hang_with_grandchild(*, pid_file: str, **inputs: Any) -> None:
+    """Starts a sleeping grandchild, records its pid, then hangs."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    Path(pid_file).write_text(str(proc.pid))
+    time.sleep(300)
+
+
+def hold_gil(*, seconds: float = 3.0, **inputs: Any) -> float:
+    """Holds the GIL in C code (regex backtracking) for about ``seconds``."""
+    t0 = time.monotonic()
+    n = 18
+    while time.monotonic() - t0 < seconds:
+        re.match(r"(a+)+$", "a" * n + "b")  # exponential, never releases the GIL
+        if time.monotonic() - t0 < seconds / 4:
+            n += 1
+    return time.monotonic() - t0
+
+
+def chatty(*, text: str = "hello", **inputs: Any) -> str:
+    print(f"stdout: {text}", flush=True)
+    print(f"stderr: {text}", file=sys.stderr, flush=True)
+    logger.info("logging: %s", text)
+    os.system(f"echo subprocess: {text}")
+    return text
+
+
+def pid(**inputs: Any) -> int:
+    return os.getpid()
+
+
+def record(*, path: str, tag: str, **inputs: Any) -> str:
+    """Appends ``tag`` to a file: lets tests see execution order."""
+    with open(path, "a") as f:
+        f.write(tag + "\n")
+    return tag

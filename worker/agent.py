@@ -1,0 +1,386 @@
+"""The worker agent: owns the DEALER socket, heartbeats, the running quantum's deadline and the
+executor child. Never runs user code, so its heartbeats never stall behind a busy task.
+
+Loop: poll (socket, child pipe, child exit) until the nearest deadline -> handle broker frames
+-> handle the child's result or death -> enforce deadlines (timeout, broker silence, parent).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import multiprocessing.context
+import multiprocessing.forkserver
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from types import FrameType
+
+import zmq
+
+from common.codec import decode, encode
+from common.errors import ProtocolError
+from common.protocol import (
+    Assign,
+    Goodbye,
+    Heartbeat,
+    Hello,
+    Message,
+    Refuse,
+    Result,
+    ResultStatus,
+    Shutdown,
+    Welcome,
+)
+from common.report import Reason
+from worker.child import child_main
+from worker.lifecycle import describe_exit, die_with_parent, kill_group
+from worker.runner import log_path_for
+
+__all__ = ["AgentConfig", "WorkerAgent", "agent_main"]
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_REFUSED, EXIT_BROKER_LOST, EXIT_NO_BROKER = 0, 3, 4, 5
+_PRELOAD = ["worker.child", "worker.executor", "common.butler", "common.codec"]
+_TIMEOUT_EXIT_CODE = -signal.SIGKILL
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    """``parent_pid``: exit when that process is gone (local workers spawned by a broker)."""
+
+    endpoint: str
+    parent_pid: int | None = None
+    startup_timeout_s: float = 60.0
+    log_level: int = logging.WARNING
+
+
+@dataclass(slots=True)
+class _Running:
+    assign: Assign
+    deadline: float | None
+    started: float
+
+
+class WorkerAgent:
+    """One worker: handshake, then relay ASSIGN to the executor child and RESULT back."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self._stop_reason: str | None = None
+        self._mp = multiprocessing.get_context("forkserver")
+        self._mp.set_forkserver_preload(_PRELOAD)
+        self._child: multiprocessing.process.BaseProcess | None = None
+        self._conn: Connection | None = None
+        self._running: _Running | None = None
+        self._welcome: Welcome | None = None
+        self._ctx = zmq.Context()
+        self._sock = self._ctx.socket(zmq.DEALER)
+        self._poller = zmq.Poller()
+        self._last_broker = self._next_heartbeat = time.monotonic()
+
+    # ------------------------------------------------------------------ lifecycle
+    def request_stop(self, reason: str) -> None:
+        """Safe from a signal handler: only sets a flag the loop reads."""
+        self._stop_reason = reason
+
+    def run(self) -> int:
+        try:
+            multiprocessing.forkserver.ensure_running()  # overlap its start with the handshake
+            self._connect()
+            code = self._handshake()
+            if code != EXIT_OK or self._welcome is None:
+                return code
+            self._start_child()
+            return self._loop()
+        finally:
+            self._close()
+
+    def _connect(self) -> None:
+        s = self._sock
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.IMMEDIATE, 1)
+        s.setsockopt(zmq.RECONNECT_IVL, 20)
+        s.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        s.connect(self.config.endpoint)
+        self._poller.register(s, zmq.POLLIN)
+
+    def _handshake(self) -> int:
+        deadline = time.monotonic() + self.config.startup_timeout_s
+        hello = encode(Hello(pid=os.getpid(), host=socket.gethostname(), slots=1))
+        # IMMEDIATE: the HELLO waits until a connection exists, so it is never queued to nowhere.
+        self._sock.setsockopt(zmq.SNDTIMEO, int(self.config.startup_timeout_s * 1000))
+        try:
+            self._sock.send(hello)
+        except zmq.Again:
+            logger.error(
+                "no broker at %s within %.0fs", self.config.endpoint, self.config.startup_timeout_s
+            )
+            return EXIT_NO_BROKER
+        self._sock.setsockopt(zmq.SNDTIMEO, -1)
+        while (left := deadline - time.monotonic()) > 0 and self._stop_reason is None:
+            if not self._sock.poll(int(min(left, 0.5) * 1000)):
+                continue
+            msg = self._decode(self._sock.recv())
+            match msg:
+                case Welcome():
+                    self._welcome = msg
+                    self._last_broker = time.monotonic()
+                    logger.info("registered as %s", msg.worker_id)
+                    return EXIT_OK
+                case Refuse(reason=reason):
+                    logger.error("broker refused this worker: %s", reason)
+                    return EXIT_REFUSED
+                case Shutdown():
+                    return EXIT_OK
+                case _:
+                    logger.warning("ignoring %s before WELCOME", type(msg).__name__)
+        logger.error("broker at %s did not answer HELLO", self.config.endpoint)
+        return EXIT_NO_BROKER
+
+    def _close(self) -> None:
+        self._stop_child()
+        self._sock.close(linger=0)
+        self._ctx.term()
+
+    # ------------------------------------------------------------------ executor child
+    def _start_child(self) -> None:
+        assert self._welcome is not None
+        ours, theirs = self._mp.Pipe(duplex=True)
+        w = self._welcome
+        child = self._mp.Process(
+            target=child_main,
+            args=(theirs, w.executor, w.log_dir, None),
+            name="zmpexec-executor",
+            daemon=False,
+        )
+        child.start()
+        theirs.close()
+        self._child, self._conn = child, ours
+        self._poller.register(ours.fileno(), zmq.POLLIN)
+        self._poller.register(child.sentinel, zmq.POLLIN)
+
+    def _stop_child(self) -> None:
+        child, conn = self._child, self._conn
+        self._child = self._conn = None
+        if child is None or conn is None:
+            return
+        self._poller.unregister(conn.fileno())
+        self._poller.unregister(child.sentinel)
+        if child.pid is not None and child.exitcode is None:
+            kill_group(child.pid)
+        child.join(5.0)
+        conn.close()
+        child.close()
+
+    def _replace_child(self) -> None:
+        self._stop_child()
+        if self._stop_reason is None:
+            self._start_child()
+
+    # ------------------------------------------------------------------ main loop
+    def _loop(self) -> int:
+        assert self._welcome is not None
+        interval = self._welcome.heartbeat_interval_s
+        silence_limit = interval * self._welcome.liveness
+        while self._stop_reason is None:
+            now = time.monotonic()
+            wake = min(self._next_heartbeat, self._last_broker + silence_limit, now + interval)
+            if self._running is not None and self._running.deadline is not None:
+                wake = min(wake, self._running.deadline)
+            events = dict(self._poller.poll(int(max(0.0, wake - now) * 1000)))
+            if self._sock in events:
+                self._drain_socket()
+            if self._conn is not None and self._conn.fileno() in events:
+                self._read_child()
+            if self._child is not None and self._child.sentinel in events:
+                self._child_exited()
+            now = time.monotonic()
+            self._enforce_deadlines(now, silence_limit)
+            if now >= self._next_heartbeat:
+                self._send(Heartbeat())
+        if self._stop_reason == "broker lost":
+            return EXIT_BROKER_LOST
+        if self._stop_reason != "shutdown":
+            self._send(Goodbye(reason=self._stop_reason or "stopping"))
+        return EXIT_OK
+
+    def _enforce_deadlines(self, now: float, silence_limit: float) -> None:
+        r = self._running
+        if r is not None and r.deadline is not None and now >= r.deadline:
+            self._report_end(
+                r,
+                ResultStatus.TIMEOUT,
+                _TIMEOUT_EXIT_CODE,
+                Reason.TIMEOUT,
+                f"timed out after {r.assign.timeout_s:g}s; executor killed",
+            )
+            self._replace_child()
+        if now - self._last_broker > silence_limit:
+            logger.error("broker silent for %.1fs: exiting", now - self._last_broker)
+            self._stop_reason = "broker lost"
+        parent = self.config.parent_pid
+        if parent is not None and os.getppid() != parent:
+            logger.error("parent process %d is gone: exiting", parent)
+            self._stop_reason = "parent gone"
+
+    def _drain_socket(self) -> None:
+        while self._stop_reason is None:
+            try:
+                frame = self._sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._last_broker = time.monotonic()
+            msg = self._decode(frame)
+            match msg:
+                case Assign():
+                    self._start_quantum(msg, frame)
+                case Shutdown(reason=reason):
+                    logger.info("broker asked to shut down: %s", reason)
+                    self._stop_reason = "shutdown"
+                case Heartbeat() | None:
+                    pass
+                case Refuse(reason=reason):
+                    logger.error("broker refused this worker: %s", reason)
+                    self._stop_reason = "refused"
+                case Hello() | Welcome() | Result() | Goodbye():
+                    logger.warning("unexpected %s from broker, dropped", type(msg).__name__)
+
+    def _start_quantum(self, assign: Assign, frame: bytes) -> None:
+        if self._running is not None or self._conn is None:
+            busy = self._running.assign.quantum.id if self._running else "no executor"
+            logger.error("ASSIGN %s while busy (%s): refusing", assign.quantum.id, busy)
+            self._send_result_for(
+                assign,
+                ResultStatus.FAILURE,
+                None,
+                Reason.WORKER_LOST,
+                "worker was busy",
+                time.time(),
+            )
+            return
+        now = time.monotonic()
+        deadline = now + assign.timeout_s if assign.timeout_s is not None else None
+        self._running = _Running(assign, deadline, time.time())
+        self._conn.send_bytes(frame)
+
+    def _read_child(self) -> None:
+        assert self._conn is not None
+        try:
+            frame = self._conn.recv_bytes()
+        except (EOFError, OSError):
+            return  # the child died; its sentinel reports how
+        try:
+            result = decode(frame)
+        except ProtocolError as e:
+            logger.error("executor child sent a bad frame: %s", e)
+            return
+        r = self._running
+        if (
+            not isinstance(result, Result)
+            or r is None
+            or (result.quantum_id, result.attempt) != (r.assign.quantum.id, r.assign.attempt)
+        ):
+            logger.warning("dropping stale result from executor child: %r", result)
+            return
+        self._running = None
+        self._send_frame(frame)
+
+    def _child_exited(self) -> None:
+        assert self._child is not None and self._conn is not None
+        while self._conn.poll(0):  # a result written just before exiting still counts
+            self._read_child()
+            if self._conn.closed:
+                break
+        self._child.join(1.0)
+        code = self._child.exitcode if self._child.exitcode is not None else -signal.SIGKILL
+        r = self._running
+        if r is not None:
+            reason = Reason.SIGNAL if code < 0 else Reason.EXIT_CODE
+            self._report_end(
+                r, ResultStatus.FAILURE, code, reason, f"executor process {describe_exit(code)}"
+            )
+        elif code != 0:
+            logger.warning("idle executor child %s; replacing it", describe_exit(code))
+        self._replace_child()
+
+    # ------------------------------------------------------------------ sending
+    def _report_end(
+        self, r: _Running, status: ResultStatus, code: int | None, reason: Reason, message: str
+    ) -> None:
+        self._running = None
+        self._send_result_for(r.assign, status, code, reason, message, r.started)
+
+    def _send_result_for(
+        self, assign: Assign, status: ResultStatus, code: int | None, reason: Reason,
+        message: str, started: float,
+    ) -> None:  # fmt: skip
+        assert self._welcome is not None
+        now = time.time()
+        log = log_path_for(Path(self._welcome.log_dir), assign.quantum.id, assign.attempt)
+        self._send(Result(
+            quantum_id=assign.quantum.id, attempt=assign.attempt, status=status,
+            exit_code=code, exc_class=None, exc_message=message, reason=reason,
+            start_time=started, end_time=now, duration_s=max(0.0, now - started),
+            max_rss_kb=None, log_path=str(log) if log.exists() else None,
+        ))  # fmt: skip
+
+    def _send(self, msg: Message) -> None:
+        self._send_frame(encode(msg))
+
+    def _send_frame(self, frame: bytes) -> None:
+        try:
+            self._sock.send(frame, zmq.NOBLOCK)
+        except zmq.Again:
+            logger.warning("broker unreachable; message dropped")
+        self._next_heartbeat = time.monotonic() + (
+            self._welcome.heartbeat_interval_s if self._welcome else 1.0
+        )
+
+    @staticmethod
+    def _decode(frame: bytes) -> Message | None:
+        try:
+            return decode(frame)
+        except ProtocolError as e:
+            logger.error("dropping bad frame from broker: %s", e)
+            return None
+
+
+def agent_main(config: AgentConfig) -> None:
+    """Process entry point for a local worker started by the broker's pool."""
+    os.setpgid(0, 0)  # Ctrl-C goes to the broker, which shuts workers down in order
+    die_with_parent()
+    logging.basicConfig(
+        level=config.log_level, format="%(asctime)s worker[%(process)d] %(levelname)s %(message)s"
+    )
+    agent = WorkerAgent(config)
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        agent.request_stop(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(agent.run())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m worker.agent``: how the pool starts a local worker in a fresh interpreter."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m worker.agent")
+    parser.add_argument("--endpoint", required=True)
+    parser.add_argument("--parent-pid", type=int, default=None)
+    parser.add_argument("--startup-timeout", type=float, default=60.0)
+    parser.add_argument("--log-level", type=int, default=logging.WARNING)
+    args = parser.parse_args(argv)
+    agent_main(AgentConfig(args.endpoint, args.parent_pid, args.startup_timeout, args.log_level))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""The executor child: a persistent process, forked from a preloaded forkserver, that runs the
+quanta its agent hands it one at a time. Runs user code; never touches a socket.
+
+It leads its own process group so a timeout kill takes the task's own children with it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+from common.butler import Butler
+from common.codec import decode, encode
+from common.protocol import Assign, Result, ResultStatus
+from common.report import Reason
+from worker.executor import QuantumExecutor
+from worker.lifecycle import die_with_parent
+from worker.runner import peak_rss_kb, run_quantum
+
+__all__ = ["child_main"]
+
+logger = logging.getLogger(__name__)
+
+
+def _load(executor_blob: bytes) -> tuple[QuantumExecutor, Butler] | str:
+    try:
+        executor, butler = pickle.loads(executor_blob)
+    except Exception as e:  # any unpickling problem is reported per quantum, not raised
+        return f"cannot load the quantum executor in the worker: {type(e).__name__}: {e}"
+    return executor, butler
+
+
+def _refusal(assign: Assign, message: str) -> Result:
+    return Result(
+        quantum_id=assign.quantum.id, attempt=assign.attempt, status=ResultStatus.FAILURE,
+        exit_code=1, exc_class="ExecutorLoadError", exc_message=message,
+        reason=Reason.EXCEPTION, start_time=0.0, end_time=0.0, duration_s=0.0,
+        max_rss_kb=peak_rss_kb(), log_path=None,
+    )  # fmt: skip
+
+
+def child_main(
+    conn: Connection, executor_blob: bytes, log_dir: str, max_quanta: int | None
+) -> None:
+    """Serve ASSIGN frames from ``conn`` until EOF or ``max_quanta`` have run."""
+    os.setpgid(0, 0)
+    die_with_parent()
+    loaded = _load(executor_blob)
+    done = 0
+    while max_quanta is None or done < max_quanta:
+        try:
+            frame = conn.recv_bytes()
+        except (EOFError, OSError):
+            return  # the agent is gone or closed the pipe: nothing left to do
+        assign = decode(frame)
+        if not isinstance(assign, Assign):
+            logger.error("executor child got %s, expected ASSIGN", type(assign).__name__)
+            continue
+        if isinstance(loaded, str):
+            result = _refusal(assign, loaded)
+        else:
+            executor, butler = loaded
+            result = run_quantum(executor, butler, assign.quantum, assign.attempt, Path(log_dir))
+        conn.send_bytes(encode(result))
+        done += 1

@@ -1,0 +1,71 @@
+"""Quantum executors: run one quantum against a butler. Exceptions mean failure; the runner
+turns outcomes into results. Must not know about sockets, processes or reports.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Protocol, runtime_checkable
+
+from common.butler import Butler
+from common.quantum import Quantum, resolve_task
+
+__all__ = ["OutputMismatchError", "QuantumExecutor", "TaskQuantumExecutor"]
+
+logger = logging.getLogger(__name__)
+
+
+class OutputMismatchError(Exception):
+    """A task returned something that does not match its quantum's declared outputs."""
+
+
+@runtime_checkable
+class QuantumExecutor(Protocol):
+    """Runs one quantum; raises on failure. Must be picklable: it travels to every worker."""
+
+    def execute(self, quantum: Quantum, butler: Butler) -> None: ...
+
+
+class TaskQuantumExecutor:
+    """Imports ``quantum.task``, loads inputs, calls it, stores outputs.
+
+    The task is called with each input as a keyword argument (named by the quantum's input
+    mapping) plus ``config``. One output stores the return value; several expect a dict keyed
+    by output name.
+    """
+
+    def execute(self, quantum: Quantum, butler: Butler) -> None:
+        task = resolve_task(quantum.task)
+        t0 = time.monotonic()
+        kwargs = {arg: butler.get(dataset) for arg, dataset in quantum.inputs.items()}
+        kwargs.update(quantum.config)
+        t1 = time.monotonic()
+        value = task(**kwargs)
+        t2 = time.monotonic()
+        outputs = quantum.outputs
+        if len(outputs) == 1:
+            ((dataset,),) = [tuple(outputs.values())]
+            butler.put(dataset, value, replace=True)
+        elif outputs:
+            if not isinstance(value, dict) or set(value) != set(outputs):
+                got = sorted(value) if isinstance(value, dict) else type(value).__name__
+                raise OutputMismatchError(
+                    f"task {quantum.task} must return a dict with keys {sorted(outputs)}, got {got}"
+                )
+            for key, dataset in outputs.items():
+                butler.put(dataset, value[key], replace=True)
+        logger.info(
+            "quantum %s (%s): read %.3fs, run %.3fs, write %.3fs",
+            quantum.id,
+            quantum.task_label,
+            t1 - t0,
+            t2 - t1,
+            time.monotonic() - t2,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self)
+
+    def __hash__(self) -> int:
+        return hash(type(self))

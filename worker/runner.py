@@ -1,0 +1,106 @@
+"""Runs one quantum through an executor with log capture and turns the outcome into a Result.
+
+Shared by the executor child and the in-process mode. Must not touch sockets.
+"""
+
+from __future__ import annotations
+
+import re
+import resource
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+
+from common.butler import Butler
+from common.protocol import Result, ResultStatus
+from common.quantum import Quantum
+from common.report import Reason
+from worker.capture import capture_output
+from worker.executor import QuantumExecutor
+
+__all__ = ["MAX_MESSAGE_CHARS", "log_path_for", "peak_rss_kb", "run_quantum"]
+
+MAX_MESSAGE_CHARS = 1_000_000  # a task's exception message is kept up to this size
+_UNSAFE = re.compile(r"[^A-Za-z0-9._=-]")
+EXCEPTION_EXIT_CODE = 1  # what an executor process reports for a task exception, as LSST's
+
+
+def log_path_for(log_dir: Path, quantum_id: str, attempt: int) -> Path:
+    name = _UNSAFE.sub("_", quantum_id)[:180]
+    return log_dir / (f"{name}.log" if attempt <= 1 else f"{name}.attempt{attempt}.log")
+
+
+def peak_rss_kb() -> int:
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return int(max(own, children))
+
+
+def _message(e: BaseException) -> str:
+    try:
+        return str(e)[:MAX_MESSAGE_CHARS]
+    except Exception:  # a broken __str__ must not hide the failure itself
+        return f"<unprintable {type(e).__name__}>"
+
+
+def _class_name(e: BaseException) -> str:
+    cls = type(e)
+    return (
+        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    )
+
+
+def run_quantum(
+    executor: QuantumExecutor,
+    butler: Butler,
+    quantum: Quantum,
+    attempt: int,
+    log_dir: Path | None,
+    *,
+    in_process: bool = False,
+    on_exception: Callable[[TracebackType | None], object] | None = None,
+) -> Result:
+    """Execute and describe the outcome; only KeyboardInterrupt escapes."""
+    log_path = log_path_for(log_dir, quantum.id, attempt) if log_dir is not None else None
+    start, t0 = time.time(), time.monotonic()
+    status, exit_code = ResultStatus.SUCCESS, (None if in_process else 0)
+    exc_class = exc_message = reason = None
+    try:
+        if log_path is None:
+            executor.execute(quantum, butler)
+        else:
+            with capture_output(log_path):
+                try:
+                    executor.execute(quantum, butler)
+                except BaseException:
+                    traceback.print_exc()  # the traceback belongs in the quantum's log
+                    raise
+    except KeyboardInterrupt:
+        raise
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        if code != 0:
+            status, exit_code, reason = ResultStatus.FAILURE, code, Reason.EXIT_CODE
+            exc_class, exc_message = "SystemExit", f"task called sys.exit({e.code!r})"
+    except BaseException as e:
+        status, reason = ResultStatus.FAILURE, Reason.EXCEPTION
+        exit_code = None if in_process else EXCEPTION_EXIT_CODE
+        exc_class, exc_message = _class_name(e), _message(e)
+        if on_exception is not None:
+            on_exception(e.__traceback__)
+    return Result(
+        quantum_id=quantum.id,
+        attempt=attempt,
+        status=status,
+        exit_code=exit_code,
+        exc_class=exc_class,
+        exc_message=exc_message,
+        reason=reason,
+        start_time=start,
+        end_time=time.time(),
+        duration_s=time.monotonic() - t0,
+        max_rss_kb=peak_rss_kb(),
+        log_path=str(log_path) if log_path else None,
+    )
