@@ -270,17 +270,18 @@ class WorkerAgent:
         self._running = _Running(assign, deadline, time.time())
         self._conn.send_bytes(frame)
 
-    def _read_child(self) -> None:
+    def _read_child(self) -> bool:
+        """Relay one result from the child; False at end of file (the child is gone)."""
         assert self._conn is not None
         try:
             frame = self._conn.recv_bytes()
         except (EOFError, OSError):
-            return  # the child died; its sentinel reports how
+            return False  # the child died; its sentinel reports how
         try:
             result = decode(frame)
         except ProtocolError as e:
             logger.error("executor child sent a bad frame: %s", e)
-            return
+            return True
         r = self._running
         if (
             not isinstance(result, Result)
@@ -288,16 +289,16 @@ class WorkerAgent:
             or (result.quantum_id, result.attempt) != (r.assign.quantum.id, r.assign.attempt)
         ):
             logger.warning("dropping stale result from executor child: %r", result)
-            return
+            return True
         self._running = None
         self._send_frame(frame)
+        return True
 
     def _child_exited(self) -> None:
         assert self._child is not None and self._conn is not None
-        while self._conn.poll(0):  # a result written just before exiting still counts
-            self._read_child()
-            if self._conn.closed:
-                break
+        # A result written just before exiting still counts.
+        while self._conn.poll(0) and self._read_child():
+            pass
         self._child.join(1.0)
         code = self._child.exitcode if self._child.exitcode is not None else -signal.SIGKILL
         r = self._running

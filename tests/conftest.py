@@ -1,0 +1,56 @@
+"""Fixtures shared by every test: temp repositories, a wait helper, and a guard that fails
+any test leaving a child process behind."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from common.butler import Butler
+
+
+def wait_until(predicate: Callable[[], object], timeout_s: float, what: str) -> None:
+    """Poll ``predicate`` until true; fail naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def butler(tmp_path: Path) -> Butler:
+    return Butler(tmp_path / "repo")
+
+
+@pytest.fixture(autouse=True)
+def no_process_left_behind() -> Iterator[None]:
+    """Every test must reap what it started; stragglers are killed and fail the test."""
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
+    yield
+
+    def stragglers() -> list[psutil.Process]:
+        out = []
+        for p in me.children(recursive=True):
+            try:
+                if p.pid not in before and p.status() != psutil.STATUS_ZOMBIE:
+                    out.append(p)
+            except psutil.NoSuchProcess:
+                pass
+        return out
+
+    deadline = time.monotonic() + 5.0
+    while stragglers() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    left = stragglers()
+    for p in left:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    assert not left, f"processes left behind: {[(p.pid, p.cmdline()) for p in left]}"

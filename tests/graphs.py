@@ -1,0 +1,45 @@
+"""Small graph builders for tests."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from common.graph import QuantumGraph
+from common.quantum import Quantum
+
+
+def quantum(
+    qid: str,
+    task: str = "ok",
+    *,
+    label: str | None = None,
+    inputs: Sequence[str] | Mapping[str, str] = (),
+    outputs: Sequence[str] | Mapping[str, str] | None = None,
+    config: Mapping[str, Any] | None = None,
+    data_id: Mapping[str, int | str] | None = None,
+    timeout_s: float | None = None,
+) -> Quantum:
+    """A quantum running ``tests.tasks:<task>``; by default it outputs dataset ``<qid>``."""
+    return Quantum(
+        id=qid,
+        task_label=label or task,
+        task=f"tests.tasks:{task}",
+        data_id=dict(data_id or {"id": qid}),
+        inputs=dict(inputs) if isinstance(inputs, Mapping) else list(inputs),
+        outputs=(dict(outputs) if isinstance(outputs, Mapping) else list(outputs))
+        if outputs is not None
+        else [qid],
+        config=dict(config or {}),
+        timeout_s=timeout_s,
+    )
+
+
+def independent(n: int, task: str = "ok", **config: Any) -> QuantumGraph:
+    return QuantumGraph.from_quanta([quantum(f"q{i}", task, config=config) for i in range(n)])
+
+
+def chain(n: int, task: str = "ok") -> QuantumGraph:
+    return QuantumGraph.from_quanta(
+        [quantum(f"c{i}", task, inputs=[f"c{i - 1}"] if i else []) for i in range(n)]
+    )

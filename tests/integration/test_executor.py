@@ -1,0 +1,293 @@
+"""LSST executor scenarios on our API, in-process and with real worker processes over ipc."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import networkx as nx
+import psutil
+import pytest
+
+from broker import MPGraphExecutor, MPGraphExecutorError, MPTimeoutError
+from common.butler import Butler
+from common.graph import QuantumGraph
+from common.report import ExecutionStatus, Reason, Report
+from tests.conftest import wait_until
+from tests.graphs import independent, quantum
+from worker.executor import TaskQuantumExecutor
+
+MODES = [pytest.param(1, id="in-process"), pytest.param(3, id="3-workers")]
+
+
+def make(num_proc: int, timeout: float | None = 30.0, **kw: object) -> MPGraphExecutor:
+    return MPGraphExecutor(num_proc, timeout, TaskQuantumExecutor(), **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("num_proc", MODES)
+def test_all_quanta_succeed_and_outputs_are_stored(num_proc: int, butler: Butler) -> None:
+    graph = independent(4, "add", value=5)
+    ex = make(num_proc)
+    ex.execute(graph, butler)
+    report = ex.getReport()
+    assert report.status is ExecutionStatus.SUCCESS
+    assert report.counts()[ExecutionStatus.SUCCESS] == 4
+    expected_exit = None if num_proc == 1 else 0
+    assert all(r.exitCode == expected_exit for r in report.quantaReports)
+    assert [butler.get(f"q{i}") for i in range(4)] == [5, 5, 5, 5]
+    assert report.taskCounts == {"add": 4}
+
+
+@pytest.mark.parametrize("num_proc", MODES)
+def test_one_failure_of_four_raises_and_is_reported(num_proc: int, butler: Butler) -> None:
+    graph = QuantumGraph.from_quanta(
+        [quantum(f"q{i}") for i in range(3)] + [quantum("bad", "fail", config={"message": "boom"})]
+    )
+    ex = make(num_proc)
+    with pytest.raises(MPGraphExecutorError, match="boom") as info:
+        ex.execute(graph, butler)
+    assert not isinstance(info.value, MPTimeoutError)
+    report = ex.getReport()
+    assert report.status is ExecutionStatus.FAILURE
+    assert report.counts()[ExecutionStatus.FAILURE] == 1
+    assert report.counts()[ExecutionStatus.SUCCESS] == 3
+    bad = report.report_for("bad")
+    assert bad.exceptionInfo is not None
+    assert bad.exceptionInfo.className == "ValueError"
+    assert bad.exceptionInfo.message == "boom"
+    assert bad.exitCode == (None if num_proc == 1 else 1)
+    log = report.details("bad").logPath
+    assert log is not None and "ValueError: boom" in Path(log).read_text()
+
+
+def _per_detector_graph(bad_detector: int) -> QuantumGraph:
+    qs = []
+    for det in range(4):
+        qs.append(quantum(f"a{det}", "fail_if", label="a", data_id={"detector": det},
+                          config={"detector": det, "fail_on": bad_detector}))  # fmt: skip
+        qs.append(quantum(f"b{det}", "ok", label="b", data_id={"detector": det},
+                          inputs=[f"a{det}"]))  # fmt: skip
+    return QuantumGraph.from_quanta(qs)
+
+
+@pytest.mark.parametrize("num_proc", MODES)
+def test_failed_quantum_skips_only_its_descendants(num_proc: int, butler: Butler) -> None:
+    ex = make(num_proc)
+    with pytest.raises(MPGraphExecutorError):
+        ex.execute(_per_detector_graph(bad_detector=2), butler)
+    report = ex.getReport()
+    counts = report.counts()
+    assert (counts[ExecutionStatus.FAILURE], counts[ExecutionStatus.SUCCESS],
+            counts[ExecutionStatus.SKIPPED]) == (1, 6, 1)  # fmt: skip
+    assert report.report_for("a2").status is ExecutionStatus.FAILURE
+    assert report.report_for("b2").status is ExecutionStatus.SKIPPED
+    assert report.report_for("b2").exitCode is None
+    details = report.details("b2")
+    assert details.blockedBy == ("a2",)
+    assert details.reason is Reason.UPSTREAM_FAILURE
+
+
+@pytest.mark.parametrize("num_proc", MODES)
+def test_fail_fast_stops_at_once_and_reports_every_quantum(num_proc: int, butler: Butler) -> None:
+    # Given a failure next to slow quanta and a long queue behind them
+    qs = [quantum("bad", "fail")] + [
+        quantum(f"slow{i}", "sleep", config={"seconds": 30}) for i in range(6)
+    ]
+    ex = make(num_proc, failFast=True)
+    t0 = time.monotonic()
+    # When it runs with fail-fast
+    with pytest.raises(MPGraphExecutorError):
+        ex.execute(QuantumGraph.from_quanta(qs), butler)
+    # Then it stops promptly, killing running quanta, and every quantum is in the report
+    assert time.monotonic() - t0 < 15
+    report = ex.getReport()
+    assert len(report.quantaReports) == 7
+    assert report.report_for("bad").status is ExecutionStatus.FAILURE
+    for i in range(6):
+        assert report.report_for(f"slow{i}").status is ExecutionStatus.SKIPPED
+        assert report.details(f"slow{i}").reason is Reason.CANCELLED
+
+
+def test_fail_fast_propagates_the_exit_code(butler: Butler) -> None:
+    qs = [quantum("exit7", "exit_hard", config={"code": 7})] + [
+        quantum(f"slow{i}", "sleep", config={"seconds": 30}) for i in range(2)
+    ]
+    ex = make(3, failFast=True)
+    with pytest.raises(MPGraphExecutorError, match="exited with code 7"):
+        ex.execute(QuantumGraph.from_quanta(qs), butler)
+    report = ex.getReport()
+    assert report.report_for("exit7").exitCode == 7
+    assert report.exitCode == 7
+
+
+@pytest.mark.parametrize("sig", [signal.SIGILL, signal.SIGSEGV])
+def test_crash_by_signal_reports_negative_exit_code(sig: int, butler: Butler) -> None:
+    graph = QuantumGraph.from_quanta(
+        [quantum("crash", "crash", config={"sig": int(sig)})] + [quantum(f"q{i}") for i in range(3)]
+    )
+    ex = make(3)
+    with pytest.raises(MPGraphExecutorError, match=signal.Signals(sig).name):
+        ex.execute(graph, butler)
+    report = ex.getReport()
+    crash = report.report_for("crash")
+    assert crash.status is ExecutionStatus.FAILURE
+    assert crash.exitCode == -sig
+    assert crash.exceptionInfo is None
+    details = report.details("crash")
+    assert details.reason is Reason.SIGNAL
+    assert details.message is not None and signal.Signals(sig).name in details.message
+    assert report.counts()[ExecutionStatus.SUCCESS] == 3
+
+
+@pytest.mark.parametrize("fail_fast", [False, True])
+def test_timeout_kills_the_task_and_its_children(
+    fail_fast: bool, butler: Butler, tmp_path: Path
+) -> None:
+    pid_file = tmp_path / "grandchild.pid"
+    qs = [quantum("hang", "hang_with_grandchild", config={"pid_file": str(pid_file)})]
+    qs += [quantum(f"q{i}") for i in range(3)]
+    ex = make(3, timeout=1.0, failFast=fail_fast)
+    t0 = time.monotonic()
+    with pytest.raises(MPTimeoutError):
+        ex.execute(QuantumGraph.from_quanta(qs), butler)
+    assert time.monotonic() - t0 < 10
+    report = ex.getReport()
+    assert report.status is ExecutionStatus.TIMEOUT
+    assert report.report_for("hang").status is ExecutionStatus.TIMEOUT
+    assert report.details("hang").reason is Reason.TIMEOUT
+    grandchild = int(pid_file.read_text())
+    wait_until(lambda: not psutil.pid_exists(grandchild) or
+               psutil.Process(grandchild).status() == psutil.STATUS_ZOMBIE,
+               5, "the hung task's grandchild to die")  # fmt: skip
+    if not fail_fast:
+        assert report.counts()[ExecutionStatus.SUCCESS] == 3
+
+
+def test_huge_exception_message_is_a_prompt_failure(butler: Butler) -> None:
+    graph = QuantumGraph.from_quanta([quantum("big", "big_failure", config={"size": 200_000})])
+    ex = make(3, timeout=60.0)
+    t0 = time.monotonic()
+    with pytest.raises(MPGraphExecutorError) as info:
+        ex.execute(graph, butler)
+    assert not isinstance(info.value, MPTimeoutError)
+    assert time.monotonic() - t0 < 10
+    exc = ex.getReport().report_for("big").exceptionInfo
+    assert exc is not None and len(exc.message) == 200_000
+
+
+class _ForceOrder:
+    """Fixup: run the quanta in reverse id order, one after another."""
+
+    def fixup_graph(self, xgraph: nx.DiGraph[str]) -> nx.DiGraph[str]:
+        ids = sorted(xgraph.nodes, reverse=True)
+        xgraph.add_edges_from(zip(ids, ids[1:], strict=False))
+        return xgraph
+
+
+class _MakeCycle:
+    def fixup_graph(self, xgraph: nx.DiGraph[str]) -> None:
+        xgraph.add_edge("c1", "c0")
+
+
+@pytest.mark.parametrize("num_proc", MODES)
+def test_graph_fixup_forces_an_order(num_proc: int, butler: Butler, tmp_path: Path) -> None:
+    log = tmp_path / "order.txt"
+    graph = QuantumGraph.from_quanta(
+        [quantum(f"q{i}", "record", config={"path": str(log), "tag": f"q{i}"}) for i in range(5)]
+    )
+    ex = make(num_proc, executionGraphFixup=_ForceOrder())
+    ex.execute(graph, butler)
+    assert log.read_text().split() == ["q4", "q3", "q2", "q1", "q0"]
+
+
+def test_graph_fixup_making_a_cycle_fails_before_running(butler: Butler) -> None:
+    from tests.graphs import chain
+
+    ex = make(3, executionGraphFixup=_MakeCycle())
+    with pytest.raises(MPGraphExecutorError, match="cycle"):
+        ex.execute(chain(2), butler)
+    assert not butler.exists("c0")
+    with pytest.raises(RuntimeError):
+        ex.getReport()
+
+
+def test_get_report_before_execute_raises() -> None:
+    with pytest.raises(RuntimeError, match="execute"):
+        make(2).getReport()
+
+
+def test_num_proc_below_one_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        make(0)
+
+
+def test_report_round_trips_through_json(butler: Butler) -> None:
+    ex = make(3)
+    with pytest.raises(MPGraphExecutorError):
+        ex.execute(_per_detector_graph(bad_detector=1), butler)
+    report = ex.getReport()
+    text = report.to_json()
+    again = Report.from_json(text)
+    assert again.to_json() == text
+    assert json.loads(text)["quantaReports"][0].keys() == {
+        "status", "dataId", "taskLabel", "exitCode", "exceptionInfo", "quantumId",
+    }  # fmt: skip
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_repeated_runs_leak_no_file_descriptors(butler: Butler) -> None:
+    graph = independent(6)
+    make(2).execute(graph, butler)  # warm-up: imports and lazily opened files
+    before = _open_fds()
+    for _ in range(4):
+        make(2).execute(graph, butler)
+    assert _open_fds() <= before
+
+
+def test_gil_holding_task_is_not_declared_lost(butler: Butler) -> None:
+    # Given heartbeats every 0.1 s and loss after 3 missed ones
+    graph = QuantumGraph.from_quanta([quantum("gil", "hold_gil", config={"seconds": 2.5})])
+    ex = make(2, heartbeat_interval_s=0.1, liveness=3)
+    # When a task holds the GIL in C code for 2.5 s
+    ex.execute(graph, butler)
+    # Then it succeeds on its first attempt: the agent kept heartbeating
+    report = ex.getReport()
+    assert report.report_for("gil").status is ExecutionStatus.SUCCESS
+    assert report.details("gil").attempts == 1
+    assert butler.get("gil") >= 2.5
+
+
+def test_sigkilled_executor_child_fails_the_quantum_and_worker_keeps_serving(
+    butler: Butler,
+) -> None:
+    # The quantum kills its own executor process; later quanta run on the same worker.
+    qs = [quantum("killed", "crash", config={"sig": int(signal.SIGKILL)})]
+    qs += [quantum(f"after{i}", "sleep", config={"seconds": 0.3}) for i in range(4)]
+    ex = make(2)
+    with pytest.raises(MPGraphExecutorError, match="SIGKILL"):
+        ex.execute(QuantumGraph.from_quanta(qs), butler)
+    report = ex.getReport()
+    assert report.report_for("killed").exitCode == -signal.SIGKILL
+    assert report.details("killed").attempts == 1
+    assert report.counts()[ExecutionStatus.SUCCESS] == 4
+    # The agent replaced its executor child, not itself: the same two workers served all.
+    workers = {report.details(f"after{i}").worker for i in range(4)}
+    assert report.details("killed").worker in workers
+    assert workers <= {"w1", "w2"}
+
+
+def test_task_output_is_captured_at_the_fd_level(butler: Butler) -> None:
+    graph = QuantumGraph.from_quanta([quantum("chat", "chatty", config={"text": "hi"})])
+    ex = make(2)
+    ex.execute(graph, butler)
+    log = ex.getReport().details("chat").logPath
+    assert log is not None
+    text = Path(log).read_text()
+    for line in ("stdout: hi", "stderr: hi", "logging: hi", "subprocess: hi"):
+        assert line in text
