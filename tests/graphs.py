@@ -9,6 +9,10 @@ from common.graph import QuantumGraph
 from common.quantum import Quantum
 
 
+def _mapping(names: Sequence[str] | Mapping[str, str]) -> dict[str, str]:
+    return dict(names) if isinstance(names, Mapping) else {n: n for n in names}
+
+
 def quantum(
     qid: str,
     task: str = "ok",
@@ -26,10 +30,8 @@ def quantum(
         task_label=label or task,
         task=f"tests.tasks:{task}",
         data_id=dict(data_id or {"id": qid}),
-        inputs=dict(inputs) if isinstance(inputs, Mapping) else list(inputs),
-        outputs=(dict(outputs) if isinstance(outputs, Mapping) else list(outputs))
-        if outputs is not None
-        else [qid],
+        inputs=_mapping(inputs),
+        outputs=_mapping(outputs if outputs is not None else [qid]),
         config=dict(config or {}),
         timeout_s=timeout_s,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -183,7 +184,7 @@ class _ForceOrder:
 
     def fixup_graph(self, xgraph: nx.DiGraph[str]) -> nx.DiGraph[str]:
         ids = sorted(xgraph.nodes, reverse=True)
-        xgraph.add_edges_from(zip(ids, ids[1:], strict=False))
+        xgraph.add_edges_from(itertools.pairwise(ids))
         return xgraph
 
 
