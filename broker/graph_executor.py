@@ -88,6 +88,7 @@ class MPGraphExecutor:
         self._report: Report | None = None
         self._server: BrokerServer | None = None
         self.timings: RunTimings | None = None
+        self.endpoint: str | None = None  # the broker's endpoint while execute() runs
 
     @property
     def config(self) -> ExecutionConfig:
@@ -186,8 +187,10 @@ class MPGraphExecutor:
         sock_dir, endpoint = _private_socket_dir()
         try:
             server = self._server = BrokerServer(graph, self._config, blob, log_dir, endpoint)
+            self.endpoint = endpoint
             server.run()
             self.timings = server.timings
         finally:
+            self.endpoint = None
             shutil.rmtree(sock_dir, ignore_errors=True)
         return server.state, server.ledger

@@ -67,10 +67,18 @@ def test_one_failure_of_four_raises_and_is_reported(num_proc: int, butler: Butle
 def _per_detector_graph(bad_detector: int) -> QuantumGraph:
     qs = []
     for det in range(4):
-        qs.append(quantum(f"a{det}", "fail_if", label="a", data_id={"detector": det},
-                          config={"detector": det, "fail_on": bad_detector}))  # fmt: skip
-        qs.append(quantum(f"b{det}", "ok", label="b", data_id={"detector": det},
-                          inputs=[f"a{det}"]))  # fmt: skip
+        qs.append(
+            quantum(
+                f"a{det}",
+                "fail_if",
+                label="a",
+                data_id={"detector": det},
+                config={"detector": det, "fail_on": bad_detector},
+            )
+        )
+        qs.append(
+            quantum(f"b{det}", "ok", label="b", data_id={"detector": det}, inputs=[f"a{det}"])
+        )
     return QuantumGraph.from_quanta(qs)
 
 
@@ -81,8 +89,11 @@ def test_failed_quantum_skips_only_its_descendants(num_proc: int, butler: Butler
         ex.execute(_per_detector_graph(bad_detector=2), butler)
     report = ex.getReport()
     counts = report.counts()
-    assert (counts[ExecutionStatus.FAILURE], counts[ExecutionStatus.SUCCESS],
-            counts[ExecutionStatus.SKIPPED]) == (1, 6, 1)  # fmt: skip
+    assert (
+        counts[ExecutionStatus.FAILURE],
+        counts[ExecutionStatus.SUCCESS],
+        counts[ExecutionStatus.SKIPPED],
+    ) == (1, 6, 1)
     assert report.report_for("a2").status is ExecutionStatus.FAILURE
     assert report.report_for("b2").status is ExecutionStatus.SKIPPED
     assert report.report_for("b2").exitCode is None
@@ -160,9 +171,14 @@ def test_timeout_kills_the_task_and_its_children(
     assert report.report_for("hang").status is ExecutionStatus.TIMEOUT
     assert report.details("hang").reason is Reason.TIMEOUT
     grandchild = int(pid_file.read_text())
-    wait_until(lambda: not psutil.pid_exists(grandchild) or
-               psutil.Process(grandchild).status() == psutil.STATUS_ZOMBIE,
-               5, "the hung task's grandchild to die")  # fmt: skip
+    wait_until(
+        lambda: (
+            not psutil.pid_exists(grandchild)
+            or psutil.Process(grandchild).status() == psutil.STATUS_ZOMBIE
+        ),
+        5,
+        "the hung task's grandchild to die",
+    )
     if not fail_fast:
         assert report.counts()[ExecutionStatus.SUCCESS] == 3
 
@@ -234,8 +250,13 @@ def test_report_round_trips_through_json(butler: Butler) -> None:
     again = Report.from_json(text)
     assert again.to_json() == text
     assert json.loads(text)["quantaReports"][0].keys() == {
-        "status", "dataId", "taskLabel", "exitCode", "exceptionInfo", "quantumId",
-    }  # fmt: skip
+        "status",
+        "dataId",
+        "taskLabel",
+        "exitCode",
+        "exceptionInfo",
+        "quantumId",
+    }
 
 
 def _open_fds() -> int:

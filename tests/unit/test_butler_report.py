@@ -1,0 +1,101 @@
+"""The embedded butler and the report model."""
+
+from __future__ import annotations
+
+import pickle
+import uuid
+from pathlib import Path
+
+import pytest
+
+from common.butler import Butler
+from common.errors import ButlerError, DatasetNotFoundError
+from common.report import (
+    ExceptionInfo,
+    ExecutionStatus,
+    QuantumDetails,
+    QuantumReport,
+    Reason,
+    Report,
+    lsst_quantum_id,
+)
+
+
+def test_put_get_exists_and_refusing_overwrite(butler: Butler) -> None:
+    butler.put("a/b c", {"x": [1, 2]})
+    assert butler.exists("a/b c") and not butler.exists("other")
+    assert butler.get("a/b c") == {"x": [1, 2]}
+    with pytest.raises(ButlerError, match="already exists"):
+        butler.put("a/b c", 3)
+    butler.put("a/b c", 3, replace=True)
+    assert butler.get("a/b c") == 3
+    with pytest.raises(DatasetNotFoundError, match="'nope' not found"):
+        butler.get("nope")
+
+
+def test_butler_pickles_to_its_root_and_sees_the_same_data(butler: Butler) -> None:
+    butler.put("d", 42)
+    again = pickle.loads(pickle.dumps(butler))
+    assert again.root == butler.root and again.get("d") == 42
+
+
+def test_failed_write_leaves_nothing_registered_or_behind(butler: Butler) -> None:
+    class Unpicklable:
+        def __reduce__(self) -> tuple[object, ...]:
+            raise RuntimeError("no")
+
+    with pytest.raises(RuntimeError):
+        butler.put("bad", Unpicklable())
+    assert not butler.exists("bad")
+    assert list((butler.root / "store" / butler.run).glob(".tmp-*")) == []
+
+
+def test_runs_are_separate(tmp_path: Path) -> None:
+    a, b = Butler(tmp_path, "a"), Butler(tmp_path, "b")
+    a.put("d", 1)
+    assert not b.exists("d")
+
+
+def test_quantum_ids_map_to_stable_uuids() -> None:
+    u = str(uuid.uuid4())
+    assert lsst_quantum_id(u) == u
+    assert lsst_quantum_id("isr-1") == lsst_quantum_id("isr-1") != lsst_quantum_id("isr-2")
+    uuid.UUID(lsst_quantum_id("isr-1"))
+
+
+def test_report_json_has_lsst_fields_and_round_trips() -> None:
+    key = lsst_quantum_id("a")
+    report = Report(
+        taskCounts={"t": 1},
+        status=ExecutionStatus.FAILURE,
+        exitCode=1,
+        exceptionInfo=ExceptionInfo("MPGraphExecutorError", "1 failed"),
+        quantaReports=[
+            QuantumReport(
+                key,
+                "t",
+                {"visit": 1},
+                ExecutionStatus.FAILURE,
+                1,
+                ExceptionInfo("ValueError", "boom"),
+            )
+        ],
+        quantaDetails={key: QuantumDetails("a", Reason.EXCEPTION, "boom", 1, "w1", 1.0, 2.0)},
+    )
+    data = report.to_dict()
+    assert set(data) == {
+        "qgraphSummary",
+        "status",
+        "cmdLine",
+        "exitCode",
+        "exceptionInfo",
+        "quantaReports",
+        "quantaDetails",
+    }
+    assert data["qgraphSummary"]["qgraphTaskSummaries"]["t"]["numQuanta"] == 1
+    assert Report.from_json(report.to_json()) == report
+
+
+def test_from_json_rejects_other_documents() -> None:
+    with pytest.raises(ValueError, match="not a zmpexec report"):
+        Report.from_json('{"hello": 1}')

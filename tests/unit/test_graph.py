@@ -1,0 +1,101 @@
+"""Graph building, files and validation: each bad graph names the offending quanta."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from common.butler import Butler
+from common.errors import GraphError, GraphFileError
+from common.graph import QuantumGraph
+from tests.graphs import chain, quantum
+
+
+def test_edges_follow_datasets_and_explicit_ordering() -> None:
+    g = QuantumGraph.from_quanta(
+        [quantum("a"), quantum("b", inputs=["a"]), quantum("c")], edges=[("c", "a")]
+    )
+    assert set(g.xgraph.edges) == {("a", "b"), ("c", "a")}
+
+
+def test_duplicate_ids_are_named() -> None:
+    with pytest.raises(GraphError, match="duplicate quantum ids: 'a'") as info:
+        QuantumGraph.from_quanta([quantum("a"), quantum("a", outputs=["x"])])
+    assert info.value.quanta == ("a",)
+
+
+def test_two_producers_of_one_dataset_are_named() -> None:
+    with pytest.raises(GraphError, match="'d' is produced by two quanta: 'a', 'b'"):
+        QuantumGraph.from_quanta([quantum("a", outputs=["d"]), quantum("b", outputs=["d"])])
+
+
+def test_cycle_is_named() -> None:
+    g = QuantumGraph.from_quanta(
+        [quantum("a", inputs=["c"]), quantum("b", inputs=["a"]), quantum("c", inputs=["b"])]
+    )
+    with pytest.raises(GraphError, match="cycle: ") as info:
+        g.validate()
+    assert set(info.value.quanta) == {"a", "b", "c"}
+
+
+def test_unproduced_input_missing_from_the_butler_is_named(butler: Butler) -> None:
+    g = QuantumGraph.from_quanta([quantum("a", inputs=["raw"])])
+    with pytest.raises(GraphError, match="'raw' \\(needed by 'a'\\)"):
+        g.validate(butler)
+    butler.put("raw", 1)
+    g.validate(butler)
+
+
+def test_unimportable_task_is_named() -> None:
+    q = quantum("a")
+    bad = type(q)(id="b", task_label="x", task="no_such_module_zz:run", outputs={"b": "b"})
+    missing_attr = type(q)(id="c", task_label="y", task="tests.tasks:nope", outputs={"c": "c"})
+    with pytest.raises(GraphError, match=r"no_such_module_zz.*used by 'b'"):
+        QuantumGraph.from_quanta([q, bad]).validate()
+    with pytest.raises(GraphError, match=r"has no .nope..*used by 'c'"):
+        QuantumGraph.from_quanta([q, missing_attr]).validate()
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".json"])
+def test_files_round_trip(tmp_path: Path, suffix: str) -> None:
+    g = QuantumGraph.from_quanta(
+        [quantum("a", timeout_s=2.0), quantum("b", inputs={"x": "a"}), quantum("c")],
+        edges=[("c", "b")],
+    )
+    path = tmp_path / f"g{suffix}"
+    g.save(path)
+    again = QuantumGraph.load(path)
+    assert again.quanta() == g.quanta()
+    assert set(again.xgraph.edges) == set(g.xgraph.edges)
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "match"),
+    [
+        ("g.yaml", "quanta: [", "not valid yaml"),
+        ("g.json", "{", "not valid json"),
+        ("g.txt", "", "unknown suffix"),
+        ("g.yaml", "- 1", "expected a mapping with a 'quanta' list"),
+        ("g.yaml", "quanta:\n- {id: a}", "quanta\\[0\\].*task must be"),
+        ("g.yaml", "quanta:\n- {id: a, task: 'm:f', colour: red}", "unknown quantum field"),
+        ("g.yaml", "quanta:\n- {id: a, task: 'm:f', timeout: -1}", "timeout must be a positive"),
+        ("g.yaml", "quanta: []\nedges: [[a]]", "'edges' must be"),
+    ],
+)
+def test_malformed_files_give_clear_errors(
+    tmp_path: Path, name: str, text: str, match: str
+) -> None:
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(GraphFileError, match=match):
+        QuantumGraph.load(path)
+
+
+def test_missing_file_is_a_graph_file_error(tmp_path: Path) -> None:
+    with pytest.raises(GraphFileError, match="cannot read"):
+        QuantumGraph.load(tmp_path / "nope.yaml")
+
+
+def test_chain_helper_is_a_chain() -> None:
+    assert len(chain(4).xgraph.edges) == 3
