@@ -25,6 +25,7 @@ from common.errors import ConfigError, GraphError, MPGraphExecutorError
 from common.graph import QuantumGraph
 from common.protocol import ResultStatus
 from common.report import Report
+from worker.capture import LogCapture
 from worker.executor import QuantumExecutor
 from worker.runner import run_quantum
 
@@ -150,14 +151,15 @@ class MPGraphExecutor:
         for root in state.initial_ready():
             scheduler.push(root)
         debugger = importlib.import_module(self._pdb) if self._pdb else None
+        # The debugger needs the terminal, so logs are not captured under pdb.
+        capture = None if debugger else LogCapture(log_dir)
         try:
             while (qid := scheduler.pop()) is not None:
                 q = graph.quantum(qid)
                 state.start(qid)
                 attempt = ledger.dispatched(qid, "in-process", time.time())
-                # The debugger needs the terminal, so logs are not captured under pdb.
                 result = run_quantum(
-                    self._executor, butler, q, attempt, None if debugger else log_dir,
+                    self._executor, butler, q, attempt, capture,
                     in_process=True,
                     on_exception=debugger.post_mortem if debugger else None,
                 )  # fmt: skip
@@ -174,6 +176,8 @@ class MPGraphExecutor:
                     break
         finally:
             state.cancel()
+            if capture is not None:
+                capture.close()
         return state, ledger
 
     # ------------------------------------------------------------------ broker

@@ -31,6 +31,7 @@ class WorkerInfo:
     last_seen: float
     in_flight: dict[str, Dispatch] = field(default_factory=dict)
     completed: int = 0
+    ready: bool = False  # said READY: its executor is loaded and it can take work
 
     @property
     def free_slots(self) -> int:
@@ -51,8 +52,15 @@ class WorkerRegistry:
         self._serial += 1
         info = WorkerInfo(f"w{self._serial}", identity, pid, host, max(1, slots), local, now)
         self._by_identity[identity] = info
-        self._idle[identity] = None
         return info
+
+    def mark_ready(self, info: WorkerInfo) -> None:
+        if not info.ready:
+            info.ready = True
+            self._idle[info.identity] = None
+
+    def ready_count(self) -> int:
+        return sum(1 for w in self._by_identity.values() if w.ready)
 
     def get(self, identity: bytes) -> WorkerInfo | None:
         return self._by_identity.get(identity)

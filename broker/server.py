@@ -12,6 +12,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import assert_never
 
 import zmq
 
@@ -30,6 +31,7 @@ from common.protocol import (
     Heartbeat,
     Hello,
     Message,
+    Ready,
     Refuse,
     Result,
     ResultStatus,
@@ -88,6 +90,7 @@ class BrokerServer:
                                 log_level=logging.getLogger().getEffectiveLevel(),
                                 startup_timeout_s=config.startup_timeout_s)  # fmt: skip
         self._replacements_left = 2 * config.num_workers + 2
+        self._preload = sorted({q.task.partition(":")[0] for q in graph.quanta()})
 
     # ------------------------------------------------------------------ control
     def request_stop(self, reason: str) -> None:
@@ -201,6 +204,11 @@ class BrokerServer:
         match msg:
             case Result():
                 self._on_result(info, msg, now)
+            case Ready():
+                self.registry.mark_ready(info)
+                ready = self.registry.ready_count()
+                if self.timings.workers_ready is None and ready >= self.config.num_workers:
+                    self.timings.workers_ready = now
             case Heartbeat():
                 pass
             case Goodbye(reason=reason):
@@ -210,6 +218,8 @@ class BrokerServer:
             case Welcome() | Assign() | Refuse() | Shutdown():
                 logger.warning("unexpected %s from %s dropped", type(msg).__name__,
                                info.worker_id)  # fmt: skip
+            case _:
+                assert_never(msg)
 
     def _refuse(self, identity: bytes, reason: str) -> None:
         logger.warning("refusing worker %r: %s", identity[:16], reason)
@@ -226,9 +236,8 @@ class BrokerServer:
             liveness=self.config.liveness,
             executor=self._executor_blob,
             log_dir=str(self._log_dir),
+            preload=self._preload,
         ))  # fmt: skip
-        if self.timings.workers_ready is None and len(self.registry) >= self.config.num_workers:
-            self.timings.workers_ready = now
 
     def _send(self, identity: bytes, msg: Message) -> bool:
         try:
@@ -322,7 +331,7 @@ class BrokerServer:
         return (
             self.timings.workers_ready is None
             and now < self.timings.started + _STARTUP_HOLD_S
-            and len(self.registry) < self.config.num_workers
+            and self.registry.ready_count() < self.config.num_workers
         )
 
     def _dispatch(self, now: float) -> None:

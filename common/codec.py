@@ -21,6 +21,7 @@ from common.protocol import (
     Hello,
     Message,
     MessageType,
+    Ready,
     Refuse,
     Result,
     ResultStatus,
@@ -44,6 +45,7 @@ _TYPE_OF: Final[dict[type[Any], MessageType]] = {
     Heartbeat: MessageType.HEARTBEAT,
     Shutdown: MessageType.SHUTDOWN,
     Goodbye: MessageType.GOODBYE,
+    Ready: MessageType.READY,
 }
 _CLASS_OF: Final = {t: cls for cls, t in _TYPE_OF.items()}
 
@@ -67,6 +69,12 @@ def _number(optional: bool = False) -> Callable[[Any], Any]:
     return lambda v: None if v is None else float(check(v))
 
 
+def _strings(value: Any) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TypeError("expected a list of strings")
+    return value
+
+
 def _quantum(value: Any) -> Quantum:
     return Quantum.from_dict(value)
 
@@ -77,7 +85,8 @@ _OPT_STR, _OPT_INT = _check(str, True), _check(int, True)
 # Field decoders in dataclass field order, one tuple per message class.
 _FIELDS: Final[dict[type[Any], tuple[Callable[[Any], Any], ...]]] = {
     Hello: (_INT, _STR, _INT),
-    Welcome: (_STR, _number(), _INT, _check(bytes), _STR),
+    Welcome: (_STR, _number(), _INT, _check(bytes), _STR, _strings),
+    Ready: (),
     Refuse: (_STR,),
     Assign: (_quantum, _INT, _number(optional=True)),
     Result: (

@@ -2,7 +2,8 @@
 
 Must not encode anything itself (that is ``common.codec``, the only msgpack user).
 
-    worker HELLO -> broker WELCOME (or REFUSE) -> broker ASSIGN -> worker RESULT -> ... SHUTDOWN
+    worker HELLO -> broker WELCOME (or REFUSE) -> worker READY -> broker ASSIGN
+    -> worker RESULT -> ... -> broker SHUTDOWN
     HEARTBEAT both ways; any message counts as a sign of life. A worker leaving says GOODBYE.
 """
 
@@ -21,6 +22,7 @@ __all__ = [
     "Hello",
     "Message",
     "MessageType",
+    "Ready",
     "Refuse",
     "Result",
     "ResultStatus",
@@ -40,6 +42,7 @@ class MessageType(enum.IntEnum):
     HEARTBEAT = 6
     SHUTDOWN = 7
     GOODBYE = 8
+    READY = 9
 
 
 class ResultStatus(enum.StrEnum):
@@ -60,13 +63,20 @@ class Hello:
 @dataclass(frozen=True, slots=True)
 class Welcome:
     """The broker accepts a worker. ``executor`` is the pickled quantum executor, opaque to
-    the agent, unpickled only in the executor child."""
+    the agent, unpickled only in the executor child; ``preload`` names the task modules the
+    child imports before it says READY."""
 
     worker_id: str
     heartbeat_interval_s: float
     liveness: int
     executor: bytes
     log_dir: str
+    preload: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """The worker's executor is loaded and its task modules imported: it can take work."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,4 +135,4 @@ class Goodbye:
     reason: str
 
 
-Message = Hello | Welcome | Refuse | Assign | Result | Heartbeat | Shutdown | Goodbye
+Message = Hello | Welcome | Ready | Refuse | Assign | Result | Heartbeat | Shutdown | Goodbye

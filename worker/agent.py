@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from types import FrameType
+from typing import assert_never
 
 import zmq
 
@@ -31,6 +32,7 @@ from common.protocol import (
     Heartbeat,
     Hello,
     Message,
+    Ready,
     Refuse,
     Result,
     ResultStatus,
@@ -38,6 +40,7 @@ from common.protocol import (
     Welcome,
 )
 from common.report import Reason
+from worker.capture import keep_scratch, scratch_path
 from worker.child import child_main
 from worker.lifecycle import describe_exit, die_with_parent, kill_group
 from worker.runner import log_path_for
@@ -80,6 +83,7 @@ class WorkerAgent:
         self._conn: Connection | None = None
         self._running: _Running | None = None
         self._welcome: Welcome | None = None
+        self._ready_sent = False
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._poller = zmq.Poller()
@@ -145,7 +149,10 @@ class WorkerAgent:
         return EXIT_NO_BROKER
 
     def _close(self) -> None:
+        pid = self._child.pid if self._child is not None else None
         self._stop_child()
+        if pid is not None and self._welcome is not None:
+            scratch_path(Path(self._welcome.log_dir), pid).unlink(missing_ok=True)
         self._sock.close(linger=0)
         self._ctx.term()
 
@@ -156,7 +163,7 @@ class WorkerAgent:
         w = self._welcome
         child = self._mp.Process(
             target=child_main,
-            args=(theirs, w.executor, w.log_dir, None),
+            args=(theirs, w.executor, w.log_dir, None, w.preload),
             name="zmpexec-executor",
             daemon=False,
         )
@@ -214,13 +221,11 @@ class WorkerAgent:
     def _enforce_deadlines(self, now: float, silence_limit: float) -> None:
         r = self._running
         if r is not None and r.deadline is not None and now >= r.deadline:
-            self._report_end(
-                r,
-                ResultStatus.TIMEOUT,
-                _TIMEOUT_EXIT_CODE,
-                Reason.TIMEOUT,
-                f"timed out after {r.assign.timeout_s:g}s; executor killed",
-            )
+            pid = self._child.pid if self._child is not None else None
+            self._stop_child()  # kills its process group: the task's own children too
+            message = f"timed out after {r.assign.timeout_s:g}s; executor killed"
+            self._report_end(r, ResultStatus.TIMEOUT, _TIMEOUT_EXIT_CODE, Reason.TIMEOUT,
+                             message, pid)  # fmt: skip
             self._replace_child()
         if now - self._last_broker > silence_limit:
             logger.error("broker silent for %.1fs: exiting", now - self._last_broker)
@@ -249,8 +254,10 @@ class WorkerAgent:
                 case Refuse(reason=reason):
                     logger.error("broker refused this worker: %s", reason)
                     self._stop_reason = "refused"
-                case Hello() | Welcome() | Result() | Goodbye():
+                case Hello() | Welcome() | Ready() | Result() | Goodbye():
                     logger.warning("unexpected %s from broker, dropped", type(msg).__name__)
+                case _:
+                    assert_never(msg)
 
     def _start_quantum(self, assign: Assign, frame: bytes) -> None:
         if self._running is not None or self._conn is None:
@@ -282,6 +289,11 @@ class WorkerAgent:
         except ProtocolError as e:
             logger.error("executor child sent a bad frame: %s", e)
             return True
+        if isinstance(result, Ready):
+            if not self._ready_sent:  # a replacement child needs no new announcement
+                self._ready_sent = True
+                self._send_frame(frame)
+            return True
         r = self._running
         if (
             not isinstance(result, Result)
@@ -304,27 +316,30 @@ class WorkerAgent:
         r = self._running
         if r is not None:
             reason = Reason.SIGNAL if code < 0 else Reason.EXIT_CODE
-            self._report_end(
-                r, ResultStatus.FAILURE, code, reason, f"executor process {describe_exit(code)}"
-            )
+            message = f"executor process {describe_exit(code)}"
+            self._report_end(r, ResultStatus.FAILURE, code, reason, message, self._child.pid)
         elif code != 0:
             logger.warning("idle executor child %s; replacing it", describe_exit(code))
         self._replace_child()
 
     # ------------------------------------------------------------------ sending
     def _report_end(
-        self, r: _Running, status: ResultStatus, code: int | None, reason: Reason, message: str
-    ) -> None:
+        self, r: _Running, status: ResultStatus, code: int | None, reason: Reason, message: str,
+        child_pid: int | None,
+    ) -> None:  # fmt: skip
         self._running = None
-        self._send_result_for(r.assign, status, code, reason, message, r.started)
+        self._send_result_for(r.assign, status, code, reason, message, r.started, child_pid)
 
     def _send_result_for(
         self, assign: Assign, status: ResultStatus, code: int | None, reason: Reason,
-        message: str, started: float,
+        message: str, started: float, child_pid: int | None = None,
     ) -> None:  # fmt: skip
         assert self._welcome is not None
         now = time.time()
-        log = log_path_for(Path(self._welcome.log_dir), assign.quantum.id, assign.attempt)
+        log_dir = Path(self._welcome.log_dir)
+        log = log_path_for(log_dir, assign.quantum.id, assign.attempt)
+        if child_pid is not None:  # what the task wrote before it died is its log
+            keep_scratch(scratch_path(log_dir, child_pid), log)
         self._send(Result(
             quantum_id=assign.quantum.id, attempt=assign.attempt, status=status,
             exit_code=code, exc_class=None, exc_message=message, reason=reason,

@@ -6,6 +6,7 @@ It leads its own process group so a timeout kill takes the task's own children w
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import pickle
@@ -14,8 +15,9 @@ from pathlib import Path
 
 from common.butler import Butler
 from common.codec import decode, encode
-from common.protocol import Assign, Result, ResultStatus
+from common.protocol import Assign, Ready, Result, ResultStatus
 from common.report import Reason
+from worker.capture import LogCapture
 from worker.executor import QuantumExecutor
 from worker.lifecycle import die_with_parent
 from worker.runner import peak_rss_kb, run_quantum
@@ -42,13 +44,26 @@ def _refusal(assign: Assign, message: str) -> Result:
     )  # fmt: skip
 
 
+def _preload(modules: list[str]) -> None:
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception as e:  # the quantum that needs it reports the error properly
+            logger.warning("cannot preload task module %s: %s", name, e)
+
+
 def child_main(
-    conn: Connection, executor_blob: bytes, log_dir: str, max_quanta: int | None
-) -> None:
-    """Serve ASSIGN frames from ``conn`` until EOF or ``max_quanta`` have run."""
+    conn: Connection, executor_blob: bytes, log_dir: str, max_quanta: int | None,
+    preload: list[str],
+) -> None:  # fmt: skip
+    """Load the executor and task modules, say READY, then serve ASSIGN frames from ``conn``
+    until EOF or ``max_quanta`` have run."""
     os.setpgid(0, 0)
     die_with_parent()
     loaded = _load(executor_blob)
+    _preload(preload)
+    conn.send_bytes(encode(Ready()))
+    capture = LogCapture(Path(log_dir))
     done = 0
     while max_quanta is None or done < max_quanta:
         try:
@@ -63,6 +78,7 @@ def child_main(
             result = _refusal(assign, loaded)
         else:
             executor, butler = loaded
-            result = run_quantum(executor, butler, assign.quantum, assign.attempt, Path(log_dir))
+            result = run_quantum(executor, butler, assign.quantum, assign.attempt, capture)
         conn.send_bytes(encode(result))
         done += 1
+    capture.close()

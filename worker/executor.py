@@ -55,7 +55,7 @@ class TaskQuantumExecutor:
                 )
             for key, dataset in outputs.items():
                 butler.put(dataset, value[key], replace=True)
-        logger.info(
+        logger.debug(
             "quantum %s (%s): read %.3fs, run %.3fs, write %.3fs",
             quantum.id,
             quantum.task_label,

@@ -17,7 +17,7 @@ from common.butler import Butler
 from common.protocol import Result, ResultStatus
 from common.quantum import Quantum
 from common.report import Reason
-from worker.capture import capture_output
+from worker.capture import LogCapture
 from worker.executor import QuantumExecutor
 
 __all__ = ["MAX_MESSAGE_CHARS", "log_path_for", "peak_rss_kb", "run_quantum"]
@@ -57,21 +57,21 @@ def run_quantum(
     butler: Butler,
     quantum: Quantum,
     attempt: int,
-    log_dir: Path | None,
+    capture: LogCapture | None,
     *,
     in_process: bool = False,
     on_exception: Callable[[TracebackType | None], object] | None = None,
 ) -> Result:
     """Execute and describe the outcome; only KeyboardInterrupt escapes."""
-    log_path = log_path_for(log_dir, quantum.id, attempt) if log_dir is not None else None
+    kept: list[Path] = []
     start, t0 = time.time(), time.monotonic()
     status, exit_code = ResultStatus.SUCCESS, (None if in_process else 0)
     exc_class = exc_message = reason = None
     try:
-        if log_path is None:
+        if capture is None:
             executor.execute(quantum, butler)
         else:
-            with capture_output(log_path):
+            with capture.capture(log_path_for(capture.log_dir, quantum.id, attempt), kept):
                 try:
                     executor.execute(quantum, butler)
                 except BaseException:
@@ -102,5 +102,5 @@ def run_quantum(
         end_time=time.time(),
         duration_s=time.monotonic() - t0,
         max_rss_kb=peak_rss_kb(),
-        log_path=str(log_path) if log_path else None,
+        log_path=str(kept[0]) if kept else None,
     )

@@ -17,6 +17,7 @@ from common.protocol import (
     Hello,
     Message,
     MessageType,
+    Ready,
     Refuse,
     Result,
     ResultStatus,
@@ -44,7 +45,9 @@ EVERY_MESSAGE: list[Message] = [
         liveness=3,
         executor=b"\x80\x04.",
         log_dir="/tmp/logs",
+        preload=["pkg.tasks", "other"],
     ),
+    Ready(),
     Refuse(reason="version"),
     Assign(quantum=Q, attempt=2, timeout_s=None),
     Assign(quantum=Q, attempt=1, timeout_s=1.5),
@@ -73,6 +76,7 @@ def test_every_message_type_has_a_round_trip_case() -> None:
     assert {type(m) for m in EVERY_MESSAGE} == {
         Hello,
         Welcome,
+        Ready,
         Refuse,
         Assign,
         Result,
@@ -80,7 +84,7 @@ def test_every_message_type_has_a_round_trip_case() -> None:
         Shutdown,
         Goodbye,
     }
-    assert len(MessageType) == 8
+    assert len(MessageType) == 9
 
 
 @pytest.mark.parametrize("message", EVERY_MESSAGE, ids=lambda m: type(m).__name__)

@@ -76,6 +76,8 @@ def test_learned_durations_change_the_order() -> None:
 def test_registry_tracks_silence_deadlines_and_fences_attempts() -> None:
     reg = WorkerRegistry()
     w = reg.add(b"id1", pid=10, host="h", slots=1, local=True, now=100.0)
+    assert reg.next_free() is None  # not READY yet
+    reg.mark_ready(w)
     assert reg.next_free() is w
     reg.assign(w, Dispatch("q", attempt=2, sent_at=100.0, backstop=105.0))
     assert reg.next_free() is None

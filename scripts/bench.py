@@ -1,0 +1,190 @@
+"""Benchmark zmpexec on the shared anchor workloads (W1-W4, ``anchors/workloads.py``), side by
+side with peers run in the same session, each run a fresh process, repetitions interleaved.
+
+    python scripts/bench.py --anchors ../shared/anchors --reps 3
+    python scripts/bench.py --anchors ../shared/anchors --workloads W2 --peers ppe-fork
+
+Metrics as in the anchors: W1 quanta/s, W2 us/hop, W3/W4 makespan over the lower bound. The
+timed region is first dispatch to last result; worker start-up is reported separately.
+Variants: ``zmpexec`` calls the workload body directly (like the peers); ``zmpexec-butler``
+goes through TaskQuantumExecutor and stores every output in the embedded butler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from common.butler import Butler
+from common.graph import QuantumGraph
+from common.quantum import Quantum
+
+PEERS = {
+    "zmq-floor": ["run_zmq.py"],
+    "ppe-fork": ["run_ppe.py"],
+}
+VARIANTS = ("zmpexec", "zmpexec-butler")
+
+
+class WorkloadExecutor:
+    """Calls ``workloads.quantum`` directly, like the peer anchors (no butler I/O)."""
+
+    def execute(self, quantum: Quantum, butler: Butler) -> None:
+        workloads = importlib.import_module("workloads")
+        qid = int(quantum.id)
+        if workloads.quantum(qid, float(quantum.config["duration"])) != qid:
+            raise RuntimeError(f"quantum {qid} returned a wrong result")
+
+
+def to_graph(wl: Any) -> QuantumGraph:
+    """A workload's DAG as quanta running ``workloads:quantum``; quantum i stores dataset
+    ``d<i>``. Dependencies are ordering edges (the body takes no inputs by name)."""
+    quanta = [
+        Quantum(
+            id=str(q), task_label=wl.graph.nodes[q]["label"], task="workloads:quantum",
+            data_id=dict(wl.graph.nodes[q]["data_id"]), outputs={"out": f"d{q}"},
+            config={"qid": q, "duration": wl.duration(q)},
+        )
+        for q in wl.order()
+    ]  # fmt: skip
+    edges = [(str(p), str(q)) for q in wl.order() for p in wl.parents(q)]
+    return QuantumGraph.from_quanta(quanta, edges)
+
+
+def run_one(variant: str, workload: str) -> dict[str, Any]:
+    """One measurement in this (fresh) process."""
+    from broker import MPGraphExecutor
+    from scripts.bench import WorkloadExecutor as Importable  # not __main__'s: workers import it
+    from worker.executor import TaskQuantumExecutor
+
+    workloads = importlib.import_module("workloads")
+    wl = workloads.build(workload)
+    graph = to_graph(wl)
+    executor: Any = Importable() if variant == "zmpexec" else TaskQuantumExecutor()
+    with tempfile.TemporaryDirectory(prefix="zmpbench-") as tmp:
+        butler = Butler(Path(tmp) / "repo")
+        ex = MPGraphExecutor(workloads.NUM_WORKERS, None, executor, run_dir=Path(tmp) / "run")
+        t0 = time.perf_counter()
+        ex.execute(graph, butler)
+        wall = time.perf_counter() - t0
+        if variant != "zmpexec":
+            last = wl.order()[-1]
+            assert butler.get(f"d{last}") == last
+    t = ex.timings
+    assert t is not None and t.first_dispatch is not None and t.last_result is not None
+    makespan = t.last_result - t.first_dispatch
+    return {"anchor": variant, "workload": workload, "ok": True,
+            "startup_s": t.first_dispatch - t.started, "wall_s": wall,
+            **workloads.metrics(wl, makespan)}  # fmt: skip
+
+
+def _run_peer(anchors: Path, peer: str, workload: str) -> dict[str, Any] | None:
+    script = PEERS[peer][0]
+    if peer == "zmq-floor":
+        if workload not in ("W1", "W2"):
+            return None
+        args = ["--mode", "pingpong2" if workload == "W1" else "pingpong1"]
+    else:
+        args = ["--workload", workload]
+    env = dict(os.environ, PYTHONPATH=str(anchors))
+    out = subprocess.run([sys.executable, str(anchors / script), *args], env=env,
+                         capture_output=True, text=True, timeout=600, check=True)  # fmt: skip
+    rec: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    if peer == "zmq-floor":  # its record is per round trip; express it as the workload metric
+        us = rec.get("us_per_round_trip")
+        rec = {"anchor": peer, "workload": workload, "ok": True, "startup_s": rec.get("startup_s")}
+        if us is not None:
+            rec.update({"us_per_hop": us} if workload == "W2" else
+                       {"quanta_per_s": 1e6 / us * 1.0, "us_per_quantum": us})  # fmt: skip
+    rec["anchor"] = peer
+    return rec
+
+
+def _run_variant(anchors: Path, variant: str, workload: str) -> dict[str, Any]:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(anchors), os.getcwd()]))
+    out = subprocess.run([sys.executable, "-m", "scripts.bench", "--one", variant, workload],
+                         env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    if out.returncode != 0:
+        raise RuntimeError(f"{variant} {workload} failed:\n{out.stderr[-3000:]}")
+    rec: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return rec
+
+
+_METRIC = {"W1": "quanta_per_s", "W2": "us_per_hop", "W3": "ratio_to_lb", "W4": "ratio_to_lb"}
+
+
+def _table(records: list[dict[str, Any]], workloads: list[str]) -> str:
+    names = list(dict.fromkeys(r["anchor"] for r in records))
+    head = (
+        "| executor | "
+        + " | ".join(
+            {"W1": "W1 quanta/s", "W2": "W2 us/hop", "W3": "W3 / LB", "W4": "W4 / LB"}[w]
+            for w in workloads
+        )
+        + " | startup s |"
+    )
+    lines = [head, "|" + "---|" * (len(workloads) + 2)]
+    for name in names:
+        cells = []
+        for w in workloads:
+            vals = [r[_METRIC[w]] for r in records
+                    if r["anchor"] == name and r["workload"] == w and _METRIC[w] in r]  # fmt: skip
+            cells.append(
+                f"{statistics.median(vals):,.3g} ({min(vals):,.3g}-{max(vals):,.3g})"
+                if vals
+                else "-"
+            )
+        ups = [r["startup_s"] for r in records if r["anchor"] == name and r.get("startup_s")]
+        cells.append(f"{statistics.median(ups):.3f}" if ups else "-")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--anchors", type=Path, default=Path("../shared/anchors"))
+    p.add_argument("--workloads", default="W1,W2,W3,W4")
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--peers", default=",".join(PEERS))
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--out", type=Path, default=None, help="append JSON lines here")
+    p.add_argument("--one", nargs=2, metavar=("VARIANT", "WORKLOAD"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.one:
+        print(json.dumps(run_one(*args.one)))
+        return
+    anchors = args.anchors.resolve()
+    workloads = args.workloads.split(",")
+    variants = [v for v in args.variants.split(",") if v]
+    peers = [v for v in args.peers.split(",") if v]
+    records: list[dict[str, Any]] = []
+    for rep in range(args.reps):
+        for w in workloads:
+            for name in variants + peers:
+                rec = (_run_variant(anchors, name, w) if name in VARIANTS
+                       else _run_peer(anchors, name, w))  # fmt: skip
+                if rec is None:
+                    continue
+                rec["rep"] = rep
+                records.append(rec)
+                print(f"rep {rep} {w} {name}: " + ", ".join(
+                    f"{k}={rec[k]:.4g}" for k in ("quanta_per_s", "us_per_hop", "ratio_to_lb",
+                                                  "makespan_s") if k in rec),
+                      file=sys.stderr, flush=True)  # fmt: skip
+                if args.out:
+                    with args.out.open("a") as f:
+                        f.write(json.dumps(rec) + "\n")
+    print(_table(records, workloads))
+
+
+if __name__ == "__main__":
+    main()
