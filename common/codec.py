@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Final
 
 import msgpack
@@ -30,7 +31,7 @@ from common.protocol import (
 )
 from common.quantum import Quantum
 
-__all__ = ["MAX_FRAME_BYTES", "decode", "encode"]
+__all__ = ["MAX_FRAME_BYTES", "Peek", "decode", "encode", "peek"]
 
 MAX_FRAME_BYTES: Final = 64 * 1024 * 1024
 _MAX_STR: Final = 16 * 1024 * 1024
@@ -122,8 +123,36 @@ def encode(message: Message, version: int = PROTOCOL_VERSION) -> bytes:
     return data
 
 
-def decode(data: bytes) -> Message:
-    """The message in ``data``; ProtocolError (or ProtocolVersionError) if it is not one."""
+@dataclass(frozen=True, slots=True)
+class Peek:
+    """What a relay needs from an ASSIGN or RESULT frame without building the message."""
+
+    kind: MessageType
+    quantum_id: str
+    attempt: int
+    timeout_s: float | None
+
+
+def peek(data: bytes) -> Peek | None:
+    """The routing fields of an ASSIGN or RESULT frame; None for other (valid) types.
+
+    The agent relays these frames verbatim; the side that acts on them decodes them fully.
+    """
+    raw = _unpack(data)
+    kind = raw[1]
+    try:
+        if kind == MessageType.ASSIGN and len(raw) == 5:
+            qid = raw[2]["id"] if isinstance(raw[2], dict) else None
+            return Peek(MessageType.ASSIGN, _STR(qid), _INT(raw[3]), _number(True)(raw[4]))
+        if kind == MessageType.RESULT and len(raw) == 14:
+            return Peek(MessageType.RESULT, _STR(raw[2]), _INT(raw[3]), None)
+    except (TypeError, ValueError) as e:
+        raise ProtocolError(f"bad {MessageType(kind).name} routing field: {e}", data) from e
+    return None
+
+
+def _unpack(data: bytes) -> list[Any]:
+    """The checked ``[version, type, *fields]`` array of a frame."""
     if len(data) > MAX_FRAME_BYTES:
         raise ProtocolError(f"frame of {len(data)} bytes exceeds {MAX_FRAME_BYTES}", data)
     try:
@@ -141,8 +170,8 @@ def decode(data: bytes) -> Message:
         raise ProtocolError(f"undecodable frame: {type(e).__name__}: {e}", data) from e
     if not isinstance(raw, list) or len(raw) < 2:
         raise ProtocolError("frame is not a [version, type, ...] array", data)
-    version, kind, *fields = raw
-    if version != PROTOCOL_VERSION and not (kind == MessageType.REFUSE and len(fields) == 1):
+    version, kind = raw[0], raw[1]
+    if version != PROTOCOL_VERSION and not (kind == MessageType.REFUSE and len(raw) == 3):
         # REFUSE keeps one layout in every version, so a refused peer can read why.
         raise ProtocolVersionError(
             f"protocol version {version!r} is not supported (this side speaks {PROTOCOL_VERSION})",
@@ -150,9 +179,16 @@ def decode(data: bytes) -> Message:
             data,
         )
     try:
-        cls = _CLASS_OF[MessageType(kind)]
+        MessageType(kind)
     except (ValueError, TypeError) as e:
         raise ProtocolError(f"unknown message type {kind!r}", data) from e
+    return raw
+
+
+def decode(data: bytes) -> Message:
+    """The message in ``data``; ProtocolError (or ProtocolVersionError) if it is not one."""
+    raw = _unpack(data)
+    cls, fields = _CLASS_OF[MessageType(raw[1])], raw[2:]
     decoders = _FIELDS[cls]
     if len(fields) != len(decoders):
         raise ProtocolError(

@@ -24,7 +24,7 @@ from typing import assert_never
 
 import zmq
 
-from common.codec import decode, encode
+from common.codec import Peek, decode, encode, peek
 from common.errors import ProtocolError
 from common.protocol import (
     Assign,
@@ -32,6 +32,7 @@ from common.protocol import (
     Heartbeat,
     Hello,
     Message,
+    MessageType,
     Ready,
     Refuse,
     Result,
@@ -66,7 +67,7 @@ class AgentConfig:
 
 @dataclass(slots=True)
 class _Running:
-    assign: Assign
+    job: Peek
     deadline: float | None
     started: float
 
@@ -223,7 +224,7 @@ class WorkerAgent:
         if r is not None and r.deadline is not None and now >= r.deadline:
             pid = self._child.pid if self._child is not None else None
             self._stop_child()  # kills its process group: the task's own children too
-            message = f"timed out after {r.assign.timeout_s:g}s; executor killed"
+            message = f"timed out after {r.job.timeout_s:g}s; executor killed"
             self._report_end(r, ResultStatus.TIMEOUT, _TIMEOUT_EXIT_CODE, Reason.TIMEOUT,
                              message, pid)  # fmt: skip
             self._replace_child()
@@ -242,10 +243,19 @@ class WorkerAgent:
             except zmq.Again:
                 return
             self._last_broker = time.monotonic()
+            try:
+                # ASSIGN is relayed verbatim; only the executor child decodes it fully.
+                job = peek(frame)
+            except ProtocolError as e:
+                logger.error("dropping bad frame from broker: %s", e)
+                continue
+            if job is not None and job.kind is MessageType.ASSIGN:
+                self._start_quantum(job, frame)
+                continue
             msg = self._decode(frame)
             match msg:
                 case Assign():
-                    self._start_quantum(msg, frame)
+                    logger.error("dropping malformed ASSIGN")
                 case Shutdown(reason=reason):
                     logger.info("broker asked to shut down: %s", reason)
                     self._stop_reason = "shutdown"
@@ -259,22 +269,16 @@ class WorkerAgent:
                 case _:
                     assert_never(msg)
 
-    def _start_quantum(self, assign: Assign, frame: bytes) -> None:
+    def _start_quantum(self, job: Peek, frame: bytes) -> None:
         if self._running is not None or self._conn is None:
-            busy = self._running.assign.quantum.id if self._running else "no executor"
-            logger.error("ASSIGN %s while busy (%s): refusing", assign.quantum.id, busy)
-            self._send_result_for(
-                assign,
-                ResultStatus.FAILURE,
-                None,
-                Reason.WORKER_LOST,
-                "worker was busy",
-                time.time(),
-            )
+            busy = self._running.job.quantum_id if self._running else "no executor"
+            logger.error("ASSIGN %s while busy (%s): refusing", job.quantum_id, busy)
+            self._send_result_for(job, ResultStatus.FAILURE, None, Reason.WORKER_LOST,
+                                  "worker was busy", time.time())  # fmt: skip
             return
         now = time.monotonic()
-        deadline = now + assign.timeout_s if assign.timeout_s is not None else None
-        self._running = _Running(assign, deadline, time.time())
+        deadline = now + job.timeout_s if job.timeout_s is not None else None
+        self._running = _Running(job, deadline, time.time())
         self._conn.send_bytes(frame)
 
     def _read_child(self) -> bool:
@@ -285,20 +289,21 @@ class WorkerAgent:
         except (EOFError, OSError):
             return False  # the child died; its sentinel reports how
         try:
-            result = decode(frame)
+            result = peek(frame)
+            if result is None and isinstance(decode(frame), Ready):
+                if not self._ready_sent:  # a replacement child needs no new announcement
+                    self._ready_sent = True
+                    self._send_frame(frame)
+                return True
         except ProtocolError as e:
             logger.error("executor child sent a bad frame: %s", e)
             return True
-        if isinstance(result, Ready):
-            if not self._ready_sent:  # a replacement child needs no new announcement
-                self._ready_sent = True
-                self._send_frame(frame)
-            return True
         r = self._running
         if (
-            not isinstance(result, Result)
+            result is None
+            or result.kind is not MessageType.RESULT
             or r is None
-            or (result.quantum_id, result.attempt) != (r.assign.quantum.id, r.assign.attempt)
+            or (result.quantum_id, result.attempt) != (r.job.quantum_id, r.job.attempt)
         ):
             logger.warning("dropping stale result from executor child: %r", result)
             return True
@@ -328,20 +333,20 @@ class WorkerAgent:
         child_pid: int | None,
     ) -> None:  # fmt: skip
         self._running = None
-        self._send_result_for(r.assign, status, code, reason, message, r.started, child_pid)
+        self._send_result_for(r.job, status, code, reason, message, r.started, child_pid)
 
     def _send_result_for(
-        self, assign: Assign, status: ResultStatus, code: int | None, reason: Reason,
+        self, job: Peek, status: ResultStatus, code: int | None, reason: Reason,
         message: str, started: float, child_pid: int | None = None,
     ) -> None:  # fmt: skip
         assert self._welcome is not None
         now = time.time()
         log_dir = Path(self._welcome.log_dir)
-        log = log_path_for(log_dir, assign.quantum.id, assign.attempt)
+        log = log_path_for(log_dir, job.quantum_id, job.attempt)
         if child_pid is not None:  # what the task wrote before it died is its log
             keep_scratch(scratch_path(log_dir, child_pid), log)
         self._send(Result(
-            quantum_id=assign.quantum.id, attempt=assign.attempt, status=status,
+            quantum_id=job.quantum_id, attempt=job.attempt, status=status,
             exit_code=code, exc_class=None, exc_message=message, reason=reason,
             start_time=started, end_time=now, duration_s=max(0.0, now - started),
             max_rss_kb=None, log_path=str(log) if log.exists() else None,

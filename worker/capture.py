@@ -15,6 +15,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TextIO
 
 __all__ = ["LogCapture", "keep_scratch", "scratch_path"]
 
@@ -44,19 +45,36 @@ class LogCapture:
     def __init__(self, log_dir: Path) -> None:
         self.log_dir = log_dir
         self._fd: int | None = None
+        self._text: TextIO | None = None
+        self._handler: logging.Handler | None = None
 
-    def _scratch_fd(self) -> int:
-        if self._fd is None:
+    def _scratch(self) -> tuple[int, TextIO, logging.Handler]:
+        """The open scratch file (created on first use and after each kept log), emptied."""
+        if self._fd is None or self._text is None or self._handler is None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             path = scratch_path(self.log_dir, os.getpid())
             self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+            self._text = open(  # noqa: SIM115 - lives until the scratch is kept or closed
+                os.dup(self._fd), "a", buffering=1, encoding="utf-8", errors="replace"
+            )
+            self._handler = logging.StreamHandler(self._text)
+            self._handler.setFormatter(logging.Formatter(_FORMAT))
         os.ftruncate(self._fd, 0)
-        return self._fd
+        return self._fd, self._text, self._handler
+
+    def _release(self) -> None:
+        if self._text is not None:
+            try:
+                self._text.close()
+            except (OSError, ValueError):
+                pass  # the task closed or broke the stream
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd = self._text = self._handler = None
 
     def close(self) -> None:
         if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+            self._release()
             scratch_path(self.log_dir, os.getpid()).unlink(missing_ok=True)
 
     @contextmanager
@@ -69,13 +87,10 @@ class LogCapture:
                 stream.flush()
             except (OSError, ValueError):
                 pass  # a broken stream must not stop the capture
-        fd = self._scratch_fd()
+        fd, text, handler = self._scratch()
         saved_fds = [os.dup(1), os.dup(2)]
         saved_streams = sys.stdout, sys.stderr
-        text = open(os.dup(fd), "a", buffering=1, encoding="utf-8", errors="replace")  # noqa: SIM115
         root = logging.getLogger()
-        handler = logging.StreamHandler(text)
-        handler.setFormatter(logging.Formatter(_FORMAT))
         old_level = root.level
         try:
             os.dup2(fd, 1)
@@ -89,16 +104,18 @@ class LogCapture:
             root.removeHandler(handler)
             root.setLevel(old_level)
             sys.stdout, sys.stderr = saved_streams
+            broken = False
             try:
-                text.close()
+                text.flush()
             except (OSError, ValueError):
-                pass  # the task closed or broke the stream; the fds are restored below
+                broken = True  # the task closed or broke the stream: start afresh next time
             os.dup2(saved_fds[0], 1)
             os.dup2(saved_fds[1], 2)
             for f in saved_fds:
                 os.close(f)
             if os.fstat(fd).st_size > 0:
                 os.replace(scratch_path(self.log_dir, os.getpid()), final)
-                os.close(fd)
-                self._fd = None
+                self._release()
                 kept.append(final)
+            elif broken:
+                self._release()
