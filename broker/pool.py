@@ -48,13 +48,14 @@ class WorkerPool:
     """Local agents for one broker endpoint."""
 
     def __init__(self, endpoint: str, start_method: str, *, log_level: int = logging.WARNING,
-                 startup_timeout_s: float = 60.0) -> None:  # fmt: skip
+                 startup_timeout_s: float = 60.0, prefetch: int = 1) -> None:  # fmt: skip
         self._start_method = start_method
         self._config = AgentConfig(
             endpoint=endpoint,
             parent_pid=os.getpid(),
             startup_timeout_s=startup_timeout_s,
             log_level=log_level,
+            prefetch=prefetch,
         )
         self._by_fd: dict[int, LocalWorker] = {}
         self.started = 0
@@ -72,7 +73,7 @@ class WorkerPool:
         env["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
         argv = [sys.executable, "-m", "worker.agent", "--endpoint", c.endpoint,
                 "--parent-pid", str(c.parent_pid), "--startup-timeout", str(c.startup_timeout_s),
-                "--log-level", str(c.log_level)]  # fmt: skip
+                "--log-level", str(c.log_level), "--prefetch", str(c.prefetch)]  # fmt: skip
         return subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, process_group=0)
 
     def spawn(self, n: int = 1) -> list[LocalWorker]:

@@ -75,15 +75,22 @@ class WorkerRegistry:
         info.last_seen = now
 
     def next_free(self) -> WorkerInfo | None:
-        """The least recently used worker with a free slot, or None."""
+        """The worker with the most free slots (least recently used first), or None."""
+        best: WorkerInfo | None = None
         for identity in self._idle:
-            return self._by_identity[identity]
-        return None
+            info = self._by_identity[identity]
+            if info.free_slots == info.slots:
+                return info  # idle: nothing beats it
+            if best is None or info.free_slots > best.free_slots:
+                best = info
+        return best
 
     def assign(self, info: WorkerInfo, dispatch: Dispatch) -> None:
         info.in_flight[dispatch.quantum_id] = dispatch
         if info.free_slots <= 0:
             self._idle.pop(info.identity, None)
+        else:
+            self._idle.move_to_end(info.identity)
 
     def complete(self, info: WorkerInfo, quantum_id: str, attempt: int) -> Dispatch | None:
         """The matching in-flight dispatch, removed; None for a stale or unknown result."""

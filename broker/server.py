@@ -88,7 +88,8 @@ class BrokerServer:
         os.set_blocking(self._wake_w, False)
         self._pool = WorkerPool(endpoint, config.start_method,
                                 log_level=logging.getLogger().getEffectiveLevel(),
-                                startup_timeout_s=config.startup_timeout_s)  # fmt: skip
+                                startup_timeout_s=config.startup_timeout_s,
+                                prefetch=config.prefetch)  # fmt: skip
         self._replacements_left = 2 * config.num_workers + 2
         self._preload = sorted({q.task.partition(":")[0] for q in graph.quanta()})
 
@@ -344,7 +345,9 @@ class BrokerServer:
             q = self.graph.quantum(qid)
             attempt = self.ledger.dispatched(qid, info.worker_id, time.time())
             timeout = q.timeout_s if q.timeout_s is not None else self.config.timeout_s
-            backstop = None if timeout is None else now + timeout + _BACKSTOP_GRACE_S
+            # A prefetched quantum starts after those ahead of it on the worker.
+            ahead = sum((d.backstop or now) - now for d in info.in_flight.values())
+            backstop = None if timeout is None else now + ahead + timeout + _BACKSTOP_GRACE_S
             self.state.start(qid)
             self.registry.assign(info, Dispatch(qid, attempt, now, backstop))
             if self.timings.first_dispatch is None:

@@ -20,7 +20,8 @@ class ExecutionConfig:
 
     ``timeout_s`` is the default per-quantum timeout (a quantum's own ``timeout_s`` wins);
     ``retries`` is how many times a quantum lost with its worker is dispatched again;
-    ``run_dir`` holds logs (a fresh temporary directory when None).
+    ``run_dir`` holds logs (a fresh temporary directory when None); ``prefetch`` is how many
+    quanta a local worker queues behind the running one (hides the dispatch round trip).
     """
 
     num_workers: int = 1
@@ -34,6 +35,7 @@ class ExecutionConfig:
     run_dir: Path | None = None
     startup_timeout_s: float = 60.0
     shutdown_grace_s: float = 2.0
+    prefetch: int = 1
 
     def __post_init__(self) -> None:
         if self.num_workers < 1:
@@ -51,6 +53,8 @@ class ExecutionConfig:
             raise ConfigError(f"retries must be >= 0, got {self.retries}")
         if self.max_quanta_per_executor is not None and self.max_quanta_per_executor < 1:
             raise ConfigError("max quanta per executor must be at least 1")
+        if self.prefetch < 0:
+            raise ConfigError(f"prefetch must be >= 0, got {self.prefetch}")
         if self.startup_timeout_s <= 0 or self.shutdown_grace_s < 0:
             raise ConfigError("startup timeout must be positive and shutdown grace >= 0")
 

@@ -16,6 +16,7 @@ import signal
 import socket
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -63,6 +64,7 @@ class AgentConfig:
     parent_pid: int | None = None
     startup_timeout_s: float = 60.0
     log_level: int = logging.WARNING
+    prefetch: int = 1  # quanta queued here behind the running one, to hide the round trip
 
 
 @dataclass(slots=True)
@@ -85,6 +87,7 @@ class WorkerAgent:
         self._running: _Running | None = None
         self._welcome: Welcome | None = None
         self._ready_sent = False
+        self._queued: deque[tuple[Peek, bytes]] = deque()
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._poller = zmq.Poller()
@@ -118,7 +121,8 @@ class WorkerAgent:
 
     def _handshake(self) -> int:
         deadline = time.monotonic() + self.config.startup_timeout_s
-        hello = encode(Hello(pid=os.getpid(), host=socket.gethostname(), slots=1))
+        slots = 1 + self.config.prefetch
+        hello = encode(Hello(pid=os.getpid(), host=socket.gethostname(), slots=slots))
         # IMMEDIATE: the HELLO waits until a connection exists, so it is never queued to nowhere.
         self._sock.setsockopt(zmq.SNDTIMEO, int(self.config.startup_timeout_s * 1000))
         try:
@@ -191,6 +195,7 @@ class WorkerAgent:
         self._stop_child()
         if self._stop_reason is None:
             self._start_child()
+            self._start_next()
 
     # ------------------------------------------------------------------ main loop
     def _loop(self) -> int:
@@ -270,9 +275,12 @@ class WorkerAgent:
                     assert_never(msg)
 
     def _start_quantum(self, job: Peek, frame: bytes) -> None:
+        """Hand a quantum to the child, or queue it (prefetch) while another runs."""
         if self._running is not None or self._conn is None:
-            busy = self._running.job.quantum_id if self._running else "no executor"
-            logger.error("ASSIGN %s while busy (%s): refusing", job.quantum_id, busy)
+            if len(self._queued) < self.config.prefetch:
+                self._queued.append((job, frame))
+                return
+            logger.error("ASSIGN %s beyond this worker's slots: refusing", job.quantum_id)
             self._send_result_for(job, ResultStatus.FAILURE, None, Reason.WORKER_LOST,
                                   "worker was busy", time.time())  # fmt: skip
             return
@@ -308,8 +316,13 @@ class WorkerAgent:
             logger.warning("dropping stale result from executor child: %r", result)
             return True
         self._running = None
+        self._start_next()  # the child starts the next quantum before the broker hears back
         self._send_frame(frame)
         return True
+
+    def _start_next(self) -> None:
+        if self._queued and self._running is None and self._conn is not None:
+            self._start_quantum(*self._queued.popleft())
 
     def _child_exited(self) -> None:
         assert self._child is not None and self._conn is not None
@@ -399,8 +412,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--parent-pid", type=int, default=None)
     parser.add_argument("--startup-timeout", type=float, default=60.0)
     parser.add_argument("--log-level", type=int, default=logging.WARNING)
+    parser.add_argument("--prefetch", type=int, default=1)
     args = parser.parse_args(argv)
-    agent_main(AgentConfig(args.endpoint, args.parent_pid, args.startup_timeout, args.log_level))
+    agent_main(AgentConfig(args.endpoint, args.parent_pid, args.startup_timeout, args.log_level,
+                           args.prefetch))  # fmt: skip
 
 
 if __name__ == "__main__":
