@@ -25,6 +25,13 @@ __all__ = ["QuantumGraph"]
 _MAX_NAMED = 10  # quanta named in one error message
 
 
+def _one_line(e: Exception) -> str:
+    if isinstance(e, yaml.MarkedYAMLError) and e.problem_mark is not None:
+        mark = e.problem_mark
+        return f"{e.problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return " ".join(str(e).split())
+
+
 def _names(ids: Iterable[str]) -> str:
     ids = list(ids)
     shown = ", ".join(repr(i) for i in ids[:_MAX_NAMED])
@@ -88,7 +95,9 @@ class QuantumGraph:
             else:
                 raise GraphFileError(f"graph file {path}: unknown suffix (use .yaml or .json)")
         except (yaml.YAMLError, json.JSONDecodeError) as e:
-            raise GraphFileError(f"graph file {path} is not valid {path.suffix[1:]}: {e}") from e
+            raise GraphFileError(
+                f"graph file {path} is not valid {path.suffix[1:]}: {_one_line(e)}"
+            ) from e
         return cls.from_data(raw, source=str(path))
 
     @classmethod

@@ -28,10 +28,16 @@ from common.butler import Butler
 from common.graph import QuantumGraph
 from common.quantum import Quantum
 
-PEERS = {
-    "zmq-floor": ["run_zmq.py"],
-    "ppe-fork": ["run_ppe.py"],
+# peer -> (anchor venv or None for this interpreter, runner script, extra arguments)
+PEERS: dict[str, tuple[str | None, str, list[str]]] = {
+    "zmq-floor": (None, "run_zmq.py", []),
+    "ppe-fork": (None, "run_ppe.py", []),
+    "dask-submit": ("dask", "run_dask.py", ["--mode", "submit"]),
+    "parsl-htex": ("parsl", "run_parsl.py", []),
+    "lsst-mpexec-fork": ("lsst", "run_lsst.py", ["--start-method", "fork"]),
 }
+# LSST's executor costs ~55 ms/quantum with fork: W1 runs on a subset (its metric is a rate).
+_SUBSETS = {("lsst-mpexec-fork", "W1"): 200}
 VARIANTS = ("zmpexec", "zmpexec-butler")
 
 
@@ -87,17 +93,26 @@ def run_one(variant: str, workload: str) -> dict[str, Any]:
             **workloads.metrics(wl, makespan)}  # fmt: skip
 
 
-def _run_peer(anchors: Path, peer: str, workload: str) -> dict[str, Any] | None:
-    script = PEERS[peer][0]
+def _run_peer(anchors: Path, venvs: Path, peer: str, workload: str) -> dict[str, Any] | None:
+    venv, script, extra = PEERS[peer]
+    python = sys.executable if venv is None else str(venvs / venv / "bin" / "python")
+    if not Path(python).exists():
+        print(f"skipping {peer}: no {python} (run {anchors}/setup.sh)", file=sys.stderr)
+        return None
     if peer == "zmq-floor":
         if workload not in ("W1", "W2"):
             return None
         args = ["--mode", "pingpong2" if workload == "W1" else "pingpong1"]
     else:
-        args = ["--workload", workload]
+        args = ["--workload", workload, *extra]
+        if (peer, workload) in _SUBSETS:
+            args += ["--subset", str(_SUBSETS[peer, workload])]
     env = dict(os.environ, PYTHONPATH=str(anchors))
-    out = subprocess.run([sys.executable, str(anchors / script), *args], env=env,
-                         capture_output=True, text=True, timeout=600, check=True)  # fmt: skip
+    out = subprocess.run([python, str(anchors / script), *args], env=env, cwd="/tmp",
+                         capture_output=True, text=True, timeout=900)  # fmt: skip
+    if out.returncode != 0:
+        print(f"{peer} {workload} failed: {out.stderr[-500:]}", file=sys.stderr)
+        return None
     rec: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     if peer == "zmq-floor":  # its record is per round trip; express it as the workload metric
         us = rec.get("us_per_round_trip")
@@ -152,6 +167,12 @@ def _table(records: list[dict[str, Any]], workloads: list[str]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--anchors", type=Path, default=Path("../shared/anchors"))
+    p.add_argument(
+        "--venvs",
+        type=Path,
+        default=Path("/tmp/anchors-venvs"),
+        help="where the anchors' setup.sh put the peers' venvs",
+    )
     p.add_argument("--workloads", default="W1,W2,W3,W4")
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--peers", default=",".join(PEERS))
@@ -171,7 +192,7 @@ def main() -> None:
         for w in workloads:
             for name in variants + peers:
                 rec = (_run_variant(anchors, name, w) if name in VARIANTS
-                       else _run_peer(anchors, name, w))  # fmt: skip
+                       else _run_peer(anchors, args.venvs, name, w))  # fmt: skip
                 if rec is None:
                     continue
                 rec["rep"] = rep

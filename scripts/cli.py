@@ -79,6 +79,7 @@ def cmd_validate(args: argparse.Namespace) -> ExitCode:
 def cmd_run(args: argparse.Namespace) -> ExitCode:
     graph = _load_graph(args.graph)
     butler = Butler(args.repo, args.run)
+    graph.validate(butler)  # bad input fails here, before anything starts
     run_dir = args.repo / "runs" / f"{args.run}-{time.strftime('%Y%m%dT%H%M%S')}"
     executor = MPGraphExecutor(
         args.jobs, args.timeout, TaskQuantumExecutor(), startMethod=args.start_method,
@@ -180,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(commands[args.command](args))
     except (ZmpexecError, _UsageError) as e:
-        print(f"zmpexec: error: {e}", file=sys.stderr)
+        print(f"zmpexec: error: {' '.join(str(e).split())}", file=sys.stderr)
         return int(ExitCode.BAD_INPUT)
     except KeyboardInterrupt:
         print("zmpexec: interrupted", file=sys.stderr)

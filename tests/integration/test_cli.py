@@ -1,0 +1,114 @@
+"""The ``zmpexec`` command end to end: real processes, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from common.graph import QuantumGraph
+from common.report import Report
+from tests.conftest import wait_until
+from tests.graphs import independent, quantum
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "pipeline.yaml"
+
+
+def zmpexec(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "scripts.cli", *args],
+        cwd=cwd, capture_output=True, text=True, timeout=120,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+
+
+@pytest.fixture
+def popen(tmp_path: Path) -> Iterator[list[subprocess.Popen[str]]]:
+    procs: list[subprocess.Popen[str]] = []
+    yield procs
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.communicate(timeout=30)
+
+
+def test_run_example_succeeds_and_stores_outputs(tmp_path: Path) -> None:
+    out = zmpexec("run", str(EXAMPLE), "-j", "2", "--repo", "repo", "--summary", "s.json",
+                  cwd=tmp_path)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    report = Report.from_json((tmp_path / "s.json").read_text())
+    assert report.counts()[report.status] == len(QuantumGraph.load(EXAMPLE))
+    assert (tmp_path / "repo" / "registry.sqlite3").exists()
+    rendered = zmpexec("report", "s.json", cwd=tmp_path)
+    assert rendered.returncode == 0
+    assert "status: success" in rendered.stdout and "measure" in rendered.stdout
+
+
+def test_validate_accepts_the_example(tmp_path: Path) -> None:
+    out = zmpexec("validate", str(EXAMPLE), cwd=tmp_path)
+    assert out.returncode == 0
+    assert "valid, 79 quanta" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("quanta: [", "not valid yaml"),
+        ("quanta:\n- {id: a, task: 'no_such_pkg_q:run'}", "no_such_pkg_q"),
+        ("quanta:\n- {id: a, task: 'tests.tasks:ok', inputs: [b], outputs: [a]}\n"
+         "- {id: b, task: 'tests.tasks:ok', inputs: [a], outputs: [b]}", "cycle: "),
+    ],
+)  # fmt: skip
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_bad_graphs_exit_2_with_one_line(
+    tmp_path: Path, command: str, text: str, fragment: str
+) -> None:
+    (tmp_path / "g.yaml").write_text(text)
+    out = zmpexec(command, "g.yaml", cwd=tmp_path)
+    assert out.returncode == 2
+    assert fragment in out.stderr
+    assert "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_failed_quanta_exit_1_and_bad_report_file_exits_2(tmp_path: Path) -> None:
+    graph = QuantumGraph.from_quanta([quantum("a"), quantum("bad", "fail")])
+    graph.save(tmp_path / "g.json")
+    out = zmpexec("run", "g.json", "-j", "2", "--summary", "s.json", cwd=tmp_path)
+    assert out.returncode == 1
+    assert "1 failure" in out.stderr
+    data = json.loads((tmp_path / "s.json").read_text())
+    assert data["status"] == "failure"
+    (tmp_path / "junk.json").write_text("[1, 2]")
+    bad = zmpexec("report", "junk.json", cwd=tmp_path)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_cancels_the_run_writes_the_summary_and_exits(
+    tmp_path: Path, popen: list[subprocess.Popen[str]], sig: int, code: int
+) -> None:
+    # Given a run of slow quanta
+    independent(6, "sleep", seconds=30).save(tmp_path / "g.json")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scripts.cli", "run", "g.json", "-j", "2", "--summary", "s.json"],
+        cwd=tmp_path, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    popen.append(proc)
+    logs = tmp_path / "zmpexec-repo" / "runs"
+    wait_until(lambda: any(logs.glob("*/logs/.capture-*")), 30, "quanta to start running")
+    # When it is signalled
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=30)
+    # Then it cancels, writes the summary and exits with the signal's code
+    assert proc.returncode == code, err
+    report = Report.from_json((tmp_path / "s.json").read_text())
+    assert all(d.reason is not None and d.reason.value == "cancelled"
+               for d in report.quantaDetails.values())  # fmt: skip
