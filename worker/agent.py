@@ -168,7 +168,7 @@ class WorkerAgent:
         w = self._welcome
         child = self._mp.Process(
             target=child_main,
-            args=(theirs, w.executor, w.log_dir, None, w.preload),
+            args=(theirs, w.executor, w.log_dir, None, w.preload, os.getpid()),
             name="zmpexec-executor",
             daemon=False,
         )

@@ -10,6 +10,9 @@ import importlib
 import logging
 import os
 import pickle
+import select
+import signal
+import threading
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -52,14 +55,34 @@ def _preload(modules: list[str]) -> None:
             logger.warning("cannot preload task module %s: %s", name, e)
 
 
+def _die_with_agent(agent_pid: int) -> None:
+    """Kill this process group (the task's children too) as soon as the agent is gone.
+
+    Our parent is the forkserver, which outlives the agent while we hold its alive pipe, so a
+    parent-death signal alone would leave a running task behind when the agent is killed.
+    """
+    try:
+        fd = os.pidfd_open(agent_pid)
+    except ProcessLookupError:
+        os.killpg(0, signal.SIGKILL)
+        return
+
+    def watch() -> None:
+        select.select([fd], [], [])
+        os.killpg(0, signal.SIGKILL)
+
+    threading.Thread(target=watch, name="agent-watch", daemon=True).start()
+
+
 def child_main(
     conn: Connection, executor_blob: bytes, log_dir: str, max_quanta: int | None,
-    preload: list[str],
+    preload: list[str], agent_pid: int,
 ) -> None:  # fmt: skip
     """Load the executor and task modules, say READY, then serve ASSIGN frames from ``conn``
     until EOF or ``max_quanta`` have run."""
     os.setpgid(0, 0)
     die_with_parent()
+    _die_with_agent(agent_pid)
     loaded = _load(executor_blob)
     _preload(preload)
     conn.send_bytes(encode(Ready()))

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from common.graph import QuantumGraph
@@ -112,3 +113,35 @@ def test_signal_cancels_the_run_writes_the_summary_and_exits(
     report = Report.from_json((tmp_path / "s.json").read_text())
     assert all(d.reason is not None and d.reason.value == "cancelled"
                for d in report.quantaDetails.values())  # fmt: skip
+
+
+def test_killing_the_run_leaves_no_process_behind(
+    tmp_path: Path, popen: list[subprocess.Popen[str]]
+) -> None:
+    # Given a run whose quanta are sleeping in their executor children
+    independent(4, "sleep", seconds=60).save(tmp_path / "g.json")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scripts.cli", "run", "g.json", "-j", "2"],
+        cwd=tmp_path, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    popen.append(proc)
+    logs = tmp_path / "zmpexec-repo" / "runs"
+    wait_until(lambda: len(list(logs.glob("*/logs/.capture-*"))) >= 2, 30, "quanta to run")
+    family = psutil.Process(proc.pid).children(recursive=True)
+    assert len(family) >= 6  # 2 agents, 2 forkservers, 2 executor children
+    # When the run is SIGKILLed (no chance to clean up)
+    proc.kill()
+    proc.communicate(timeout=10)
+
+    # Then every process it started is gone within a second or two
+    def alive(p: psutil.Process) -> bool:
+        try:
+            return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    def all_gone() -> bool:
+        return not any(alive(p) for p in family)
+
+    wait_until(all_gone, 3, "the run's processes to exit")

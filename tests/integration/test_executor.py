@@ -313,3 +313,19 @@ def test_task_output_is_captured_at_the_fd_level(butler: Butler) -> None:
     text = Path(log).read_text()
     for line in ("stdout: hi", "stderr: hi", "logging: hi", "subprocess: hi"):
         assert line in text
+
+
+def test_pdb_post_mortem_runs_in_process_on_a_task_exception(butler: Butler) -> None:
+    from tests import debugger
+
+    debugger.calls.clear()
+    graph = QuantumGraph.from_quanta([quantum("ok1"), quantum("bad", "fail")])
+    ex = make(1, pdb="tests.debugger")
+    with pytest.raises(MPGraphExecutorError):
+        ex.execute(graph, butler)
+    assert len(debugger.calls) == 1
+    tb = debugger.calls[0]
+    assert tb is not None
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    assert tb.tb_frame.f_code.co_name == "fail"  # the debugger sees the task's own frame
