@@ -17,7 +17,7 @@ import networkx as nx
 
 from broker.ledger import Ledger
 from broker.scheduler import Scheduler
-from broker.server import BrokerServer, RunTimings
+from broker.server import BrokerServer, ProgressCallback, RunTimings
 from broker.state import GraphState
 from common.butler import Butler
 from common.config import ExecutionConfig
@@ -57,7 +57,8 @@ class MPGraphExecutor:
     ``timeout`` is the per-quantum timeout in seconds (a quantum's own ``timeout_s`` wins).
     ``pdb`` names a debugger module (e.g. ``"pdb"``) for post-mortem; only with ``numProc == 1``,
     which runs in this process. Options: ``heartbeat_interval_s``, ``liveness``, ``retries``,
-    ``run_dir``, ``startup_timeout_s``, ``shutdown_grace_s``.
+    ``run_dir``, ``startup_timeout_s``, ``shutdown_grace_s``, ``prefetch``, ``progress`` (a
+    callable given a ``Progress`` snapshot every ``progress_interval_s``).
     """
 
     def __init__(
@@ -73,6 +74,7 @@ class MPGraphExecutor:
         **options: Any,
     ) -> None:
         run_dir = options.pop("run_dir", None)
+        self._on_progress: ProgressCallback | None = options.pop("progress", None)
         self._config = ExecutionConfig(
             num_workers=numProc,
             timeout_s=timeout,
@@ -190,7 +192,9 @@ class MPGraphExecutor:
             raise MPGraphExecutorError(f"the quantum executor cannot be pickled: {e}") from e
         sock_dir, endpoint = _private_socket_dir()
         try:
-            server = self._server = BrokerServer(graph, self._config, blob, log_dir, endpoint)
+            server = self._server = BrokerServer(
+                graph, self._config, blob, log_dir, endpoint, self._on_progress
+            )
             self.endpoint = endpoint
             server.run()
             self.timings = server.timings

@@ -33,6 +33,9 @@ class Scheduler:
         self._queued: set[str] = set()
         self._rank()
 
+    def learned(self, label: str) -> bool:
+        return label in self._estimates
+
     def estimate(self, label: str) -> float:
         return self._estimates.get(label, _DEFAULT_ESTIMATE_S)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import assert_never
@@ -20,7 +21,7 @@ from broker.ledger import Ledger
 from broker.pool import WorkerPool
 from broker.registry import Dispatch, WorkerInfo, WorkerRegistry
 from broker.scheduler import Scheduler
-from broker.state import GraphState
+from broker.state import GraphState, QState
 from common.codec import decode, encode
 from common.config import ExecutionConfig
 from common.errors import ProtocolError, ProtocolVersionError
@@ -50,6 +51,21 @@ _BACKSTOP_GRACE_S = 5.0  # beyond a quantum's timeout, before the broker kills t
 _STARTUP_HOLD_S = 10.0  # wait this long at most for every local worker before dispatching
 
 
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """A snapshot of a run for progress displays; ``eta_s`` is None until durations are
+    learned."""
+
+    elapsed_s: float
+    total: int
+    counts: dict[str, int]
+    workers: int
+    eta_s: float | None
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
 @dataclass(slots=True)
 class RunTimings:
     """Monotonic instants of the run (for benchmarks and progress)."""
@@ -58,6 +74,7 @@ class RunTimings:
     workers_ready: float | None = None
     first_dispatch: float | None = None
     last_result: float | None = None
+    workers_started: int = 0  # local worker processes, replacements included
 
 
 class BrokerServer:
@@ -70,6 +87,7 @@ class BrokerServer:
         executor_blob: bytes,
         log_dir: Path,
         endpoint: str,
+        on_progress: ProgressCallback | None = None,
     ) -> None:
         self.graph = graph
         self.config = config
@@ -92,6 +110,8 @@ class BrokerServer:
                                 prefetch=config.prefetch)  # fmt: skip
         self._replacements_left = 2 * config.num_workers + 2
         self._preload = sorted({q.task.partition(":")[0] for q in graph.quanta()})
+        self._on_progress = on_progress
+        self._next_progress = 0.0
 
     # ------------------------------------------------------------------ control
     def request_stop(self, reason: str) -> None:
@@ -127,6 +147,7 @@ class BrokerServer:
             self._loop()
         finally:
             self._finish()
+            self.timings.workers_started = self._pool.started
             router.close(linger=0)
             ctx.term()
             os.close(self._wake_r)
@@ -157,6 +178,7 @@ class BrokerServer:
             self._expire(now)
             self._dispatch(now)
             self._heartbeat(now)
+            self._report_progress(now)
             current = set(self._pool.pidfds())
             for fd in current - pidfds:
                 poller.register(fd, zmq.POLLIN)
@@ -167,6 +189,8 @@ class BrokerServer:
         deadline = self.registry.next_deadline(self.config.worker_silence_limit_s)
         if deadline is not None:
             wake = min(wake, deadline)
+        if self._on_progress is not None:
+            wake = min(wake, self._next_progress)
         if self._holding(now):
             wake = min(wake, self.timings.started + _STARTUP_HOLD_S)
         return wake
@@ -355,6 +379,23 @@ class BrokerServer:
             if not self._send(info.identity, Assign(quantum=q, attempt=attempt,
                                                     timeout_s=timeout)):  # fmt: skip
                 self._lose_worker(info, f"worker {info.worker_id} unreachable", now)
+
+    def progress(self, now: float) -> Progress:
+        counts = {s.value: self.state.count(s) for s in QState if self.state.count(s)}
+        left = [q for q, s in self.state.state.items() if not s.terminal]
+        known = all(self.scheduler.learned(self.graph.quantum(q).task_label) for q in left)
+        eta = None
+        if known:
+            work = sum(self.scheduler.estimate(self.graph.quantum(q).task_label) for q in left)
+            eta = work / max(1, self.registry.ready_count())
+        return Progress(now - self.timings.started, len(self.graph), counts,
+                        self.registry.ready_count(), eta)  # fmt: skip
+
+    def _report_progress(self, now: float) -> None:
+        if self._on_progress is None or now < self._next_progress:
+            return
+        self._next_progress = now + self.config.progress_interval_s
+        self._on_progress(self.progress(now))
 
     def _heartbeat(self, now: float) -> None:
         interval = self.config.heartbeat_interval_s

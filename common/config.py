@@ -36,6 +36,7 @@ class ExecutionConfig:
     startup_timeout_s: float = 60.0
     shutdown_grace_s: float = 2.0
     prefetch: int = 1
+    progress_interval_s: float = 5.0
 
     def __post_init__(self) -> None:
         if self.num_workers < 1:
@@ -53,6 +54,8 @@ class ExecutionConfig:
             raise ConfigError(f"retries must be >= 0, got {self.retries}")
         if self.max_quanta_per_executor is not None and self.max_quanta_per_executor < 1:
             raise ConfigError("max quanta per executor must be at least 1")
+        if self.progress_interval_s <= 0:
+            raise ConfigError("progress interval must be positive")
         if self.prefetch < 0:
             raise ConfigError(f"prefetch must be >= 0, got {self.prefetch}")
         if self.startup_timeout_s <= 0 or self.shutdown_grace_s < 0:

@@ -15,6 +15,7 @@ from pathlib import Path
 from types import FrameType
 
 from broker import MPGraphExecutor
+from broker.server import Progress
 from common.butler import Butler
 from common.errors import MPGraphExecutorError, ZmpexecError
 from common.graph import QuantumGraph
@@ -76,6 +77,18 @@ def cmd_validate(args: argparse.Namespace) -> ExitCode:
     return ExitCode.OK
 
 
+def _print_progress(p: Progress) -> None:
+    done = sum(p.counts.get(s, 0) for s in ("succeeded", "failed", "timed_out", "skipped"))
+    parts = [f"{done}/{p.total} done", f"{p.counts.get('running', 0)} running"]
+    bad = p.counts.get("failed", 0) + p.counts.get("timed_out", 0)
+    if bad:
+        parts.append(f"{bad} failed")
+    if p.eta_s is not None:
+        parts.append(f"eta {p.eta_s:.0f}s")
+    print(f"[{p.elapsed_s:7.1f}s] " + ", ".join(parts) + f"; {p.workers} workers",
+          file=sys.stderr, flush=True)  # fmt: skip
+
+
 def cmd_run(args: argparse.Namespace) -> ExitCode:
     graph = _load_graph(args.graph)
     butler = Butler(args.repo, args.run)
@@ -84,7 +97,7 @@ def cmd_run(args: argparse.Namespace) -> ExitCode:
     executor = MPGraphExecutor(
         args.jobs, args.timeout, TaskQuantumExecutor(), startMethod=args.start_method,
         failFast=args.fail_fast, run_dir=run_dir, retries=args.retries,
-        heartbeat_interval_s=args.heartbeat, liveness=args.liveness,
+        heartbeat_interval_s=args.heartbeat, liveness=args.liveness, progress=_print_progress,
     )  # fmt: skip
     received: list[int] = []
 

@@ -61,6 +61,7 @@ def hang_with_grandchild(*, pid_file: str, **inputs: Any) -> None:
     """Starts a sleeping grandchild, records its pid, then hangs."""
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
     Path(pid_file).write_text(str(proc.pid))
+    print(f"started grandchild {proc.pid}", flush=True)
     time.sleep(300)
 
 

@@ -171,6 +171,8 @@ def test_timeout_kills_the_task_and_its_children(
     assert report.report_for("hang").status is ExecutionStatus.TIMEOUT
     assert report.details("hang").reason is Reason.TIMEOUT
     grandchild = int(pid_file.read_text())
+    log = report.details("hang").logPath  # what it wrote before it was killed is kept
+    assert log is not None and f"started grandchild {grandchild}" in Path(log).read_text()
     wait_until(
         lambda: (
             not psutil.pid_exists(grandchild)
@@ -329,3 +331,18 @@ def test_pdb_post_mortem_runs_in_process_on_a_task_exception(butler: Butler) -> 
     while tb.tb_next is not None:
         tb = tb.tb_next
     assert tb.tb_frame.f_code.co_name == "fail"  # the debugger sees the task's own frame
+
+
+def test_progress_snapshots_arrive_during_a_run(butler: Butler) -> None:
+    from broker.server import Progress
+
+    seen: list[Progress] = []
+    graph = independent(6, "sleep", seconds=0.2)
+    ex = make(2, progress=seen.append, progress_interval_s=0.05)
+    ex.execute(graph, butler)
+    assert len(seen) >= 3
+    assert all(p.total == 6 for p in seen)
+    assert any(p.counts.get("running", 0) > 0 for p in seen)
+    assert any(p.eta_s is not None for p in seen)  # once a duration was learned
+    elapsed = [p.elapsed_s for p in seen]
+    assert elapsed == sorted(elapsed)
