@@ -10,19 +10,23 @@ import pickle
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import networkx as nx
 
+from broker.control import ENDPOINT_FILE
+from broker.journal import Journal
 from broker.ledger import Ledger
 from broker.scheduler import Scheduler
-from broker.server import BrokerServer, ProgressCallback, RunTimings
+from broker.server import BrokerServer, ProgressCallback, RunTimings, Serving
 from broker.state import GraphState
 from common.butler import Butler
 from common.config import ExecutionConfig
 from common.errors import ConfigError, GraphError, MPGraphExecutorError
 from common.graph import QuantumGraph
+from common.keys import create_keys
 from common.protocol import ResultStatus
 from common.report import Report
 from worker.capture import LogCapture
@@ -42,13 +46,23 @@ class ExecutionGraphFixup(Protocol):
     def fixup_graph(self, xgraph: nx.DiGraph[str]) -> nx.DiGraph[str] | None: ...
 
 
-def _private_socket_dir() -> tuple[Path, str]:
-    path = Path(tempfile.mkdtemp(prefix="zq", dir="/tmp"))  # mkdtemp makes it mode 0700
-    endpoint = f"ipc://{path}/broker.sock"
-    if len(endpoint.encode()) - len("ipc://") > _IPC_PATH_LIMIT:
-        shutil.rmtree(path, ignore_errors=True)
-        raise ConfigError(f"ipc path {endpoint} exceeds {_IPC_PATH_LIMIT} bytes")
-    return path, endpoint
+def _endpoint_for(requested: str | None) -> tuple[Path | None, str]:
+    """The endpoint to bind and the private directory made for it (removed after the run)."""
+    if requested is None:
+        path = Path(tempfile.mkdtemp(prefix="zq", dir="/tmp"))  # mkdtemp makes it mode 0700
+        endpoint = f"ipc://{path}/broker.sock"
+        if len(endpoint.encode()) - len("ipc://") > _IPC_PATH_LIMIT:
+            shutil.rmtree(path, ignore_errors=True)
+            raise ConfigError(f"ipc path {endpoint} exceeds {_IPC_PATH_LIMIT} bytes")
+        return path, endpoint
+    if requested.startswith("ipc://"):
+        sock = Path(requested.removeprefix("ipc://"))
+        if len(str(sock).encode()) > _IPC_PATH_LIMIT:
+            raise ConfigError(f"ipc path {sock} is {len(str(sock).encode())} bytes; "
+                              f"the limit is {_IPC_PATH_LIMIT}")  # fmt: skip
+        if not sock.parent.is_dir():
+            raise ConfigError(f"ipc endpoint directory {sock.parent} does not exist")
+    return None, requested
 
 
 class MPGraphExecutor:
@@ -57,7 +71,8 @@ class MPGraphExecutor:
     ``timeout`` is the per-quantum timeout in seconds (a quantum's own ``timeout_s`` wins).
     ``pdb`` names a debugger module (e.g. ``"pdb"``) for post-mortem; only with ``numProc == 1``,
     which runs in this process. Options: ``heartbeat_interval_s``, ``liveness``, ``retries``,
-    ``run_dir``, ``startup_timeout_s``, ``shutdown_grace_s``, ``prefetch``, ``progress`` (a
+    ``run_dir``, ``resume`` (skip what an earlier run in ``run_dir`` finished),
+    ``startup_timeout_s``, ``shutdown_grace_s``, ``prefetch``, ``progress`` (a
     callable given a ``Progress`` snapshot every ``progress_interval_s``).
     """
 
@@ -74,6 +89,9 @@ class MPGraphExecutor:
         **options: Any,
     ) -> None:
         run_dir = options.pop("run_dir", None)
+        self._resume = bool(options.pop("resume", False))
+        if self._resume and run_dir is None:
+            raise ConfigError("resume needs the run_dir of the run to continue")
         self._on_progress: ProgressCallback | None = options.pop("progress", None)
         self._config = ExecutionConfig(
             num_workers=numProc,
@@ -92,6 +110,7 @@ class MPGraphExecutor:
         self._server: BrokerServer | None = None
         self.timings: RunTimings | None = None
         self.endpoint: str | None = None  # the broker's endpoint while execute() runs
+        self._stop_requested: str | None = None
 
     @property
     def config(self) -> ExecutionConfig:
@@ -102,23 +121,34 @@ class MPGraphExecutor:
             raise RuntimeError("no report: execute() has not run")
         return self._report
 
-    def request_stop(self, reason: str = "interrupted") -> None:
-        """Stop a running ``execute()`` (e.g. from a signal handler): it cancels what runs."""
+    def request_stop(self, reason: str = "interrupted", *, graceful: bool = True) -> None:
+        """Stop a running ``execute()`` (e.g. from a signal handler): no new quanta start;
+        running ones get ``shutdown_grace_s`` to finish unless not ``graceful``; the rest is
+        cancelled. Safe from a signal handler."""
+        self._stop_requested = reason
         if self._server is not None:
-            self._server.request_stop(reason)
+            self._server.request_stop(reason, graceful=graceful)
 
     def execute(self, graph: QuantumGraph, butler: Butler) -> None:
         """Run every quantum; raise MPGraphExecutorError (MPTimeoutError) if any did not
         succeed. The report is available from getReport() either way."""
         graph = self._fixed_up(graph)
         graph.validate(butler)
+        self._stop_requested = None
         run_dir = self._config.run_dir or Path(tempfile.mkdtemp(prefix="zmpexec-run-"))
-        log_dir = run_dir / "logs"
-        log_dir.mkdir(parents=True, exist_ok=True)
-        if self._config.num_workers == 1:
-            state, ledger = self._run_in_process(graph, butler, log_dir)
-        else:
-            state, ledger = self._run_with_broker(graph, butler, log_dir)
+        journal = Journal(run_dir / "journal.sqlite3", resume=self._resume)
+        try:
+            done = finished_earlier(graph, butler, journal) if self._resume else frozenset()
+            if done:
+                logger.warning("resuming: %d of %d quanta finished earlier", len(done), len(graph))
+            run = _Run(graph, butler, run_dir / "logs", journal, done)
+            run.log_dir.mkdir(parents=True, exist_ok=True)
+            if self._config.in_process:
+                state, ledger = self._run_in_process(run)
+            else:
+                state, ledger = self._run_with_broker(run)
+        finally:
+            journal.close()
         error = ledger.error(state)
         if error is None and self._server is not None and self._server.fatal:
             error = MPGraphExecutorError(self._server.fatal)
@@ -144,35 +174,37 @@ class MPGraphExecutor:
         return graph.with_edges(added)
 
     # ------------------------------------------------------------------ in-process
-    def _run_in_process(
-        self, graph: QuantumGraph, butler: Butler, log_dir: Path
-    ) -> tuple[GraphState, Ledger]:
+    def _run_in_process(self, run: _Run) -> tuple[GraphState, Ledger]:
+        graph = run.graph
         state = GraphState(graph.xgraph)
+        state.preset_succeeded(set(run.done))
         scheduler = Scheduler(graph.xgraph, {q.id: q.task_label for q in graph.quanta()})
         ledger = Ledger(graph, in_process=True)
+        ledger.resumed(run.done)
         for root in state.initial_ready():
             scheduler.push(root)
         debugger = importlib.import_module(self._pdb) if self._pdb else None
         # The debugger needs the terminal, so logs are not captured under pdb.
-        capture = None if debugger else LogCapture(log_dir)
+        capture = None if debugger else LogCapture(run.log_dir)
         try:
-            while (qid := scheduler.pop()) is not None:
-                q = graph.quantum(qid)
+            while self._stop_requested is None and (qid := scheduler.pop()) is not None:
                 state.start(qid)
                 attempt = ledger.dispatched(qid, "in-process", time.time())
+                run.journal.record(qid, attempt, "running")
                 result = run_quantum(
-                    self._executor, butler, q, attempt, capture,
-                    in_process=True,
-                    on_exception=debugger.post_mortem if debugger else None,
+                    self._executor, run.butler, graph.quantum(qid), attempt, capture,
+                    in_process=True, on_exception=debugger.post_mortem if debugger else None,
                 )  # fmt: skip
                 ledger.result(result)
+                run.journal.record(qid, attempt, str(result.status))
+                run.journal.flush()
                 if result.status is ResultStatus.SUCCESS:
-                    scheduler.learn(q.task_label, result.duration_s)
+                    scheduler.learn(graph.quantum(qid).task_label, result.duration_s)
                     for child in state.succeed(qid):
                         scheduler.push(child)
                     continue
-                for s in state.fail(qid):
-                    scheduler.discard(s)
+                for skipped in state.fail(qid):
+                    scheduler.discard(skipped)
                 logger.warning("quantum %s", ledger.describe(qid))
                 if self._config.fail_fast:
                     break
@@ -183,22 +215,62 @@ class MPGraphExecutor:
         return state, ledger
 
     # ------------------------------------------------------------------ broker
-    def _run_with_broker(
-        self, graph: QuantumGraph, butler: Butler, log_dir: Path
-    ) -> tuple[GraphState, Ledger]:
+    def _run_with_broker(self, run: _Run) -> tuple[GraphState, Ledger]:
         try:
-            blob = pickle.dumps((self._executor, butler))
+            blob = pickle.dumps((self._executor, run.butler))
         except Exception as e:
             raise MPGraphExecutorError(f"the quantum executor cannot be pickled: {e}") from e
-        sock_dir, endpoint = _private_socket_dir()
+        run_dir = run.log_dir.parent
+        sock_dir, endpoint = _endpoint_for(self._config.endpoint)
+        keys_dir = None
+        if endpoint.startswith("tcp://"):
+            keys_dir = run_dir / "curve"
+            create_keys(keys_dir)
+        serving = Serving(endpoint, run.log_dir, blob, keys_dir)
         try:
             server = self._server = BrokerServer(
-                graph, self._config, blob, log_dir, endpoint, self._on_progress
-            )
+                run.graph, self._config, serving, on_progress=self._on_progress,
+                journal=run.journal, done=run.done,
+            )  # fmt: skip
+            if self._stop_requested is not None:
+                server.request_stop(self._stop_requested)
             self.endpoint = endpoint
+            (run_dir / ENDPOINT_FILE).write_text(endpoint + "\n")  # for status, cancel, worker
             server.run()
             self.timings = server.timings
         finally:
             self.endpoint = None
-            shutil.rmtree(sock_dir, ignore_errors=True)
+            (run_dir / ENDPOINT_FILE).unlink(missing_ok=True)
+            if sock_dir is not None:
+                shutil.rmtree(sock_dir, ignore_errors=True)
         return server.state, server.ledger
+
+
+@dataclass(frozen=True, slots=True)
+class _Run:
+    """What one execute() call works on."""
+
+    graph: QuantumGraph
+    butler: Butler
+    log_dir: Path
+    journal: Journal
+    done: frozenset[str]
+
+
+def finished_earlier(graph: QuantumGraph, butler: Butler, journal: Journal) -> frozenset[str]:
+    """Quanta an earlier run of this graph finished: all outputs registered (or, with no
+    outputs, journaled as succeeded), and every ancestor finished too, so nothing is kept
+    that was computed from inputs that will be recomputed."""
+    states = journal.last_states()
+    done: set[str] = set()
+    for qid in nx.topological_sort(graph.xgraph):
+        q = graph.quantum(qid)
+        if not all(p in done for p in graph.xgraph.predecessors(qid)):
+            continue
+        if q.outputs:
+            finished = all(butler.exists(d) for d in q.outputs.values())
+        else:
+            finished = states.get(qid) == "success"
+        if finished:
+            done.add(qid)
+    return frozenset(done)

@@ -52,6 +52,11 @@ class Ledger:
         self.records = {q.id: QuantumRecord() for q in graph.quanta()}
         self.first_problem: str | None = None
 
+    def resumed(self, qids: frozenset[str]) -> None:
+        """Quanta an earlier run finished (their outputs are in the repository)."""
+        for qid in qids:
+            self.records[qid].message = "completed by an earlier run"
+
     def dispatched(self, qid: str, worker_id: str, wall_now: float) -> int:
         """Count a new attempt; returns its number (1-based)."""
         rec = self.records[qid]
@@ -129,7 +134,7 @@ class Ledger:
             ))  # fmt: skip
             report.quantaDetails[key] = QuantumDetails(
                 id=q.id, reason=reason,
-                message=rec.message if status is not ExecutionStatus.SUCCESS else None,
+                message=rec.message,
                 attempts=rec.attempts, worker=rec.worker, startTime=rec.start_time,
                 endTime=rec.end_time, maxRss=rec.max_rss_kb, logPath=rec.log_path,
                 blockedBy=blocked,

@@ -18,6 +18,7 @@ import sys
 import time
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 
 from worker.agent import AgentConfig, agent_main
 from worker.lifecycle import describe_exit
@@ -48,7 +49,8 @@ class WorkerPool:
     """Local agents for one broker endpoint."""
 
     def __init__(self, endpoint: str, start_method: str, *, log_level: int = logging.WARNING,
-                 startup_timeout_s: float = 60.0, prefetch: int = 1) -> None:  # fmt: skip
+                 startup_timeout_s: float = 60.0, prefetch: int = 1,
+                 keys_dir: Path | None = None) -> None:  # fmt: skip
         self._start_method = start_method
         self._config = AgentConfig(
             endpoint=endpoint,
@@ -56,6 +58,7 @@ class WorkerPool:
             startup_timeout_s=startup_timeout_s,
             log_level=log_level,
             prefetch=prefetch,
+            keys_dir=keys_dir,
         )
         self._by_fd: dict[int, LocalWorker] = {}
         self.started = 0
@@ -74,6 +77,8 @@ class WorkerPool:
         argv = [sys.executable, "-m", "worker.agent", "--endpoint", c.endpoint,
                 "--parent-pid", str(c.parent_pid), "--startup-timeout", str(c.startup_timeout_s),
                 "--log-level", str(c.log_level), "--prefetch", str(c.prefetch)]  # fmt: skip
+        if c.keys_dir is not None:
+            argv += ["--keys-dir", str(c.keys_dir)]
         return subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, process_group=0)
 
     def spawn(self, n: int = 1) -> list[LocalWorker]:

@@ -16,18 +16,23 @@ from pathlib import Path
 from typing import assert_never
 
 import zmq
+from zmq.auth.thread import ThreadAuthenticator
 
+from broker.journal import Journal
 from broker.ledger import Ledger
+from broker.monitor import Monitor
 from broker.pool import WorkerPool
 from broker.registry import Dispatch, WorkerInfo, WorkerRegistry
 from broker.scheduler import Scheduler
-from broker.state import GraphState, QState
+from broker.state import GraphState
 from common.codec import decode, encode
 from common.config import ExecutionConfig
 from common.errors import ProtocolError, ProtocolVersionError
 from common.graph import QuantumGraph
+from common.keys import load_server_keys
 from common.protocol import (
     Assign,
+    Cancel,
     Goodbye,
     Heartbeat,
     Hello,
@@ -37,9 +42,12 @@ from common.protocol import (
     Result,
     ResultStatus,
     Shutdown,
+    StatusReply,
+    StatusRequest,
     Welcome,
 )
 from common.report import Reason
+from common.status import RunStatus
 from worker.lifecycle import describe_exit
 
 __all__ = ["BrokerServer", "RunTimings"]
@@ -51,19 +59,18 @@ _BACKSTOP_GRACE_S = 5.0  # beyond a quantum's timeout, before the broker kills t
 _STARTUP_HOLD_S = 10.0  # wait this long at most for every local worker before dispatching
 
 
+ProgressCallback = Callable[[RunStatus], None]
+
+
 @dataclass(frozen=True, slots=True)
-class Progress:
-    """A snapshot of a run for progress displays; ``eta_s`` is None until durations are
-    learned."""
+class Serving:
+    """Where and with what the broker serves: its endpoint, the workers' log directory, the
+    pickled (executor, butler) pair, and for tcp the CURVE key directory."""
 
-    elapsed_s: float
-    total: int
-    counts: dict[str, int]
-    workers: int
-    eta_s: float | None
-
-
-ProgressCallback = Callable[[Progress], None]
+    endpoint: str
+    log_dir: Path
+    executor_blob: bytes
+    keys_dir: Path | None = None
 
 
 @dataclass(slots=True)
@@ -84,10 +91,11 @@ class BrokerServer:
         self,
         graph: QuantumGraph,
         config: ExecutionConfig,
-        executor_blob: bytes,
-        log_dir: Path,
-        endpoint: str,
+        serving: Serving,
+        *,
         on_progress: ProgressCallback | None = None,
+        journal: Journal | None = None,
+        done: frozenset[str] = frozenset(),
     ) -> None:
         self.graph = graph
         self.config = config
@@ -95,33 +103,47 @@ class BrokerServer:
         self.scheduler = Scheduler(graph.xgraph, {q.id: q.task_label for q in graph.quanta()})
         self.registry = WorkerRegistry()
         self.ledger = Ledger(graph, in_process=False)
+        self.state.preset_succeeded(set(done))
+        self.ledger.resumed(done)
+        self._journal = journal
+        self._monitor = Monitor(graph, self.state, self.scheduler, self.registry, self.ledger)
         self.timings = RunTimings()
-        self._executor_blob = executor_blob
-        self._log_dir = log_dir
-        self._endpoint = endpoint
+        self._serving = serving
         self._stop_reason: str | None = None
+        self._stop_now = False
+        self._drain_deadline: float | None = None
         self._fatal: str | None = None
         self._last_sent: dict[bytes, float] = {}
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
-        self._pool = WorkerPool(endpoint, config.start_method,
+        self._pool = WorkerPool(serving.endpoint, config.start_method, keys_dir=serving.keys_dir,
                                 log_level=logging.getLogger().getEffectiveLevel(),
                                 startup_timeout_s=config.startup_timeout_s,
                                 prefetch=config.prefetch)  # fmt: skip
-        self._replacements_left = 2 * config.num_workers + 2
+        self._replacements_left = 2 * config.spawn_count + 2
         self._preload = sorted({q.task.partition(":")[0] for q in graph.quanta()})
         self._on_progress = on_progress
         self._next_progress = 0.0
 
     # ------------------------------------------------------------------ control
-    def request_stop(self, reason: str) -> None:
-        """Stop dispatching and cancel what runs. Safe from a signal handler."""
+    def request_stop(self, reason: str, *, graceful: bool = False) -> None:
+        """Stop dispatching. Graceful: running quanta get ``shutdown_grace_s`` to finish, then
+        the rest is cancelled; otherwise cancel at once. Safe from a signal handler."""
         if self._stop_reason is None:
             self._stop_reason = reason
-        try:
-            os.write(self._wake_w, b"!")
-        except OSError:
-            pass  # the pipe is full or closed: the loop is waking or gone anyway
+        if not graceful:
+            self._stop_now = True
+        if self._wake_w >= 0:
+            try:
+                os.write(self._wake_w, b"!")
+            except OSError:
+                pass  # the pipe is full: the loop is waking anyway
+
+    def _close_wake_pipe(self) -> None:
+        wake_r, wake_w = self._wake_r, self._wake_w
+        self._wake_r = self._wake_w = -1  # request_stop must never write to a reused fd
+        os.close(wake_r)
+        os.close(wake_w)
 
     @property
     def stop_reason(self) -> str | None:
@@ -135,23 +157,43 @@ class BrokerServer:
     def run(self) -> None:
         """Serve until every quantum ended or a stop was requested; always reaps workers."""
         self.timings.started = time.monotonic()
+        if self.state.finished:  # nothing to run (an empty graph, or a finished run resumed)
+            self._close_wake_pipe()
+            return
         # Workers are started before this process creates its ZeroMQ context (fork safety);
         # they connect with retries, so binding second is fine.
-        self._pool.spawn(self.config.num_workers)
+        self._pool.spawn(self.config.spawn_count)
         ctx = zmq.Context()
         router = self._router = ctx.socket(zmq.ROUTER)
         try:
             router.setsockopt(zmq.LINGER, 0)
             router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-            router.bind(self._endpoint)
+            auth = self._secure(ctx, router)
+            router.bind(self._serving.endpoint)
             self._loop()
         finally:
             self._finish()
             self.timings.workers_started = self._pool.started
+            if auth is not None:
+                auth.stop()
             router.close(linger=0)
             ctx.term()
-            os.close(self._wake_r)
-            os.close(self._wake_w)
+            self._close_wake_pipe()
+
+    def _secure(
+        self, ctx: zmq.Context[zmq.Socket[bytes]], router: zmq.Socket[bytes]
+    ) -> ThreadAuthenticator | None:
+        """tcp: CURVE with a ZAP allow-list of worker keys; ipc relies on its 0700 directory."""
+        if self._serving.keys_dir is None:
+            return None
+        keys = load_server_keys(self._serving.keys_dir)
+        auth = ThreadAuthenticator(ctx)
+        auth.start()
+        auth.configure_curve(domain="*", location=str(keys.allowed_dir))
+        router.setsockopt(zmq.CURVE_SERVER, 1)
+        router.setsockopt(zmq.CURVE_PUBLICKEY, keys.public)
+        router.setsockopt(zmq.CURVE_SECRETKEY, keys.secret)
+        return auth
 
     # ------------------------------------------------------------------ loop
     def _loop(self) -> None:
@@ -163,8 +205,10 @@ class BrokerServer:
         pidfds = set(self._pool.pidfds())
         for fd in pidfds:
             poller.register(fd, zmq.POLLIN)
-        while not self.state.finished and self._stop_reason is None:
+        while not self.state.finished and not self._stop_now:
             now = time.monotonic()
+            if self._stop_reason is not None and self._drained(now):
+                break
             timeout_s = max(0.0, self._next_wakeup(now) - now)
             events = dict(poller.poll(int(timeout_s * 1000) + 1))
             now = time.monotonic()
@@ -179,13 +223,29 @@ class BrokerServer:
             self._dispatch(now)
             self._heartbeat(now)
             self._report_progress(now)
+            if self._journal is not None:
+                self._journal.flush_if_due(now)
             current = set(self._pool.pidfds())
             for fd in current - pidfds:
                 poller.register(fd, zmq.POLLIN)
             pidfds = current
 
+    def _drained(self, now: float) -> bool:
+        """During a graceful stop: True once nothing runs or the grace is over."""
+        if self._drain_deadline is None:
+            grace = self.config.shutdown_grace_s
+            self._drain_deadline = now + grace
+            logger.warning("stopping (%s): %.1fs for running quanta to finish",
+                           self._stop_reason, grace)  # fmt: skip
+            for info in self.registry.workers():
+                self._send(info.identity, Shutdown(reason=self._stop_reason or "", grace_s=grace))
+        busy = any(info.in_flight for info in self.registry.workers())
+        return not busy or now >= self._drain_deadline
+
     def _next_wakeup(self, now: float) -> float:
         wake = now + self.config.heartbeat_interval_s
+        if self._drain_deadline is not None:
+            wake = min(wake, self._drain_deadline)
         deadline = self.registry.next_deadline(self.config.worker_silence_limit_s)
         if deadline is not None:
             wake = min(wake, deadline)
@@ -216,14 +276,25 @@ class BrokerServer:
                 continue
             info = self.registry.get(identity)
             if info is None:
-                if isinstance(msg, Hello):
-                    self._register(identity, msg, now)
-                else:
-                    logger.warning("dropping %s from unknown worker %r",
-                                   type(msg).__name__, identity[:16])  # fmt: skip
+                self._on_stranger(identity, msg, now)
                 continue
             self.registry.seen(info, now)
             self._on_message(info, msg, now)
+
+    def _on_stranger(self, identity: bytes, msg: Message, now: float) -> None:
+        """A peer that is not a registered worker: a new worker or a control client."""
+        match msg:
+            case Hello():
+                self._register(identity, msg, now)
+            case StatusRequest():
+                self._send(identity, StatusReply(self.status(now).to_dict()))
+            case Cancel(abort=abort):
+                logger.warning("%s requested by a control client", "abort" if abort else "drain")
+                self.request_stop("cancelled by request", graceful=not abort)
+                self._send(identity, StatusReply(self.status(now).to_dict()))
+            case _:
+                logger.warning("dropping %s from unknown worker %r", type(msg).__name__,
+                               identity[:16])  # fmt: skip
 
     def _on_message(self, info: WorkerInfo, msg: Message, now: float) -> None:
         match msg:
@@ -232,7 +303,7 @@ class BrokerServer:
             case Ready():
                 self.registry.mark_ready(info)
                 ready = self.registry.ready_count()
-                if self.timings.workers_ready is None and ready >= self.config.num_workers:
+                if self.timings.workers_ready is None and ready >= max(1, self.config.spawn_count):
                     self.timings.workers_ready = now
             case Heartbeat():
                 pass
@@ -240,7 +311,10 @@ class BrokerServer:
                 self._lose_worker(info, f"worker {info.worker_id} left: {reason}", now)
             case Hello():
                 logger.warning("duplicate HELLO from %s ignored", info.worker_id)
-            case Welcome() | Assign() | Refuse() | Shutdown():
+            case (
+                Welcome() | Assign() | Refuse() | Shutdown() | StatusRequest() | StatusReply()
+                | Cancel()
+            ):  # fmt: skip
                 logger.warning("unexpected %s from %s dropped", type(msg).__name__,
                                info.worker_id)  # fmt: skip
             case _:
@@ -259,9 +333,11 @@ class BrokerServer:
             worker_id=info.worker_id,
             heartbeat_interval_s=self.config.heartbeat_interval_s,
             liveness=self.config.liveness,
-            executor=self._executor_blob,
-            log_dir=str(self._log_dir),
+            executor=self._serving.executor_blob,
+            log_dir=str(self._serving.log_dir),
             preload=self._preload,
+            max_quanta_per_executor=self.config.max_quanta_per_executor,
+            max_rss_kb=None if self.config.max_rss_mb is None else self.config.max_rss_mb * 1024,
         ))  # fmt: skip
 
     def _send(self, identity: bytes, msg: Message) -> bool:
@@ -270,7 +346,8 @@ class BrokerServer:
         except zmq.ZMQError as e:  # EHOSTUNREACH (ROUTER_MANDATORY) or a full pipe
             logger.warning("cannot send %s to %r: %s", type(msg).__name__, identity[:16], e)
             return False
-        self._last_sent[identity] = time.monotonic()
+        if identity in self._last_sent or self.registry.get(identity) is not None:
+            self._last_sent[identity] = time.monotonic()
         return True
 
     # ------------------------------------------------------------------ results
@@ -281,6 +358,7 @@ class BrokerServer:
             return
         self.timings.last_result = now
         self.ledger.result(result)
+        self._record(result.quantum_id, result.attempt, str(result.status))
         qid = result.quantum_id
         match result.status:
             case ResultStatus.SUCCESS:
@@ -311,12 +389,15 @@ class BrokerServer:
         logger.warning("%s", why)
 
     def _requeue_or_fail(self, d: Dispatch, why: str) -> None:
+        if self._stop_reason is not None:
+            return  # stopping: it stays unfinished and is cancelled at the end
         if d.attempt <= self.config.retries:
             logger.warning("re-dispatching %s (attempt %d lost: %s)", d.quantum_id, d.attempt, why)
             self.state.requeue(d.quantum_id)
             self.scheduler.push(d.quantum_id)
             return
         self.ledger.lost(d.quantum_id, Reason.WORKER_LOST, why, time.time())
+        self._record(d.quantum_id, d.attempt, "failure")
         self._fail(d.quantum_id, f"{d.quantum_id} lost with its worker: {why}")
 
     def _handle_worker_exit(self, pidfd: int, now: float) -> None:
@@ -347,6 +428,7 @@ class BrokerServer:
             self.registry.complete(info, d.quantum_id, d.attempt)
             why = "no result within the timeout plus grace; its worker was killed"
             self.ledger.lost(d.quantum_id, Reason.TIMEOUT, why, time.time(), exit_code=None)
+            self._record(d.quantum_id, d.attempt, "timeout")
             self._fail(d.quantum_id, f"{d.quantum_id} timed out: {why}", timed_out=True)
             self._lose_worker(info, f"worker {info.worker_id} did not enforce a timeout", now)
 
@@ -356,11 +438,11 @@ class BrokerServer:
         return (
             self.timings.workers_ready is None
             and now < self.timings.started + _STARTUP_HOLD_S
-            and self.registry.ready_count() < self.config.num_workers
+            and self.registry.ready_count() < self.config.spawn_count
         )
 
     def _dispatch(self, now: float) -> None:
-        if self._holding(now):
+        if self._holding(now) or self._stop_reason is not None:
             return
         while len(self.scheduler) and (info := self.registry.next_free()) is not None:
             qid = self.scheduler.pop()
@@ -368,6 +450,7 @@ class BrokerServer:
                 return
             q = self.graph.quantum(qid)
             attempt = self.ledger.dispatched(qid, info.worker_id, time.time())
+            self._record(qid, attempt, "running")
             timeout = q.timeout_s if q.timeout_s is not None else self.config.timeout_s
             # A prefetched quantum starts after those ahead of it on the worker.
             ahead = sum((d.backstop or now) - now for d in info.in_flight.values())
@@ -380,22 +463,20 @@ class BrokerServer:
                                                     timeout_s=timeout)):  # fmt: skip
                 self._lose_worker(info, f"worker {info.worker_id} unreachable", now)
 
-    def progress(self, now: float) -> Progress:
-        counts = {s.value: self.state.count(s) for s in QState if self.state.count(s)}
-        left = [q for q, s in self.state.state.items() if not s.terminal]
-        known = all(self.scheduler.learned(self.graph.quantum(q).task_label) for q in left)
-        eta = None
-        if known:
-            work = sum(self.scheduler.estimate(self.graph.quantum(q).task_label) for q in left)
-            eta = work / max(1, self.registry.ready_count())
-        return Progress(now - self.timings.started, len(self.graph), counts,
-                        self.registry.ready_count(), eta)  # fmt: skip
+    def status(self, now: float) -> RunStatus:
+        t = self.timings
+        busy = now - t.first_dispatch if t.first_dispatch is not None else 0.0
+        return self._monitor.snapshot(now, now - t.started, busy, self._stop_reason)
 
     def _report_progress(self, now: float) -> None:
         if self._on_progress is None or now < self._next_progress:
             return
         self._next_progress = now + self.config.progress_interval_s
-        self._on_progress(self.progress(now))
+        self._on_progress(self.status(now))
+
+    def _record(self, qid: str, attempt: int, state: str) -> None:
+        if self._journal is not None:
+            self._journal.record(qid, attempt, state)
 
     def _heartbeat(self, now: float) -> None:
         interval = self.config.heartbeat_interval_s
@@ -407,8 +488,13 @@ class BrokerServer:
     def _finish(self) -> None:
         """Cancel what did not end, tell workers to stop, reap local ones on one deadline."""
         cancelled = self.state.cancel()
+        for qid in cancelled:
+            self._record(qid, self.ledger.records[qid].attempts, "cancelled")
+        if self._journal is not None:
+            self._journal.flush()
         if cancelled:
             logger.warning("%d quanta cancelled (%s)", len(cancelled), self._stop_reason)
         for info in self.registry.workers():
-            self._send(info.identity, Shutdown(reason=self._stop_reason or "run complete"))
+            reason = self._stop_reason or "run complete"
+            self._send(info.identity, Shutdown(reason=reason, grace_s=0.0))
         self._pool.shutdown(self.config.shutdown_grace_s)

@@ -50,9 +50,18 @@ class GraphState:
         self._counts = dict.fromkeys(QState, 0)
         self._counts[QState.PENDING] = len(self.state)
 
+    def preset_succeeded(self, qids: set[str]) -> None:
+        """Quanta finished by an earlier run (resume): call before ``initial_ready``."""
+        for qid in qids:
+            self._set(qid, QState.SUCCEEDED)
+            for child in self._g.successors(qid):
+                self._waiting[child] -= 1
+
     def initial_ready(self) -> list[str]:
-        """Quanta with no parents: call once, before anything starts."""
-        roots = [qid for qid, n in self._waiting.items() if n == 0]
+        """Quanta whose parents are all done: call once, before anything starts."""
+        roots = [
+            qid for qid, n in self._waiting.items() if n == 0 and self.state[qid] is QState.PENDING
+        ]
         for qid in roots:
             self._set(qid, QState.READY)
         return roots

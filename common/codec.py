@@ -17,6 +17,7 @@ from common.errors import ProtocolError, ProtocolVersionError
 from common.protocol import (
     PROTOCOL_VERSION,
     Assign,
+    Cancel,
     Goodbye,
     Heartbeat,
     Hello,
@@ -27,6 +28,8 @@ from common.protocol import (
     Result,
     ResultStatus,
     Shutdown,
+    StatusReply,
+    StatusRequest,
     Welcome,
 )
 from common.quantum import Quantum
@@ -47,6 +50,9 @@ _TYPE_OF: Final[dict[type[Any], MessageType]] = {
     Shutdown: MessageType.SHUTDOWN,
     Goodbye: MessageType.GOODBYE,
     Ready: MessageType.READY,
+    StatusRequest: MessageType.STATUS_REQUEST,
+    StatusReply: MessageType.STATUS_REPLY,
+    Cancel: MessageType.CANCEL,
 }
 _CLASS_OF: Final = {t: cls for cls, t in _TYPE_OF.items()}
 
@@ -86,8 +92,11 @@ _OPT_STR, _OPT_INT = _check(str, True), _check(int, True)
 # Field decoders in dataclass field order, one tuple per message class.
 _FIELDS: Final[dict[type[Any], tuple[Callable[[Any], Any], ...]]] = {
     Hello: (_INT, _STR, _INT),
-    Welcome: (_STR, _number(), _INT, _check(bytes), _STR, _strings),
+    Welcome: (_STR, _number(), _INT, _check(bytes), _STR, _strings, _OPT_INT, _OPT_INT),
     Ready: (),
+    StatusRequest: (),
+    StatusReply: (_check(dict),),
+    Cancel: (_check(bool),),
     Refuse: (_STR,),
     Assign: (_quantum, _INT, _number(optional=True)),
     Result: (
@@ -105,7 +114,7 @@ _FIELDS: Final[dict[type[Any], tuple[Callable[[Any], Any], ...]]] = {
         _OPT_STR,
     ),
     Heartbeat: (),
-    Shutdown: (_STR,),
+    Shutdown: (_STR, _number()),
     Goodbye: (_STR,),
 }
 

@@ -32,11 +32,14 @@ class ExecutionConfig:
     liveness: int = 10
     retries: int = 1
     max_quanta_per_executor: int | None = None
+    max_rss_mb: int | None = None
     run_dir: Path | None = None
     startup_timeout_s: float = 60.0
     shutdown_grace_s: float = 2.0
     prefetch: int = 1
     progress_interval_s: float = 5.0
+    local_workers: int | None = None  # workers this broker starts; None: num_workers
+    endpoint: str | None = None  # serve here (tcp:// needs CURVE keys); None: private ipc
 
     def __post_init__(self) -> None:
         if self.num_workers < 1:
@@ -54,12 +57,27 @@ class ExecutionConfig:
             raise ConfigError(f"retries must be >= 0, got {self.retries}")
         if self.max_quanta_per_executor is not None and self.max_quanta_per_executor < 1:
             raise ConfigError("max quanta per executor must be at least 1")
+        if self.max_rss_mb is not None and self.max_rss_mb < 1:
+            raise ConfigError("max RSS must be at least 1 MB")
         if self.progress_interval_s <= 0:
             raise ConfigError("progress interval must be positive")
+        if self.local_workers is not None and self.local_workers < 0:
+            raise ConfigError(f"local workers must be >= 0, got {self.local_workers}")
+        if self.endpoint is not None and not self.endpoint.startswith(("ipc://", "tcp://")):
+            raise ConfigError(f"endpoint {self.endpoint!r} must be ipc://PATH or tcp://HOST:PORT")
         if self.prefetch < 0:
             raise ConfigError(f"prefetch must be >= 0, got {self.prefetch}")
         if self.startup_timeout_s <= 0 or self.shutdown_grace_s < 0:
             raise ConfigError("startup timeout must be positive and shutdown grace >= 0")
+
+    @property
+    def spawn_count(self) -> int:
+        """How many local workers the broker starts."""
+        return self.num_workers if self.local_workers is None else self.local_workers
+
+    @property
+    def in_process(self) -> bool:
+        return self.num_workers == 1 and self.local_workers is None and self.endpoint is None
 
     @property
     def worker_silence_limit_s(self) -> float:

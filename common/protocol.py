@@ -5,18 +5,22 @@ Must not encode anything itself (that is ``common.codec``, the only msgpack user
     worker HELLO -> broker WELCOME (or REFUSE) -> worker READY -> broker ASSIGN
     -> worker RESULT -> ... -> broker SHUTDOWN
     HEARTBEAT both ways; any message counts as a sign of life. A worker leaving says GOODBYE.
+    Control clients (``zmpexec status`` / ``cancel``) send STATUS_REQUEST or CANCEL on the same
+    socket without registering and get a STATUS_REPLY.
 """
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Any
 
 from common.quantum import Quantum
 
 __all__ = [
     "PROTOCOL_VERSION",
     "Assign",
+    "Cancel",
     "Goodbye",
     "Heartbeat",
     "Hello",
@@ -27,6 +31,8 @@ __all__ = [
     "Result",
     "ResultStatus",
     "Shutdown",
+    "StatusReply",
+    "StatusRequest",
     "Welcome",
 ]
 
@@ -43,6 +49,9 @@ class MessageType(enum.IntEnum):
     SHUTDOWN = 7
     GOODBYE = 8
     READY = 9
+    STATUS_REQUEST = 10
+    STATUS_REPLY = 11
+    CANCEL = 12
 
 
 class ResultStatus(enum.StrEnum):
@@ -64,7 +73,8 @@ class Hello:
 class Welcome:
     """The broker accepts a worker. ``executor`` is the pickled quantum executor, opaque to
     the agent, unpickled only in the executor child; ``preload`` names the task modules the
-    child imports before it says READY."""
+    child imports before it says READY. The agent replaces its executor child after
+    ``max_quanta_per_executor`` quanta or once it uses more than ``max_rss_kb``."""
 
     worker_id: str
     heartbeat_interval_s: float
@@ -72,6 +82,8 @@ class Welcome:
     executor: bytes
     log_dir: str
     preload: list[str]
+    max_quanta_per_executor: int | None
+    max_rss_kb: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,9 +135,11 @@ class Heartbeat:
 
 @dataclass(frozen=True, slots=True)
 class Shutdown:
-    """The broker tells a worker to stop: kill any running quantum, then exit."""
+    """The broker tells a worker to stop: drop queued quanta, give the running one up to
+    ``grace_s`` to finish (and report), then kill it and exit."""
 
     reason: str
+    grace_s: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,4 +149,26 @@ class Goodbye:
     reason: str
 
 
-Message = Hello | Welcome | Ready | Refuse | Assign | Result | Heartbeat | Shutdown | Goodbye
+@dataclass(frozen=True, slots=True)
+class StatusRequest:
+    """A control client asks how the run is going."""
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """A control client stops the run: drain (running quanta finish) or ``abort`` (kill)."""
+
+    abort: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StatusReply:
+    """The broker's answer to STATUS_REQUEST or CANCEL: ``RunStatus.to_dict()``."""
+
+    status: dict[str, Any]
+
+
+Message = (
+    Hello | Welcome | Ready | Refuse | Assign | Result | Heartbeat | Shutdown | Goodbye
+    | StatusRequest | StatusReply | Cancel
+)  # fmt: skip

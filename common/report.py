@@ -45,6 +45,7 @@ class Reason(enum.StrEnum):
     WORKER_LOST = "worker_lost"
     UPSTREAM_FAILURE = "upstream_failure"
     CANCELLED = "cancelled"
+    OUT_OF_MEMORY = "out_of_memory"
     PROTOCOL = "protocol_error"
 
 

@@ -6,21 +6,27 @@ from __future__ import annotations
 
 import argparse
 import enum
+import json
 import logging
 import signal
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 from types import FrameType
+from typing import Any
+
+from rich.console import Console
 
 from broker import MPGraphExecutor
-from broker.server import Progress
+from broker.control import endpoint_of, request_cancel, request_status
 from common.butler import Butler
 from common.errors import MPGraphExecutorError, ZmpexecError
 from common.graph import QuantumGraph
-from common.report import ExecutionStatus, Report
+from common.report import Report
+from scripts.attach import run_workers
+from scripts.views import ProgressDisplay, render_report, render_status
 from worker.executor import TaskQuantumExecutor
+from worker.runner import log_path_for
 
 __all__ = ["ExitCode", "main"]
 
@@ -35,23 +41,87 @@ class ExitCode(enum.IntEnum):
     TERMINATED = 143  # SIGTERM
 
 
+class UsageError(Exception):
+    """Bad input discovered by a command: one line on stderr, exit 2."""
+
+
+# ---------------------------------------------------------------------- arguments
+def _add_run_options(p: argparse.ArgumentParser, *, jobs_default: int) -> None:
+    p.add_argument("graph", type=Path, help="graph file (.yaml or .json)")
+    p.add_argument(
+        "-j",
+        "--jobs",
+        type=int,
+        default=jobs_default,
+        help="local worker processes" + (" (1: in-process)" if jobs_default else ""),
+    )
+    p.add_argument("--timeout", type=float, default=None, help="per-quantum timeout, seconds")
+    p.add_argument("--fail-fast", action="store_true", help="stop at the first failure")
+    p.add_argument("--repo", type=Path, default=Path("zmpexec-repo"), help="data repository")
+    p.add_argument("--run", default="main", help="run name; its directory is REPO/runs/RUN")
+    p.add_argument("--summary", type=Path, default=None, help="write the JSON report here")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run: skip quanta whose outputs an earlier run stored",
+    )
+    p.add_argument("--start-method", choices=["spawn", "forkserver", "fork"], default="spawn")
+    p.add_argument("--retries", type=int, default=1, help="re-dispatches after a lost worker")
+    p.add_argument("--heartbeat", type=float, default=1.0, help="heartbeat interval, seconds")
+    p.add_argument("--liveness", type=int, default=10, help="missed heartbeats before lost")
+    p.add_argument(
+        "--grace",
+        type=float,
+        default=2.0,
+        help="seconds running quanta get to finish after SIGINT/SIGTERM or cancel",
+    )
+    p.add_argument(
+        "--max-quanta-per-executor",
+        type=int,
+        default=None,
+        metavar="N",
+        help="replace an executor process after N quanta (1: a fresh one each)",
+    )
+    p.add_argument("--max-rss", type=int, default=None, metavar="MB",
+                   help="replace an executor process whose memory passes MB")  # fmt: skip
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="zmpexec", description=__doc__.split("\n")[0])
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
     sub = p.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run a graph with N local workers")
-    run.add_argument("graph", type=Path, help="graph file (.yaml or .json)")
-    run.add_argument("-j", "--jobs", type=int, default=1, help="worker processes (1: in-process)")
-    run.add_argument("--timeout", type=float, default=None, help="per-quantum timeout, seconds")
-    run.add_argument("--fail-fast", action="store_true", help="stop at the first failure")
-    run.add_argument("--repo", type=Path, default=Path("zmpexec-repo"), help="data repository")
-    run.add_argument("--run", default="main", help="run (collection) name in the repository")
-    run.add_argument("--summary", type=Path, default=None, help="write the JSON report here")
-    run.add_argument("--start-method", choices=["spawn", "forkserver", "fork"], default="spawn")
-    run.add_argument("--retries", type=int, default=1, help="re-dispatches after a lost worker")
-    run.add_argument("--heartbeat", type=float, default=1.0, help="heartbeat interval, seconds")
-    run.add_argument("--liveness", type=int, default=10, help="missed heartbeats before lost")
+    _add_run_options(sub.add_parser("run", help="run a graph with N local workers"),
+                     jobs_default=1)  # fmt: skip
+    broker = sub.add_parser("broker", help="serve a graph to local and attached workers")
+    _add_run_options(broker, jobs_default=0)
+    broker.add_argument("--endpoint", required=True,
+                        help="ipc://PATH or tcp://HOST:PORT (tcp uses CURVE keys)")  # fmt: skip
+
+    worker = sub.add_parser("worker", help="attach workers to a running broker")
+    where = worker.add_mutually_exclusive_group(required=True)
+    where.add_argument("--connect", metavar="ENDPOINT", help="the broker's endpoint")
+    where.add_argument("--run-dir", type=Path, help="the broker's run directory")
+    worker.add_argument("--keys", type=Path, default=None,
+                        help="CURVE key directory for tcp (default: RUN_DIR/curve)")  # fmt: skip
+    worker.add_argument("-j", "--jobs", type=int, default=1, help="workers to attach")
+    worker.add_argument("--wait", type=float, default=60.0,
+                        help="seconds to keep trying while no broker answers")  # fmt: skip
+
+    for name, text in (("status", "show a running broker's progress"),
+                       ("cancel", "stop a running broker")):  # fmt: skip
+        c = sub.add_parser(name, help=text)
+        c.add_argument(
+            "target",
+            nargs="?",
+            default="zmpexec-repo/runs/main",
+            help="run directory or endpoint (default: zmpexec-repo/runs/main)",
+        )
+        c.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for answer")
+    sub.choices["status"].add_argument("--json", action="store_true", help="machine-readable")
+    sub.choices["cancel"].add_argument(
+        "--abort", action="store_true", help="kill running quanta instead of letting them finish"
+    )
 
     val = sub.add_parser("validate", help="check a graph without running it")
     val.add_argument("graph", type=Path)
@@ -60,15 +130,19 @@ def _parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="summarize a JSON report written by --summary")
     rep.add_argument("file", type=Path)
+    rep.add_argument("--timeline", type=Path, default=None, metavar="OUT.png|OUT.html",
+                     help="draw quanta per worker over time")  # fmt: skip
+
+    logs = sub.add_parser("logs", help="print a quantum's captured log")
+    logs.add_argument("quantum")
+    logs.add_argument("--repo", type=Path, default=Path("zmpexec-repo"))
+    logs.add_argument("--run", default="main")
     return p
 
 
-def _load_graph(path: Path) -> QuantumGraph:
-    return QuantumGraph.load(path)
-
-
+# ---------------------------------------------------------------------- commands
 def cmd_validate(args: argparse.Namespace) -> ExitCode:
-    graph = _load_graph(args.graph)
+    graph = QuantumGraph.load(args.graph)
     butler = Butler(args.repo, args.run) if args.repo else None
     graph.validate(butler)
     labels = ", ".join(f"{k}: {v}" for k, v in sorted(graph.task_counts().items()))
@@ -77,47 +151,44 @@ def cmd_validate(args: argparse.Namespace) -> ExitCode:
     return ExitCode.OK
 
 
-def _print_progress(p: Progress) -> None:
-    done = sum(p.counts.get(s, 0) for s in ("succeeded", "failed", "timed_out", "skipped"))
-    parts = [f"{done}/{p.total} done", f"{p.counts.get('running', 0)} running"]
-    bad = p.counts.get("failed", 0) + p.counts.get("timed_out", 0)
-    if bad:
-        parts.append(f"{bad} failed")
-    if p.eta_s is not None:
-        parts.append(f"eta {p.eta_s:.0f}s")
-    print(f"[{p.elapsed_s:7.1f}s] " + ", ".join(parts) + f"; {p.workers} workers",
-          file=sys.stderr, flush=True)  # fmt: skip
+def _executor_for(args: argparse.Namespace, display: ProgressDisplay) -> MPGraphExecutor:
+    options: dict[str, Any] = {}
+    if args.command == "broker":
+        options = {"endpoint": args.endpoint, "local_workers": args.jobs}
+    elif args.jobs < 1:
+        raise UsageError(f"-j must be at least 1, got {args.jobs}")
+    return MPGraphExecutor(
+        max(1, args.jobs), args.timeout, TaskQuantumExecutor(), startMethod=args.start_method,
+        failFast=args.fail_fast, run_dir=args.repo / "runs" / args.run, retries=args.retries,
+        heartbeat_interval_s=args.heartbeat, liveness=args.liveness, progress=display.update,
+        progress_interval_s=display.interval_s, shutdown_grace_s=args.grace,
+        max_quanta_per_executor=args.max_quanta_per_executor, max_rss_mb=args.max_rss,
+        resume=args.resume, **options,
+    )  # fmt: skip
 
 
 def cmd_run(args: argparse.Namespace) -> ExitCode:
-    graph = _load_graph(args.graph)
+    """``run`` and ``broker``: execute the graph, show progress, write the summary."""
+    graph = QuantumGraph.load(args.graph)
     butler = Butler(args.repo, args.run)
     graph.validate(butler)  # bad input fails here, before anything starts
-    run_dir = args.repo / "runs" / f"{args.run}-{time.strftime('%Y%m%dT%H%M%S')}"
-    executor = MPGraphExecutor(
-        args.jobs, args.timeout, TaskQuantumExecutor(), startMethod=args.start_method,
-        failFast=args.fail_fast, run_dir=run_dir, retries=args.retries,
-        heartbeat_interval_s=args.heartbeat, liveness=args.liveness, progress=_print_progress,
-    )  # fmt: skip
-    received: list[int] = []
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        if received and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C forces
-        received.append(signum)
-        executor.request_stop(f"{signal.Signals(signum).name} received")
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    print(f"running {len(graph)} quanta from {args.graph} with {args.jobs} worker(s); "
-          f"logs in {run_dir / 'logs'}", file=sys.stderr)  # fmt: skip
+    display = ProgressDisplay()
+    executor = _executor_for(args, display)
+    received = _stop_on_signals(executor)
+    run_dir = args.repo / "runs" / args.run
+    where = f" at {args.endpoint}" if args.command == "broker" else ""
+    print(f"running {len(graph)} quanta from {args.graph} with {args.jobs} local worker(s)"
+          f"{where}; run directory {run_dir}", file=sys.stderr)  # fmt: skip
+    if args.command == "broker":
+        print(f"attach workers with: zmpexec worker --run-dir {run_dir}", file=sys.stderr)
     t0 = time.monotonic()
     failed = False
-    try:
-        executor.execute(graph, butler)
-    except MPGraphExecutorError as e:
-        failed = True
-        logger.error("%s", e)
+    with display:
+        try:
+            executor.execute(graph, butler)
+        except MPGraphExecutorError as e:
+            failed = True
+            logger.error("%s", e)
     report = executor.getReport()
     if args.summary is not None:
         args.summary.write_text(report.to_json())
@@ -130,70 +201,88 @@ def cmd_run(args: argparse.Namespace) -> ExitCode:
     return ExitCode.QUANTA_FAILED if failed else ExitCode.OK
 
 
-def render_report(report: Report) -> str:
-    """Totals by status and label, then every problem with its cause and log."""
-    lines = []
-    counts = report.counts()
-    lines.append(f"status: {report.status.value}; "
-                 + ", ".join(f"{n} {s.value}" for s, n in counts.items() if n))  # fmt: skip
-    by_label: dict[str, Counter[str]] = {}
-    for r in report.quantaReports:
-        by_label.setdefault(r.taskLabel, Counter())[r.status.value] += 1
-    width = max((len(label) for label in by_label), default=5)
-    lines.append(f"{'task':<{width}}  {'total':>6}  " + "  ".join(
-        f"{s.value:>8}" for s in ExecutionStatus))  # fmt: skip
-    for label, c in sorted(by_label.items()):
-        lines.append(f"{label:<{width}}  {sum(c.values()):>6}  " + "  ".join(
-            f"{c.get(s.value, 0):>8}" for s in ExecutionStatus))  # fmt: skip
-    problems = [
-        (r, report.quantaDetails.get(r.quantumId))
-        for r in report.quantaReports
-        if r.status in (ExecutionStatus.FAILURE, ExecutionStatus.TIMEOUT)
-    ]
-    if problems:
-        lines.append("problems:")
-    for r, d in problems:
-        cause = (f"{r.exceptionInfo.className}: {r.exceptionInfo.message}" if r.exceptionInfo
-                 else (d.message if d and d.message else "unknown"))  # fmt: skip
-        if len(cause) > 200:
-            cause = cause[:200] + "..."
-        name = d.id if d else r.quantumId
-        reason = d.reason.value if d and d.reason else r.status.value
-        lines.append(f"  {name} [{r.taskLabel}] {reason}, exit {r.exitCode}: {cause}")
-        if d and d.logPath:
-            lines.append(f"    log: {d.logPath}")
-    timed = [(d.endTime - d.startTime, d.id) for d in report.quantaDetails.values()
-             if d.startTime is not None and d.endTime is not None]  # fmt: skip
-    if timed:
-        lines.append("slowest:")
-        for seconds, qid in sorted(timed, reverse=True)[:5]:
-            lines.append(f"  {seconds:8.3f}s  {qid}")
-    return "\n".join(lines)
+def _stop_on_signals(executor: MPGraphExecutor) -> list[int]:
+    """SIGINT/SIGTERM drain the run (running quanta get the grace); a second Ctrl-C forces."""
+    received: list[int] = []
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if received and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        received.append(signum)
+        executor.request_stop(f"{signal.Signals(signum).name} received")
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    return received
+
+
+def cmd_worker(args: argparse.Namespace) -> ExitCode:
+    endpoint = args.connect or endpoint_of(str(args.run_dir))
+    keys = args.keys or (args.run_dir / "curve" if args.run_dir else None)
+    if endpoint.startswith("tcp://") and keys is None:
+        raise UsageError("a tcp endpoint needs CURVE keys: give --run-dir or --keys")
+    return ExitCode(run_workers(endpoint, args.jobs, keys if endpoint.startswith("tcp://")
+                                else None, args.wait))  # fmt: skip
+
+
+def cmd_status(args: argparse.Namespace) -> ExitCode:
+    status = request_status(endpoint_of(args.target), args.timeout)
+    if args.json:
+        print(json.dumps(status.to_dict(), indent=2))
+    else:
+        render_status(status, Console())
+    return ExitCode.OK
+
+
+def cmd_cancel(args: argparse.Namespace) -> ExitCode:
+    status = request_cancel(endpoint_of(args.target), abort=args.abort, timeout_s=args.timeout)
+    how = "aborting" if args.abort else "draining"
+    print(f"{how}: {status.count('running')} running, "
+          f"{status.total - status.finished} unfinished of {status.total}")  # fmt: skip
+    return ExitCode.OK
 
 
 def cmd_report(args: argparse.Namespace) -> ExitCode:
     try:
         report = Report.from_json(args.file.read_text())
     except OSError as e:
-        raise _UsageError(f"cannot read {args.file}: {e.strerror}") from e
+        raise UsageError(f"cannot read {args.file}: {e.strerror}") from e
     except ValueError as e:
-        raise _UsageError(f"{args.file}: {e}") from e
+        raise UsageError(f"{args.file}: {e}") from e
     print(render_report(report))
+    if args.timeline is not None:
+        from scripts.timeline import draw_timeline
+
+        draw_timeline(report, args.timeline)
+        print(f"timeline: {args.timeline}")
     return ExitCode.OK
 
 
-class _UsageError(Exception):
-    """Bad input discovered by a command: one line on stderr, exit 2."""
+def cmd_logs(args: argparse.Namespace) -> ExitCode:
+    log_dir = args.repo / "runs" / args.run / "logs"
+    candidates = [log_path_for(log_dir, args.quantum, attempt) for attempt in range(1, 100)]
+    found = [p for p in candidates if p.exists()]
+    if not found:
+        raise UsageError(f"no log for quantum {args.quantum!r} in {log_dir} "
+                         "(it may have written nothing)")  # fmt: skip
+    for path in found:
+        if len(found) > 1:
+            print(f"==> {path} <==")
+        sys.stdout.write(path.read_text(errors="replace"))
+    return ExitCode.OK
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    commands = {"run": cmd_run, "validate": cmd_validate, "report": cmd_report}
+    commands = {
+        "run": cmd_run, "broker": cmd_run, "worker": cmd_worker, "status": cmd_status,
+        "cancel": cmd_cancel, "validate": cmd_validate, "report": cmd_report, "logs": cmd_logs,
+    }  # fmt: skip
     try:
         return int(commands[args.command](args))
-    except (ZmpexecError, _UsageError) as e:
+    except (ZmpexecError, UsageError) as e:
         print(f"zmpexec: error: {' '.join(str(e).split())}", file=sys.stderr)
         return int(ExitCode.BAD_INPUT)
     except KeyboardInterrupt:

@@ -93,3 +93,27 @@ def record(*, path: str, tag: str, **inputs: Any) -> str:
     with open(path, "a") as f:
         f.write(tag + "\n")
     return tag
+
+
+_HELD: list[bytes] = []
+
+
+def allocate(*, mb: int = 100, **inputs: Any) -> int:
+    """Keeps ``mb`` MiB alive in this process (so its RSS stays high); returns the pid."""
+    _HELD.append(b"x" * (mb * 1024 * 1024))
+    return os.getpid()
+
+
+def journaled(
+    *, repo: str, run: str, record: str, me: str, out: str, seconds: float = 0.0, **inputs: Any
+) -> str:
+    """Appends 'RUN <me>' to ``record`` (or 'DUP <me>' if its output ``out`` was already
+    registered: a quantum that completed running twice), sleeps, returns its id."""
+    from common.butler import Butler
+
+    tag = "DUP" if Butler(repo, run).exists(out) else "RUN"
+    fd = os.open(record, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.write(fd, f"{tag} {me}\n".encode())
+    os.close(fd)
+    time.sleep(seconds)
+    return me

@@ -27,8 +27,10 @@ import zmq
 
 from common.codec import Peek, decode, encode, peek
 from common.errors import ProtocolError
+from common.keys import load_client_keys
 from common.protocol import (
     Assign,
+    Cancel,
     Goodbye,
     Heartbeat,
     Hello,
@@ -39,12 +41,14 @@ from common.protocol import (
     Result,
     ResultStatus,
     Shutdown,
+    StatusReply,
+    StatusRequest,
     Welcome,
 )
 from common.report import Reason
 from worker.capture import keep_scratch, scratch_path
 from worker.child import child_main
-from worker.lifecycle import describe_exit, die_with_parent, kill_group
+from worker.lifecycle import describe_exit, die_with_parent, kill_group, oom_kills, rss_kb
 from worker.runner import log_path_for
 
 __all__ = ["AgentConfig", "WorkerAgent", "agent_main"]
@@ -65,6 +69,7 @@ class AgentConfig:
     startup_timeout_s: float = 60.0
     log_level: int = logging.WARNING
     prefetch: int = 1  # quanta queued here behind the running one, to hide the round trip
+    keys_dir: Path | None = None  # CURVE keys for a tcp endpoint (RUN_DIR/curve)
 
 
 @dataclass(slots=True)
@@ -81,13 +86,16 @@ class WorkerAgent:
         self.config = config
         self._stop_reason: str | None = None
         self._mp = multiprocessing.get_context("forkserver")
-        self._mp.set_forkserver_preload(_PRELOAD)
         self._child: multiprocessing.process.BaseProcess | None = None
         self._conn: Connection | None = None
         self._running: _Running | None = None
         self._welcome: Welcome | None = None
         self._ready_sent = False
         self._queued: deque[tuple[Peek, bytes]] = deque()
+        self._child_quanta = 0  # quanta the current executor child has run
+        self._child_generation = 0
+        self._oom_baseline: int | None = None
+        self._draining_until: float | None = None  # stopping once the running quantum ends
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._poller = zmq.Poller()
@@ -100,11 +108,13 @@ class WorkerAgent:
 
     def run(self) -> int:
         try:
-            multiprocessing.forkserver.ensure_running()  # overlap its start with the handshake
             self._connect()
             code = self._handshake()
             if code != EXIT_OK or self._welcome is None:
                 return code
+            # The forkserver imports the task modules once, so a replacement child (after a
+            # timeout, a crash or recycling) starts with them loaded, in milliseconds.
+            self._mp.set_forkserver_preload(_PRELOAD + self._welcome.preload)
             self._start_child()
             return self._loop()
         finally:
@@ -115,7 +125,12 @@ class WorkerAgent:
         s.setsockopt(zmq.LINGER, 0)
         s.setsockopt(zmq.IMMEDIATE, 1)
         s.setsockopt(zmq.RECONNECT_IVL, 20)
-        s.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        s.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)  # exponential backoff while no broker is up
+        if self.config.keys_dir is not None:
+            keys = load_client_keys(self.config.keys_dir)
+            s.setsockopt(zmq.CURVE_PUBLICKEY, keys.public)
+            s.setsockopt(zmq.CURVE_SECRETKEY, keys.secret)
+            s.setsockopt(zmq.CURVE_SERVERKEY, keys.server_public)
         s.connect(self.config.endpoint)
         self._poller.register(s, zmq.POLLIN)
 
@@ -168,13 +183,16 @@ class WorkerAgent:
         w = self._welcome
         child = self._mp.Process(
             target=child_main,
-            args=(theirs, w.executor, w.log_dir, None, w.preload, os.getpid()),
+            args=(theirs, w.executor, w.log_dir, w.preload, os.getpid()),
             name="zmpexec-executor",
             daemon=False,
         )
         child.start()
         theirs.close()
         self._child, self._conn = child, ours
+        self._oom_baseline = oom_kills(os.getpid())  # the child shares our memory cgroup
+        self._child_quanta = 0
+        self._child_generation += 1
         self._poller.register(ours.fileno(), zmq.POLLIN)
         self._poller.register(child.sentinel, zmq.POLLIN)
 
@@ -207,12 +225,21 @@ class WorkerAgent:
             wake = min(self._next_heartbeat, self._last_broker + silence_limit, now + interval)
             if self._running is not None and self._running.deadline is not None:
                 wake = min(wake, self._running.deadline)
+            if self._draining_until is not None:
+                wake = min(wake, self._draining_until)
             events = dict(self._poller.poll(int(max(0.0, wake - now) * 1000)))
             if self._sock in events:
                 self._drain_socket()
+            # A child replaced while handling these events frees fds that a new child may
+            # reuse: its events belong to the old one, so they are not looked at again.
+            generation = self._child_generation
             if self._conn is not None and self._conn.fileno() in events:
                 self._read_child()
-            if self._child is not None and self._child.sentinel in events:
+            if (
+                generation == self._child_generation
+                and self._child is not None
+                and self._child.sentinel in events
+            ):
                 self._child_exited()
             now = time.monotonic()
             self._enforce_deadlines(now, silence_limit)
@@ -225,6 +252,8 @@ class WorkerAgent:
         return EXIT_OK
 
     def _enforce_deadlines(self, now: float, silence_limit: float) -> None:
+        if self._draining_until is not None and now >= self._draining_until:
+            self._stop_reason = "shutdown"  # the running quantum is killed on the way out
         r = self._running
         if r is not None and r.deadline is not None and now >= r.deadline:
             pid = self._child.pid if self._child is not None else None
@@ -261,15 +290,22 @@ class WorkerAgent:
             match msg:
                 case Assign():
                     logger.error("dropping malformed ASSIGN")
-                case Shutdown(reason=reason):
-                    logger.info("broker asked to shut down: %s", reason)
-                    self._stop_reason = "shutdown"
+                case Shutdown(reason=reason, grace_s=grace):
+                    logger.info("broker asked to shut down (%s), grace %.1fs", reason, grace)
+                    self._queued.clear()
+                    if grace > 0 and self._running is not None:
+                        self._draining_until = time.monotonic() + grace
+                    else:
+                        self._stop_reason = "shutdown"
                 case Heartbeat() | None:
                     pass
                 case Refuse(reason=reason):
                     logger.error("broker refused this worker: %s", reason)
                     self._stop_reason = "refused"
-                case Hello() | Welcome() | Ready() | Result() | Goodbye():
+                case (
+                    Hello() | Welcome() | Ready() | Result() | Goodbye() | StatusRequest()
+                    | StatusReply() | Cancel()
+                ):  # fmt: skip
                     logger.warning("unexpected %s from broker, dropped", type(msg).__name__)
                 case _:
                     assert_never(msg)
@@ -316,9 +352,39 @@ class WorkerAgent:
             logger.warning("dropping stale result from executor child: %r", result)
             return True
         self._running = None
+        self._child_quanta += 1
+        if self._draining_until is not None:
+            self._send_frame(frame)
+            self._stop_reason = "shutdown"
+            return False
+        if self._should_recycle():
+            self._send_frame(frame)
+            self._replace_child()  # starts the next queued quantum on the fresh child
+            return False
         self._start_next()  # the child starts the next quantum before the broker hears back
         self._send_frame(frame)
         return True
+
+    def _oom_killed(self) -> bool:
+        """The kernel OOM-killed something in our memory cgroup since the child started."""
+        now, before = oom_kills(os.getpid()), self._oom_baseline
+        return now is not None and before is not None and now > before
+
+    def _should_recycle(self) -> bool:
+        """Replace the child after N quanta or when it has grown past the RSS limit."""
+        assert self._welcome is not None and self._child is not None
+        w = self._welcome
+        if (
+            w.max_quanta_per_executor is not None
+            and self._child_quanta >= w.max_quanta_per_executor
+        ):
+            return True
+        if w.max_rss_kb is not None and self._child.pid is not None:
+            rss = rss_kb(self._child.pid)
+            if rss is not None and rss > w.max_rss_kb:
+                logger.info("executor child uses %d KiB > %d KiB: replacing it", rss, w.max_rss_kb)
+                return True
+        return False
 
     def _start_next(self) -> None:
         if self._queued and self._running is None and self._conn is not None:
@@ -326,15 +392,21 @@ class WorkerAgent:
 
     def _child_exited(self) -> None:
         assert self._child is not None and self._conn is not None
+        child = self._child
         # A result written just before exiting still counts.
         while self._conn.poll(0) and self._read_child():
             pass
+        if self._child is not child:
+            return  # that result recycled the child already
         self._child.join(1.0)
         code = self._child.exitcode if self._child.exitcode is not None else -signal.SIGKILL
         r = self._running
         if r is not None:
             reason = Reason.SIGNAL if code < 0 else Reason.EXIT_CODE
             message = f"executor process {describe_exit(code)}"
+            if code == -signal.SIGKILL and self._oom_killed():
+                reason = Reason.OUT_OF_MEMORY
+                message += " by the kernel's out-of-memory killer"
             self._report_end(r, ResultStatus.FAILURE, code, reason, message, self._child.pid)
         elif code != 0:
             logger.warning("idle executor child %s; replacing it", describe_exit(code))
@@ -413,9 +485,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--startup-timeout", type=float, default=60.0)
     parser.add_argument("--log-level", type=int, default=logging.WARNING)
     parser.add_argument("--prefetch", type=int, default=1)
+    parser.add_argument("--keys-dir", type=Path, default=None)
     args = parser.parse_args(argv)
     agent_main(AgentConfig(args.endpoint, args.parent_pid, args.startup_timeout, args.log_level,
-                           args.prefetch))  # fmt: skip
+                           args.prefetch, args.keys_dir))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -75,11 +75,10 @@ def _die_with_agent(agent_pid: int) -> None:
 
 
 def child_main(
-    conn: Connection, executor_blob: bytes, log_dir: str, max_quanta: int | None,
-    preload: list[str], agent_pid: int,
+    conn: Connection, executor_blob: bytes, log_dir: str, preload: list[str], agent_pid: int,
 ) -> None:  # fmt: skip
     """Load the executor and task modules, say READY, then serve ASSIGN frames from ``conn``
-    until EOF or ``max_quanta`` have run."""
+    until EOF (the agent recycles a child by closing or killing it)."""
     os.setpgid(0, 0)
     die_with_parent()
     _die_with_agent(agent_pid)
@@ -87,8 +86,7 @@ def child_main(
     _preload(preload)
     conn.send_bytes(encode(Ready()))
     capture = LogCapture(Path(log_dir))
-    done = 0
-    while max_quanta is None or done < max_quanta:
+    while True:
         try:
             frame = conn.recv_bytes()
         except (EOFError, OSError):
@@ -103,5 +101,4 @@ def child_main(
             executor, butler = loaded
             result = run_quantum(executor, butler, assign.quantum, assign.attempt, capture)
         conn.send_bytes(encode(result))
-        done += 1
     capture.close()

@@ -11,8 +11,11 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
 
-__all__ = ["describe_exit", "die_with_parent", "kill_group"]
+import psutil
+
+__all__ = ["describe_exit", "die_with_parent", "kill_group", "oom_kills", "rss_kb"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +43,53 @@ def kill_group(pid: int) -> None:
         pass
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
+
+
+def rss_kb(pid: int) -> int | None:
+    """Resident set size of ``pid`` and its descendants in KiB (None if it is gone)."""
+    try:
+        proc = psutil.Process(pid)
+        procs = [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        return None
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass  # a child that exited in between holds no memory
+    return total // 1024
+
+
+def _oom_counter_files(pid: int, root: Path) -> list[Path]:
+    """cgroup v2 ``memory.events`` or v1 ``memory.oom_control`` of ``pid``'s memory cgroup."""
+    try:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except OSError:
+        return []
+    files = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        rel = path.lstrip("/")
+        if controllers == "":
+            files.append(root / rel / "memory.events")
+        elif "memory" in controllers.split(","):
+            files.append(root / "memory" / rel / "memory.oom_control")
+    return files
+
+
+def oom_kills(pid: int, root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """How many processes the kernel's OOM killer has killed in ``pid``'s memory cgroup
+    (None where no counter is readable). Compared before and after a SIGKILL nobody sent."""
+    for f in _oom_counter_files(pid, root):
+        try:
+            for line in f.read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key == "oom_kill":
+                    return int(value)
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def describe_exit(exit_code: int) -> str:

@@ -334,15 +334,72 @@ def test_pdb_post_mortem_runs_in_process_on_a_task_exception(butler: Butler) -> 
 
 
 def test_progress_snapshots_arrive_during_a_run(butler: Butler) -> None:
-    from broker.server import Progress
+    from common.status import RunStatus
 
-    seen: list[Progress] = []
+    seen: list[RunStatus] = []
     graph = independent(6, "sleep", seconds=0.2)
     ex = make(2, progress=seen.append, progress_interval_s=0.05)
     ex.execute(graph, butler)
     assert len(seen) >= 3
     assert all(p.total == 6 for p in seen)
-    assert any(p.counts.get("running", 0) > 0 for p in seen)
+    assert any(p.count("running") > 0 for p in seen)
+    assert any(p.running and p.running[0].worker in {"w1", "w2"} for p in seen)
     assert any(p.eta_s is not None for p in seen)  # once a duration was learned
     elapsed = [p.elapsed_s for p in seen]
     assert elapsed == sorted(elapsed)
+
+
+@pytest.mark.parametrize("every", [1, 3])
+def test_executor_children_are_recycled_after_n_quanta(butler: Butler, every: int) -> None:
+    graph = independent(9, "pid")
+    ex = make(2, max_quanta_per_executor=every)
+    ex.execute(graph, butler)
+    pids = [butler.get(f"q{i}") for i in range(9)]
+    assert max(pids.count(p) for p in pids) <= every
+    if every == 1:
+        assert len(set(pids)) == 9  # LSST's isolation: a fresh process per quantum
+
+
+def test_executor_child_over_the_rss_limit_is_replaced(butler: Butler) -> None:
+    # Given one worker and a first quantum that leaves 200 MB allocated in its process
+    first = quantum("hog", "allocate", config={"mb": 200})
+    after = [quantum(f"p{i}", "pid", inputs=["hog"] if i == 0 else [f"p{i - 1}"])
+             for i in range(3)]  # fmt: skip
+    ex = make(2, max_rss_mb=150)
+    ex.execute(QuantumGraph.from_quanta([first, *after]), butler)
+    # Then the quantum after it ran in a fresh process, and later ones share that one
+    hog_pid = butler.get("hog")
+    pids = [butler.get(f"p{i}") for i in range(3)]
+    assert hog_pid not in pids
+
+
+def test_graceful_stop_lets_running_quanta_finish_and_cancels_the_rest(butler: Butler) -> None:
+    import threading
+
+    from tests.conftest import wait_until
+
+    graph = QuantumGraph.from_quanta(
+        [quantum(f"s{i}", "sleep", config={"seconds": 1.0}) for i in range(8)]
+    )
+    ex = make(2, shutdown_grace_s=10.0, prefetch=1)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            ex.execute(graph, butler)
+        except BaseException as e:
+            errors.append(e)
+
+    t = threading.Thread(target=run)
+    t.start()
+    wait_until(lambda: ex._server is not None and ex._server.timings.first_dispatch is not None,
+               30, "the first dispatch")  # fmt: skip
+    ex.request_stop("test stop")
+    t.join(30)
+    assert not t.is_alive() and errors
+    report = ex.getReport()
+    counts = report.counts()
+    assert counts[ExecutionStatus.SUCCESS] == 2  # the two running ones finished
+    assert counts[ExecutionStatus.SKIPPED] == 6
+    cancelled = [d for d in report.quantaDetails.values() if d.reason is Reason.CANCELLED]
+    assert len(cancelled) == 6

@@ -103,3 +103,46 @@ def test_worker_of_another_protocol_version_is_refused_with_a_reason(
     assert f"protocol version {PROTOCOL_VERSION + 1}" in answer.reason
     run.join()
     assert {d.worker for d in run.executor.getReport().quantaDetails.values()} <= {"w1", "w2"}
+
+
+def test_broker_survives_thousands_of_fuzzed_frames(
+    butler: Butler, zctx: zmq.Context[zmq.Socket[bytes]]
+) -> None:
+    # Given a running broker and several hostile sockets (unknown identities)
+    run = _Run(butler, n=12)
+    socks = [_dealer(zctx, run.endpoint) for _ in range(4)]
+    rng = random.Random(2024)
+    valid = [
+        encode(Hello(pid=1, host="h", slots=1)),
+        encode(Heartbeat()),
+        encode(
+            Result("q1", 1, ResultStatus.SUCCESS, 0, None, None, None, 0.0, 0.0, 0.0, None, None)
+        ),
+    ]
+    sent = 0
+    # When thousands of random, mutated, truncated, oversized and wrong-version frames arrive
+    for i in range(4000):
+        s = socks[i % len(socks)]
+        kind = rng.randrange(5)
+        if kind == 0:
+            frame = rng.randbytes(rng.randrange(0, 512))
+        elif kind == 1:
+            mutated = bytearray(rng.choice(valid))
+            mutated[rng.randrange(len(mutated))] = rng.randrange(256)
+            frame = bytes(mutated)
+        elif kind == 2:
+            full = rng.choice(valid)
+            frame = full[: rng.randrange(len(full))]
+        elif kind == 3:
+            frame = encode(Heartbeat(), version=rng.randrange(2, 1000))
+        else:
+            frame = rng.choice(valid[1:])  # well-formed, from a worker nobody registered
+        s.send(frame)
+        sent += 1
+    for s in socks[:2]:
+        s.send(b"\x00" * (65 * 1024 * 1024))  # beyond the codec's frame limit
+        sent += 1
+    # Then the run still completes correctly
+    run.join()
+    assert sent >= 4000
+    assert run.executor.getReport().counts()[ExecutionStatus.SUCCESS] == 12

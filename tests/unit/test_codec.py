@@ -12,6 +12,7 @@ from common.errors import ProtocolError, ProtocolVersionError
 from common.protocol import (
     PROTOCOL_VERSION,
     Assign,
+    Cancel,
     Goodbye,
     Heartbeat,
     Hello,
@@ -22,6 +23,8 @@ from common.protocol import (
     Result,
     ResultStatus,
     Shutdown,
+    StatusReply,
+    StatusRequest,
     Welcome,
 )
 from common.quantum import Quantum
@@ -46,6 +49,8 @@ EVERY_MESSAGE: list[Message] = [
         executor=b"\x80\x04.",
         log_dir="/tmp/logs",
         preload=["pkg.tasks", "other"],
+        max_quanta_per_executor=None,
+        max_rss_kb=1024,
     ),
     Ready(),
     Refuse(reason="version"),
@@ -67,7 +72,10 @@ EVERY_MESSAGE: list[Message] = [
     ),
     Result("isr-1", 1, ResultStatus.SUCCESS, 0, None, None, None, 1.0, 2.0, 1.0, None, None),
     Heartbeat(),
-    Shutdown(reason="done"),
+    Shutdown(reason="done", grace_s=2.5),
+    StatusRequest(),
+    StatusReply(status={"total": 3, "by_label": {"a": {"running": 1}}, "eta_s": None}),
+    Cancel(abort=True),
     Goodbye(reason="SIGTERM"),
 ]
 
@@ -83,8 +91,11 @@ def test_every_message_type_has_a_round_trip_case() -> None:
         Heartbeat,
         Shutdown,
         Goodbye,
+        StatusRequest,
+        StatusReply,
+        Cancel,
     }
-    assert len(MessageType) == 9
+    assert len(MessageType) == 12
 
 
 @pytest.mark.parametrize("message", EVERY_MESSAGE, ids=lambda m: type(m).__name__)

@@ -1,0 +1,77 @@
+"""The run journal: quantum state transitions in SQLite (WAL) in the run directory, so a run
+restarted after a crash knows what finished. Owns only its file; decides nothing.
+
+Rows are buffered and committed at most every ``_FLUSH_EVERY_S`` (and at the end), not per
+transition: on resume the repository's outputs are the truth, the journal only adds what
+quanta without outputs did, so losing its last fraction of a second in a crash costs nothing
+but a rerun of such a quantum.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from pathlib import Path
+
+__all__ = ["Journal"]
+
+logger = logging.getLogger(__name__)
+
+_FLUSH_EVERY_S = 0.1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS transitions (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    quantum_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    time REAL NOT NULL
+)
+"""
+
+
+class Journal:
+    """Append-only log of ``(quantum, attempt, state)``; ``resume`` keeps earlier rows."""
+
+    def __init__(self, path: Path, *, resume: bool) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(path, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(_SCHEMA)
+        if not resume:
+            self._db.execute("DELETE FROM transitions")
+        self._pending: list[tuple[str, int, str, float]] = []
+        self._flushed_at = time.monotonic()
+
+    def record(self, quantum_id: str, attempt: int, state: str) -> None:
+        self._pending.append((quantum_id, attempt, state, time.time()))
+
+    def flush_if_due(self, now: float) -> None:
+        if self._pending and now - self._flushed_at >= _FLUSH_EVERY_S:
+            self.flush()
+
+    def flush(self) -> None:
+        self._flushed_at = time.monotonic()
+        if not self._pending:
+            return
+        rows, self._pending = self._pending, []
+        with self._db:
+            self._db.executemany(
+                "INSERT INTO transitions (quantum_id, attempt, state, time) VALUES (?, ?, ?, ?)",
+                rows,
+            )
+
+    def last_states(self) -> dict[str, str]:
+        """The latest recorded state of every quantum seen so far."""
+        self.flush()
+        rows = self._db.execute("SELECT quantum_id, state FROM transitions ORDER BY seq")
+        return dict(rows.fetchall())  # later rows win
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            self._db.close()

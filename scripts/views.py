@@ -1,0 +1,154 @@
+"""What the CLI shows: the report summary, a run's status, and the live progress display
+(rich on a terminal, plain periodic lines otherwise). Rendering only: no sockets, no runs.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+from typing import TextIO
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from common.report import ExecutionStatus, Report
+from common.status import RunStatus
+
+__all__ = ["ProgressDisplay", "render_report", "render_status", "status_table"]
+
+_DONE = ("succeeded", "failed", "timed_out", "skipped", "cancelled")
+
+
+def _fmt_s(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.1f}s"
+    return time.strftime("%H:%M:%S", time.gmtime(seconds))
+
+
+def render_report(report: Report) -> str:
+    """Totals by status and label, then every problem with its cause and log."""
+    counts = report.counts()
+    lines = [f"status: {report.status.value}; "
+             + ", ".join(f"{n} {s.value}" for s, n in counts.items() if n)]  # fmt: skip
+    by_label: dict[str, Counter[str]] = {}
+    for r in report.quantaReports:
+        by_label.setdefault(r.taskLabel, Counter())[r.status.value] += 1
+    width = max((len(label) for label in by_label), default=5)
+    lines.append(f"{'task':<{width}}  {'total':>6}  "
+                 + "  ".join(f"{s.value:>8}" for s in ExecutionStatus))  # fmt: skip
+    for label, c in sorted(by_label.items()):
+        lines.append(f"{label:<{width}}  {sum(c.values()):>6}  "
+                     + "  ".join(f"{c.get(s.value, 0):>8}" for s in ExecutionStatus))  # fmt: skip
+    problems = [(r, report.quantaDetails.get(r.quantumId)) for r in report.quantaReports
+                if r.status in (ExecutionStatus.FAILURE, ExecutionStatus.TIMEOUT)]  # fmt: skip
+    if problems:
+        lines.append("problems:")
+    for r, d in problems:
+        cause = (f"{r.exceptionInfo.className}: {r.exceptionInfo.message}" if r.exceptionInfo
+                 else (d.message if d and d.message else "unknown"))  # fmt: skip
+        cause = cause if len(cause) <= 200 else cause[:200] + "..."
+        reason = d.reason.value if d and d.reason else r.status.value
+        lines.append(f"  {d.id if d else r.quantumId} [{r.taskLabel}] {reason}, "
+                     f"exit {r.exitCode}: {cause}")  # fmt: skip
+        if d and d.logPath:
+            lines.append(f"    log: {d.logPath}")
+    timed = sorted(
+        ((d.endTime - d.startTime, d.id) for d in report.quantaDetails.values()
+         if d.startTime is not None and d.endTime is not None),
+        reverse=True,
+    )  # fmt: skip
+    if timed:
+        lines.append("slowest:")
+        lines += [f"  {seconds:8.3f}s  {qid}" for seconds, qid in timed[:5]]
+    return "\n".join(lines)
+
+
+def status_table(status: RunStatus) -> Table:
+    """Per task label: done / running / failed / total."""
+    table = Table(title=f"{status.finished}/{status.total} quanta finished, elapsed "
+                  f"{_fmt_s(status.elapsed_s)}, eta {_fmt_s(status.eta_s)}"
+                  + (f" (stopping: {status.stopping})" if status.stopping else ""))  # fmt: skip
+    for column in ("task", "done", "running", "failed", "skipped", "total"):
+        table.add_column(column, justify="left" if column == "task" else "right")
+    for label, counts in sorted(status.by_label.items()):
+        table.add_row(
+            label,
+            str(counts.get("succeeded", 0)),
+            str(counts.get("running", 0)),
+            str(counts.get("failed", 0) + counts.get("timed_out", 0)),
+            str(counts.get("skipped", 0) + counts.get("cancelled", 0)),
+            str(sum(counts.values())),
+        )
+    return table
+
+
+def _failures(status: RunStatus, last: int = 5) -> Text:
+    text = Text()
+    for f in status.failures[-last:]:
+        text.append(f"{f.reason}: {f.message}\n", style="red")
+        if f.log_path:
+            text.append(f"    log: {f.log_path}\n", style="dim")
+    return text
+
+
+def render_status(status: RunStatus, console: Console) -> None:
+    """The full status: labels, running quanta, failures, workers, throughput."""
+    console.print(status_table(status))
+    if status.running:
+        running = Table(title="running")
+        for column in ("quantum", "task", "worker", "elapsed"):
+            running.add_column(column)
+        for r in sorted(status.running, key=lambda r: -r.elapsed_s):
+            running.add_row(r.id, r.label, r.worker, _fmt_s(r.elapsed_s))
+        console.print(running)
+    if status.failures:
+        console.print(Text("failures so far:", style="bold"))
+        console.print(_failures(status, last=len(status.failures)))
+    alive = ", ".join(f"{w.id} (pid {w.pid}{'' if w.local else ', attached'}, "
+                      f"{w.completed} done)" for w in status.workers)  # fmt: skip
+    console.print(f"workers alive: {len(status.workers)} {alive}")
+    console.print(f"throughput: {status.throughput_per_s:.1f} quanta/s; "
+                  f"eta {_fmt_s(status.eta_s)}")  # fmt: skip
+
+
+class ProgressDisplay:
+    """Live table on a terminal; one plain line per update elsewhere."""
+
+    def __init__(self, stream: TextIO = sys.stderr) -> None:
+        self.interactive = stream.isatty()
+        self._stream = stream
+        self._console = Console(file=stream)
+        self._live: Live | None = None
+
+    @property
+    def interval_s(self) -> float:
+        return 0.5 if self.interactive else 5.0
+
+    def __enter__(self) -> ProgressDisplay:
+        if self.interactive:
+            self._live = Live(console=self._console, refresh_per_second=4, transient=False)
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live is not None:
+            self._live.__exit__(None, None, None)
+            self._live = None
+
+    def update(self, status: RunStatus) -> None:
+        if self._live is not None:
+            self._live.update(Group(status_table(status), _failures(status)))
+            return
+        parts = [f"{status.finished}/{status.total} done", f"{status.count('running')} running"]
+        bad = status.count("failed") + status.count("timed_out")
+        if bad:
+            parts.append(f"{bad} failed")
+        parts.append(f"eta {_fmt_s(status.eta_s)}")
+        print(f"[{_fmt_s(status.elapsed_s):>8}] " + ", ".join(parts)
+              + f"; {len(status.workers)} workers", file=self._stream, flush=True)  # fmt: skip
