@@ -271,11 +271,9 @@ class WorkerAgent:
             self._stop_reason = "parent gone"
 
     def _drain_socket(self) -> None:
-        while self._stop_reason is None:
-            try:
-                frame = self._sock.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        # EVENTS, not recv-until-EAGAIN: an exception per wake-up costs more than the check.
+        while self._stop_reason is None and int(self._sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+            frame = self._sock.recv(zmq.NOBLOCK)
             self._last_broker = time.monotonic()
             try:
                 # ASSIGN is relayed verbatim; only the executor child decodes it fully.

@@ -92,17 +92,20 @@ class LogCapture:
         saved_streams = sys.stdout, sys.stderr
         root = logging.getLogger()
         old_level = root.level
+        # setLevel clears every logger's cache: only touch it when INFO would be dropped.
+        raise_level = old_level == logging.NOTSET or old_level > logging.INFO
         try:
             os.dup2(fd, 1)
             os.dup2(fd, 2)
             sys.stdout = sys.stderr = text
             root.addHandler(handler)
-            if old_level == logging.NOTSET or old_level > logging.INFO:
+            if raise_level:
                 root.setLevel(logging.INFO)
             yield
         finally:
             root.removeHandler(handler)
-            root.setLevel(old_level)
+            if raise_level:
+                root.setLevel(old_level)
             sys.stdout, sys.stderr = saved_streams
             broken = False
             try:

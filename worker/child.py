@@ -82,6 +82,8 @@ def child_main(
     os.setpgid(0, 0)
     die_with_parent()
     _die_with_agent(agent_pid)
+    # This process is ours: task logging at INFO is captured without per-quantum level changes.
+    logging.getLogger().setLevel(logging.INFO)
     loaded = _load(executor_blob)
     _preload(preload)
     conn.send_bytes(encode(Ready()))
