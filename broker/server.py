@@ -11,13 +11,14 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import assert_never
 
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
+from broker.droplog import DropLog
 from broker.journal import Journal
 from broker.ledger import Ledger
 from broker.monitor import Monitor
@@ -82,6 +83,7 @@ class RunTimings:
     first_dispatch: float | None = None
     last_result: float | None = None
     workers_started: int = 0  # local worker processes, replacements included
+    worker_losses: list[tuple[float, int, str]] = field(default_factory=list)  # (when, pid, why)
 
 
 class BrokerServer:
@@ -109,6 +111,7 @@ class BrokerServer:
         self._monitor = Monitor(graph, self.state, self.scheduler, self.registry, self.ledger)
         self.timings = RunTimings()
         self._serving = serving
+        self._drops = DropLog(logger)
         self._stop_reason: str | None = None
         self._stop_now = False
         self._drain_deadline: float | None = None
@@ -264,7 +267,7 @@ class BrokerServer:
                 return
             frames = router.recv_multipart(zmq.NOBLOCK)
             if len(frames) != 2:
-                logger.warning("dropping a message of %d frames (expected 2)", len(frames))
+                self._drops.warn("dropping a message of %d frames (expected 2)", len(frames))
                 continue
             identity, payload = frames
             try:
@@ -273,7 +276,7 @@ class BrokerServer:
                 self._refuse(identity, f"{e}; upgrade or downgrade the worker")
                 continue
             except ProtocolError as e:
-                logger.warning("dropping bad frame from %r: %s", identity[:16], e)
+                self._drops.warn("dropping bad frame from %r: %s", identity[:16], e)
                 continue
             info = self.registry.get(identity)
             if info is None:
@@ -294,7 +297,7 @@ class BrokerServer:
                 self.request_stop("cancelled by request", graceful=not abort)
                 self._send(identity, StatusReply(self.status(now).to_dict()))
             case _:
-                logger.warning("dropping %s from unknown worker %r", type(msg).__name__,
+                self._drops.warn("dropping %s from unknown worker %r", type(msg).__name__,
                                identity[:16])  # fmt: skip
 
     def _on_message(self, info: WorkerInfo, msg: Message, now: float) -> None:
@@ -322,7 +325,7 @@ class BrokerServer:
                 assert_never(msg)
 
     def _refuse(self, identity: bytes, reason: str) -> None:
-        logger.warning("refusing worker %r: %s", identity[:16], reason)
+        self._drops.warn("refusing worker %r: %s", identity[:16], reason)
         self._send(identity, Refuse(reason=reason))
 
     def _register(self, identity: bytes, hello: Hello, now: float) -> None:
@@ -345,7 +348,7 @@ class BrokerServer:
         try:
             self._router.send_multipart([identity, encode(msg)], zmq.NOBLOCK)
         except zmq.ZMQError as e:  # EHOSTUNREACH (ROUTER_MANDATORY) or a full pipe
-            logger.warning("cannot send %s to %r: %s", type(msg).__name__, identity[:16], e)
+            self._drops.warn("cannot send %s to %r: %s", type(msg).__name__, identity[:16], e)
             return False
         if identity in self._last_sent or self.registry.get(identity) is not None:
             self._last_sent[identity] = time.monotonic()
@@ -387,6 +390,7 @@ class BrokerServer:
         self._last_sent.pop(info.identity, None)
         if info.local:
             self._pool.kill(info.pid)
+        self.timings.worker_losses.append((now, info.pid, why))
         logger.warning("%s", why)
 
     def _requeue_or_fail(self, d: Dispatch, why: str) -> None:
@@ -410,6 +414,8 @@ class BrokerServer:
         if info is not None:
             self._lose_worker(info, f"worker {info.worker_id} (pid {pid}) {describe_exit(code)}",
                               now)  # fmt: skip
+        elif any(pid == lost_pid for _, lost_pid, _ in self.timings.worker_losses):
+            logger.info("lost worker process %d reaped (%s)", pid, describe_exit(code))
         else:
             logger.warning("worker process %d %s before registering", pid, describe_exit(code))
         if self.state.finished or self._stop_reason is not None:

@@ -137,6 +137,10 @@ def _run_variant(anchors: Path, variant: str, workload: str) -> dict[str, Any]:
 _METRIC = {"W1": "quanta_per_s", "W2": "us_per_hop", "W3": "ratio_to_lb", "W4": "ratio_to_lb"}
 
 
+def _num(x: float) -> str:
+    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
+
+
 def _table(records: list[dict[str, Any]], workloads: list[str]) -> str:
     names = list(dict.fromkeys(r["anchor"] for r in records))
     head = (
@@ -154,7 +158,7 @@ def _table(records: list[dict[str, Any]], workloads: list[str]) -> str:
             vals = [r[_METRIC[w]] for r in records
                     if r["anchor"] == name and r["workload"] == w and _METRIC[w] in r]  # fmt: skip
             cells.append(
-                f"{statistics.median(vals):,.3g} ({min(vals):,.3g}-{max(vals):,.3g})"
+                f"{_num(statistics.median(vals))} ({_num(min(vals))}-{_num(max(vals))})"
                 if vals
                 else "-"
             )

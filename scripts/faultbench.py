@@ -1,0 +1,214 @@
+"""Fault figures for the notes (a benchmark, not a test): how fast faults are seen and how
+well runs survive them. Real processes throughout.
+
+    python -m scripts.faultbench [--cycles 50]
+
+Prints: detection latency of a SIGKILLed and of a SIGSTOPped worker, how late timeout kills
+land, how long until the last process is gone after the run is SIGKILLed, frames of garbage
+survived, and quanta lost or run twice over random kill-and-resume cycles.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import zmq
+
+from broker import MPGraphExecutor, MPGraphExecutorError
+from common.butler import Butler
+from common.codec import encode
+from common.graph import QuantumGraph
+from common.protocol import Heartbeat
+from tests.graphs import independent, quantum
+from worker.executor import TaskQuantumExecutor
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _agents() -> list[psutil.Process]:
+    return [p for p in psutil.Process().children() if "worker.agent" in " ".join(p.cmdline())]
+
+
+def _busy(tmp: Path, ex: MPGraphExecutor) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        srv = ex._server
+        if srv is not None and sum(len(w.in_flight) for w in srv.registry.workers()) >= 2:
+            return
+        time.sleep(0.002)
+    raise RuntimeError("workers never got busy")
+
+
+def detection(sig: int, reps: int, **options: Any) -> list[float]:
+    """Seconds from signalling an agent mid-quantum to the broker declaring it lost."""
+    out = []
+    for _ in range(reps):
+        with tempfile.TemporaryDirectory() as tmp:
+            ex = MPGraphExecutor(
+                2, 60.0, TaskQuantumExecutor(), run_dir=Path(tmp) / "run", prefetch=0, **options
+            )
+            t = threading.Thread(target=ex.execute, args=(independent(4, "sleep", seconds=2.0),
+                                                          Butler(Path(tmp) / "repo")))  # fmt: skip
+            t.start()
+            _busy(Path(tmp), ex)
+            victim = _agents()[0]
+            t0 = time.monotonic()
+            os.kill(victim.pid, sig)
+            t.join(120)
+            assert ex.timings is not None
+            lost = [when for when, pid, _ in ex.timings.worker_losses if pid == victim.pid]
+            out.append(lost[0] - t0)
+    return out
+
+
+def timeout_lateness(reps: int, timeout_s: float = 0.5) -> list[float]:
+    """Seconds between a quantum's timeout and the end of its (killed) attempt."""
+    graph = QuantumGraph.from_quanta([quantum(f"h{i}", "sleep", config={"seconds": 30})
+                                      for i in range(reps)])  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        ex = MPGraphExecutor(2, timeout_s, TaskQuantumExecutor(), run_dir=Path(tmp) / "run")
+        try:
+            ex.execute(graph, Butler(Path(tmp) / "repo"))
+        except MPGraphExecutorError:
+            pass
+        details = ex.getReport().quantaDetails.values()
+        return [d.endTime - d.startTime - timeout_s for d in details
+                if d.endTime is not None and d.startTime is not None]  # fmt: skip
+
+
+def _cli(tmp: Path, *args: str) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.Popen([sys.executable, "-m", "scripts.cli", *args], cwd=tmp, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+
+
+def last_exit_after_kill(reps: int) -> list[float]:
+    """Seconds from SIGKILL of ``zmpexec run`` to its last descendant being gone."""
+    out = []
+    for _ in range(reps):
+        with tempfile.TemporaryDirectory() as tmp:
+            independent(4, "sleep", seconds=60).save(Path(tmp) / "g.json")
+            proc = _cli(Path(tmp), "run", "g.json", "-j", "2")
+            logs = Path(tmp) / "zmpexec-repo" / "runs" / "main" / "logs"
+            deadline = time.monotonic() + 30
+            while len(list(logs.glob(".capture-*"))) < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            family = psutil.Process(proc.pid).children(recursive=True)
+            t0 = time.monotonic()
+            proc.kill()
+            proc.wait()
+            while any(_alive(p) for p in family):
+                time.sleep(0.002)
+            out.append(time.monotonic() - t0)
+    return out
+
+
+def _alive(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def fuzz(frames: int) -> tuple[int, bool]:
+    """Garbage frames thrown at a running broker; whether the run still succeeded."""
+    rng = random.Random(7)
+    with tempfile.TemporaryDirectory() as tmp:
+        ex = MPGraphExecutor(2, 60.0, TaskQuantumExecutor(), run_dir=Path(tmp) / "run")
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                ex.execute(independent(20, "sleep", seconds=0.2), Butler(Path(tmp) / "repo"))
+            except BaseException as e:
+                errors.append(e)
+
+        t = threading.Thread(target=run)
+        t.start()
+        while ex.endpoint is None:
+            time.sleep(0.01)
+        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        s = ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect(ex.endpoint)
+        for i in range(frames):
+            kind = i % 3
+            frame = (rng.randbytes(rng.randrange(1, 300)) if kind == 0
+                     else encode(Heartbeat(), version=rng.randrange(2, 99)) if kind == 1
+                     else encode(Heartbeat()))  # fmt: skip
+            s.send(frame)
+        s.close()
+        ctx.term()
+        t.join(120)
+        return frames, not errors
+
+
+def kill_resume(cycles: int) -> tuple[int, int, int]:
+    """(kills, quanta lost, quanta run twice) over ``cycles`` random kill-and-resume cycles."""
+    rng = random.Random(11)
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        record = tmp / "record.txt"
+        common = {"repo": str(tmp / "zmpexec-repo"), "run": "main", "record": str(record),
+                  "seconds": 0.05}  # fmt: skip
+        qs = [quantum(f"c{c}-{i}", "journaled", inputs=[f"c{c}-{i - 1}"] if i else [],
+                      config={**common, "me": f"c{c}-{i}", "out": f"c{c}-{i}"})
+              for c in range(20) for i in range(20)]  # fmt: skip
+        QuantumGraph.from_quanta(qs).save(tmp / "g.json")
+        kills = 0
+        proc = _cli(tmp, "run", "g.json", "-j", "2")
+        while kills < cycles:
+            try:
+                proc.wait(timeout=rng.uniform(0.2, 0.7))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                kills += 1
+            else:
+                break
+            proc = _cli(tmp, "run", "g.json", "-j", "2", "--resume")
+        proc.wait()
+        if proc.returncode != 0:
+            proc = _cli(tmp, "run", "g.json", "-j", "2", "--resume")
+            proc.wait()
+        butler = Butler(tmp / "zmpexec-repo", "main")
+        lost = sum(1 for q in qs if not butler.exists(q.id))
+        twice = sum(1 for line in record.read_text().splitlines() if line.startswith("DUP"))
+        return kills, lost, twice
+
+
+def _show(name: str, values: list[float]) -> None:
+    lo, mid, hi = min(values) * 1e3, statistics.median(values) * 1e3, max(values) * 1e3
+    print(f"{name}: median {mid:.1f} ms (min {lo:.1f}, max {hi:.1f}, n={len(values)})")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--cycles", type=int, default=50)
+    args = p.parse_args()
+    _show("SIGKILLed worker seen (pidfd)", detection(signal.SIGKILL, args.reps))
+    _show("SIGSTOPped worker seen (heartbeat 0.2s x 3)",
+          detection(signal.SIGSTOP, args.reps, heartbeat_interval_s=0.2, liveness=3))  # fmt: skip
+    _show("timeout kill lateness (timeout 0.5s)", timeout_lateness(args.reps))
+    _show("last process gone after SIGKILL of zmpexec run", last_exit_after_kill(args.reps))
+    frames, ok = fuzz(20000)
+    print(f"fuzz: {frames} garbage frames, run {'completed correctly' if ok else 'FAILED'}")
+    kills, lost, twice = kill_resume(args.cycles)
+    print(f"kill-and-resume: {kills} SIGKILLs, {lost} quanta lost, {twice} run twice")
+
+
+if __name__ == "__main__":
+    main()
