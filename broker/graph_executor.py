@@ -206,7 +206,7 @@ class MPGraphExecutor:
                 for skipped in state.fail(qid):
                     scheduler.discard(skipped)
                 logger.warning("quantum %s", ledger.describe(qid))
-                if self._config.fail_fast:
+                if self._config.fail_fast or result.stop_run:
                     break
         finally:
             state.cancel()

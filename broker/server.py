@@ -373,6 +373,8 @@ class BrokerServer:
                 self._fail(qid, f"timed out: {result.exc_message}", timed_out=True)
             case ResultStatus.FAILURE:
                 self._fail(qid, self.ledger.describe(qid))
+                if result.stop_run:
+                    self.request_stop(f"{qid} failed in a way that stops the run")
 
     def _fail(self, qid: str, what: str, *, timed_out: bool = False) -> None:
         skipped = self.state.fail(qid, timed_out=timed_out)

@@ -112,6 +112,7 @@ _FIELDS: Final[dict[type[Any], tuple[Callable[[Any], Any], ...]]] = {
         _number(),
         _OPT_INT,
         _OPT_STR,
+        _check(bool),
     ),
     Heartbeat: (),
     Shutdown: (_STR, _number()),
@@ -153,7 +154,7 @@ def peek(data: bytes) -> Peek | None:
         if kind == MessageType.ASSIGN and len(raw) == 5:
             qid = raw[2]["id"] if isinstance(raw[2], dict) else None
             return Peek(MessageType.ASSIGN, _STR(qid), _INT(raw[3]), _number(True)(raw[4]))
-        if kind == MessageType.RESULT and len(raw) == 14:
+        if kind == MessageType.RESULT and len(raw) == 15:
             return Peek(MessageType.RESULT, _STR(raw[2]), _INT(raw[3]), None)
     except (TypeError, ValueError) as e:
         raise ProtocolError(f"bad {MessageType(kind).name} routing field: {e}", data) from e

@@ -126,6 +126,7 @@ class Result:
     duration_s: float
     max_rss_kb: int | None
     log_path: str | None
+    stop_run: bool = False  # the executor says this failure must stop the whole run
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,9 +11,21 @@ from typing import Protocol, runtime_checkable
 from common.butler import Butler
 from common.quantum import Quantum, resolve_task
 
-__all__ = ["OutputMismatchError", "QuantumExecutor", "TaskQuantumExecutor"]
+__all__ = ["OutputMismatchError", "QuantumExecutor", "QuantumFailure", "TaskQuantumExecutor"]
 
 logger = logging.getLogger(__name__)
+
+
+class QuantumFailure(Exception):
+    """Raised by an executor to fail a quantum with a chosen exit code, and to stop the whole
+    run when ``stop_run``; ``class_name`` is what the report names (the original error)."""
+
+    def __init__(self, message: str, *, class_name: str, exit_code: int = 1,
+                 stop_run: bool = False) -> None:  # fmt: skip
+        super().__init__(message)
+        self.class_name = class_name
+        self.exit_code = exit_code
+        self.stop_run = stop_run
 
 
 class OutputMismatchError(Exception):

@@ -18,7 +18,7 @@ from common.protocol import Result, ResultStatus
 from common.quantum import Quantum
 from common.report import Reason
 from worker.capture import LogCapture
-from worker.executor import QuantumExecutor
+from worker.executor import QuantumExecutor, QuantumFailure
 
 __all__ = ["MAX_MESSAGE_CHARS", "log_path_for", "peak_rss_kb", "run_quantum"]
 
@@ -67,6 +67,7 @@ def run_quantum(
     start, t0 = time.time(), time.monotonic()
     status, exit_code = ResultStatus.SUCCESS, (None if in_process else 0)
     exc_class = exc_message = reason = None
+    stop_run = False
     try:
         if capture is None:
             executor.execute(quantum, butler)
@@ -88,6 +89,9 @@ def run_quantum(
         status, reason = ResultStatus.FAILURE, Reason.EXCEPTION
         exit_code = None if in_process else EXCEPTION_EXIT_CODE
         exc_class, exc_message = _class_name(e), _message(e)
+        if isinstance(e, QuantumFailure):
+            exc_class, stop_run = e.class_name, e.stop_run
+            exit_code = e.exit_code
         if on_exception is not None:
             on_exception(e.__traceback__)
     return Result(
@@ -103,4 +107,5 @@ def run_quantum(
         duration_s=time.monotonic() - t0,
         max_rss_kb=peak_rss_kb(),
         log_path=str(kept[0]) if kept else None,
+        stop_run=stop_run,
     )

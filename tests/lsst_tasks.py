@@ -1,0 +1,75 @@
+"""Real LSST pipeline pieces for tests: a repository on disk with N detectors, a pipeline of
+pipe_base's ``AddTask`` (optionally with a task that fails or hangs on chosen detectors), and
+its quantum graph, built with pipe_base's own test utilities."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy
+from lsst.daf.butler import Butler
+from lsst.pex.config import Field
+from lsst.pipe.base import InvalidQuantumError, Pipeline
+from lsst.pipe.base.graph import QuantumGraph
+from lsst.pipe.base.tests.simpleQGraph import (
+    AddTask,
+    AddTaskConfig,
+    makeSimpleQGraph,
+    registerDatasetTypes,
+)
+
+__all__ = ["FlakyAddTask", "make_repo_and_graph"]
+
+
+class FlakyAddTaskConfig(AddTaskConfig):
+    fail_detector = Field[int](doc="raise on this detector", default=-1)
+    invalid_detector = Field[int](doc="raise InvalidQuantumError on this detector", default=-1)
+    sleep_detector = Field[int](doc="sleep on this detector", default=-1)
+    sleep_s = Field[float](doc="how long to sleep", default=0.0)
+
+
+class FlakyAddTask(AddTask):
+    """AddTask that fails, is invalid, or hangs on configured detectors."""
+
+    ConfigClass = FlakyAddTaskConfig
+    _DefaultName = "flaky_add_task"
+
+    def runQuantum(self, butlerQC: Any, inputRefs: Any, outputRefs: Any) -> None:
+        config: FlakyAddTaskConfig = self.config  # type: ignore[assignment]
+        detector = butlerQC.quantum.dataId["detector"]
+        if detector == config.fail_detector:
+            raise RuntimeError(f"detector {detector} failed on purpose")
+        if detector == config.invalid_detector:
+            raise InvalidQuantumError(f"detector {detector} is invalid")
+        if detector == config.sleep_detector:
+            time.sleep(config.sleep_s)
+        super().runQuantum(butlerQC, inputRefs, outputRefs)
+
+
+def make_repo_and_graph(
+    root: Path, *, n_tasks: int, n_detectors: int, flaky: dict[str, float] | None = None
+) -> tuple[Butler, QuantumGraph]:
+    """A SQLite + file datastore repository at ``root`` and a graph of ``n_tasks`` chained
+    tasks per detector (run ``test``). ``flaky`` configures task1 as a FlakyAddTask."""
+    butler, _ = makeSimpleQGraph(nQuanta=1, root=str(root), inMemory=False, run="test")
+    for d in range(1, n_detectors):
+        butler.registry.insertDimensionData(
+            "detector", {"instrument": "INSTR", "id": d, "full_name": f"det{d}"}
+        )
+        butler.put(numpy.array([0.0, 1.0, 2.0, 5.0]), "add_dataset0", run="test",
+                   instrument="INSTR", detector=d)  # fmt: skip
+    pipeline = Pipeline("zmpexec test pipeline")
+    for lvl in range(n_tasks):
+        task = FlakyAddTask if (flaky and lvl == 1) else AddTask
+        pipeline.addTask(task, f"task{lvl}")
+        pipeline.addConfigOverride(f"task{lvl}", "connections.in_tmpl", lvl)
+        pipeline.addConfigOverride(f"task{lvl}", "connections.out_tmpl", lvl + 1)
+        if flaky and lvl == 1:
+            for key, value in flaky.items():
+                pipeline.addConfigOverride(f"task{lvl}", key, value)
+    registerDatasetTypes(butler.registry, pipeline)
+    _, qgraph = makeSimpleQGraph(pipeline=pipeline, butler=butler, callPopulateButler=False,
+                                 run="test")  # fmt: skip
+    return butler, qgraph

@@ -1,0 +1,70 @@
+"""Running LSST quanta: a quantum executor wrapping LSST's ``SingleQuantumExecutor``.
+
+Each executor child reads the quantum graph file once, on its first quantum, then executes
+the quanta it is sent by id, so per-quantum cost is the task itself. Imports the LSST stack
+(``pip install -e '.[lsst]'``); nothing imports this module unless it is used.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import networkx as nx
+from lsst.pipe.base import InvalidQuantumError, RepeatableQuantumError
+from lsst.pipe.base.quantum_graph import PredictedQuantumGraph
+
+from common.butler import Butler
+from common.quantum import Quantum
+from worker.executor import QuantumFailure
+
+__all__ = ["LsstQuantumExecutor", "read_execution_graph"]
+
+
+def read_execution_graph(path: str) -> tuple[PredictedQuantumGraph, nx.DiGraph[uuid.UUID]]:
+    """The graph in a ``.qg`` / ``.qgraph`` file, with its executable quanta built."""
+    graph = PredictedQuantumGraph.read_execution_quanta(path)
+    graph.build_execution_quanta()
+    return graph, graph.quantum_only_xgraph
+
+
+class LsstQuantumExecutor:
+    """Executes the quantum whose id (an LSST quantum UUID) it is given, from ``graph_path``,
+    with ``lsst_executor`` (a picklable LSST ``QuantumExecutor``, usually a
+    ``SingleQuantumExecutor`` holding the LSST butler). Our ``butler`` argument is unused.
+
+    LSST's exit semantics are kept: ``RepeatableQuantumError`` fails with exit code 20,
+    ``InvalidQuantumError`` with 21 and stops the whole run; ``NoWorkFound`` is a success.
+    """
+
+    def __init__(self, graph_path: str, lsst_executor: Any) -> None:
+        self.graph_path = graph_path
+        self.lsst_executor = lsst_executor
+        self._xgraph: nx.DiGraph[uuid.UUID] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"graph_path": self.graph_path, "lsst_executor": self.lsst_executor}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.graph_path = state["graph_path"]
+        self.lsst_executor = state["lsst_executor"]
+        self._xgraph = None
+
+    def execute(self, quantum: Quantum, butler: Butler) -> None:
+        if self._xgraph is None:
+            self._xgraph = read_execution_graph(self.graph_path)[1]
+        quantum_id = uuid.UUID(quantum.id)
+        node = self._xgraph.nodes[quantum_id]
+        try:
+            self.lsst_executor.execute(
+                node["pipeline_node"], node["quantum"], quantum_id=quantum_id
+            )
+        except RepeatableQuantumError as e:
+            raise QuantumFailure(str(e), class_name=_name(e), exit_code=e.EXIT_CODE) from e
+        except InvalidQuantumError as e:
+            raise QuantumFailure(str(e), class_name=_name(e), exit_code=e.EXIT_CODE,
+                                 stop_run=True) from e  # fmt: skip
+
+
+def _name(e: BaseException) -> str:
+    return f"{type(e).__module__}.{type(e).__qualname__}"
