@@ -64,6 +64,12 @@ class Ledger:
         rec.worker, rec.start_time, rec.end_time = worker_id, wall_now, None
         return rec.attempts
 
+    def undispatched(self, qid: str) -> None:
+        """A dispatched attempt was taken back before it started: it does not count."""
+        rec = self.records[qid]
+        rec.attempts -= 1
+        rec.worker = rec.start_time = None
+
     def result(self, result: Result) -> None:
         rec = self.records[result.quantum_id]
         rec.start_time = result.start_time or rec.start_time

@@ -92,7 +92,15 @@ class MPGraphExecutor:
         self._fixup = execution_graph_fixup
         self._options = options
         self._report: LsstReport | None = None
+        self._inner: ZmpGraphExecutor | None = None
+        self._stop: str | None = None
         self.zmpexec_report: Report | None = None
+
+    def request_stop(self, reason: str = "interrupted", *, graceful: bool = True) -> None:
+        """Stop a running ``execute()`` (zmpexec's semantics: running quanta get the grace)."""
+        self._stop = reason
+        if self._inner is not None:
+            self._inner.request_stop(reason, graceful=graceful)
 
     def getReport(self) -> LsstReport:
         if self._report is None:
@@ -128,6 +136,9 @@ class MPGraphExecutor:
             startMethod=self._start_method, failFast=self._fail_fast, pdb=self._pdb,
             run_dir=run_dir, **self._options,
         )  # fmt: skip
+        self._inner = executor
+        if self._stop is not None:
+            executor.request_stop(self._stop)
         scratch = Butler(run_dir / "scratch")  # LSST's butler holds the data; ours stays empty
         try:
             executor.execute(to_zmpexec_graph(xgraph), scratch)

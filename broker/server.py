@@ -42,6 +42,8 @@ from common.protocol import (
     Refuse,
     Result,
     ResultStatus,
+    Revoke,
+    Revoked,
     Shutdown,
     StatusReply,
     StatusRequest,
@@ -58,6 +60,7 @@ logger = logging.getLogger(__name__)
 _BATCH = 256  # frames handled per wake-up before deadlines get a look
 _BACKSTOP_GRACE_S = 5.0  # beyond a quantum's timeout, before the broker kills the worker
 _STARTUP_HOLD_S = 10.0  # wait this long at most for every local worker before dispatching
+_STEAL_AFTER_S = 0.05  # a prefetched quantum is taken back once the one ahead ran this long
 
 
 ProgressCallback = Callable[[RunStatus], None]
@@ -112,6 +115,7 @@ class BrokerServer:
         self.timings = RunTimings()
         self._serving = serving
         self._drops = DropLog(logger)
+        self._revoking: set[tuple[str, int]] = set()
         self._stop_reason: str | None = None
         self._stop_now = False
         self._drain_deadline: float | None = None
@@ -179,7 +183,8 @@ class BrokerServer:
             self.timings.workers_started = self._pool.started
             if auth is not None:
                 auth.stop()
-            router.close(linger=0)
+            # A bounded linger lets the SHUTDOWNs just queued reach attached workers.
+            router.close(linger=int(min(1.0, self.config.shutdown_grace_s) * 1000))
             ctx.term()
             self._close_wake_pipe()
 
@@ -309,6 +314,8 @@ class BrokerServer:
                 ready = self.registry.ready_count()
                 if self.timings.workers_ready is None and ready >= max(1, self.config.spawn_count):
                     self.timings.workers_ready = now
+            case Revoked(quantum_id=qid, attempt=attempt):
+                self._on_revoked(info, qid, attempt)
             case Heartbeat():
                 pass
             case Goodbye(reason=reason):
@@ -317,7 +324,7 @@ class BrokerServer:
                 logger.warning("duplicate HELLO from %s ignored", info.worker_id)
             case (
                 Welcome() | Assign() | Refuse() | Shutdown() | StatusRequest() | StatusReply()
-                | Cancel()
+                | Cancel() | Revoke()
             ):  # fmt: skip
                 logger.warning("unexpected %s from %s dropped", type(msg).__name__,
                                info.worker_id)  # fmt: skip
@@ -450,9 +457,35 @@ class BrokerServer:
             and self.registry.ready_count() < self.config.spawn_count
         )
 
+    def _steal(self, now: float) -> None:
+        """An idle worker while nothing is ready: take back a quantum prefetched behind one
+        that has run for a while on another worker, so it runs now instead of after it."""
+        if len(self.scheduler) or not any(
+            w.ready and not w.in_flight for w in self.registry.workers()
+        ):
+            return
+        for info in self.registry.workers():
+            if len(info.in_flight) < 2:
+                continue
+            running, *queued = sorted(info.in_flight.values(), key=lambda d: d.sent_at)
+            last = queued[-1]
+            key = (last.quantum_id, last.attempt)
+            if now - running.sent_at >= _STEAL_AFTER_S and key not in self._revoking:
+                self._revoking.add(key)
+                self._send(info.identity, Revoke(quantum_id=key[0], attempt=key[1]))
+
+    def _on_revoked(self, info: WorkerInfo, qid: str, attempt: int) -> None:
+        self._revoking.discard((qid, attempt))
+        if self.registry.complete(info, qid, attempt) is None:
+            return  # not in flight there (any more): nothing to take back
+        self.ledger.undispatched(qid)
+        self.state.requeue(qid)
+        self.scheduler.push(qid)
+
     def _dispatch(self, now: float) -> None:
         if self._holding(now) or self._stop_reason is not None:
             return
+        self._steal(now)
         while len(self.scheduler) and (info := self.registry.next_free()) is not None:
             qid = self.scheduler.pop()
             if qid is None:

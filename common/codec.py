@@ -27,6 +27,8 @@ from common.protocol import (
     Refuse,
     Result,
     ResultStatus,
+    Revoke,
+    Revoked,
     Shutdown,
     StatusReply,
     StatusRequest,
@@ -53,6 +55,8 @@ _TYPE_OF: Final[dict[type[Any], MessageType]] = {
     StatusRequest: MessageType.STATUS_REQUEST,
     StatusReply: MessageType.STATUS_REPLY,
     Cancel: MessageType.CANCEL,
+    Revoke: MessageType.REVOKE,
+    Revoked: MessageType.REVOKED,
 }
 _CLASS_OF: Final = {t: cls for cls, t in _TYPE_OF.items()}
 
@@ -97,6 +101,8 @@ _FIELDS: Final[dict[type[Any], tuple[Callable[[Any], Any], ...]]] = {
     StatusRequest: (),
     StatusReply: (_check(dict),),
     Cancel: (_check(bool),),
+    Revoke: (_STR, _INT),
+    Revoked: (_STR, _INT),
     Refuse: (_STR,),
     Assign: (_quantum, _INT, _number(optional=True)),
     Result: (

@@ -30,6 +30,8 @@ __all__ = [
     "Refuse",
     "Result",
     "ResultStatus",
+    "Revoke",
+    "Revoked",
     "Shutdown",
     "StatusReply",
     "StatusRequest",
@@ -52,6 +54,8 @@ class MessageType(enum.IntEnum):
     STATUS_REQUEST = 10
     STATUS_REPLY = 11
     CANCEL = 12
+    REVOKE = 13
+    REVOKED = 14
 
 
 class ResultStatus(enum.StrEnum):
@@ -151,6 +155,23 @@ class Goodbye:
 
 
 @dataclass(frozen=True, slots=True)
+class Revoke:
+    """The broker takes back a prefetched quantum the worker has not started (another worker
+    sits idle); the worker answers REVOKED, or nothing if it already started it."""
+
+    quantum_id: str
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class Revoked:
+    """The worker dropped the queued quantum; its result will never come."""
+
+    quantum_id: str
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
 class StatusRequest:
     """A control client asks how the run is going."""
 
@@ -171,5 +192,5 @@ class StatusReply:
 
 Message = (
     Hello | Welcome | Ready | Refuse | Assign | Result | Heartbeat | Shutdown | Goodbye
-    | StatusRequest | StatusReply | Cancel
+    | StatusRequest | StatusReply | Cancel | Revoke | Revoked
 )  # fmt: skip

@@ -133,11 +133,42 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--timeline", type=Path, default=None, metavar="OUT.png|OUT.html",
                      help="draw quanta per worker over time")  # fmt: skip
 
+    _add_lsst_parser(sub)
+
     logs = sub.add_parser("logs", help="print a quantum's captured log")
     logs.add_argument("quantum")
     logs.add_argument("--repo", type=Path, default=Path("zmpexec-repo"))
     logs.add_argument("--run", default="main")
     return p
+
+
+def _add_lsst_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``zmpexec lsst run`` (the LSST stack itself is imported only when it runs)."""
+    lsst = sub.add_parser("lsst", help="run LSST quantum graphs (needs the [lsst] extra)")
+    lsst_sub = lsst.add_subparsers(dest="lsst_command", required=True)
+    run = lsst_sub.add_parser("run", help="execute a pipetask quantum graph file")
+    run.add_argument("qgraph", type=Path, help="graph file from pipetask qgraph (.qg/.qgraph)")
+    run.add_argument("--butler", "-b", type=Path, required=True, help="butler repository")
+    run.add_argument("-j", "--jobs", type=int, default=1, help="worker processes")
+    run.add_argument("--timeout", type=float, default=None, help="per-quantum timeout, seconds")
+    run.add_argument("--fail-fast", action="store_true", help="stop at the first failure")
+    run.add_argument("--summary", type=Path, default=None, help="write LSST's Report JSON here")
+    run.add_argument("--resume", action="store_true",
+                     help="skip quanta whose outputs exist (LSST's skip-existing, clobbering "
+                          "partial outputs)")  # fmt: skip
+    run.add_argument("--run-dir", type=Path, default=None,
+                     help="zmpexec's run directory (default: zmpexec-runs/OUTPUT_RUN)")  # fmt: skip
+
+
+def cmd_lsst(args: argparse.Namespace) -> ExitCode:
+    try:
+        from scripts.lsst_run import cmd_lsst_run
+    except ImportError as e:
+        raise UsageError(f"the LSST stack is not installed ({e}): pip install -e '.[lsst]'") from e
+    try:
+        return ExitCode(cmd_lsst_run(args, _stop_on_signals))
+    except (OSError, ValueError, LookupError) as e:
+        raise UsageError(f"{type(e).__name__}: {e}") from e
 
 
 # ---------------------------------------------------------------------- commands
@@ -201,7 +232,7 @@ def cmd_run(args: argparse.Namespace) -> ExitCode:
     return ExitCode.QUANTA_FAILED if failed else ExitCode.OK
 
 
-def _stop_on_signals(executor: MPGraphExecutor) -> list[int]:
+def _stop_on_signals(executor: Any) -> list[int]:
     """SIGINT/SIGTERM drain the run (running quanta get the grace); a second Ctrl-C forces."""
     received: list[int] = []
 
@@ -279,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = {
         "run": cmd_run, "broker": cmd_run, "worker": cmd_worker, "status": cmd_status,
         "cancel": cmd_cancel, "validate": cmd_validate, "report": cmd_report, "logs": cmd_logs,
+        "lsst": cmd_lsst,
     }  # fmt: skip
     try:
         return int(commands[args.command](args))

@@ -24,10 +24,10 @@ __all__ = ["FlakyAddTask", "make_repo_and_graph"]
 
 
 class FlakyAddTaskConfig(AddTaskConfig):
-    fail_detector = Field[int](doc="raise on this detector", default=-1)
-    invalid_detector = Field[int](doc="raise InvalidQuantumError on this detector", default=-1)
-    sleep_detector = Field[int](doc="sleep on this detector", default=-1)
-    sleep_s = Field[float](doc="how long to sleep", default=0.0)
+    fail_detector = Field[int](doc="raise on this detector", default=-1)  # type: ignore[no-untyped-call]
+    invalid_detector = Field[int](doc="raise InvalidQuantumError here", default=-1)  # type: ignore[no-untyped-call]
+    sleep_detector = Field[int](doc="sleep on this detector", default=-1)  # type: ignore[no-untyped-call]
+    sleep_s = Field[float](doc="how long to sleep", default=0.0)  # type: ignore[no-untyped-call]
 
 
 class FlakyAddTask(AddTask):

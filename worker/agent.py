@@ -40,6 +40,8 @@ from common.protocol import (
     Refuse,
     Result,
     ResultStatus,
+    Revoke,
+    Revoked,
     Shutdown,
     StatusReply,
     StatusRequest,
@@ -295,6 +297,8 @@ class WorkerAgent:
                         self._draining_until = time.monotonic() + grace
                     else:
                         self._stop_reason = "shutdown"
+                case Revoke(quantum_id=qid, attempt=attempt):
+                    self._revoke(qid, attempt)
                 case Heartbeat() | None:
                     pass
                 case Refuse(reason=reason):
@@ -302,11 +306,20 @@ class WorkerAgent:
                     self._stop_reason = "refused"
                 case (
                     Hello() | Welcome() | Ready() | Result() | Goodbye() | StatusRequest()
-                    | StatusReply() | Cancel()
+                    | StatusReply() | Cancel() | Revoked()
                 ):  # fmt: skip
                     logger.warning("unexpected %s from broker, dropped", type(msg).__name__)
                 case _:
                     assert_never(msg)
+
+    def _revoke(self, quantum_id: str, attempt: int) -> None:
+        """Drop a queued quantum the broker takes back; a started one runs on (no answer)."""
+        for entry in list(self._queued):
+            job = entry[0]
+            if (job.quantum_id, job.attempt) == (quantum_id, attempt):
+                self._queued.remove(entry)
+                self._send(Revoked(quantum_id=quantum_id, attempt=attempt))
+                return
 
     def _start_quantum(self, job: Peek, frame: bytes) -> None:
         """Hand a quantum to the child, or queue it (prefetch) while another runs."""

@@ -76,7 +76,8 @@ def test_worker_started_before_the_broker_waits_joins_and_exits_with_the_run(
     # Then the run completes on the attached workers, and both commands exit cleanly
     code, _, err = procs.finish(broker)
     assert code == 0, err
-    assert procs.finish(worker)[0] == 0
+    wcode, _, werr = procs.finish(worker)
+    assert wcode == 0, werr
     report = Report.from_json((tmp_path / "s.json").read_text())
     assert report.counts()[ExecutionStatus.SUCCESS] == 6
     assert all(not d.worker or d.worker.startswith("w") for d in report.quantaDetails.values())

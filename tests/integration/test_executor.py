@@ -403,3 +403,22 @@ def test_graceful_stop_lets_running_quanta_finish_and_cancels_the_rest(butler: B
     assert counts[ExecutionStatus.SKIPPED] == 6
     cancelled = [d for d in report.quantaDetails.values() if d.reason is Reason.CANCELLED]
     assert len(cancelled) == 6
+
+
+def test_quantum_prefetched_behind_a_long_one_is_taken_back_by_an_idle_worker(
+    butler: Butler,
+) -> None:
+    # Given two workers, each prefetching one quantum, and one long quantum among short ones
+    qs = [quantum("long", "sleep", config={"seconds": 4.0})]
+    qs += [quantum(f"short{i}", "sleep", config={"seconds": 0.2}) for i in range(3)]
+    ex = make(2, prefetch=1)
+    # When it runs
+    ex.execute(QuantumGraph.from_quanta(qs), butler)
+    # Then no short quantum waited for the long one: all ended well before it
+    report = ex.getReport()
+    long_end = report.details("long").endTime
+    assert long_end is not None
+    for i in range(3):
+        d = report.details(f"short{i}")
+        assert d.endTime is not None and d.endTime < long_end - 2.0, d
+        assert d.attempts == 1  # a taken-back dispatch does not count as an attempt

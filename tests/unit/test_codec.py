@@ -22,6 +22,8 @@ from common.protocol import (
     Refuse,
     Result,
     ResultStatus,
+    Revoke,
+    Revoked,
     Shutdown,
     StatusReply,
     StatusRequest,
@@ -91,6 +93,8 @@ EVERY_MESSAGE: list[Message] = [
     StatusRequest(),
     StatusReply(status={"total": 3, "by_label": {"a": {"running": 1}}, "eta_s": None}),
     Cancel(abort=True),
+    Revoke("q1", 2),
+    Revoked("q1", 2),
     Goodbye(reason="SIGTERM"),
 ]
 
@@ -109,8 +113,10 @@ def test_every_message_type_has_a_round_trip_case() -> None:
         StatusRequest,
         StatusReply,
         Cancel,
+        Revoke,
+        Revoked,
     }
-    assert len(MessageType) == 12
+    assert len(MessageType) == 14
 
 
 @pytest.mark.parametrize("message", EVERY_MESSAGE, ids=lambda m: type(m).__name__)

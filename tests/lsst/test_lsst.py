@@ -1,0 +1,146 @@
+"""Real LSST pipelines through zmpexec: an on-disk Butler repository, pipe_base's AddTask
+pipeline and its quantum graph, LSST's SingleQuantumExecutor on zmpexec's workers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy
+import pytest
+from lsst.daf.butler import Butler
+from lsst.pipe.base import TaskFactory
+from lsst.pipe.base.mp_graph_executor import MPGraphExecutorError, MPTimeoutError
+from lsst.pipe.base.quantum_reports import ExecutionStatus, Report
+from lsst.pipe.base.single_quantum_executor import SingleQuantumExecutor
+
+from broker.lsst import MPGraphExecutor
+from tests.lsst_tasks import make_repo_and_graph
+
+warnings.filterwarnings("ignore", category=FutureWarning)
+ROOT = Path(__file__).resolve().parents[2]
+INPUT = numpy.array([0.0, 1.0, 2.0, 5.0])
+
+
+def _executor(
+    repo: Path, tmp: Path, *, timeout: float = 60.0, fail_fast: bool = False
+) -> MPGraphExecutor:
+    butler = Butler.from_config(str(repo), run="test", writeable=True)
+    qexec = SingleQuantumExecutor(butler=butler, task_factory=TaskFactory())
+    return MPGraphExecutor(num_proc=3, timeout=timeout, quantum_executor=qexec,
+                           fail_fast=fail_fast, run_dir=tmp / "run")  # fmt: skip
+
+
+def _statuses(report: Report) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for q in report.quantaReports:
+        out[q.status.value] = out.get(q.status.value, 0) + 1
+    return out
+
+
+def test_all_quanta_succeed_and_outputs_logs_and_metadata_are_in_the_butler(
+    tmp_path: Path,
+) -> None:
+    butler, qgraph = make_repo_and_graph(tmp_path / "repo", n_tasks=3, n_detectors=4)
+    ex = _executor(tmp_path / "repo", tmp_path)
+    ex.execute(qgraph)
+    report = ex.getReport()
+    assert report.status is ExecutionStatus.SUCCESS
+    assert _statuses(report) == {"success": 12}
+    assert all(q.exitCode == 0 for q in report.quantaReports)
+    butler = Butler.from_config(str(tmp_path / "repo"), collections="test")
+    for det in range(4):
+        out = butler.get("add_dataset3", instrument="INSTR", detector=det)
+        assert numpy.array_equal(out, INPUT + 9)  # three AddTasks of +3
+        assert butler.get("task2_metadata", instrument="INSTR", detector=det) is not None
+        assert len(butler.get("task2_log", instrument="INSTR", detector=det)) > 0
+    # the summary is LSST's own model and survives its JSON round trip
+    assert Report.model_validate_json(report.model_dump_json()) == report
+
+
+def test_failing_task_skips_only_its_descendants(tmp_path: Path) -> None:
+    _, qgraph = make_repo_and_graph(tmp_path / "repo", n_tasks=3, n_detectors=4,
+                                    flaky={"fail_detector": 2})  # fmt: skip
+    ex = _executor(tmp_path / "repo", tmp_path)
+    with pytest.raises(MPGraphExecutorError, match="detector 2 failed on purpose"):
+        ex.execute(qgraph)
+    report = ex.getReport()
+    assert _statuses(report) == {"success": 10, "failure": 1, "skipped": 1}
+    (bad,) = [q for q in report.quantaReports if q.status is ExecutionStatus.FAILURE]
+    assert (bad.taskLabel, bad.dataId["detector"]) == ("task1", 2)
+    assert bad.exceptionInfo is not None and bad.exceptionInfo.className == "RuntimeError"
+
+
+def test_timeout_kills_the_quantum_and_raises_lsst_timeout_error(tmp_path: Path) -> None:
+    _, qgraph = make_repo_and_graph(tmp_path / "repo", n_tasks=2, n_detectors=3,
+                                    flaky={"sleep_detector": 1, "sleep_s": 60.0})  # fmt: skip
+    ex = _executor(tmp_path / "repo", tmp_path, timeout=2.0)
+    t0 = time.monotonic()
+    with pytest.raises(MPTimeoutError):
+        ex.execute(qgraph)
+    assert time.monotonic() - t0 < 30
+    assert _statuses(ex.getReport()) == {"success": 5, "timeout": 1}
+
+
+def test_fail_fast_stops_and_reports_every_quantum(tmp_path: Path) -> None:
+    _, qgraph = make_repo_and_graph(tmp_path / "repo", n_tasks=3, n_detectors=4,
+                                    flaky={"fail_detector": 0, "sleep_detector": 1,
+                                           "sleep_s": 60.0})  # fmt: skip
+    ex = _executor(tmp_path / "repo", tmp_path, fail_fast=True)
+    t0 = time.monotonic()
+    with pytest.raises(MPGraphExecutorError):
+        ex.execute(qgraph)
+    assert time.monotonic() - t0 < 30
+    report = ex.getReport()
+    assert len(report.quantaReports) == 12
+    assert _statuses(report)["failure"] == 1
+
+
+def test_invalid_quantum_error_exits_21_and_stops_the_run(tmp_path: Path) -> None:
+    _, qgraph = make_repo_and_graph(tmp_path / "repo", n_tasks=3, n_detectors=4,
+                                    flaky={"invalid_detector": 0, "sleep_detector": 1,
+                                           "sleep_s": 60.0})  # fmt: skip
+    ex = _executor(tmp_path / "repo", tmp_path, fail_fast=False)
+    t0 = time.monotonic()
+    with pytest.raises(MPGraphExecutorError):
+        ex.execute(qgraph)
+    assert time.monotonic() - t0 < 30  # the sleeping quantum was not waited for
+    report = ex.getReport()
+    (bad,) = [q for q in report.quantaReports if q.status is ExecutionStatus.FAILURE]
+    assert bad.exitCode == 21
+    assert bad.exceptionInfo is not None and "InvalidQuantumError" in bad.exceptionInfo.className
+
+
+def test_zmpexec_lsst_run_writes_pipetask_summary_and_resumes(tmp_path: Path) -> None:
+    _, qgraph = make_repo_and_graph(tmp_path / "repo", n_tasks=3, n_detectors=3)
+    qgraph.saveUri(str(tmp_path / "g.qgraph"))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    argv = [sys.executable, "-m", "scripts.cli", "lsst", "run", "g.qgraph", "--butler", "repo",
+            "-j", "2", "--summary", "s.json"]  # fmt: skip
+    out = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    report = Report.model_validate_json((tmp_path / "s.json").read_text())
+    assert _statuses(report) == {"success": 9}
+    butler = Butler.from_config(str(tmp_path / "repo"), collections="test")
+    assert numpy.array_equal(butler.get("add_dataset3", instrument="INSTR", detector=2), INPUT + 9)
+    # resume: everything exists, so everything is skipped as done
+    again = subprocess.run([*argv, "--resume"], cwd=tmp_path, env=env, capture_output=True,
+                           text=True, timeout=300)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert _statuses(Report.model_validate_json((tmp_path / "s.json").read_text())) == {
+        "success": 9
+    }
+
+
+def test_zmpexec_lsst_run_without_a_graph_file_is_a_one_line_error(tmp_path: Path) -> None:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-m", "scripts.cli", "lsst", "run", "none.qgraph",
+                          "--butler", "repo"], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 2
+    assert "no quantum graph file" in out.stderr and "Traceback" not in out.stderr
