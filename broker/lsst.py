@@ -70,14 +70,15 @@ def to_lsst_report(report: Report, graph: PredictedQuantumGraph) -> LsstReport:
 class MPGraphExecutor:
     """LSST's executor interface on zmpexec. ``options`` go to zmpexec's ``MPGraphExecutor``
     (``run_dir``, ``retries``, ``heartbeat_interval_s``, ...); ``run_dir`` also holds the graph
-    file the workers read."""
+    file the workers read. ``qbb_repo=REPO`` instead of a ``quantum_executor`` runs quanta on
+    quantum-backed butlers, as ``pipetask run-qbb`` does (register the outputs afterwards)."""
 
     def __init__(
         self,
         *,
         num_proc: int,
         timeout: float,
-        quantum_executor: Any,
+        quantum_executor: Any = None,
         start_method: str | None = None,
         fail_fast: bool = False,
         pdb: str | None = None,
@@ -86,6 +87,7 @@ class MPGraphExecutor:
     ) -> None:
         self._num_proc, self._timeout, self._start_method = num_proc, timeout, start_method
         self._fail_fast, self._pdb = fail_fast, pdb
+        self._qbb_repo: str | None = options.pop("qbb_repo", None)  # quantum-backed butlers
         run_dir = options.pop("run_dir", None)
         self._run_dir = Path(run_dir) if run_dir is not None else None
         self._quantum_executor = quantum_executor
@@ -132,7 +134,7 @@ class MPGraphExecutor:
         """Run the quanta of ``xgraph`` (read from ``graph_file`` by the workers)."""
         executor = ZmpGraphExecutor(
             self._num_proc, self._timeout,
-            LsstQuantumExecutor(str(graph_file), self._quantum_executor),
+            LsstQuantumExecutor(str(graph_file), self._quantum_executor, qbb_repo=self._qbb_repo),
             startMethod=self._start_method, failFast=self._fail_fast, pdb=self._pdb,
             run_dir=run_dir, **self._options,
         )  # fmt: skip

@@ -156,6 +156,9 @@ def _add_lsst_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     run.add_argument("--resume", action="store_true",
                      help="skip quanta whose outputs exist (LSST's skip-existing, clobbering "
                           "partial outputs)")  # fmt: skip
+    run.add_argument("--qbb", action="store_true",
+                     help="quantum-backed butlers, as pipetask run-qbb: workers never touch the "
+                          "registry; outputs are registered at the end")  # fmt: skip
     run.add_argument("--run-dir", type=Path, default=None,
                      help="zmpexec's run directory (default: zmpexec-runs/OUTPUT_RUN)")  # fmt: skip
 

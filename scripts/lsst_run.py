@@ -14,6 +14,7 @@ from pathlib import Path
 from lsst.daf.butler import Butler
 from lsst.pipe.base import TaskFactory
 from lsst.pipe.base.mp_graph_executor import MPGraphExecutorError
+from lsst.pipe.base.script.transfer_from_graph import transfer_from_graph
 from lsst.pipe.base.single_quantum_executor import SingleQuantumExecutor
 
 from broker.lsst import MPGraphExecutor
@@ -36,7 +37,7 @@ def cmd_lsst_run(args: argparse.Namespace, stop_on_signals: object) -> int:
     graph.write_init_outputs(butler, skip_existing=True)
     graph.write_configs(butler, compare_existing=True)
     graph.write_packages(butler, compare_existing=True)
-    quantum_executor = SingleQuantumExecutor(
+    quantum_executor = None if args.qbb else SingleQuantumExecutor(
         butler=butler, task_factory=TaskFactory(),
         skip_existing_in=[output_run] if args.resume else None, clobber_outputs=args.resume,
     )  # fmt: skip
@@ -45,7 +46,7 @@ def cmd_lsst_run(args: argparse.Namespace, stop_on_signals: object) -> int:
     executor = MPGraphExecutor(
         num_proc=args.jobs, timeout=args.timeout, quantum_executor=quantum_executor,
         fail_fast=args.fail_fast, run_dir=run_dir, progress=display.update,
-        progress_interval_s=display.interval_s,
+        progress_interval_s=display.interval_s, qbb_repo=str(args.butler) if args.qbb else None,
     )  # fmt: skip
     received = stop_on_signals(executor)  # type: ignore[operator]
     print(f"running {len(xgraph)} quanta from {args.qgraph} into run {output_run!r} of "
@@ -58,6 +59,11 @@ def cmd_lsst_run(args: argparse.Namespace, stop_on_signals: object) -> int:
         except MPGraphExecutorError as e:
             failed = True
             logger.error("%s", e)
+        finally:
+            if args.qbb:  # register what the quanta wrote, finished or not
+                n = transfer_from_graph(str(args.qgraph), str(args.butler), True, False, False,
+                                        False, ())  # fmt: skip
+                print(f"registered {n} output datasets", file=sys.stderr)
     report = executor.getReport()
     if args.summary is not None:
         args.summary.write_text(report.model_dump_json(indent=2))

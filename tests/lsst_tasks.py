@@ -71,5 +71,5 @@ def make_repo_and_graph(
                 pipeline.addConfigOverride(f"task{lvl}", key, value)
     registerDatasetTypes(butler.registry, pipeline)
     _, qgraph = makeSimpleQGraph(pipeline=pipeline, butler=butler, callPopulateButler=False,
-                                 run="test")  # fmt: skip
+                                 run="test", makeDatastoreRecords=True)  # fmt: skip
     return butler, qgraph

@@ -11,14 +11,16 @@ import uuid
 from typing import Any
 
 import networkx as nx
-from lsst.pipe.base import InvalidQuantumError, RepeatableQuantumError
+from lsst.daf.butler import QuantumBackedButler
+from lsst.pipe.base import InvalidQuantumError, RepeatableQuantumError, TaskFactory
 from lsst.pipe.base.quantum_graph import PredictedQuantumGraph
+from lsst.pipe.base.single_quantum_executor import SingleQuantumExecutor
 
 from common.butler import Butler
 from common.quantum import Quantum
 from worker.executor import QuantumFailure
 
-__all__ = ["LsstQuantumExecutor", "read_execution_graph"]
+__all__ = ["LsstQuantumExecutor", "qbb_executor", "read_execution_graph"]
 
 
 def read_execution_graph(path: str) -> tuple[PredictedQuantumGraph, nx.DiGraph[uuid.UUID]]:
@@ -26,6 +28,24 @@ def read_execution_graph(path: str) -> tuple[PredictedQuantumGraph, nx.DiGraph[u
     graph = PredictedQuantumGraph.read_execution_quanta(path)
     graph.build_execution_quanta()
     return graph, graph.quantum_only_xgraph
+
+
+def qbb_executor(repo: str, graph: PredictedQuantumGraph) -> SingleQuantumExecutor:
+    """LSST's SingleQuantumExecutor on quantum-backed butlers, as ``pipetask run-qbb`` makes
+    it: quanta read inputs through the graph's datastore records and write outputs to the
+    datastore only, so workers never contend for the registry (outputs are registered
+    afterwards with ``transfer_from_graph``)."""
+    universe = graph.pipeline_graph.universe
+    dataset_types = {n.name: n.dataset_type for n in graph.pipeline_graph.dataset_types.values()}
+
+    def factory(quantum: Any) -> QuantumBackedButler:
+        return QuantumBackedButler.initialize(
+            config=repo, quantum=quantum, dimensions=universe, dataset_types=dataset_types
+        )
+
+    return SingleQuantumExecutor(butler=None, task_factory=TaskFactory(),
+                                 limited_butler_factory=factory, skip_existing=True,
+                                 clobber_outputs=True)  # fmt: skip
 
 
 class LsstQuantumExecutor:
@@ -37,22 +57,28 @@ class LsstQuantumExecutor:
     ``InvalidQuantumError`` with 21 and stops the whole run; ``NoWorkFound`` is a success.
     """
 
-    def __init__(self, graph_path: str, lsst_executor: Any) -> None:
+    def __init__(self, graph_path: str, lsst_executor: Any = None, *,
+                 qbb_repo: str | None = None) -> None:  # fmt: skip
+        if (lsst_executor is None) == (qbb_repo is None):
+            raise ValueError("give either an LSST quantum executor or a repository for QBB")
         self.graph_path = graph_path
         self.lsst_executor = lsst_executor
+        self.qbb_repo = qbb_repo
         self._xgraph: nx.DiGraph[uuid.UUID] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"graph_path": self.graph_path, "lsst_executor": self.lsst_executor}
+        return {"graph_path": self.graph_path, "lsst_executor": self.lsst_executor,
+                "qbb_repo": self.qbb_repo}  # fmt: skip
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.graph_path = state["graph_path"]
-        self.lsst_executor = state["lsst_executor"]
-        self._xgraph = None
+        self.__init__(state["graph_path"], state["lsst_executor"],  # type: ignore[misc]
+                      qbb_repo=state["qbb_repo"])  # fmt: skip
 
     def execute(self, quantum: Quantum, butler: Butler) -> None:
-        if self._xgraph is None:
-            self._xgraph = read_execution_graph(self.graph_path)[1]
+        if self._xgraph is None:  # first quantum in this process: read the graph once
+            graph, self._xgraph = read_execution_graph(self.graph_path)
+            if self.qbb_repo is not None:
+                self.lsst_executor = qbb_executor(self.qbb_repo, graph)
         quantum_id = uuid.UUID(quantum.id)
         node = self._xgraph.nodes[quantum_id]
         try:

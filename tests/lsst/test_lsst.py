@@ -137,6 +137,22 @@ def test_zmpexec_lsst_run_writes_pipetask_summary_and_resumes(tmp_path: Path) ->
     }
 
 
+def test_zmpexec_lsst_run_with_quantum_backed_butlers_registers_outputs(tmp_path: Path) -> None:
+    _, qgraph = make_repo_and_graph(tmp_path / "repo", n_tasks=2, n_detectors=3)
+    qgraph.saveUri(str(tmp_path / "g.qgraph"))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    argv = [sys.executable, "-m", "scripts.cli", "lsst", "run", "g.qgraph", "--butler", "repo",
+            "-j", "2", "--qbb", "--summary", "s.json"]  # fmt: skip
+    out = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "registered" in out.stderr
+    assert _statuses(Report.model_validate_json((tmp_path / "s.json").read_text())) == {
+        "success": 6
+    }
+    butler = Butler.from_config(str(tmp_path / "repo"), collections="test")
+    assert numpy.array_equal(butler.get("add_dataset2", instrument="INSTR", detector=1), INPUT + 6)
+
+
 def test_zmpexec_lsst_run_without_a_graph_file_is_a_one_line_error(tmp_path: Path) -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     out = subprocess.run([sys.executable, "-m", "scripts.cli", "lsst", "run", "none.qgraph",
