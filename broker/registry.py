@@ -75,9 +75,10 @@ class WorkerRegistry:
         info.last_seen = now
 
     def next_free(self) -> WorkerInfo | None:
-        """The worker with the most free slots (least recently used first), or None."""
+        """The worker with the most free slots, most recently used first: a quantum whose
+        parent just finished lands where that parent's outputs and imports are warm."""
         best: WorkerInfo | None = None
-        for identity in self._idle:
+        for identity in reversed(self._idle):
             info = self._by_identity[identity]
             if info.free_slots == info.slots:
                 return info  # idle: nothing beats it

@@ -3,9 +3,11 @@ any test leaving a child process behind."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -20,6 +22,27 @@ def wait_until(predicate: Callable[[], object], timeout_s: float, what: str) -> 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
         time.sleep(0.01)
+
+
+class Background:
+    """``executor.execute(graph, butler)`` in a thread, so a test can act on the running run;
+    ``join`` returns what it raised (None if it succeeded)."""
+
+    def __init__(self, executor: Any, graph: Any, butler: Butler) -> None:
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(executor, graph, butler))
+        self._thread.start()
+
+    def _run(self, executor: Any, graph: Any, butler: Butler) -> None:
+        try:
+            executor.execute(graph, butler)
+        except BaseException as e:
+            self.error = e
+
+    def join(self, timeout_s: float = 60.0) -> BaseException | None:
+        self._thread.join(timeout_s)
+        assert not self._thread.is_alive(), f"execute() still running after {timeout_s}s"
+        return self.error
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from common.butler import Butler
 from common.graph import QuantumGraph
 from common.keys import create_keys
 from common.report import ExecutionStatus, Reason, Report
-from tests.conftest import wait_until
+from tests.conftest import Background, wait_until
 from tests.graphs import independent, quantum
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -172,19 +171,9 @@ def test_custom_executor_reaches_attached_workers(tmp_path: Path, procs: Procs) 
     endpoint = _ipc(tmp_path)
     ex = MPGraphExecutor(1, 30.0, TaggingExecutor("custom"), endpoint=endpoint, local_workers=0,
                          run_dir=tmp_path / "run")  # fmt: skip
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            ex.execute(graph, butler)
-        except BaseException as e:
-            errors.append(e)
-
-    t = threading.Thread(target=run)
-    t.start()
+    run = Background(ex, graph, butler)
     worker = procs.zmpexec("worker", "--connect", endpoint)
-    t.join(60)
-    assert not t.is_alive() and not errors
+    assert run.join() is None
     assert procs.finish(worker)[0] == 0
     values = [butler.get(f"q{i}") for i in range(5)]
     assert all(v.startswith(f"custom q{i} ") for i, v in enumerate(values))

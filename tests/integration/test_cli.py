@@ -105,6 +105,9 @@ def test_signal_cancels_the_run_writes_the_summary_and_exits(
     popen.append(proc)
     logs = tmp_path / "zmpexec-repo" / "runs"
     wait_until(lambda: any(logs.glob("*/logs/.capture-*")), 30, "quanta to start running")
+    endpoint = (logs / "main" / "endpoint").read_text().strip()
+    sock_dir = Path(endpoint.removeprefix("ipc://")).parent
+    assert sock_dir.is_dir() and oct(sock_dir.stat().st_mode & 0o777) == "0o700"
     # When it is signalled
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=30)
@@ -113,6 +116,7 @@ def test_signal_cancels_the_run_writes_the_summary_and_exits(
     report = Report.from_json((tmp_path / "s.json").read_text())
     assert all(d.reason is not None and d.reason.value == "cancelled"
                for d in report.quantaDetails.values())  # fmt: skip
+    assert not sock_dir.exists()  # its private socket directory is removed
 
 
 def test_killing_the_run_leaves_no_process_behind(

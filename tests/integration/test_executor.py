@@ -17,7 +17,7 @@ from broker import MPGraphExecutor, MPGraphExecutorError, MPTimeoutError
 from common.butler import Butler
 from common.graph import QuantumGraph
 from common.report import ExecutionStatus, Reason, Report
-from tests.conftest import wait_until
+from tests.conftest import Background, wait_until
 from tests.graphs import independent, quantum
 from worker.executor import TaskQuantumExecutor
 
@@ -374,7 +374,6 @@ def test_executor_child_over_the_rss_limit_is_replaced(butler: Butler) -> None:
 
 
 def test_graceful_stop_lets_running_quanta_finish_and_cancels_the_rest(butler: Butler) -> None:
-    import threading
 
     from tests.conftest import wait_until
 
@@ -382,21 +381,11 @@ def test_graceful_stop_lets_running_quanta_finish_and_cancels_the_rest(butler: B
         [quantum(f"s{i}", "sleep", config={"seconds": 1.0}) for i in range(8)]
     )
     ex = make(2, shutdown_grace_s=10.0, prefetch=1)
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            ex.execute(graph, butler)
-        except BaseException as e:
-            errors.append(e)
-
-    t = threading.Thread(target=run)
-    t.start()
+    run = Background(ex, graph, butler)
     wait_until(lambda: ex._server is not None and ex._server.timings.first_dispatch is not None,
                30, "the first dispatch")  # fmt: skip
     ex.request_stop("test stop")
-    t.join(30)
-    assert not t.is_alive() and errors
+    assert isinstance(run.join(30), MPGraphExecutorError)
     report = ex.getReport()
     counts = report.counts()
     assert counts[ExecutionStatus.SUCCESS] == 2  # the two running ones finished

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 
 import psutil
@@ -13,7 +12,7 @@ import pytest
 from broker import MPGraphExecutor
 from common.butler import Butler
 from common.report import ExecutionStatus, Reason
-from tests.conftest import wait_until
+from tests.conftest import Background, wait_until
 from tests.graphs import independent
 from worker.executor import TaskQuantumExecutor
 
@@ -32,22 +31,6 @@ def _running_in(agent: psutil.Process, log_dirs: list[str]) -> bool:
     )
 
 
-def _run_in_thread(
-    ex: MPGraphExecutor, butler: Butler, n: int
-) -> tuple[threading.Thread, list[BaseException]]:
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            ex.execute(independent(n, "sleep", seconds=1.0), butler)
-        except BaseException as e:
-            errors.append(e)
-
-    t = threading.Thread(target=target)
-    t.start()
-    return t, errors
-
-
 @pytest.mark.parametrize("retries", [1, 0])
 def test_sigkilled_worker_is_seen_and_its_quantum_retried_or_failed(
     butler: Butler, tmp_path: object, retries: int
@@ -56,7 +39,7 @@ def test_sigkilled_worker_is_seen_and_its_quantum_retried_or_failed(
     log_dirs = [os.path.join(run_dir, "logs")]
     ex = MPGraphExecutor(2, 30.0, TaskQuantumExecutor(), run_dir=run_dir, retries=retries,
                          prefetch=0)  # fmt: skip
-    thread, errors = _run_in_thread(ex, butler, 4)
+    run = Background(ex, independent(4, "sleep", seconds=1.0), butler)
     # Given both workers running a quantum
     wait_until(lambda: len(_agents()) == 2 and all(_running_in(a, log_dirs) for a in _agents()),
                30, "both workers to run a quantum")  # fmt: skip
@@ -64,18 +47,17 @@ def test_sigkilled_worker_is_seen_and_its_quantum_retried_or_failed(
     # When one agent is SIGKILLed mid-quantum
     t0 = time.monotonic()
     victim.kill()
-    thread.join(60)
-    assert not thread.is_alive()
+    error = run.join()
     # Then the run finishes: its quantum ran again elsewhere, or failed as worker_lost
     report = ex.getReport()
     lost = [d for d in report.quantaDetails.values() if d.attempts == 2 or d.reason]
     assert len(lost) == 1
     if retries:
-        assert not errors
+        assert error is None
         assert lost[0].attempts == 2
         assert report.counts()[ExecutionStatus.SUCCESS] == 4
     else:
-        assert errors
+        assert error is not None
         assert lost[0].reason is Reason.WORKER_LOST
         assert "SIGKILL" in (lost[0].message or "")
         assert report.counts()[ExecutionStatus.SUCCESS] == 3
@@ -89,16 +71,15 @@ def test_stopped_worker_is_lost_by_heartbeat_and_killed(butler: Butler, tmp_path
     log_dirs = [os.path.join(run_dir, "logs")]
     ex = MPGraphExecutor(2, 30.0, TaskQuantumExecutor(), run_dir=run_dir,
                          heartbeat_interval_s=0.2, liveness=3, prefetch=0)  # fmt: skip
-    thread, errors = _run_in_thread(ex, butler, 4)
+    run = Background(ex, independent(4, "sleep", seconds=1.0), butler)
     wait_until(lambda: len(_agents()) == 2 and all(_running_in(a, log_dirs) for a in _agents()),
                30, "both workers to run a quantum")  # fmt: skip
     victim = _agents()[0]
     # When an agent is stopped (it cannot answer heartbeats)
     victim.send_signal(signal.SIGSTOP)
-    thread.join(60)
-    assert not thread.is_alive()
+    error = run.join()
     # Then it was declared lost, killed, and its quantum re-dispatched
-    assert not errors
+    assert error is None
     report = ex.getReport()
     assert report.counts()[ExecutionStatus.SUCCESS] == 4
     assert sorted(d.attempts for d in report.quantaDetails.values()) == [1, 1, 1, 2]

@@ -99,3 +99,21 @@ def test_missing_file_is_a_graph_file_error(tmp_path: Path) -> None:
 
 def test_chain_helper_is_a_chain() -> None:
     assert len(chain(4).xgraph.edges) == 3
+
+
+def test_ipc_paths_beyond_the_socket_limit_are_refused(tmp_path: Path) -> None:
+    from broker.graph_executor import _endpoint_for
+    from common.errors import ConfigError
+
+    long = tmp_path / ("d" * 60) / ("s" * 60)
+    with pytest.raises(ConfigError, match="limit is 107"):
+        _endpoint_for(f"ipc://{long}.sock")
+    with pytest.raises(ConfigError, match="does not exist"):
+        _endpoint_for(f"ipc://{tmp_path}/nodir/b.sock")
+    sock_dir, endpoint = _endpoint_for(None)
+    try:
+        assert sock_dir is not None and oct(sock_dir.stat().st_mode & 0o777) == "0o700"
+        assert endpoint == f"ipc://{sock_dir}/broker.sock"
+    finally:
+        assert sock_dir is not None
+        sock_dir.rmdir()
