@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import multiprocessing.context
-import multiprocessing.forkserver
 import os
 import signal
 import socket
