@@ -438,6 +438,8 @@ class BrokerServer:
 
     def _expire(self, now: float) -> None:
         for info in self.registry.silent(now, self.config.worker_silence_limit_s):
+            if not info.ready and now - info.last_seen < self.config.startup_timeout_s:
+                continue  # still importing its task modules: it heartbeats once it is up
             self._lose_worker(info, f"worker {info.worker_id} (pid {info.pid}) silent for "
                               f"{now - info.last_seen:.1f}s", now)  # fmt: skip
         for info, d in self.registry.overdue(now):
@@ -536,7 +538,26 @@ class BrokerServer:
             self._journal.flush()
         if cancelled:
             logger.warning("%d quanta cancelled (%s)", len(cancelled), self._stop_reason)
+        waiting = set()
         for info in self.registry.workers():
             reason = self._stop_reason or "run complete"
-            self._send(info.identity, Shutdown(reason=reason, grace_s=0.0))
+            if self._send(info.identity, Shutdown(reason=reason, grace_s=0.0)) and not info.local:
+                waiting.add(info.identity)
+        self._await_goodbyes(waiting, time.monotonic() + max(2.0, self.config.shutdown_grace_s))
         self._pool.shutdown(self.config.shutdown_grace_s)
+
+    def _await_goodbyes(self, waiting: set[bytes], deadline: float) -> None:
+        """Attached workers acknowledge SHUTDOWN with GOODBYE: closing the socket earlier
+        would drop the SHUTDOWN still queued to a worker busy starting its executor."""
+        while waiting and (left := deadline - time.monotonic()) > 0:
+            if not self._router.poll(int(left * 1000) + 1):
+                break
+            identity, *rest = self._router.recv_multipart()
+            try:
+                said_goodbye = len(rest) == 1 and isinstance(decode(rest[0]), Goodbye)
+            except ProtocolError:
+                said_goodbye = False
+            if said_goodbye:
+                waiting.discard(identity)
+        if waiting:
+            logger.warning("%d attached worker(s) did not acknowledge SHUTDOWN", len(waiting))

@@ -248,8 +248,8 @@ class WorkerAgent:
                 self._send(Heartbeat())
         if self._stop_reason == "broker lost":
             return EXIT_BROKER_LOST
-        if self._stop_reason != "shutdown":
-            self._send(Goodbye(reason=self._stop_reason or "stopping"))
+        # GOODBYE also acknowledges a SHUTDOWN: the broker waits for it before it closes.
+        self._send(Goodbye(reason=self._stop_reason or "stopping"))
         return EXIT_OK
 
     def _enforce_deadlines(self, now: float, silence_limit: float) -> None:

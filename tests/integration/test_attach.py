@@ -174,7 +174,8 @@ def test_custom_executor_reaches_attached_workers(tmp_path: Path, procs: Procs) 
     run = Background(ex, graph, butler)
     worker = procs.zmpexec("worker", "--connect", endpoint)
     assert run.join() is None
-    assert procs.finish(worker)[0] == 0
+    wcode, _, werr = procs.finish(worker)
+    assert wcode == 0, werr
     values = [butler.get(f"q{i}") for i in range(5)]
     assert all(v.startswith(f"custom q{i} ") for i, v in enumerate(values))
     assert all(int(v.split()[2]) != os.getpid() for v in values)
