@@ -1,8 +1,8 @@
 """Benchmark zmpexec on the shared anchor workloads (W1-W4, ``anchors/workloads.py``), side by
 side with peers run in the same session, each run a fresh process, repetitions interleaved.
 
-    python scripts/bench.py --anchors ../shared/anchors --reps 3
-    python scripts/bench.py --anchors ../shared/anchors --workloads W2 --peers ppe-fork
+    python -m scripts.bench --anchors ../shared/anchors --reps 3
+    python -m scripts.bench --anchors ../shared/anchors --workloads W2 --peers ppe-fork
 
 Metrics as in the anchors: W1 quanta/s, W2 us/hop, W3/W4 makespan over the lower bound. The
 timed region is first dispatch to last result; worker start-up is reported separately.
