@@ -22,6 +22,7 @@ _MAX_FAILURES = 20  # most recent problems listed in a status
 @dataclass(frozen=True, slots=True)
 class Monitor:
     graph: QuantumGraph
+    labels: dict[str, str]  # task label by quantum id, built once (snapshots run often)
     state: GraphState
     scheduler: Scheduler
     registry: WorkerRegistry
@@ -31,7 +32,7 @@ class Monitor:
         self, now: float, elapsed_s: float, busy_s: float, stopping: str | None
     ) -> RunStatus:
         """``busy_s``: time since the first dispatch (for throughput)."""
-        labels = {q.id: q.task_label for q in self.graph.quanta()}
+        labels = self.labels
         by_label: dict[str, dict[str, int]] = {}
         for qid, s in self.state.state.items():
             counts = by_label.setdefault(labels[qid], {})

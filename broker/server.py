@@ -105,13 +105,15 @@ class BrokerServer:
         self.graph = graph
         self.config = config
         self.state = GraphState(graph.xgraph)
-        self.scheduler = Scheduler(graph.xgraph, {q.id: q.task_label for q in graph.quanta()})
+        labels = {q.id: q.task_label for q in graph.quanta()}
+        self.scheduler = Scheduler(graph.xgraph, labels)
         self.registry = WorkerRegistry()
         self.ledger = Ledger(graph, in_process=False)
         self.state.preset_succeeded(set(done))
         self.ledger.resumed(done)
         self._journal = journal
-        self._monitor = Monitor(graph, self.state, self.scheduler, self.registry, self.ledger)
+        self._monitor = Monitor(graph, labels, self.state, self.scheduler, self.registry,
+                                self.ledger)  # fmt: skip
         self.timings = RunTimings()
         self._serving = serving
         self._drops = DropLog(logger)
