@@ -38,7 +38,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _agents() -> list[psutil.Process]:
-    return [p for p in psutil.Process().children() if "worker.agent" in " ".join(p.cmdline())]
+    out = []
+    for p in psutil.Process().children():
+        try:
+            if "worker.agent" in " ".join(p.cmdline()):
+                out.append(p)
+        except psutil.Error:
+            pass  # exited (a zombie until the broker reaps it): not a worker to act on
+    return out
 
 
 def _busy(tmp: Path, ex: MPGraphExecutor) -> None:

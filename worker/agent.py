@@ -139,17 +139,22 @@ class WorkerAgent:
         deadline = time.monotonic() + self.config.startup_timeout_s
         slots = 1 + self.config.prefetch
         hello = encode(Hello(pid=os.getpid(), host=socket.gethostname(), slots=slots))
-        # IMMEDIATE: the HELLO waits until a connection exists, so it is never queued to nowhere.
-        self._sock.setsockopt(zmq.SNDTIMEO, int(self.config.startup_timeout_s * 1000))
-        try:
-            self._sock.send(hello)
-        except zmq.Again:
-            logger.error(
-                "no broker at %s within %.0fs", self.config.endpoint, self.config.startup_timeout_s
-            )
-            return EXIT_NO_BROKER
+        # IMMEDIATE: the HELLO waits until a connection exists, so it is never queued to nowhere;
+        # it waits in short steps so a dead parent is noticed while no broker answers.
+        self._sock.setsockopt(zmq.SNDTIMEO, 500)
+        while True:
+            try:
+                self._sock.send(hello)
+                break
+            except zmq.Again:
+                if self._parent_gone() or time.monotonic() > deadline:
+                    logger.error("no broker at %s within %.0fs", self.config.endpoint,
+                                 self.config.startup_timeout_s)  # fmt: skip
+                    return EXIT_NO_BROKER
         self._sock.setsockopt(zmq.SNDTIMEO, -1)
         while (left := deadline - time.monotonic()) > 0 and self._stop_reason is None:
+            if self._parent_gone():
+                return EXIT_NO_BROKER
             if not self._sock.poll(int(min(left, 0.5) * 1000)):
                 continue
             msg = self._decode(self._sock.recv())
@@ -266,10 +271,13 @@ class WorkerAgent:
         if now - self._last_broker > silence_limit:
             logger.error("broker silent for %.1fs: exiting", now - self._last_broker)
             self._stop_reason = "broker lost"
-        parent = self.config.parent_pid
-        if parent is not None and os.getppid() != parent:
-            logger.error("parent process %d is gone: exiting", parent)
+        if self._parent_gone():
+            logger.error("parent process %d is gone: exiting", self.config.parent_pid)
             self._stop_reason = "parent gone"
+
+    def _parent_gone(self) -> bool:
+        parent = self.config.parent_pid
+        return parent is not None and os.getppid() != parent
 
     def _drain_socket(self) -> None:
         # EVENTS, not recv-until-EAGAIN: an exception per wake-up costs more than the check.
@@ -472,6 +480,8 @@ def agent_main(config: AgentConfig) -> None:
     """Process entry point for a local worker started by the broker's pool."""
     os.setpgid(0, 0)  # Ctrl-C goes to the broker, which shuts workers down in order
     die_with_parent()
+    if config.parent_pid is not None and os.getppid() != config.parent_pid:
+        sys.exit(EXIT_NO_BROKER)  # the parent died before the death signal was armed
     logging.basicConfig(
         level=config.log_level, format="%(asctime)s worker[%(process)d] %(levelname)s %(message)s"
     )
