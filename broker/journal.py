@@ -9,14 +9,11 @@ but a rerun of such a quantum.
 
 from __future__ import annotations
 
-import logging
 import sqlite3
 import time
 from pathlib import Path
 
 __all__ = ["Journal"]
-
-logger = logging.getLogger(__name__)
 
 _FLUSH_EVERY_S = 0.1
 

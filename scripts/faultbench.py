@@ -32,20 +32,10 @@ from common.codec import encode
 from common.graph import QuantumGraph
 from common.protocol import Heartbeat
 from tests.graphs import independent, quantum
+from tests.procs import gone, worker_agents
 from worker.executor import TaskQuantumExecutor
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _agents() -> list[psutil.Process]:
-    out = []
-    for p in psutil.Process().children():
-        try:
-            if "worker.agent" in " ".join(p.cmdline()):
-                out.append(p)
-        except psutil.Error:
-            pass  # exited (a zombie until the broker reaps it): not a worker to act on
-    return out
 
 
 def _busy(tmp: Path, ex: MPGraphExecutor) -> None:
@@ -70,7 +60,7 @@ def detection(sig: int, reps: int, **options: Any) -> list[float]:
                                                           Butler(Path(tmp) / "repo")))  # fmt: skip
             t.start()
             _busy(Path(tmp), ex)
-            victim = _agents()[0]
+            victim = worker_agents()[0]
             t0 = time.monotonic()
             os.kill(victim.pid, sig)
             t.join(120)
@@ -116,17 +106,10 @@ def last_exit_after_kill(reps: int) -> list[float]:
             t0 = time.monotonic()
             proc.kill()
             proc.wait()
-            while any(_alive(p) for p in family):
+            while not all(gone(p) for p in family):
                 time.sleep(0.002)
             out.append(time.monotonic() - t0)
     return out
-
-
-def _alive(p: psutil.Process) -> bool:
-    try:
-        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def fuzz(frames: int) -> tuple[int, bool]:

@@ -14,25 +14,13 @@ from common.butler import Butler
 from common.report import ExecutionStatus, Reason
 from tests.conftest import Background, wait_until
 from tests.graphs import independent
+from tests.procs import gone, worker_agents
 from worker.executor import TaskQuantumExecutor
 
 
-def _agents() -> list[psutil.Process]:
-    out = []
-    for p in psutil.Process().children():
-        try:
-            if "worker.agent" in " ".join(p.cmdline()):
-                out.append(p)
-        except psutil.Error:
-            pass  # exited (a zombie until the broker reaps it): not a worker to act on
-    return out
-
-
-def _gone(p: psutil.Process) -> bool:
-    try:
-        return not p.is_running() or p.status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
+def _both_busy(log_dirs: list[str]) -> bool:
+    agents = worker_agents()
+    return len(agents) == 2 and all(_running_in(a, log_dirs) for a in agents)
 
 
 def _running_in(agent: psutil.Process, log_dirs: list[str]) -> bool:
@@ -55,9 +43,8 @@ def test_sigkilled_worker_is_seen_and_its_quantum_retried_or_failed(
                          prefetch=0)  # fmt: skip
     run = Background(ex, independent(4, "sleep", seconds=1.0), butler)
     # Given both workers running a quantum
-    wait_until(lambda: len(_agents()) == 2 and all(_running_in(a, log_dirs) for a in _agents()),
-               30, "both workers to run a quantum")  # fmt: skip
-    victim = _agents()[0]
+    wait_until(lambda: _both_busy(log_dirs), 30, "both workers to run a quantum")
+    victim = worker_agents()[0]
     # When one agent is SIGKILLed mid-quantum
     t0 = time.monotonic()
     victim.kill()
@@ -86,9 +73,8 @@ def test_stopped_worker_is_lost_by_heartbeat_and_killed(butler: Butler, tmp_path
     ex = MPGraphExecutor(2, 30.0, TaskQuantumExecutor(), run_dir=run_dir,
                          heartbeat_interval_s=0.2, liveness=3, prefetch=0)  # fmt: skip
     run = Background(ex, independent(4, "sleep", seconds=1.0), butler)
-    wait_until(lambda: len(_agents()) == 2 and all(_running_in(a, log_dirs) for a in _agents()),
-               30, "both workers to run a quantum")  # fmt: skip
-    victim = _agents()[0]
+    wait_until(lambda: _both_busy(log_dirs), 30, "both workers to run a quantum")
+    victim = worker_agents()[0]
     # When an agent is stopped (it cannot answer heartbeats)
     victim.send_signal(signal.SIGSTOP)
     error = run.join()
@@ -97,4 +83,4 @@ def test_stopped_worker_is_lost_by_heartbeat_and_killed(butler: Butler, tmp_path
     report = ex.getReport()
     assert report.counts()[ExecutionStatus.SUCCESS] == 4
     assert sorted(d.attempts for d in report.quantaDetails.values()) == [1, 1, 1, 2]
-    wait_until(lambda: _gone(victim), 5, "the stopped worker to be killed")
+    wait_until(lambda: gone(victim), 5, "the stopped worker to be killed")

@@ -1,0 +1,27 @@
+"""Finding and checking the worker processes a test or benchmark started (no pytest here:
+scripts/faultbench.py uses it too)."""
+
+from __future__ import annotations
+
+import psutil
+
+__all__ = ["gone", "worker_agents"]
+
+
+def worker_agents() -> list[psutil.Process]:
+    """This process's worker agents (local workers of a broker running in it)."""
+    out = []
+    for p in psutil.Process().children():
+        try:
+            if "worker.agent" in " ".join(p.cmdline()):
+                out.append(p)
+        except psutil.Error:
+            pass  # exited (a zombie until the broker reaps it): not a worker to act on
+    return out
+
+
+def gone(p: psutil.Process) -> bool:
+    try:
+        return not p.is_running() or p.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
