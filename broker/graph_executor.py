@@ -58,8 +58,10 @@ def _endpoint_for(requested: str | None) -> tuple[Path | None, str]:
     if requested.startswith("ipc://"):
         sock = Path(requested.removeprefix("ipc://"))
         if len(str(sock).encode()) > _IPC_PATH_LIMIT:
-            raise ConfigError(f"ipc path {sock} is {len(str(sock).encode())} bytes; "
-                              f"the limit is {_IPC_PATH_LIMIT}")  # fmt: skip
+            raise ConfigError(
+                f"ipc path {sock} is {len(str(sock).encode())} bytes; "
+                f"the limit is {_IPC_PATH_LIMIT}"
+            )
         if not sock.parent.is_dir():
             raise ConfigError(f"ipc endpoint directory {sock.parent} does not exist")
     return None, requested
@@ -192,9 +194,14 @@ class MPGraphExecutor:
                 attempt = ledger.dispatched(qid, "in-process", time.time())
                 run.journal.record(qid, attempt, "running")
                 result = run_quantum(
-                    self._executor, run.butler, graph.quantum(qid), attempt, capture,
-                    in_process=True, on_exception=debugger.post_mortem if debugger else None,
-                )  # fmt: skip
+                    self._executor,
+                    run.butler,
+                    graph.quantum(qid),
+                    attempt,
+                    capture,
+                    in_process=True,
+                    on_exception=debugger.post_mortem if debugger else None,
+                )
                 ledger.result(result)
                 run.journal.record(qid, attempt, str(result.status))
                 run.journal.flush()
@@ -229,9 +236,13 @@ class MPGraphExecutor:
         serving = Serving(endpoint, run.log_dir, blob, keys_dir)
         try:
             server = self._server = BrokerServer(
-                run.graph, self._config, serving, on_progress=self._on_progress,
-                journal=run.journal, done=run.done,
-            )  # fmt: skip
+                run.graph,
+                self._config,
+                serving,
+                on_progress=self._on_progress,
+                journal=run.journal,
+                done=run.done,
+            )
             if self._stop_requested is not None:
                 server.request_stop(self._stop_requested)
             self.endpoint = endpoint

@@ -82,8 +82,9 @@ class Ledger:
         if result.reason and self.first_problem is None:
             self.first_problem = result.quantum_id
 
-    def lost(self, qid: str, reason: Reason, message: str, wall_now: float,
-             exit_code: int | None = None) -> None:  # fmt: skip
+    def lost(
+        self, qid: str, reason: Reason, message: str, wall_now: float, exit_code: int | None = None
+    ) -> None:
         rec = self.records[qid]
         rec.reason, rec.message, rec.exit_code, rec.end_time = reason, message, exit_code, wall_now
         rec.exc_class = None
@@ -103,10 +104,16 @@ class Ledger:
         skipped, cancelled = state.count(QState.SKIPPED), state.count(QState.CANCELLED)
         if failed + timed_out + skipped + cancelled == 0:
             return None
-        parts = [f"{n} {what}" for n, what in (
-            (failed, "failed"), (timed_out, "timed out"), (skipped, "skipped after a failure"),
-            (cancelled, "cancelled"),
-        ) if n]  # fmt: skip
+        parts = [
+            f"{n} {what}"
+            for n, what in (
+                (failed, "failed"),
+                (timed_out, "timed out"),
+                (skipped, "skipped after a failure"),
+                (cancelled, "cancelled"),
+            )
+            if n
+        ]
         text = f"{', '.join(parts)} of {len(self.records)} quanta"
         first = self.first_problem
         if first is not None:
@@ -133,18 +140,28 @@ class Ledger:
             if status is ExecutionStatus.FAILURE and rec.reason is Reason.EXCEPTION:
                 exc = ExceptionInfo(rec.exc_class or "Exception", rec.message or "")
             key = lsst_quantum_id(q.id)
-            report.quantaReports.append(QuantumReport(
-                quantumId=key, taskLabel=q.task_label, dataId=dict(q.data_id), status=status,
-                exitCode=exit_code if status is not ExecutionStatus.SKIPPED else None,
-                exceptionInfo=exc,
-            ))  # fmt: skip
+            report.quantaReports.append(
+                QuantumReport(
+                    quantumId=key,
+                    taskLabel=q.task_label,
+                    dataId=dict(q.data_id),
+                    status=status,
+                    exitCode=exit_code if status is not ExecutionStatus.SKIPPED else None,
+                    exceptionInfo=exc,
+                )
+            )
             report.quantaDetails[key] = QuantumDetails(
-                id=q.id, reason=reason,
+                id=q.id,
+                reason=reason,
                 message=rec.message,
-                attempts=rec.attempts, worker=rec.worker, startTime=rec.start_time,
-                endTime=rec.end_time, maxRss=rec.max_rss_kb, logPath=rec.log_path,
+                attempts=rec.attempts,
+                worker=rec.worker,
+                startTime=rec.start_time,
+                endTime=rec.end_time,
+                maxRss=rec.max_rss_kb,
+                logPath=rec.log_path,
                 blockedBy=blocked,
-            )  # fmt: skip
+            )
         if error is not None:
             timeouts_only = isinstance(error, MPTimeoutError)
             report.status = ExecutionStatus.TIMEOUT if timeouts_only else ExecutionStatus.FAILURE

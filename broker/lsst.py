@@ -41,10 +41,14 @@ def to_zmpexec_graph(xgraph: nx.DiGraph[uuid.UUID]) -> QuantumGraph:
     quanta = []
     for qid, node in xgraph.nodes(data=True):
         module, _, cls = node["pipeline_node"].task_class_name.rpartition(".")
-        quanta.append(Quantum(
-            id=str(qid), task_label=node["task_label"], task=f"{module}:{cls}",
-            data_id={k: v for k, v in dict(node["data_id"].required).items()},
-        ))  # fmt: skip
+        quanta.append(
+            Quantum(
+                id=str(qid),
+                task_label=node["task_label"],
+                task=f"{module}:{cls}",
+                data_id={k: v for k, v in dict(node["data_id"].required).items()},
+            )
+        )
     return QuantumGraph.from_quanta(quanta, [(str(a), str(b)) for a, b in xgraph.edges])
 
 
@@ -52,12 +56,18 @@ def to_lsst_report(report: Report, graph: PredictedQuantumGraph) -> LsstReport:
     lsst = LsstReport(qgraphSummary=graph._make_summary())
     for r in report.quantaReports:
         exc = r.exceptionInfo
-        lsst.quantaReports.append(LsstQuantumReport(
-            dataId=dict(r.dataId), taskLabel=r.taskLabel, status=LsstStatus(r.status.value),
-            exitCode=r.exitCode, quantumId=uuid.UUID(r.quantumId),
-            exceptionInfo=LsstExceptionInfo(className=exc.className, message=exc.message)
-            if exc else None,
-        ))  # fmt: skip
+        lsst.quantaReports.append(
+            LsstQuantumReport(
+                dataId=dict(r.dataId),
+                taskLabel=r.taskLabel,
+                status=LsstStatus(r.status.value),
+                exitCode=r.exitCode,
+                quantumId=uuid.UUID(r.quantumId),
+                exceptionInfo=LsstExceptionInfo(className=exc.className, message=exc.message)
+                if exc
+                else None,
+            )
+        )
     lsst.status = LsstStatus(report.status.value)
     lsst.exitCode = report.exitCode
     if report.exceptionInfo is not None:
@@ -110,14 +120,19 @@ class MPGraphExecutor:
         return self._report
 
     def execute(
-        self, graph: OldQuantumGraph | PredictedQuantumGraph, *,
+        self,
+        graph: OldQuantumGraph | PredictedQuantumGraph,
+        *,
         provenance_graph_file: str | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         if provenance_graph_file is not None:
             raise NotImplementedError("provenance graphs are not written by zmpexec")
         old = graph if isinstance(graph, OldQuantumGraph) else graph.to_old_quantum_graph()
-        new = graph if isinstance(graph, PredictedQuantumGraph) else (
-            PredictedQuantumGraph.from_old_quantum_graph(graph))  # fmt: skip
+        new = (
+            graph
+            if isinstance(graph, PredictedQuantumGraph)
+            else (PredictedQuantumGraph.from_old_quantum_graph(graph))
+        )
         new.build_execution_quanta()
         xgraph = new.quantum_only_xgraph.copy()
         if self._fixup is not None:
@@ -129,15 +144,24 @@ class MPGraphExecutor:
         old.saveUri(str(run_dir / GRAPH_FILE))
         self.execute_file(run_dir / GRAPH_FILE, xgraph, new, run_dir)
 
-    def execute_file(self, graph_file: Path, xgraph: nx.DiGraph[uuid.UUID],
-                     graph: PredictedQuantumGraph, run_dir: Path) -> None:  # fmt: skip
+    def execute_file(
+        self,
+        graph_file: Path,
+        xgraph: nx.DiGraph[uuid.UUID],
+        graph: PredictedQuantumGraph,
+        run_dir: Path,
+    ) -> None:
         """Run the quanta of ``xgraph`` (read from ``graph_file`` by the workers)."""
         executor = ZmpGraphExecutor(
-            self._num_proc, self._timeout,
+            self._num_proc,
+            self._timeout,
             LsstQuantumExecutor(str(graph_file), self._quantum_executor, qbb_repo=self._qbb_repo),
-            startMethod=self._start_method, failFast=self._fail_fast, pdb=self._pdb,
-            run_dir=run_dir, **self._options,
-        )  # fmt: skip
+            startMethod=self._start_method,
+            failFast=self._fail_fast,
+            pdb=self._pdb,
+            run_dir=run_dir,
+            **self._options,
+        )
         self._inner = executor
         if self._stop is not None:
             executor.request_stop(self._stop)

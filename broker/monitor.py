@@ -46,9 +46,15 @@ class Monitor:
         for qid, s in self.state.state.items():
             if s in (QState.FAILED, QState.TIMED_OUT):
                 rec = self.ledger.records[qid]
-                failures.append(FailureInfo(qid, labels[qid], rec.reason.value if rec.reason
-                                            else s.value, self.ledger.describe(qid),
-                                            rec.log_path))  # fmt: skip
+                failures.append(
+                    FailureInfo(
+                        qid,
+                        labels[qid],
+                        rec.reason.value if rec.reason else s.value,
+                        self.ledger.describe(qid),
+                        rec.log_path,
+                    )
+                )
         workers = [
             WorkerSummary(w.worker_id, w.pid, w.host, w.local, len(w.in_flight), w.completed)
             for w in self.registry.workers()

@@ -48,9 +48,16 @@ class LocalWorker:
 class WorkerPool:
     """Local agents for one broker endpoint."""
 
-    def __init__(self, endpoint: str, start_method: str, *, log_level: int = logging.WARNING,
-                 startup_timeout_s: float = 60.0, prefetch: int = 1,
-                 keys_dir: Path | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        endpoint: str,
+        start_method: str,
+        *,
+        log_level: int = logging.WARNING,
+        startup_timeout_s: float = 60.0,
+        prefetch: int = 1,
+        keys_dir: Path | None = None,
+    ) -> None:
         self._start_method = start_method
         self._config = AgentConfig(
             endpoint=endpoint,
@@ -74,9 +81,21 @@ class WorkerPool:
         env = dict(os.environ)
         # The worker must import what this process can (task modules, the executor's class).
         env["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
-        argv = [sys.executable, "-m", "worker.agent", "--endpoint", c.endpoint,
-                "--parent-pid", str(c.parent_pid), "--startup-timeout", str(c.startup_timeout_s),
-                "--log-level", str(c.log_level), "--prefetch", str(c.prefetch)]  # fmt: skip
+        argv = [
+            sys.executable,
+            "-m",
+            "worker.agent",
+            "--endpoint",
+            c.endpoint,
+            "--parent-pid",
+            str(c.parent_pid),
+            "--startup-timeout",
+            str(c.startup_timeout_s),
+            "--log-level",
+            str(c.log_level),
+            "--prefetch",
+            str(c.prefetch),
+        ]
         if c.keys_dir is not None:
             argv += ["--keys-dir", str(c.keys_dir)]
         return subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, process_group=0)

@@ -112,8 +112,9 @@ class BrokerServer:
         self.state.preset_succeeded(set(done))
         self.ledger.resumed(done)
         self._journal = journal
-        self._monitor = Monitor(graph, labels, self.state, self.scheduler, self.registry,
-                                self.ledger)  # fmt: skip
+        self._monitor = Monitor(
+            graph, labels, self.state, self.scheduler, self.registry, self.ledger
+        )
         self.timings = RunTimings()
         self._serving = serving
         self._drops = DropLog(logger)
@@ -125,10 +126,14 @@ class BrokerServer:
         self._last_sent: dict[bytes, float] = {}
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
-        self._pool = WorkerPool(serving.endpoint, config.start_method, keys_dir=serving.keys_dir,
-                                log_level=logging.getLogger().getEffectiveLevel(),
-                                startup_timeout_s=config.startup_timeout_s,
-                                prefetch=config.prefetch)  # fmt: skip
+        self._pool = WorkerPool(
+            serving.endpoint,
+            config.start_method,
+            keys_dir=serving.keys_dir,
+            log_level=logging.getLogger().getEffectiveLevel(),
+            startup_timeout_s=config.startup_timeout_s,
+            prefetch=config.prefetch,
+        )
         self._replacements_left = 2 * config.spawn_count + 2
         self._preload = sorted({q.task.partition(":")[0] for q in graph.quanta()})
         self._on_progress = on_progress
@@ -245,8 +250,9 @@ class BrokerServer:
         if self._drain_deadline is None:
             grace = self.config.shutdown_grace_s
             self._drain_deadline = now + grace
-            logger.warning("stopping (%s): %.1fs for running quanta to finish",
-                           self._stop_reason, grace)  # fmt: skip
+            logger.warning(
+                "stopping (%s): %.1fs for running quanta to finish", self._stop_reason, grace
+            )
             for info in self.registry.workers():
                 self._send(info.identity, Shutdown(reason=self._stop_reason or "", grace_s=grace))
         busy = any(info.in_flight for info in self.registry.workers())
@@ -304,8 +310,9 @@ class BrokerServer:
                 self.request_stop("cancelled by request", graceful=not abort)
                 self._send(identity, StatusReply(self.status(now).to_dict()))
             case _:
-                self._drops.warn("dropping %s from unknown worker %r", type(msg).__name__,
-                               identity[:16])  # fmt: skip
+                self._drops.warn(
+                    "dropping %s from unknown worker %r", type(msg).__name__, identity[:16]
+                )
 
     def _on_message(self, info: WorkerInfo, msg: Message, now: float) -> None:
         match msg:
@@ -325,11 +332,16 @@ class BrokerServer:
             case Hello():
                 logger.warning("duplicate HELLO from %s ignored", info.worker_id)
             case (
-                Welcome() | Assign() | Refuse() | Shutdown() | StatusRequest() | StatusReply()
-                | Cancel() | Revoke()
-            ):  # fmt: skip
-                logger.warning("unexpected %s from %s dropped", type(msg).__name__,
-                               info.worker_id)  # fmt: skip
+                Welcome()
+                | Assign()
+                | Refuse()
+                | Shutdown()
+                | StatusRequest()
+                | StatusReply()
+                | Cancel()
+                | Revoke()
+            ):
+                logger.warning("unexpected %s from %s dropped", type(msg).__name__, info.worker_id)
             case _:
                 assert_never(msg)
 
@@ -340,18 +352,28 @@ class BrokerServer:
     def _register(self, identity: bytes, hello: Hello, now: float) -> None:
         local = hello.pid in self._pool.pids()
         info = self.registry.add(identity, hello.pid, hello.host, hello.slots, local=local, now=now)
-        logger.info("worker %s registered (pid %d on %s, %s)", info.worker_id, hello.pid,
-                    hello.host, "local" if local else "attached")  # fmt: skip
-        self._send(identity, Welcome(
-            worker_id=info.worker_id,
-            heartbeat_interval_s=self.config.heartbeat_interval_s,
-            liveness=self.config.liveness,
-            executor=self._serving.executor_blob,
-            log_dir=str(self._serving.log_dir),
-            preload=self._preload,
-            max_quanta_per_executor=self.config.max_quanta_per_executor,
-            max_rss_kb=None if self.config.max_rss_mb is None else self.config.max_rss_mb * 1024,
-        ))  # fmt: skip
+        logger.info(
+            "worker %s registered (pid %d on %s, %s)",
+            info.worker_id,
+            hello.pid,
+            hello.host,
+            "local" if local else "attached",
+        )
+        self._send(
+            identity,
+            Welcome(
+                worker_id=info.worker_id,
+                heartbeat_interval_s=self.config.heartbeat_interval_s,
+                liveness=self.config.liveness,
+                executor=self._serving.executor_blob,
+                log_dir=str(self._serving.log_dir),
+                preload=self._preload,
+                max_quanta_per_executor=self.config.max_quanta_per_executor,
+                max_rss_kb=None
+                if self.config.max_rss_mb is None
+                else self.config.max_rss_mb * 1024,
+            ),
+        )
 
     def _send(self, identity: bytes, msg: Message) -> bool:
         try:
@@ -366,8 +388,12 @@ class BrokerServer:
     # ------------------------------------------------------------------ results
     def _on_result(self, info: WorkerInfo, result: Result, now: float) -> None:
         if self.registry.complete(info, result.quantum_id, result.attempt) is None:
-            logger.warning("ignoring result for %s attempt %d from %s: not in flight there",
-                           result.quantum_id, result.attempt, info.worker_id)  # fmt: skip
+            logger.warning(
+                "ignoring result for %s attempt %d from %s: not in flight there",
+                result.quantum_id,
+                result.attempt,
+                info.worker_id,
+            )
             return
         self.timings.last_result = now
         self.ledger.result(result)
@@ -423,8 +449,9 @@ class BrokerServer:
         pid, code = reaped
         info = self.registry.by_pid(pid)
         if info is not None:
-            self._lose_worker(info, f"worker {info.worker_id} (pid {pid}) {describe_exit(code)}",
-                              now)  # fmt: skip
+            self._lose_worker(
+                info, f"worker {info.worker_id} (pid {pid}) {describe_exit(code)}", now
+            )
         elif any(pid == lost_pid for _, lost_pid, _ in self.timings.worker_losses):
             logger.info("lost worker process %d reaped (%s)", pid, describe_exit(code))
         else:
@@ -442,8 +469,11 @@ class BrokerServer:
         for info in self.registry.silent(now, self.config.worker_silence_limit_s):
             if not info.ready and now - info.last_seen < self.config.startup_timeout_s:
                 continue  # still importing its task modules: it heartbeats once it is up
-            self._lose_worker(info, f"worker {info.worker_id} (pid {info.pid}) silent for "
-                              f"{now - info.last_seen:.1f}s", now)  # fmt: skip
+            self._lose_worker(
+                info,
+                f"worker {info.worker_id} (pid {info.pid}) silent for {now - info.last_seen:.1f}s",
+                now,
+            )
         for info, d in self.registry.overdue(now):
             self.registry.complete(info, d.quantum_id, d.attempt)
             why = "no result within the timeout plus grace; its worker was killed"
@@ -505,8 +535,7 @@ class BrokerServer:
             self.registry.assign(info, Dispatch(qid, attempt, now, backstop))
             if self.timings.first_dispatch is None:
                 self.timings.first_dispatch = now
-            if not self._send(info.identity, Assign(quantum=q, attempt=attempt,
-                                                    timeout_s=timeout)):  # fmt: skip
+            if not self._send(info.identity, Assign(quantum=q, attempt=attempt, timeout_s=timeout)):
                 self._lose_worker(info, f"worker {info.worker_id} unreachable", now)
 
     def status(self, now: float) -> RunStatus:

@@ -191,6 +191,18 @@ class StatusReply:
 
 
 Message = (
-    Hello | Welcome | Ready | Refuse | Assign | Result | Heartbeat | Shutdown | Goodbye
-    | StatusRequest | StatusReply | Cancel | Revoke | Revoked
-)  # fmt: skip
+    Hello
+    | Welcome
+    | Ready
+    | Refuse
+    | Assign
+    | Result
+    | Heartbeat
+    | Shutdown
+    | Goodbye
+    | StatusRequest
+    | StatusReply
+    | Cancel
+    | Revoke
+    | Revoked
+)

@@ -73,8 +73,15 @@ class Quantum:
         if not isinstance(raw, Mapping):
             raise ValueError(f"a quantum must be a mapping, not {type(raw).__name__}")
         unknown = set(raw) - {
-            "id", "task_label", "task", "data_id", "inputs", "outputs", "config", "timeout",
-        }  # fmt: skip
+            "id",
+            "task_label",
+            "task",
+            "data_id",
+            "inputs",
+            "outputs",
+            "config",
+            "timeout",
+        }
         if unknown:
             raise ValueError(f"unknown quantum field(s): {', '.join(sorted(map(str, unknown)))}")
         qid = raw.get("id")

@@ -58,8 +58,9 @@ class RunStatus:
 
     @property
     def finished(self) -> int:
-        return sum(self.count(s) for s in ("succeeded", "failed", "timed_out", "skipped",
-                                           "cancelled"))  # fmt: skip
+        return sum(
+            self.count(s) for s in ("succeeded", "failed", "timed_out", "skipped", "cancelled")
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -67,27 +67,51 @@ def make_graph(visits: int, detectors: int) -> dict[str, Any]:
             did = {"visit": v, "detector": d}
             tag = f"v{v}-d{d}"
             quanta += [
-                {"id": f"isr-{tag}", "task_label": "isr", "task": "examples.pipeline:isr",
-                 "data_id": dict(did), "outputs": {"image": f"postisr-{tag}"},
-                 "config": {"visit": v, "detector": d}},
-                {"id": f"calibrate-{tag}", "task_label": "calibrate",
-                 "task": "examples.pipeline:calibrate", "data_id": dict(did),
-                 "inputs": {"exposure": f"postisr-{tag}"}, "outputs": {"calexp": f"calexp-{tag}"}},
-                {"id": f"measure-{tag}", "task_label": "measure",
-                 "task": "examples.pipeline:measure", "data_id": dict(did),
-                 "inputs": {"calexp": f"calexp-{tag}"}, "outputs": {"src": f"src-{tag}"}},
-            ]  # fmt: skip
-        quanta.append({
-            "id": f"gather-v{v}", "task_label": "gather_visit",
-            "task": "examples.pipeline:gather_visit", "data_id": {"visit": v},
-            "inputs": {f"d{d}": f"src-v{v}-d{d}" for d in range(detectors)},
-            "outputs": {"summary": f"visit_summary-v{v}"},
-        })  # fmt: skip
-    quanta.append({
-        "id": "coadd", "task_label": "coadd", "task": "examples.pipeline:coadd",
-        "data_id": {"tract": 0}, "inputs": {f"v{v}": f"visit_summary-v{v}" for v in range(visits)},
-        "outputs": {"coadd": "coadd"},
-    })  # fmt: skip
+                {
+                    "id": f"isr-{tag}",
+                    "task_label": "isr",
+                    "task": "examples.pipeline:isr",
+                    "data_id": dict(did),
+                    "outputs": {"image": f"postisr-{tag}"},
+                    "config": {"visit": v, "detector": d},
+                },
+                {
+                    "id": f"calibrate-{tag}",
+                    "task_label": "calibrate",
+                    "task": "examples.pipeline:calibrate",
+                    "data_id": dict(did),
+                    "inputs": {"exposure": f"postisr-{tag}"},
+                    "outputs": {"calexp": f"calexp-{tag}"},
+                },
+                {
+                    "id": f"measure-{tag}",
+                    "task_label": "measure",
+                    "task": "examples.pipeline:measure",
+                    "data_id": dict(did),
+                    "inputs": {"calexp": f"calexp-{tag}"},
+                    "outputs": {"src": f"src-{tag}"},
+                },
+            ]
+        quanta.append(
+            {
+                "id": f"gather-v{v}",
+                "task_label": "gather_visit",
+                "task": "examples.pipeline:gather_visit",
+                "data_id": {"visit": v},
+                "inputs": {f"d{d}": f"src-v{v}-d{d}" for d in range(detectors)},
+                "outputs": {"summary": f"visit_summary-v{v}"},
+            }
+        )
+    quanta.append(
+        {
+            "id": "coadd",
+            "task_label": "coadd",
+            "task": "examples.pipeline:coadd",
+            "data_id": {"tract": 0},
+            "inputs": {f"v{v}": f"visit_summary-v{v}" for v in range(visits)},
+            "outputs": {"coadd": "coadd"},
+        }
+    )
     return {"quanta": quanta}
 
 

@@ -28,9 +28,19 @@ def run_workers(endpoint: str, n: int, keys_dir: Path | None, wait_s: float) -> 
     """0 when every agent ended normally, 1 otherwise, 130/143 when interrupted."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
-    argv = [sys.executable, "-m", "worker.agent", "--endpoint", endpoint,
-            "--parent-pid", str(os.getpid()), "--startup-timeout", str(wait_s),
-            "--log-level", str(logging.getLogger().getEffectiveLevel())]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "worker.agent",
+        "--endpoint",
+        endpoint,
+        "--parent-pid",
+        str(os.getpid()),
+        "--startup-timeout",
+        str(wait_s),
+        "--log-level",
+        str(logging.getLogger().getEffectiveLevel()),
+    ]
     if keys_dir is not None:
         argv += ["--keys-dir", str(keys_dir)]
     agents = [subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL) for _ in range(n)]
@@ -48,8 +58,9 @@ def run_workers(endpoint: str, n: int, keys_dir: Path | None, wait_s: float) -> 
     codes = [a.wait() for a in agents]
     for a, code in zip(agents, codes, strict=True):
         if code != EXIT_OK and not interrupted:
-            print(f"worker pid {a.pid}: {_WHY.get(code, f'exited with code {code}')}",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                f"worker pid {a.pid}: {_WHY.get(code, f'exited with code {code}')}", file=sys.stderr
+            )
     if interrupted:
         return 143 if interrupted[0] == signal.SIGTERM else 130
     return 0 if all(c == EXIT_OK for c in codes) else 1

@@ -56,12 +56,15 @@ def to_graph(wl: Any) -> QuantumGraph:
     ``d<i>``. Dependencies are ordering edges (the body takes no inputs by name)."""
     quanta = [
         Quantum(
-            id=str(q), task_label=wl.graph.nodes[q]["label"], task="workloads:quantum",
-            data_id=dict(wl.graph.nodes[q]["data_id"]), outputs={"out": f"d{q}"},
+            id=str(q),
+            task_label=wl.graph.nodes[q]["label"],
+            task="workloads:quantum",
+            data_id=dict(wl.graph.nodes[q]["data_id"]),
+            outputs={"out": f"d{q}"},
             config={"qid": q, "duration": wl.duration(q)},
         )
         for q in wl.order()
-    ]  # fmt: skip
+    ]
     edges = [(str(p), str(q)) for q in wl.order() for p in wl.parents(q)]
     return QuantumGraph.from_quanta(quanta, edges)
 
@@ -88,9 +91,14 @@ def run_one(variant: str, workload: str) -> dict[str, Any]:
     t = ex.timings
     assert t is not None and t.first_dispatch is not None and t.last_result is not None
     makespan = t.last_result - t.first_dispatch
-    return {"anchor": variant, "workload": workload, "ok": True,
-            "startup_s": t.first_dispatch - t.started, "wall_s": wall,
-            **workloads.metrics(wl, makespan)}  # fmt: skip
+    return {
+        "anchor": variant,
+        "workload": workload,
+        "ok": True,
+        "startup_s": t.first_dispatch - t.started,
+        "wall_s": wall,
+        **workloads.metrics(wl, makespan),
+    }
 
 
 def _run_peer(anchors: Path, venvs: Path, peer: str, workload: str) -> dict[str, Any] | None:
@@ -108,8 +116,14 @@ def _run_peer(anchors: Path, venvs: Path, peer: str, workload: str) -> dict[str,
         if (peer, workload) in _SUBSETS:
             args += ["--subset", str(_SUBSETS[peer, workload])]
     env = dict(os.environ, PYTHONPATH=str(anchors))
-    out = subprocess.run([python, str(anchors / script), *args], env=env, cwd="/tmp",
-                         capture_output=True, text=True, timeout=900)  # fmt: skip
+    out = subprocess.run(
+        [python, str(anchors / script), *args],
+        env=env,
+        cwd="/tmp",
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     if out.returncode != 0:
         print(f"{peer} {workload} failed: {out.stderr[-500:]}", file=sys.stderr)
         return None
@@ -118,16 +132,24 @@ def _run_peer(anchors: Path, venvs: Path, peer: str, workload: str) -> dict[str,
         us = rec.get("us_per_round_trip")
         rec = {"anchor": peer, "workload": workload, "ok": True, "startup_s": rec.get("startup_s")}
         if us is not None:
-            rec.update({"us_per_hop": us} if workload == "W2" else
-                       {"quanta_per_s": 1e6 / us * 1.0, "us_per_quantum": us})  # fmt: skip
+            rec.update(
+                {"us_per_hop": us}
+                if workload == "W2"
+                else {"quanta_per_s": 1e6 / us * 1.0, "us_per_quantum": us}
+            )
     rec["anchor"] = peer
     return rec
 
 
 def _run_variant(anchors: Path, variant: str, workload: str) -> dict[str, Any]:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(anchors), os.getcwd()]))
-    out = subprocess.run([sys.executable, "-m", "scripts.bench", "--one", variant, workload],
-                         env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "scripts.bench", "--one", variant, workload],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if out.returncode != 0:
         raise RuntimeError(f"{variant} {workload} failed:\n{out.stderr[-3000:]}")
     rec: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
@@ -155,8 +177,11 @@ def _table(records: list[dict[str, Any]], workloads: list[str]) -> str:
     for name in names:
         cells = []
         for w in workloads:
-            vals = [r[_METRIC[w]] for r in records
-                    if r["anchor"] == name and r["workload"] == w and _METRIC[w] in r]  # fmt: skip
+            vals = [
+                r[_METRIC[w]]
+                for r in records
+                if r["anchor"] == name and r["workload"] == w and _METRIC[w] in r
+            ]
             cells.append(
                 f"{_num(statistics.median(vals))} ({_num(min(vals))}-{_num(max(vals))})"
                 if vals
@@ -195,16 +220,25 @@ def main() -> None:
     for rep in range(args.reps):
         for w in workloads:
             for name in variants + peers:
-                rec = (_run_variant(anchors, name, w) if name in VARIANTS
-                       else _run_peer(anchors, args.venvs, name, w))  # fmt: skip
+                rec = (
+                    _run_variant(anchors, name, w)
+                    if name in VARIANTS
+                    else _run_peer(anchors, args.venvs, name, w)
+                )
                 if rec is None:
                     continue
                 rec["rep"] = rep
                 records.append(rec)
-                print(f"rep {rep} {w} {name}: " + ", ".join(
-                    f"{k}={rec[k]:.4g}" for k in ("quanta_per_s", "us_per_hop", "ratio_to_lb",
-                                                  "makespan_s") if k in rec),
-                      file=sys.stderr, flush=True)  # fmt: skip
+                print(
+                    f"rep {rep} {w} {name}: "
+                    + ", ".join(
+                        f"{k}={rec[k]:.4g}"
+                        for k in ("quanta_per_s", "us_per_hop", "ratio_to_lb", "makespan_s")
+                        if k in rec
+                    ),
+                    file=sys.stderr,
+                    flush=True,
+                )
                 if args.out:
                     with args.out.open("a") as f:
                         f.write(json.dumps(rec) + "\n")

@@ -23,8 +23,7 @@ from pathlib import Path
 from typing import Any
 
 # in-process runs give the task's own cost per quantum for each butler mode
-VARIANTS = ("lsst-inprocess", "qbb-inprocess", "lsst-fork", "lsst-spawn", "zmpexec",
-            "zmpexec-qbb")  # fmt: skip
+VARIANTS = ("lsst-inprocess", "qbb-inprocess", "lsst-fork", "lsst-spawn", "zmpexec", "zmpexec-qbb")
 _BASELINE = {"zmpexec-qbb": "qbb-inprocess"}
 
 
@@ -44,17 +43,23 @@ def run_one(variant: str, tasks: int, detectors: int) -> dict[str, Any]:
         qexec = SingleQuantumExecutor(butler=butler, task_factory=TaskFactory())
         executor: Any
         if variant == "zmpexec":
-            executor = ZmpExecutor(num_proc=2, timeout=600, quantum_executor=qexec,
-                                   run_dir=Path(tmp) / "run")  # fmt: skip
+            executor = ZmpExecutor(
+                num_proc=2, timeout=600, quantum_executor=qexec, run_dir=Path(tmp) / "run"
+            )
         elif variant in ("zmpexec-qbb", "qbb-inprocess"):
             procs = 2 if variant == "zmpexec-qbb" else 1
-            executor = ZmpExecutor(num_proc=procs, timeout=600, qbb_repo=str(Path(tmp) / "repo"),
-                                   run_dir=Path(tmp) / "run")  # fmt: skip
+            executor = ZmpExecutor(
+                num_proc=procs,
+                timeout=600,
+                qbb_repo=str(Path(tmp) / "repo"),
+                run_dir=Path(tmp) / "run",
+            )
         else:
             num_proc = 1 if variant == "lsst-inprocess" else 2
             method = "spawn" if variant == "lsst-spawn" else "fork"
-            executor = LsstExecutor(num_proc=num_proc, timeout=600, quantum_executor=qexec,
-                                    start_method=method)  # type: ignore[arg-type]  # fmt: skip
+            executor = LsstExecutor(
+                num_proc=num_proc, timeout=600, quantum_executor=qexec, start_method=method
+            )  # type: ignore[arg-type]
         t0 = time.perf_counter()
         executor.execute(qgraph)
         makespan = time.perf_counter() - t0
@@ -66,9 +71,14 @@ def run_one(variant: str, tasks: int, detectors: int) -> dict[str, Any]:
             details = executor.zmpexec_report.quantaDetails.values()
             first = min(d.startTime for d in details)
             steady = max(d.endTime for d in details) - first
-    return {"variant": variant, "quanta": len(qgraph), "makespan_s": makespan,
-            "steady_s": steady, "startup_s": makespan - steady,
-            "ok": statuses == {"success"}}  # fmt: skip
+    return {
+        "variant": variant,
+        "quanta": len(qgraph),
+        "makespan_s": makespan,
+        "steady_s": steady,
+        "startup_s": makespan - steady,
+        "ok": statuses == {"success"},
+    }
 
 
 def main() -> None:
@@ -87,17 +97,32 @@ def main() -> None:
     for rep in range(args.reps):
         for variant in args.variants.split(","):
             out = subprocess.run(
-                [sys.executable, "-m", "scripts.bench_lsst", "--one", variant, "--tasks",
-                 str(args.tasks), "--detectors", str(args.detectors)],
-                env=env, capture_output=True, text=True, timeout=1800,
-            )  # fmt: skip
+                [
+                    sys.executable,
+                    "-m",
+                    "scripts.bench_lsst",
+                    "--one",
+                    variant,
+                    "--tasks",
+                    str(args.tasks),
+                    "--detectors",
+                    str(args.detectors),
+                ],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=1800,
+            )
             if out.returncode != 0:
                 raise RuntimeError(f"{variant} failed:\n{out.stderr[-2000:]}")
             rec = json.loads(out.stdout.strip().splitlines()[-1])
             rec["rep"] = rep
             records.append(rec)
-            print(f"rep {rep} {variant}: {rec['makespan_s']:.2f}s ok={rec['ok']}",
-                  file=sys.stderr, flush=True)  # fmt: skip
+            print(
+                f"rep {rep} {variant}: {rec['makespan_s']:.2f}s ok={rec['ok']}",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def med(v: str, key: str) -> float:
         return float(statistics.median(r[key] for r in records if r["variant"] == v))

@@ -82,8 +82,13 @@ def _add_run_options(p: argparse.ArgumentParser, *, jobs_default: int) -> None:
         metavar="N",
         help="replace an executor process after N quanta (1: a fresh one each)",
     )
-    p.add_argument("--max-rss", type=int, default=None, metavar="MB",
-                   help="replace an executor process whose memory passes MB")  # fmt: skip
+    p.add_argument(
+        "--max-rss",
+        type=int,
+        default=None,
+        metavar="MB",
+        help="replace an executor process whose memory passes MB",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -91,25 +96,32 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
     sub = p.add_subparsers(dest="command", required=True)
 
-    _add_run_options(sub.add_parser("run", help="run a graph with N local workers"),
-                     jobs_default=1)  # fmt: skip
+    _add_run_options(sub.add_parser("run", help="run a graph with N local workers"), jobs_default=1)
     broker = sub.add_parser("broker", help="serve a graph to local and attached workers")
     _add_run_options(broker, jobs_default=0)
-    broker.add_argument("--endpoint", required=True,
-                        help="ipc://PATH or tcp://HOST:PORT (tcp uses CURVE keys)")  # fmt: skip
+    broker.add_argument(
+        "--endpoint", required=True, help="ipc://PATH or tcp://HOST:PORT (tcp uses CURVE keys)"
+    )
 
     worker = sub.add_parser("worker", help="attach workers to a running broker")
     where = worker.add_mutually_exclusive_group(required=True)
     where.add_argument("--connect", metavar="ENDPOINT", help="the broker's endpoint")
     where.add_argument("--run-dir", type=Path, help="the broker's run directory")
-    worker.add_argument("--keys", type=Path, default=None,
-                        help="CURVE key directory for tcp (default: RUN_DIR/curve)")  # fmt: skip
+    worker.add_argument(
+        "--keys",
+        type=Path,
+        default=None,
+        help="CURVE key directory for tcp (default: RUN_DIR/curve)",
+    )
     worker.add_argument("-j", "--jobs", type=int, default=1, help="workers to attach")
-    worker.add_argument("--wait", type=float, default=60.0,
-                        help="seconds to keep trying while no broker answers")  # fmt: skip
+    worker.add_argument(
+        "--wait", type=float, default=60.0, help="seconds to keep trying while no broker answers"
+    )
 
-    for name, text in (("status", "show a running broker's progress"),
-                       ("cancel", "stop a running broker")):  # fmt: skip
+    for name, text in (
+        ("status", "show a running broker's progress"),
+        ("cancel", "stop a running broker"),
+    ):
         c = sub.add_parser(name, help=text)
         c.add_argument(
             "target",
@@ -130,8 +142,13 @@ def _parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="summarize a JSON report written by --summary")
     rep.add_argument("file", type=Path)
-    rep.add_argument("--timeline", type=Path, default=None, metavar="OUT.png|OUT.html",
-                     help="draw quanta per worker over time")  # fmt: skip
+    rep.add_argument(
+        "--timeline",
+        type=Path,
+        default=None,
+        metavar="OUT.png|OUT.html",
+        help="draw quanta per worker over time",
+    )
 
     _add_lsst_parser(sub)
 
@@ -153,14 +170,23 @@ def _add_lsst_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     run.add_argument("--timeout", type=float, default=None, help="per-quantum timeout, seconds")
     run.add_argument("--fail-fast", action="store_true", help="stop at the first failure")
     run.add_argument("--summary", type=Path, default=None, help="write LSST's Report JSON here")
-    run.add_argument("--resume", action="store_true",
-                     help="skip quanta whose outputs exist (LSST's skip-existing, clobbering "
-                          "partial outputs)")  # fmt: skip
-    run.add_argument("--qbb", action="store_true",
-                     help="quantum-backed butlers, as pipetask run-qbb: workers never touch the "
-                          "registry; outputs are registered at the end")  # fmt: skip
-    run.add_argument("--run-dir", type=Path, default=None,
-                     help="zmpexec's run directory (default: zmpexec-runs/OUTPUT_RUN)")  # fmt: skip
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="skip quanta whose outputs exist (LSST's skip-existing, clobbering partial outputs)",
+    )
+    run.add_argument(
+        "--qbb",
+        action="store_true",
+        help="quantum-backed butlers, as pipetask run-qbb: workers never touch the "
+        "registry; outputs are registered at the end",
+    )
+    run.add_argument(
+        "--run-dir",
+        type=Path,
+        default=None,
+        help="zmpexec's run directory (default: zmpexec-runs/OUTPUT_RUN)",
+    )
 
 
 def cmd_lsst(args: argparse.Namespace) -> ExitCode:
@@ -180,8 +206,10 @@ def cmd_validate(args: argparse.Namespace) -> ExitCode:
     butler = Butler(args.repo, args.run) if args.repo else None
     graph.validate(butler)
     labels = ", ".join(f"{k}: {v}" for k, v in sorted(graph.task_counts().items()))
-    print(f"{args.graph}: valid, {len(graph)} quanta, "
-          f"{graph.xgraph.number_of_edges()} edges ({labels})")  # fmt: skip
+    print(
+        f"{args.graph}: valid, {len(graph)} quanta, "
+        f"{graph.xgraph.number_of_edges()} edges ({labels})"
+    )
     return ExitCode.OK
 
 
@@ -192,13 +220,23 @@ def _executor_for(args: argparse.Namespace, display: ProgressDisplay) -> MPGraph
     elif args.jobs < 1:
         raise UsageError(f"-j must be at least 1, got {args.jobs}")
     return MPGraphExecutor(
-        max(1, args.jobs), args.timeout, TaskQuantumExecutor(), startMethod=args.start_method,
-        failFast=args.fail_fast, run_dir=args.repo / "runs" / args.run, retries=args.retries,
-        heartbeat_interval_s=args.heartbeat, liveness=args.liveness, progress=display.update,
-        progress_interval_s=display.interval_s, shutdown_grace_s=args.grace,
-        max_quanta_per_executor=args.max_quanta_per_executor, max_rss_mb=args.max_rss,
-        resume=args.resume, **options,
-    )  # fmt: skip
+        max(1, args.jobs),
+        args.timeout,
+        TaskQuantumExecutor(),
+        startMethod=args.start_method,
+        failFast=args.fail_fast,
+        run_dir=args.repo / "runs" / args.run,
+        retries=args.retries,
+        heartbeat_interval_s=args.heartbeat,
+        liveness=args.liveness,
+        progress=display.update,
+        progress_interval_s=display.interval_s,
+        shutdown_grace_s=args.grace,
+        max_quanta_per_executor=args.max_quanta_per_executor,
+        max_rss_mb=args.max_rss,
+        resume=args.resume,
+        **options,
+    )
 
 
 def cmd_run(args: argparse.Namespace) -> ExitCode:
@@ -211,8 +249,11 @@ def cmd_run(args: argparse.Namespace) -> ExitCode:
     received = _stop_on_signals(executor)
     run_dir = args.repo / "runs" / args.run
     where = f" at {args.endpoint}" if args.command == "broker" else ""
-    print(f"running {len(graph)} quanta from {args.graph} with {args.jobs} local worker(s)"
-          f"{where}; run directory {run_dir}", file=sys.stderr)  # fmt: skip
+    print(
+        f"running {len(graph)} quanta from {args.graph} with {args.jobs} local worker(s)"
+        f"{where}; run directory {run_dir}",
+        file=sys.stderr,
+    )
     if args.command == "broker":
         print(f"attach workers with: zmpexec worker --run-dir {run_dir}", file=sys.stderr)
     t0 = time.monotonic()
@@ -227,9 +268,12 @@ def cmd_run(args: argparse.Namespace) -> ExitCode:
     if args.summary is not None:
         args.summary.write_text(report.to_json())
     counts = report.counts()
-    print(f"done in {time.monotonic() - t0:.2f}s: "
-          + ", ".join(f"{n} {s.value}" for s, n in counts.items() if n)
-          + f"; outputs in {args.repo} (run {args.run!r})", file=sys.stderr)  # fmt: skip
+    print(
+        f"done in {time.monotonic() - t0:.2f}s: "
+        + ", ".join(f"{n} {s.value}" for s, n in counts.items() if n)
+        + f"; outputs in {args.repo} (run {args.run!r})",
+        file=sys.stderr,
+    )
     if received:
         return ExitCode.TERMINATED if received[0] == signal.SIGTERM else ExitCode.INTERRUPTED
     return ExitCode.QUANTA_FAILED if failed else ExitCode.OK
@@ -255,8 +299,9 @@ def cmd_worker(args: argparse.Namespace) -> ExitCode:
     keys = args.keys or (args.run_dir / "curve" if args.run_dir else None)
     if endpoint.startswith("tcp://") and keys is None:
         raise UsageError("a tcp endpoint needs CURVE keys: give --run-dir or --keys")
-    return ExitCode(run_workers(endpoint, args.jobs, keys if endpoint.startswith("tcp://")
-                                else None, args.wait))  # fmt: skip
+    return ExitCode(
+        run_workers(endpoint, args.jobs, keys if endpoint.startswith("tcp://") else None, args.wait)
+    )
 
 
 def cmd_status(args: argparse.Namespace) -> ExitCode:
@@ -271,8 +316,10 @@ def cmd_status(args: argparse.Namespace) -> ExitCode:
 def cmd_cancel(args: argparse.Namespace) -> ExitCode:
     status = request_cancel(endpoint_of(args.target), abort=args.abort, timeout_s=args.timeout)
     how = "aborting" if args.abort else "draining"
-    print(f"{how}: {status.count('running')} running, "
-          f"{status.total - status.finished} unfinished of {status.total}")  # fmt: skip
+    print(
+        f"{how}: {status.count('running')} running, "
+        f"{status.total - status.finished} unfinished of {status.total}"
+    )
     return ExitCode.OK
 
 
@@ -297,8 +344,9 @@ def cmd_logs(args: argparse.Namespace) -> ExitCode:
     candidates = [log_path_for(log_dir, args.quantum, attempt) for attempt in range(1, 100)]
     found = [p for p in candidates if p.exists()]
     if not found:
-        raise UsageError(f"no log for quantum {args.quantum!r} in {log_dir} "
-                         "(it may have written nothing)")  # fmt: skip
+        raise UsageError(
+            f"no log for quantum {args.quantum!r} in {log_dir} (it may have written nothing)"
+        )
     for path in found:
         if len(found) > 1:
             print(f"==> {path} <==")
@@ -311,10 +359,16 @@ def main(argv: list[str] | None = None) -> int:
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     commands = {
-        "run": cmd_run, "broker": cmd_run, "worker": cmd_worker, "status": cmd_status,
-        "cancel": cmd_cancel, "validate": cmd_validate, "report": cmd_report, "logs": cmd_logs,
+        "run": cmd_run,
+        "broker": cmd_run,
+        "worker": cmd_worker,
+        "status": cmd_status,
+        "cancel": cmd_cancel,
+        "validate": cmd_validate,
+        "report": cmd_report,
+        "logs": cmd_logs,
         "lsst": cmd_lsst,
-    }  # fmt: skip
+    }
     try:
         return int(commands[args.command](args))
     except (ZmpexecError, UsageError) as e:

@@ -56,8 +56,10 @@ def detection(sig: int, reps: int, **options: Any) -> list[float]:
             ex = MPGraphExecutor(
                 2, 60.0, TaskQuantumExecutor(), run_dir=Path(tmp) / "run", prefetch=0, **options
             )
-            t = threading.Thread(target=ex.execute, args=(independent(4, "sleep", seconds=2.0),
-                                                          Butler(Path(tmp) / "repo")))  # fmt: skip
+            t = threading.Thread(
+                target=ex.execute,
+                args=(independent(4, "sleep", seconds=2.0), Butler(Path(tmp) / "repo")),
+            )
             t.start()
             _busy(Path(tmp), ex)
             victim = worker_agents()[0]
@@ -72,8 +74,9 @@ def detection(sig: int, reps: int, **options: Any) -> list[float]:
 
 def timeout_lateness(reps: int, timeout_s: float = 0.5) -> list[float]:
     """Seconds between a quantum's timeout and the end of its (killed) attempt."""
-    graph = QuantumGraph.from_quanta([quantum(f"h{i}", "sleep", config={"seconds": 30})
-                                      for i in range(reps)])  # fmt: skip
+    graph = QuantumGraph.from_quanta(
+        [quantum(f"h{i}", "sleep", config={"seconds": 30}) for i in range(reps)]
+    )
     with tempfile.TemporaryDirectory() as tmp:
         ex = MPGraphExecutor(2, timeout_s, TaskQuantumExecutor(), run_dir=Path(tmp) / "run")
         try:
@@ -81,14 +84,22 @@ def timeout_lateness(reps: int, timeout_s: float = 0.5) -> list[float]:
         except MPGraphExecutorError:
             pass
         details = ex.getReport().quantaDetails.values()
-        return [d.endTime - d.startTime - timeout_s for d in details
-                if d.endTime is not None and d.startTime is not None]  # fmt: skip
+        return [
+            d.endTime - d.startTime - timeout_s
+            for d in details
+            if d.endTime is not None and d.startTime is not None
+        ]
 
 
 def _cli(tmp: Path, *args: str) -> subprocess.Popen[bytes]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.Popen([sys.executable, "-m", "scripts.cli", *args], cwd=tmp, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "scripts.cli", *args],
+        cwd=tmp,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def last_exit_after_kill(reps: int) -> list[float]:
@@ -135,9 +146,13 @@ def fuzz(frames: int) -> tuple[int, bool]:
         s.connect(ex.endpoint)
         for i in range(frames):
             kind = i % 3
-            frame = (rng.randbytes(rng.randrange(1, 300)) if kind == 0
-                     else encode(Heartbeat(), version=rng.randrange(2, 99)) if kind == 1
-                     else encode(Heartbeat()))  # fmt: skip
+            frame = (
+                rng.randbytes(rng.randrange(1, 300))
+                if kind == 0
+                else encode(Heartbeat(), version=rng.randrange(2, 99))
+                if kind == 1
+                else encode(Heartbeat())
+            )
             s.send(frame)
         s.close()
         ctx.term()
@@ -151,11 +166,22 @@ def kill_resume(cycles: int) -> tuple[int, int, int]:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         record = tmp / "record.txt"
-        common = {"repo": str(tmp / "zmpexec-repo"), "run": "main", "record": str(record),
-                  "seconds": 0.05}  # fmt: skip
-        qs = [quantum(f"c{c}-{i}", "journaled", inputs=[f"c{c}-{i - 1}"] if i else [],
-                      config={**common, "me": f"c{c}-{i}", "out": f"c{c}-{i}"})
-              for c in range(20) for i in range(20)]  # fmt: skip
+        common = {
+            "repo": str(tmp / "zmpexec-repo"),
+            "run": "main",
+            "record": str(record),
+            "seconds": 0.05,
+        }
+        qs = [
+            quantum(
+                f"c{c}-{i}",
+                "journaled",
+                inputs=[f"c{c}-{i - 1}"] if i else [],
+                config={**common, "me": f"c{c}-{i}", "out": f"c{c}-{i}"},
+            )
+            for c in range(20)
+            for i in range(20)
+        ]
         QuantumGraph.from_quanta(qs).save(tmp / "g.json")
         kills = 0
         proc = _cli(tmp, "run", "g.json", "-j", "2")
@@ -190,8 +216,10 @@ def main() -> None:
     p.add_argument("--cycles", type=int, default=50)
     args = p.parse_args()
     _show("SIGKILLed worker seen (pidfd)", detection(signal.SIGKILL, args.reps))
-    _show("SIGSTOPped worker seen (heartbeat 0.2s x 3)",
-          detection(signal.SIGSTOP, args.reps, heartbeat_interval_s=0.2, liveness=3))  # fmt: skip
+    _show(
+        "SIGSTOPped worker seen (heartbeat 0.2s x 3)",
+        detection(signal.SIGSTOP, args.reps, heartbeat_interval_s=0.2, liveness=3),
+    )
     _show("timeout kill lateness (timeout 0.5s)", timeout_lateness(args.reps))
     _show("last process gone after SIGKILL of zmpexec run", last_exit_after_kill(args.reps))
     frames, ok = fuzz(20000)

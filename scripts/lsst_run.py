@@ -37,20 +37,34 @@ def cmd_lsst_run(args: argparse.Namespace, stop_on_signals: object) -> int:
     graph.write_init_outputs(butler, skip_existing=True)
     graph.write_configs(butler, compare_existing=True)
     graph.write_packages(butler, compare_existing=True)
-    quantum_executor = None if args.qbb else SingleQuantumExecutor(
-        butler=butler, task_factory=TaskFactory(),
-        skip_existing_in=[output_run] if args.resume else None, clobber_outputs=args.resume,
-    )  # fmt: skip
+    quantum_executor = (
+        None
+        if args.qbb
+        else SingleQuantumExecutor(
+            butler=butler,
+            task_factory=TaskFactory(),
+            skip_existing_in=[output_run] if args.resume else None,
+            clobber_outputs=args.resume,
+        )
+    )
     run_dir = args.run_dir or Path("zmpexec-runs") / output_run.replace("/", "_")
     display = ProgressDisplay()
     executor = MPGraphExecutor(
-        num_proc=args.jobs, timeout=args.timeout, quantum_executor=quantum_executor,
-        fail_fast=args.fail_fast, run_dir=run_dir, progress=display.update,
-        progress_interval_s=display.interval_s, qbb_repo=str(args.butler) if args.qbb else None,
-    )  # fmt: skip
+        num_proc=args.jobs,
+        timeout=args.timeout,
+        quantum_executor=quantum_executor,
+        fail_fast=args.fail_fast,
+        run_dir=run_dir,
+        progress=display.update,
+        progress_interval_s=display.interval_s,
+        qbb_repo=str(args.butler) if args.qbb else None,
+    )
     received = stop_on_signals(executor)  # type: ignore[operator]
-    print(f"running {len(xgraph)} quanta from {args.qgraph} into run {output_run!r} of "
-          f"{args.butler} with {args.jobs} worker(s)", file=sys.stderr)  # fmt: skip
+    print(
+        f"running {len(xgraph)} quanta from {args.qgraph} into run {output_run!r} of "
+        f"{args.butler} with {args.jobs} worker(s)",
+        file=sys.stderr,
+    )
     t0 = time.monotonic()
     failed = False
     with display:
@@ -61,8 +75,9 @@ def cmd_lsst_run(args: argparse.Namespace, stop_on_signals: object) -> int:
             logger.error("%s", e)
         finally:
             if args.qbb:  # register what the quanta wrote, finished or not
-                n = transfer_from_graph(str(args.qgraph), str(args.butler), True, False, False,
-                                        False, ())  # fmt: skip
+                n = transfer_from_graph(
+                    str(args.qgraph), str(args.butler), True, False, False, False, ()
+                )
                 print(f"registered {n} output datasets", file=sys.stderr)
     report = executor.getReport()
     if args.summary is not None:

@@ -31,9 +31,11 @@ def draw_timeline(report: Report, out: Path) -> None:
     except ImportError as e:
         raise ConfigError("--timeline needs matplotlib: pip install 'zmpexec[plot]'") from e
     status = {r.quantumId: r for r in report.quantaReports}
-    bars = [(d.worker or "?", d.startTime, d.endTime, status[key].taskLabel, status[key].status)
-            for key, d in report.quantaDetails.items()
-            if d.startTime is not None and d.endTime is not None and d.attempts > 0]  # fmt: skip
+    bars = [
+        (d.worker or "?", d.startTime, d.endTime, status[key].taskLabel, status[key].status)
+        for key, d in report.quantaDetails.items()
+        if d.startTime is not None and d.endTime is not None and d.attempts > 0
+    ]
     if not bars:
         raise ConfigError("the report holds no timed quanta to draw")
     t0 = min(b[1] for b in bars)
@@ -44,23 +46,36 @@ def draw_timeline(report: Report, out: Path) -> None:
     fig, ax = plt.subplots(figsize=(12, 1.0 + 0.45 * len(workers)))
     for worker, start, end, label, st in bars:
         edge, width = _EDGE.get(st, ("grey", 1.0))
-        ax.barh(workers.index(worker), max(end - start, 1e-4), left=start - t0, height=0.8,
-                color=colour[label], edgecolor=edge, linewidth=width)  # fmt: skip
+        ax.barh(
+            workers.index(worker),
+            max(end - start, 1e-4),
+            left=start - t0,
+            height=0.8,
+            color=colour[label],
+            edgecolor=edge,
+            linewidth=width,
+        )
     ax.set_yticks(range(len(workers)), workers)
     ax.invert_yaxis()
     ax.set_xlabel("seconds since the first quantum started")
-    ax.set_title(f"{len(bars)} quanta on {len(workers)} workers, "
-                 f"span {max(b[2] for b in bars) - t0:.2f}s")  # fmt: skip
+    ax.set_title(
+        f"{len(bars)} quanta on {len(workers)} workers, span {max(b[2] for b in bars) - t0:.2f}s"
+    )
     handles = [Patch(color=colour[label], label=label) for label in labels]
-    handles += [Patch(facecolor="white", edgecolor=e, linewidth=w, label=s.value)
-                for s, (e, w) in _EDGE.items() if w]  # fmt: skip
+    handles += [
+        Patch(facecolor="white", edgecolor=e, linewidth=w, label=s.value)
+        for s, (e, w) in _EDGE.items()
+        if w
+    ]
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
     fig.tight_layout()
     if out.suffix == ".html":
         svg = io.StringIO()
         fig.savefig(svg, format="svg")
-        out.write_text(f"<!doctype html><meta charset='utf-8'><title>zmpexec timeline</title>"
-                       f"<body>{svg.getvalue()}</body>")  # fmt: skip
+        out.write_text(
+            f"<!doctype html><meta charset='utf-8'><title>zmpexec timeline</title>"
+            f"<body>{svg.getvalue()}</body>"
+        )
     else:
         fig.savefig(out, dpi=110)
     plt.close(fig)

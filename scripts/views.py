@@ -34,35 +34,50 @@ def _fmt_s(seconds: float | None) -> str:
 def render_report(report: Report) -> str:
     """Totals by status and label, then every problem with its cause and log."""
     counts = report.counts()
-    lines = [f"status: {report.status.value}; "
-             + ", ".join(f"{n} {s.value}" for s, n in counts.items() if n)]  # fmt: skip
+    lines = [
+        f"status: {report.status.value}; "
+        + ", ".join(f"{n} {s.value}" for s, n in counts.items() if n)
+    ]
     by_label: dict[str, Counter[str]] = {}
     for r in report.quantaReports:
         by_label.setdefault(r.taskLabel, Counter())[r.status.value] += 1
     width = max((len(label) for label in by_label), default=5)
-    lines.append(f"{'task':<{width}}  {'total':>6}  "
-                 + "  ".join(f"{s.value:>8}" for s in ExecutionStatus))  # fmt: skip
+    lines.append(
+        f"{'task':<{width}}  {'total':>6}  " + "  ".join(f"{s.value:>8}" for s in ExecutionStatus)
+    )
     for label, c in sorted(by_label.items()):
-        lines.append(f"{label:<{width}}  {sum(c.values()):>6}  "
-                     + "  ".join(f"{c.get(s.value, 0):>8}" for s in ExecutionStatus))  # fmt: skip
-    problems = [(r, report.quantaDetails.get(r.quantumId)) for r in report.quantaReports
-                if r.status in (ExecutionStatus.FAILURE, ExecutionStatus.TIMEOUT)]  # fmt: skip
+        lines.append(
+            f"{label:<{width}}  {sum(c.values()):>6}  "
+            + "  ".join(f"{c.get(s.value, 0):>8}" for s in ExecutionStatus)
+        )
+    problems = [
+        (r, report.quantaDetails.get(r.quantumId))
+        for r in report.quantaReports
+        if r.status in (ExecutionStatus.FAILURE, ExecutionStatus.TIMEOUT)
+    ]
     if problems:
         lines.append("problems:")
     for r, d in problems:
-        cause = (f"{r.exceptionInfo.className}: {r.exceptionInfo.message}" if r.exceptionInfo
-                 else (d.message if d and d.message else "unknown"))  # fmt: skip
+        cause = (
+            f"{r.exceptionInfo.className}: {r.exceptionInfo.message}"
+            if r.exceptionInfo
+            else (d.message if d and d.message else "unknown")
+        )
         cause = cause if len(cause) <= 200 else cause[:200] + "..."
         reason = d.reason.value if d and d.reason else r.status.value
-        lines.append(f"  {d.id if d else r.quantumId} [{r.taskLabel}] {reason}, "
-                     f"exit {r.exitCode}: {cause}")  # fmt: skip
+        lines.append(
+            f"  {d.id if d else r.quantumId} [{r.taskLabel}] {reason}, exit {r.exitCode}: {cause}"
+        )
         if d and d.logPath:
             lines.append(f"    log: {d.logPath}")
     timed = sorted(
-        ((d.endTime - d.startTime, d.id) for d in report.quantaDetails.values()
-         if d.startTime is not None and d.endTime is not None),
+        (
+            (d.endTime - d.startTime, d.id)
+            for d in report.quantaDetails.values()
+            if d.startTime is not None and d.endTime is not None
+        ),
         reverse=True,
-    )  # fmt: skip
+    )
     if timed:
         lines.append("slowest:")
         lines += [f"  {seconds:8.3f}s  {qid}" for seconds, qid in timed[:5]]
@@ -71,9 +86,11 @@ def render_report(report: Report) -> str:
 
 def status_table(status: RunStatus) -> Table:
     """Per task label: done / running / failed / total."""
-    table = Table(title=f"{status.finished}/{status.total} quanta finished, elapsed "
-                  f"{_fmt_s(status.elapsed_s)}, eta {_fmt_s(status.eta_s)}"
-                  + (f" (stopping: {status.stopping})" if status.stopping else ""))  # fmt: skip
+    table = Table(
+        title=f"{status.finished}/{status.total} quanta finished, elapsed "
+        f"{_fmt_s(status.elapsed_s)}, eta {_fmt_s(status.eta_s)}"
+        + (f" (stopping: {status.stopping})" if status.stopping else "")
+    )
     for column in ("task", "done", "running", "failed", "skipped", "total"):
         table.add_column(column, justify="left" if column == "task" else "right")
     for label, counts in sorted(status.by_label.items()):
@@ -110,11 +127,12 @@ def render_status(status: RunStatus, console: Console) -> None:
     if status.failures:
         console.print(Text("failures so far:", style="bold"))
         console.print(_failures(status, last=len(status.failures)))
-    alive = ", ".join(f"{w.id} (pid {w.pid}{'' if w.local else ', attached'}, "
-                      f"{w.completed} done)" for w in status.workers)  # fmt: skip
+    alive = ", ".join(
+        f"{w.id} (pid {w.pid}{'' if w.local else ', attached'}, {w.completed} done)"
+        for w in status.workers
+    )
     console.print(f"workers alive: {len(status.workers)} {alive}")
-    console.print(f"throughput: {status.throughput_per_s:.1f} quanta/s; "
-                  f"eta {_fmt_s(status.eta_s)}")  # fmt: skip
+    console.print(f"throughput: {status.throughput_per_s:.1f} quanta/s; eta {_fmt_s(status.eta_s)}")
 
 
 class ProgressDisplay:
@@ -150,5 +168,10 @@ class ProgressDisplay:
         if bad:
             parts.append(f"{bad} failed")
         parts.append(f"eta {_fmt_s(status.eta_s)}")
-        print(f"[{_fmt_s(status.elapsed_s):>8}] " + ", ".join(parts)
-              + f"; {len(status.workers)} workers", file=self._stream, flush=True)  # fmt: skip
+        print(
+            f"[{_fmt_s(status.elapsed_s):>8}] "
+            + ", ".join(parts)
+            + f"; {len(status.workers)} workers",
+            file=self._stream,
+            flush=True,
+        )

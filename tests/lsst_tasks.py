@@ -58,8 +58,13 @@ def make_repo_and_graph(
         butler.registry.insertDimensionData(
             "detector", {"instrument": "INSTR", "id": d, "full_name": f"det{d}"}
         )
-        butler.put(numpy.array([0.0, 1.0, 2.0, 5.0]), "add_dataset0", run="test",
-                   instrument="INSTR", detector=d)  # fmt: skip
+        butler.put(
+            numpy.array([0.0, 1.0, 2.0, 5.0]),
+            "add_dataset0",
+            run="test",
+            instrument="INSTR",
+            detector=d,
+        )
     pipeline = Pipeline("zmpexec test pipeline")
     for lvl in range(n_tasks):
         task = FlakyAddTask if (flaky and lvl == 1) else AddTask
@@ -70,6 +75,11 @@ def make_repo_and_graph(
             for key, value in flaky.items():
                 pipeline.addConfigOverride(f"task{lvl}", key, value)
     registerDatasetTypes(butler.registry, pipeline)
-    _, qgraph = makeSimpleQGraph(pipeline=pipeline, butler=butler, callPopulateButler=False,
-                                 run="test", makeDatastoreRecords=True)  # fmt: skip
+    _, qgraph = makeSimpleQGraph(
+        pipeline=pipeline,
+        butler=butler,
+        callPopulateButler=False,
+        run="test",
+        makeDatastoreRecords=True,
+    )
     return butler, qgraph

@@ -148,8 +148,11 @@ class WorkerAgent:
                 break
             except zmq.Again:
                 if self._parent_gone() or time.monotonic() > deadline:
-                    logger.error("no broker at %s within %.0fs", self.config.endpoint,
-                                 self.config.startup_timeout_s)  # fmt: skip
+                    logger.error(
+                        "no broker at %s within %.0fs",
+                        self.config.endpoint,
+                        self.config.startup_timeout_s,
+                    )
                     return EXIT_NO_BROKER
         self._sock.setsockopt(zmq.SNDTIMEO, -1)
         while (left := deadline - time.monotonic()) > 0 and self._stop_reason is None:
@@ -265,8 +268,9 @@ class WorkerAgent:
             pid = self._child.pid if self._child is not None else None
             self._stop_child()  # kills its process group: the task's own children too
             message = f"timed out after {r.job.timeout_s:g}s; executor killed"
-            self._report_end(r, ResultStatus.TIMEOUT, _TIMEOUT_EXIT_CODE, Reason.TIMEOUT,
-                             message, pid)  # fmt: skip
+            self._report_end(
+                r, ResultStatus.TIMEOUT, _TIMEOUT_EXIT_CODE, Reason.TIMEOUT, message, pid
+            )
             self._replace_child()
         if now - self._last_broker > silence_limit:
             logger.error("broker silent for %.1fs: exiting", now - self._last_broker)
@@ -312,9 +316,16 @@ class WorkerAgent:
                     logger.error("broker refused this worker: %s", reason)
                     self._stop_reason = "refused"
                 case (
-                    Hello() | Welcome() | Ready() | Result() | Goodbye() | StatusRequest()
-                    | StatusReply() | Cancel() | Revoked()
-                ):  # fmt: skip
+                    Hello()
+                    | Welcome()
+                    | Ready()
+                    | Result()
+                    | Goodbye()
+                    | StatusRequest()
+                    | StatusReply()
+                    | Cancel()
+                    | Revoked()
+                ):
                     logger.warning("unexpected %s from broker, dropped", type(msg).__name__)
                 case _:
                     assert_never(msg)
@@ -335,8 +346,9 @@ class WorkerAgent:
                 self._queued.append((job, frame))
                 return
             logger.error("ASSIGN %s beyond this worker's slots: refusing", job.quantum_id)
-            self._send_result_for(job, ResultStatus.FAILURE, None, Reason.WORKER_LOST,
-                                  "worker was busy", time.time())  # fmt: skip
+            self._send_result_for(
+                job, ResultStatus.FAILURE, None, Reason.WORKER_LOST, "worker was busy", time.time()
+            )
             return
         now = time.monotonic()
         deadline = now + job.timeout_s if job.timeout_s is not None else None
@@ -432,28 +444,49 @@ class WorkerAgent:
 
     # ------------------------------------------------------------------ sending
     def _report_end(
-        self, r: _Running, status: ResultStatus, code: int | None, reason: Reason, message: str,
+        self,
+        r: _Running,
+        status: ResultStatus,
+        code: int | None,
+        reason: Reason,
+        message: str,
         child_pid: int | None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self._running = None
         self._send_result_for(r.job, status, code, reason, message, r.started, child_pid)
 
     def _send_result_for(
-        self, job: Peek, status: ResultStatus, code: int | None, reason: Reason,
-        message: str, started: float, child_pid: int | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        job: Peek,
+        status: ResultStatus,
+        code: int | None,
+        reason: Reason,
+        message: str,
+        started: float,
+        child_pid: int | None = None,
+    ) -> None:
         assert self._welcome is not None
         now = time.time()
         log_dir = Path(self._welcome.log_dir)
         log = log_path_for(log_dir, job.quantum_id, job.attempt)
         if child_pid is not None:  # what the task wrote before it died is its log
             keep_scratch(scratch_path(log_dir, child_pid), log)
-        self._send(Result(
-            quantum_id=job.quantum_id, attempt=job.attempt, status=status,
-            exit_code=code, exc_class=None, exc_message=message, reason=reason,
-            start_time=started, end_time=now, duration_s=max(0.0, now - started),
-            max_rss_kb=None, log_path=str(log) if log.exists() else None,
-        ))  # fmt: skip
+        self._send(
+            Result(
+                quantum_id=job.quantum_id,
+                attempt=job.attempt,
+                status=status,
+                exit_code=code,
+                exc_class=None,
+                exc_message=message,
+                reason=reason,
+                start_time=started,
+                end_time=now,
+                duration_s=max(0.0, now - started),
+                max_rss_kb=None,
+                log_path=str(log) if log.exists() else None,
+            )
+        )
 
     def _send(self, msg: Message) -> None:
         self._send_frame(encode(msg))
@@ -507,8 +540,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prefetch", type=int, default=1)
     parser.add_argument("--keys-dir", type=Path, default=None)
     args = parser.parse_args(argv)
-    agent_main(AgentConfig(args.endpoint, args.parent_pid, args.startup_timeout, args.log_level,
-                           args.prefetch, args.keys_dir))  # fmt: skip
+    agent_main(
+        AgentConfig(
+            args.endpoint,
+            args.parent_pid,
+            args.startup_timeout,
+            args.log_level,
+            args.prefetch,
+            args.keys_dir,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -40,11 +40,19 @@ def _load(executor_blob: bytes) -> tuple[QuantumExecutor, Butler] | str:
 
 def _refusal(assign: Assign, message: str) -> Result:
     return Result(
-        quantum_id=assign.quantum.id, attempt=assign.attempt, status=ResultStatus.FAILURE,
-        exit_code=1, exc_class="ExecutorLoadError", exc_message=message,
-        reason=Reason.EXCEPTION, start_time=0.0, end_time=0.0, duration_s=0.0,
-        max_rss_kb=peak_rss_kb(), log_path=None,
-    )  # fmt: skip
+        quantum_id=assign.quantum.id,
+        attempt=assign.attempt,
+        status=ResultStatus.FAILURE,
+        exit_code=1,
+        exc_class="ExecutorLoadError",
+        exc_message=message,
+        reason=Reason.EXCEPTION,
+        start_time=0.0,
+        end_time=0.0,
+        duration_s=0.0,
+        max_rss_kb=peak_rss_kb(),
+        log_path=None,
+    )
 
 
 def _preload(modules: list[str]) -> None:
@@ -75,8 +83,12 @@ def _die_with_agent(agent_pid: int) -> None:
 
 
 def child_main(
-    conn: Connection, executor_blob: bytes, log_dir: str, preload: list[str], agent_pid: int,
-) -> None:  # fmt: skip
+    conn: Connection,
+    executor_blob: bytes,
+    log_dir: str,
+    preload: list[str],
+    agent_pid: int,
+) -> None:
     """Load the executor and task modules, say READY, then serve ASSIGN frames from ``conn``
     until EOF (the agent recycles a child by closing or killing it)."""
     os.setpgid(0, 0)

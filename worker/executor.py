@@ -20,8 +20,9 @@ class QuantumFailure(Exception):
     """Raised by an executor to fail a quantum with a chosen exit code, and to stop the whole
     run when ``stop_run``; ``class_name`` is what the report names (the original error)."""
 
-    def __init__(self, message: str, *, class_name: str, exit_code: int = 1,
-                 stop_run: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self, message: str, *, class_name: str, exit_code: int = 1, stop_run: bool = False
+    ) -> None:
         super().__init__(message)
         self.class_name = class_name
         self.exit_code = exit_code

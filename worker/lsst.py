@@ -43,9 +43,13 @@ def qbb_executor(repo: str, graph: PredictedQuantumGraph) -> SingleQuantumExecut
             config=repo, quantum=quantum, dimensions=universe, dataset_types=dataset_types
         )
 
-    return SingleQuantumExecutor(butler=None, task_factory=TaskFactory(),
-                                 limited_butler_factory=factory, skip_existing=True,
-                                 clobber_outputs=True)  # fmt: skip
+    return SingleQuantumExecutor(
+        butler=None,
+        task_factory=TaskFactory(),
+        limited_butler_factory=factory,
+        skip_existing=True,
+        clobber_outputs=True,
+    )
 
 
 class LsstQuantumExecutor:
@@ -57,8 +61,9 @@ class LsstQuantumExecutor:
     ``InvalidQuantumError`` with 21 and stops the whole run; ``NoWorkFound`` is a success.
     """
 
-    def __init__(self, graph_path: str, lsst_executor: Any = None, *,
-                 qbb_repo: str | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, graph_path: str, lsst_executor: Any = None, *, qbb_repo: str | None = None
+    ) -> None:
         if (lsst_executor is None) == (qbb_repo is None):
             raise ValueError("give either an LSST quantum executor or a repository for QBB")
         self.graph_path = graph_path
@@ -67,12 +72,18 @@ class LsstQuantumExecutor:
         self._xgraph: nx.DiGraph[uuid.UUID] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"graph_path": self.graph_path, "lsst_executor": self.lsst_executor,
-                "qbb_repo": self.qbb_repo}  # fmt: skip
+        return {
+            "graph_path": self.graph_path,
+            "lsst_executor": self.lsst_executor,
+            "qbb_repo": self.qbb_repo,
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["graph_path"], state["lsst_executor"],  # type: ignore[misc]
-                      qbb_repo=state["qbb_repo"])  # fmt: skip
+        self.__init__(
+            state["graph_path"],
+            state["lsst_executor"],  # type: ignore[misc]
+            qbb_repo=state["qbb_repo"],
+        )
 
     def execute(self, quantum: Quantum, butler: Butler) -> None:
         if self._xgraph is None:  # first quantum in this process: read the graph once
@@ -88,8 +99,9 @@ class LsstQuantumExecutor:
         except RepeatableQuantumError as e:
             raise QuantumFailure(str(e), class_name=_name(e), exit_code=e.EXIT_CODE) from e
         except InvalidQuantumError as e:
-            raise QuantumFailure(str(e), class_name=_name(e), exit_code=e.EXIT_CODE,
-                                 stop_run=True) from e  # fmt: skip
+            raise QuantumFailure(
+                str(e), class_name=_name(e), exit_code=e.EXIT_CODE, stop_run=True
+            ) from e
 
 
 def _name(e: BaseException) -> str:

@@ -32,8 +32,14 @@ class Procs:
         self.started: list[subprocess.Popen[str]] = []
 
     def zmpexec(self, *args: str) -> subprocess.Popen[str]:
-        p = subprocess.Popen([sys.executable, "-m", "scripts.cli", *args], cwd=self.cwd, env=ENV,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        p = subprocess.Popen(
+            [sys.executable, "-m", "scripts.cli", *args],
+            cwd=self.cwd,
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.started.append(p)
         return p
 
@@ -92,8 +98,9 @@ def test_tcp_broker_accepts_only_workers_with_its_keys(tmp_path: Path, procs: Pr
     assert all(oct(p.stat().st_mode & 0o777) == "0o600" for p in keys.rglob("*.key*"))
     # Given an intruder with keys the broker never listed
     create_keys(tmp_path / "other")
-    intruder = procs.zmpexec("worker", "--connect", endpoint, "--keys", str(tmp_path / "other"),
-                             "--wait", "3")  # fmt: skip
+    intruder = procs.zmpexec(
+        "worker", "--connect", endpoint, "--keys", str(tmp_path / "other"), "--wait", "3"
+    )
     # When a worker with the run's keys attaches
     worker = procs.zmpexec("worker", "--run-dir", str(run_dir), "-j", "1")
     # Then the run completes on that worker alone, and the intruder got nothing
@@ -109,8 +116,18 @@ def test_tcp_broker_accepts_only_workers_with_its_keys(tmp_path: Path, procs: Pr
 def test_status_and_cancel_of_a_running_broker(tmp_path: Path, procs: Procs) -> None:
     independent(10, "sleep", seconds=1.0).save(tmp_path / "g.json")
     run_dir = tmp_path / "zmpexec-repo" / "runs" / "main"
-    broker = procs.zmpexec("broker", "g.json", "--endpoint", _ipc(tmp_path), "-j", "2",
-                           "--summary", "s.json", "--grace", "10")  # fmt: skip
+    broker = procs.zmpexec(
+        "broker",
+        "g.json",
+        "--endpoint",
+        _ipc(tmp_path),
+        "-j",
+        "2",
+        "--summary",
+        "s.json",
+        "--grace",
+        "10",
+    )
     wait_until(lambda: (run_dir / "endpoint").exists(), 30, "the broker to record its endpoint")
 
     def running() -> bool:
@@ -132,8 +149,9 @@ def test_status_and_cancel_of_a_running_broker(tmp_path: Path, procs: Procs) -> 
     report = Report.from_json((tmp_path / "s.json").read_text())
     done = report.counts()[ExecutionStatus.SUCCESS]
     assert 2 <= done < 10
-    assert all(d.reason is Reason.CANCELLED for d in report.quantaDetails.values()
-               if d.reason is not None)  # fmt: skip
+    assert all(
+        d.reason is Reason.CANCELLED for d in report.quantaDetails.values() if d.reason is not None
+    )
     assert not (run_dir / "endpoint").exists()
 
 
@@ -169,8 +187,14 @@ def test_custom_executor_reaches_attached_workers(tmp_path: Path, procs: Procs) 
     butler = Butler(tmp_path / "repo")
     graph = independent(5)
     endpoint = _ipc(tmp_path)
-    ex = MPGraphExecutor(1, 30.0, TaggingExecutor("custom"), endpoint=endpoint, local_workers=0,
-                         run_dir=tmp_path / "run")  # fmt: skip
+    ex = MPGraphExecutor(
+        1,
+        30.0,
+        TaggingExecutor("custom"),
+        endpoint=endpoint,
+        local_workers=0,
+        run_dir=tmp_path / "run",
+    )
     run = Background(ex, graph, butler)
     worker = procs.zmpexec("worker", "--connect", endpoint)
     assert run.join() is None
@@ -184,9 +208,14 @@ def test_custom_executor_reaches_attached_workers(tmp_path: Path, procs: Procs) 
 def test_two_terminal_script_runs_the_example(tmp_path: Path) -> None:
     (tmp_path / "examples").symlink_to(ROOT / "examples")
     env = dict(ENV, TMPDIR=str(tmp_path))
-    out = subprocess.run([str(ROOT / "scripts" / "two-terminals.sh"), "examples/pipeline.yaml",
-                          "2"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         timeout=120)  # fmt: skip
+    out = subprocess.run(
+        [str(ROOT / "scripts" / "two-terminals.sh"), "examples/pipeline.yaml", "2"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert "2 worker(s) attaching" in out.stderr
     assert "status: success; 79 success" in out.stdout

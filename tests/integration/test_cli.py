@@ -24,9 +24,12 @@ EXAMPLE = ROOT / "examples" / "pipeline.yaml"
 def zmpexec(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "scripts.cli", *args],
-        cwd=cwd, capture_output=True, text=True, timeout=120,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
-    )  # fmt: skip
+    )
 
 
 @pytest.fixture
@@ -40,8 +43,9 @@ def popen(tmp_path: Path) -> Iterator[list[subprocess.Popen[str]]]:
 
 
 def test_run_example_succeeds_and_stores_outputs(tmp_path: Path) -> None:
-    out = zmpexec("run", str(EXAMPLE), "-j", "2", "--repo", "repo", "--summary", "s.json",
-                  cwd=tmp_path)  # fmt: skip
+    out = zmpexec(
+        "run", str(EXAMPLE), "-j", "2", "--repo", "repo", "--summary", "s.json", cwd=tmp_path
+    )
     assert out.returncode == 0, out.stderr
     report = Report.from_json((tmp_path / "s.json").read_text())
     assert report.counts()[report.status] == len(QuantumGraph.load(EXAMPLE))
@@ -62,10 +66,13 @@ def test_validate_accepts_the_example(tmp_path: Path) -> None:
     [
         ("quanta: [", "not valid yaml"),
         ("quanta:\n- {id: a, task: 'no_such_pkg_q:run'}", "no_such_pkg_q"),
-        ("quanta:\n- {id: a, task: 'tests.tasks:ok', inputs: [b], outputs: [a]}\n"
-         "- {id: b, task: 'tests.tasks:ok', inputs: [a], outputs: [b]}", "cycle: "),
+        (
+            "quanta:\n- {id: a, task: 'tests.tasks:ok', inputs: [b], outputs: [a]}\n"
+            "- {id: b, task: 'tests.tasks:ok', inputs: [a], outputs: [b]}",
+            "cycle: ",
+        ),
     ],
-)  # fmt: skip
+)
 @pytest.mark.parametrize("command", ["validate", "run"])
 def test_bad_graphs_exit_2_with_one_line(
     tmp_path: Path, command: str, text: str, fragment: str
@@ -99,9 +106,12 @@ def test_signal_cancels_the_run_writes_the_summary_and_exits(
     independent(6, "sleep", seconds=30).save(tmp_path / "g.json")
     proc = subprocess.Popen(
         [sys.executable, "-m", "scripts.cli", "run", "g.json", "-j", "2", "--summary", "s.json"],
-        cwd=tmp_path, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     popen.append(proc)
     logs = tmp_path / "zmpexec-repo" / "runs"
     wait_until(lambda: any(logs.glob("*/logs/.capture-*")), 30, "quanta to start running")
@@ -114,8 +124,10 @@ def test_signal_cancels_the_run_writes_the_summary_and_exits(
     # Then it cancels, writes the summary and exits with the signal's code
     assert proc.returncode == code, err
     report = Report.from_json((tmp_path / "s.json").read_text())
-    assert all(d.reason is not None and d.reason.value == "cancelled"
-               for d in report.quantaDetails.values())  # fmt: skip
+    assert all(
+        d.reason is not None and d.reason.value == "cancelled"
+        for d in report.quantaDetails.values()
+    )
     assert not sock_dir.exists()  # its private socket directory is removed
 
 
@@ -126,9 +138,12 @@ def test_killing_the_run_leaves_no_process_behind(
     independent(4, "sleep", seconds=60).save(tmp_path / "g.json")
     proc = subprocess.Popen(
         [sys.executable, "-m", "scripts.cli", "run", "g.json", "-j", "2"],
-        cwd=tmp_path, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     popen.append(proc)
     logs = tmp_path / "zmpexec-repo" / "runs"
     wait_until(lambda: len(list(logs.glob("*/logs/.capture-*"))) >= 2, 30, "quanta to run")

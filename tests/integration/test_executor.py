@@ -363,8 +363,7 @@ def test_executor_children_are_recycled_after_n_quanta(butler: Butler, every: in
 def test_executor_child_over_the_rss_limit_is_replaced(butler: Butler) -> None:
     # Given one worker and a first quantum that leaves 200 MB allocated in its process
     first = quantum("hog", "allocate", config={"mb": 200})
-    after = [quantum(f"p{i}", "pid", inputs=["hog"] if i == 0 else [f"p{i - 1}"])
-             for i in range(3)]  # fmt: skip
+    after = [quantum(f"p{i}", "pid", inputs=["hog"] if i == 0 else [f"p{i - 1}"]) for i in range(3)]
     ex = make(2, max_rss_mb=150)
     ex.execute(QuantumGraph.from_quanta([first, *after]), butler)
     # Then the quantum after it ran in a fresh process, and later ones share that one
@@ -382,8 +381,11 @@ def test_graceful_stop_lets_running_quanta_finish_and_cancels_the_rest(butler: B
     )
     ex = make(2, shutdown_grace_s=10.0, prefetch=1)
     run = Background(ex, graph, butler)
-    wait_until(lambda: ex._server is not None and ex._server.timings.first_dispatch is not None,
-               30, "the first dispatch")  # fmt: skip
+    wait_until(
+        lambda: ex._server is not None and ex._server.timings.first_dispatch is not None,
+        30,
+        "the first dispatch",
+    )
     ex.request_stop("test stop")
     assert isinstance(run.join(30), MPGraphExecutorError)
     report = ex.getReport()

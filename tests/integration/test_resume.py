@@ -19,27 +19,55 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _graph(tmp: Path, n_chains: int = 4, length: int = 6) -> QuantumGraph:
     """Chains of short quanta joined by a final gather; each records its executions."""
-    common = {"repo": str(tmp / "repo"), "run": "main", "record": str(tmp / "record.txt"),
-              "seconds": 0.05}  # fmt: skip
+    common = {
+        "repo": str(tmp / "repo"),
+        "run": "main",
+        "record": str(tmp / "record.txt"),
+        "seconds": 0.05,
+    }
     qs = []
     for c in range(n_chains):
         for i in range(length):
             qid = f"c{c}-{i}"
-            qs.append(quantum(qid, "journaled", inputs=[f"c{c}-{i - 1}"] if i else [],
-                              config={**common, "me": qid, "out": qid}))  # fmt: skip
+            qs.append(
+                quantum(
+                    qid,
+                    "journaled",
+                    inputs=[f"c{c}-{i - 1}"] if i else [],
+                    config={**common, "me": qid, "out": qid},
+                )
+            )
     ends = [f"c{c}-{length - 1}" for c in range(n_chains)]
-    qs.append(quantum("gather", "journaled", inputs=ends,
-                      config={**common, "me": "gather", "out": "gather"}))  # fmt: skip
+    qs.append(
+        quantum(
+            "gather", "journaled", inputs=ends, config={**common, "me": "gather", "out": "gather"}
+        )
+    )
     return QuantumGraph.from_quanta(qs)
 
 
 def _run(tmp: Path, *extra: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "scripts.cli", "run", "g.json", "-j", "2", "--repo", "repo",
-         "--summary", "s.json", *extra],
-        cwd=tmp, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "scripts.cli",
+            "run",
+            "g.json",
+            "-j",
+            "2",
+            "--repo",
+            "repo",
+            "--summary",
+            "s.json",
+            *extra,
+        ],
+        cwd=tmp,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])

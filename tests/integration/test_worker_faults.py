@@ -29,8 +29,9 @@ def _running_in(agent: psutil.Process, log_dirs: list[str]) -> bool:
         children = agent.children(recursive=True)
     except psutil.Error:
         return False
-    return any(os.path.exists(os.path.join(d, f".capture-{c.pid}")) for c in children
-               for d in log_dirs)  # fmt: skip
+    return any(
+        os.path.exists(os.path.join(d, f".capture-{c.pid}")) for c in children for d in log_dirs
+    )
 
 
 @pytest.mark.parametrize("retries", [1, 0])
@@ -39,8 +40,9 @@ def test_sigkilled_worker_is_seen_and_its_quantum_retried_or_failed(
 ) -> None:
     run_dir = os.path.join(str(tmp_path), "run")
     log_dirs = [os.path.join(run_dir, "logs")]
-    ex = MPGraphExecutor(2, 30.0, TaskQuantumExecutor(), run_dir=run_dir, retries=retries,
-                         prefetch=0)  # fmt: skip
+    ex = MPGraphExecutor(
+        2, 30.0, TaskQuantumExecutor(), run_dir=run_dir, retries=retries, prefetch=0
+    )
     run = Background(ex, independent(4, "sleep", seconds=1.0), butler)
     # Given both workers running a quantum
     wait_until(lambda: _both_busy(log_dirs), 30, "both workers to run a quantum")
@@ -70,8 +72,15 @@ def test_sigkilled_worker_is_seen_and_its_quantum_retried_or_failed(
 def test_stopped_worker_is_lost_by_heartbeat_and_killed(butler: Butler, tmp_path: object) -> None:
     run_dir = os.path.join(str(tmp_path), "run")
     log_dirs = [os.path.join(run_dir, "logs")]
-    ex = MPGraphExecutor(2, 30.0, TaskQuantumExecutor(), run_dir=run_dir,
-                         heartbeat_interval_s=0.2, liveness=3, prefetch=0)  # fmt: skip
+    ex = MPGraphExecutor(
+        2,
+        30.0,
+        TaskQuantumExecutor(),
+        run_dir=run_dir,
+        heartbeat_interval_s=0.2,
+        liveness=3,
+        prefetch=0,
+    )
     run = Background(ex, independent(4, "sleep", seconds=1.0), butler)
     wait_until(lambda: _both_busy(log_dirs), 30, "both workers to run a quantum")
     victim = worker_agents()[0]

@@ -31,8 +31,13 @@ def _executor(
 ) -> MPGraphExecutor:
     butler = Butler.from_config(str(repo), run="test", writeable=True)
     qexec = SingleQuantumExecutor(butler=butler, task_factory=TaskFactory())
-    return MPGraphExecutor(num_proc=3, timeout=timeout, quantum_executor=qexec,
-                           fail_fast=fail_fast, run_dir=tmp / "run")  # fmt: skip
+    return MPGraphExecutor(
+        num_proc=3,
+        timeout=timeout,
+        quantum_executor=qexec,
+        fail_fast=fail_fast,
+        run_dir=tmp / "run",
+    )
 
 
 def _statuses(report: Report) -> dict[str, int]:
@@ -63,8 +68,9 @@ def test_all_quanta_succeed_and_outputs_logs_and_metadata_are_in_the_butler(
 
 
 def test_failing_task_skips_only_its_descendants(tmp_path: Path) -> None:
-    _, qgraph = make_repo_and_graph(tmp_path / "repo", n_tasks=3, n_detectors=4,
-                                    flaky={"fail_detector": 2})  # fmt: skip
+    _, qgraph = make_repo_and_graph(
+        tmp_path / "repo", n_tasks=3, n_detectors=4, flaky={"fail_detector": 2}
+    )
     ex = _executor(tmp_path / "repo", tmp_path)
     with pytest.raises(MPGraphExecutorError, match="detector 2 failed on purpose"):
         ex.execute(qgraph)
@@ -76,8 +82,9 @@ def test_failing_task_skips_only_its_descendants(tmp_path: Path) -> None:
 
 
 def test_timeout_kills_the_quantum_and_raises_lsst_timeout_error(tmp_path: Path) -> None:
-    _, qgraph = make_repo_and_graph(tmp_path / "repo", n_tasks=2, n_detectors=3,
-                                    flaky={"sleep_detector": 1, "sleep_s": 60.0})  # fmt: skip
+    _, qgraph = make_repo_and_graph(
+        tmp_path / "repo", n_tasks=2, n_detectors=3, flaky={"sleep_detector": 1, "sleep_s": 60.0}
+    )
     ex = _executor(tmp_path / "repo", tmp_path, timeout=2.0)
     t0 = time.monotonic()
     with pytest.raises(MPTimeoutError):
@@ -87,9 +94,12 @@ def test_timeout_kills_the_quantum_and_raises_lsst_timeout_error(tmp_path: Path)
 
 
 def test_fail_fast_stops_and_reports_every_quantum(tmp_path: Path) -> None:
-    _, qgraph = make_repo_and_graph(tmp_path / "repo", n_tasks=3, n_detectors=4,
-                                    flaky={"fail_detector": 0, "sleep_detector": 1,
-                                           "sleep_s": 60.0})  # fmt: skip
+    _, qgraph = make_repo_and_graph(
+        tmp_path / "repo",
+        n_tasks=3,
+        n_detectors=4,
+        flaky={"fail_detector": 0, "sleep_detector": 1, "sleep_s": 60.0},
+    )
     ex = _executor(tmp_path / "repo", tmp_path, fail_fast=True)
     t0 = time.monotonic()
     with pytest.raises(MPGraphExecutorError):
@@ -101,9 +111,12 @@ def test_fail_fast_stops_and_reports_every_quantum(tmp_path: Path) -> None:
 
 
 def test_invalid_quantum_error_exits_21_and_stops_the_run(tmp_path: Path) -> None:
-    _, qgraph = make_repo_and_graph(tmp_path / "repo", n_tasks=3, n_detectors=4,
-                                    flaky={"invalid_detector": 0, "sleep_detector": 1,
-                                           "sleep_s": 60.0})  # fmt: skip
+    _, qgraph = make_repo_and_graph(
+        tmp_path / "repo",
+        n_tasks=3,
+        n_detectors=4,
+        flaky={"invalid_detector": 0, "sleep_detector": 1, "sleep_s": 60.0},
+    )
     ex = _executor(tmp_path / "repo", tmp_path, fail_fast=False)
     t0 = time.monotonic()
     with pytest.raises(MPGraphExecutorError):
@@ -119,18 +132,30 @@ def test_zmpexec_lsst_run_writes_pipetask_summary_and_resumes(tmp_path: Path) ->
     _, qgraph = make_repo_and_graph(tmp_path / "repo", n_tasks=3, n_detectors=3)
     qgraph.saveUri(str(tmp_path / "g.qgraph"))
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    argv = [sys.executable, "-m", "scripts.cli", "lsst", "run", "g.qgraph", "--butler", "repo",
-            "-j", "2", "--summary", "s.json"]  # fmt: skip
-    out = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True,
-                         timeout=300)  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "scripts.cli",
+        "lsst",
+        "run",
+        "g.qgraph",
+        "--butler",
+        "repo",
+        "-j",
+        "2",
+        "--summary",
+        "s.json",
+    ]
+    out = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     report = Report.model_validate_json((tmp_path / "s.json").read_text())
     assert _statuses(report) == {"success": 9}
     butler = Butler.from_config(str(tmp_path / "repo"), collections="test")
     assert numpy.array_equal(butler.get("add_dataset3", instrument="INSTR", detector=2), INPUT + 9)
     # resume: everything exists, so everything is skipped as done
-    again = subprocess.run([*argv, "--resume"], cwd=tmp_path, env=env, capture_output=True,
-                           text=True, timeout=300)  # fmt: skip
+    again = subprocess.run(
+        [*argv, "--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert again.returncode == 0, again.stderr
     assert _statuses(Report.model_validate_json((tmp_path / "s.json").read_text())) == {
         "success": 9
@@ -141,8 +166,21 @@ def test_zmpexec_lsst_run_with_quantum_backed_butlers_registers_outputs(tmp_path
     _, qgraph = make_repo_and_graph(tmp_path / "repo", n_tasks=2, n_detectors=3)
     qgraph.saveUri(str(tmp_path / "g.qgraph"))
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    argv = [sys.executable, "-m", "scripts.cli", "lsst", "run", "g.qgraph", "--butler", "repo",
-            "-j", "2", "--qbb", "--summary", "s.json"]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "scripts.cli",
+        "lsst",
+        "run",
+        "g.qgraph",
+        "--butler",
+        "repo",
+        "-j",
+        "2",
+        "--qbb",
+        "--summary",
+        "s.json",
+    ]
     out = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "registered" in out.stderr
@@ -155,8 +193,13 @@ def test_zmpexec_lsst_run_with_quantum_backed_butlers_registers_outputs(tmp_path
 
 def test_zmpexec_lsst_run_without_a_graph_file_is_a_one_line_error(tmp_path: Path) -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    out = subprocess.run([sys.executable, "-m", "scripts.cli", "lsst", "run", "none.qgraph",
-                          "--butler", "repo"], cwd=tmp_path, env=env, capture_output=True,
-                         text=True, timeout=120)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "scripts.cli", "lsst", "run", "none.qgraph", "--butler", "repo"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2
     assert "no quantum graph file" in out.stderr and "Traceback" not in out.stderr

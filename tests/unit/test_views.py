@@ -30,8 +30,14 @@ def test_status_renders_labels_running_failures_and_workers() -> None:
     out = io.StringIO()
     render_status(STATUS, Console(file=out, width=120))
     text = out.getvalue()
-    for fragment in ("5/10 quanta finished", "isr-5", "ValueError: boom", "/x/coadd-0.log",
-                     "workers alive: 1", "throughput: 0.4"):  # fmt: skip
+    for fragment in (
+        "5/10 quanta finished",
+        "isr-5",
+        "ValueError: boom",
+        "/x/coadd-0.log",
+        "workers alive: 1",
+        "throughput: 0.4",
+    ):
         assert fragment in text
 
 
