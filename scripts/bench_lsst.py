@@ -58,8 +58,11 @@ def run_one(variant: str, tasks: int, detectors: int) -> dict[str, Any]:
             num_proc = 1 if variant == "lsst-inprocess" else 2
             method = "spawn" if variant == "lsst-spawn" else "fork"
             executor = LsstExecutor(
-                num_proc=num_proc, timeout=600, quantum_executor=qexec, start_method=method
-            )  # type: ignore[arg-type]
+                num_proc=num_proc,
+                timeout=600,
+                quantum_executor=qexec,
+                start_method=method,  # type: ignore[arg-type]
+            )
         t0 = time.perf_counter()
         executor.execute(qgraph)
         makespan = time.perf_counter() - t0

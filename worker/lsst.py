@@ -79,10 +79,8 @@ class LsstQuantumExecutor:
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(
-            state["graph_path"],
-            state["lsst_executor"],  # type: ignore[misc]
-            qbb_repo=state["qbb_repo"],
+        self.__init__(  # type: ignore[misc]
+            state["graph_path"], state["lsst_executor"], qbb_repo=state["qbb_repo"]
         )
 
     def execute(self, quantum: Quantum, butler: Butler) -> None:
