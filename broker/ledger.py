@@ -76,7 +76,7 @@ class Ledger:
         rec.end_time = result.end_time
         rec.exit_code = result.exit_code
         rec.exc_class, rec.message = result.exc_class, result.exc_message
-        rec.reason = Reason(result.reason) if result.reason else None
+        rec.reason = result.reason
         rec.max_rss_kb = result.max_rss_kb
         rec.log_path = result.log_path
         if result.reason and self.first_problem is None:

@@ -1,12 +1,18 @@
 """The wire codec: protocol messages to and from msgpack frames. The only msgpack user.
 
-A frame is ``[version, type, *fields]``. Decoding checks size limits, the version, the type and
-every field's type, and raises one error type (``ProtocolError``) for anything malformed.
+A frame is ``[version, type, *fields]``, the fields in dataclass order. Each message's decoder
+is derived from its dataclass's type hints (one definition, nothing restated here): closed sets
+decode into their enums, numbers are checked against their ``Bounds`` and must be finite, and
+anything malformed raises one error type (``ProtocolError``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
+import math
+import types
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -17,6 +23,7 @@ from common.errors import ProtocolError, ProtocolVersionError
 from common.protocol import (
     PROTOCOL_VERSION,
     Assign,
+    Bounds,
     Cancel,
     Goodbye,
     Heartbeat,
@@ -26,7 +33,6 @@ from common.protocol import (
     Ready,
     Refuse,
     Result,
-    ResultStatus,
     Revoke,
     Revoked,
     Shutdown,
@@ -60,72 +66,112 @@ _TYPE_OF: Final[dict[type[Any], MessageType]] = {
 }
 _CLASS_OF: Final = {t: cls for cls, t in _TYPE_OF.items()}
 
+Decoder = Callable[[Any], Any]
 
-def _check(kind: type | tuple[type, ...], optional: bool = False) -> Callable[[Any], Any]:
+
+# ---------------------------------------------------------------------- derived decoders
+def _exact(kind: type) -> Decoder:
     def check(value: Any) -> Any:
-        if value is None and optional:
-            return None
-        # bool is an int subclass; never accept it where a number is meant.
-        if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
-            raise TypeError(f"expected {kind}, got bool")
-        if not isinstance(value, kind):
-            raise TypeError(f"expected {kind}, got {type(value).__name__}")
+        # bool is an int subclass: never accept it where a number is meant (and vice versa).
+        if isinstance(value, bool) != (kind is bool) or not isinstance(value, kind):
+            raise TypeError(f"expected {kind.__name__}, got {type(value).__name__}")
         return value
 
     return check
 
 
-def _number(optional: bool = False) -> Callable[[Any], Any]:
-    check = _check((int, float), optional)
-    return lambda v: None if v is None else float(check(v))
+def _float(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"expected a number, got {type(value).__name__}")
+    out = float(value)
+    if not math.isfinite(out):
+        raise ValueError(f"expected a finite number, got {out}")
+    return out
 
 
-def _strings(value: Any) -> list[str]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise TypeError("expected a list of strings")
+def _bounded(inner: Decoder, bounds: Bounds) -> Decoder:
+    def check(value: Any) -> Any:
+        out = inner(value)
+        if not bounds.lo <= out <= bounds.hi:
+            raise ValueError(f"{out!r} is outside [{bounds.lo:g}, {bounds.hi:g}]")
+        return out
+
+    return check
+
+
+def _enum(cls: type[enum.Enum]) -> Decoder:
+    def check(value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            raise TypeError(f"expected a {cls.__name__} value, got {type(value).__name__}")
+        try:
+            return cls(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a {cls.__name__}") from None
+
+    return check
+
+
+def _list_of(item: Decoder) -> Decoder:
+    def check(value: Any) -> list[Any]:
+        if not isinstance(value, list):
+            raise TypeError(f"expected a list, got {type(value).__name__}")
+        return [item(v) for v in value]
+
+    return check
+
+
+def _str_dict(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise TypeError("expected a mapping with string keys")
     return value
 
 
-def _quantum(value: Any) -> Quantum:
-    return Quantum.from_dict(value)
+def _optional(inner: Decoder) -> Decoder:
+    return lambda value: None if value is None else inner(value)
 
 
-_STR, _INT = _check(str), _check(int)
-_OPT_STR, _OPT_INT = _check(str, True), _check(int, True)
-
-# Field decoders in dataclass field order, one tuple per message class.
-_FIELDS: Final[dict[type[Any], tuple[Callable[[Any], Any], ...]]] = {
-    Hello: (_INT, _STR, _INT),
-    Welcome: (_STR, _number(), _INT, _check(bytes), _STR, _strings, _OPT_INT, _OPT_INT),
-    Ready: (),
-    StatusRequest: (),
-    StatusReply: (_check(dict),),
-    Cancel: (_check(bool),),
-    Revoke: (_STR, _INT),
-    Revoked: (_STR, _INT),
-    Refuse: (_STR,),
-    Assign: (_quantum, _INT, _number(optional=True)),
-    Result: (
-        _STR,
-        _INT,
-        ResultStatus,
-        _OPT_INT,
-        _OPT_STR,
-        _OPT_STR,
-        _OPT_STR,
-        _number(),
-        _number(),
-        _number(),
-        _OPT_INT,
-        _OPT_STR,
-        _check(bool),
-    ),
-    Heartbeat: (),
-    Shutdown: (_STR, _number()),
-    Goodbye: (_STR,),
-}
+def _decoder_for(hint: Any) -> Decoder:
+    """The decoder for one field's type hint; TypeError (at import) for a type the wire lacks."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Annotated:
+        bounds = [m for m in hint.__metadata__ if isinstance(m, Bounds)]
+        inner = _decoder_for(args[0])
+        return _bounded(inner, bounds[0]) if bounds else inner
+    if origin in (typing.Union, types.UnionType):
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) == 1 and len(args) == 2:
+            return _optional(_decoder_for(rest[0]))
+    elif origin is list:
+        return _list_of(_decoder_for(args[0]))
+    elif origin is dict and args[0] is str:
+        return _str_dict
+    elif hint is float:
+        return _float
+    elif hint in (int, str, bytes, bool):
+        return _exact(hint)
+    elif hint is Quantum:
+        return Quantum.from_dict
+    elif isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return _enum(hint)
+    raise TypeError(f"no wire decoder for {hint!r}")
 
 
+def _decoders(cls: type[Any]) -> tuple[Decoder, ...]:
+    hints = typing.get_type_hints(cls, include_extras=True)
+    return tuple(_decoder_for(hints[f.name]) for f in dataclasses.fields(cls))
+
+
+_FIELDS: Final = {cls: _decoders(cls) for cls in _TYPE_OF}
+_NAMES: Final = {cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in _TYPE_OF}
+_STR: Final = _exact(str)
+
+
+def _index(cls: type[Any], name: str) -> int:
+    """Where field ``name`` of ``cls`` sits in a frame (after version and type)."""
+    return 2 + _NAMES[cls].index(name)
+
+
+# ---------------------------------------------------------------------- encode / decode
 def _plain(value: Any) -> Any:
     if isinstance(value, Quantum):
         return value.to_dict()
@@ -149,6 +195,17 @@ class Peek:
     timeout_s: float | None
 
 
+_ASSIGN_LEN: Final = 2 + len(_FIELDS[Assign])
+_RESULT_LEN: Final = 2 + len(_FIELDS[Result])
+_A_QUANTUM, _A_ATTEMPT, _A_TIMEOUT = (
+    _index(Assign, n) for n in ("quantum", "attempt", "timeout_s")
+)
+_R_ID, _R_ATTEMPT = _index(Result, "quantum_id"), _index(Result, "attempt")
+_ATTEMPT: Final = _FIELDS[Assign][_A_ATTEMPT - 2]
+_TIMEOUT: Final = _FIELDS[Assign][_A_TIMEOUT - 2]
+_RESULT_ID: Final = _FIELDS[Result][_R_ID - 2]
+
+
 def peek(data: bytes) -> Peek | None:
     """The routing fields of an ASSIGN or RESULT frame; None for other (valid) types.
 
@@ -157,11 +214,14 @@ def peek(data: bytes) -> Peek | None:
     raw = _unpack(data)
     kind = raw[1]
     try:
-        if kind == MessageType.ASSIGN and len(raw) == 5:
-            qid = raw[2]["id"] if isinstance(raw[2], dict) else None
-            return Peek(MessageType.ASSIGN, _STR(qid), _INT(raw[3]), _number(True)(raw[4]))
-        if kind == MessageType.RESULT and len(raw) == 15:
-            return Peek(MessageType.RESULT, _STR(raw[2]), _INT(raw[3]), None)
+        if kind == MessageType.ASSIGN and len(raw) == _ASSIGN_LEN:
+            quantum = raw[_A_QUANTUM]
+            qid = quantum.get("id") if isinstance(quantum, dict) else None
+            return Peek(
+                MessageType.ASSIGN, _STR(qid), _ATTEMPT(raw[_A_ATTEMPT]), _TIMEOUT(raw[_A_TIMEOUT])
+            )
+        if kind == MessageType.RESULT and len(raw) == _RESULT_LEN:
+            return Peek(MessageType.RESULT, _RESULT_ID(raw[_R_ID]), _ATTEMPT(raw[_R_ATTEMPT]), None)
     except (TypeError, ValueError) as e:
         raise ProtocolError(f"bad {MessageType(kind).name} routing field: {e}", data) from e
     return None
@@ -194,10 +254,8 @@ def _unpack(data: bytes) -> list[Any]:
             version,
             data,
         )
-    try:
-        MessageType(kind)
-    except (ValueError, TypeError) as e:
-        raise ProtocolError(f"unknown message type {kind!r}", data) from e
+    if isinstance(kind, bool) or not isinstance(kind, int) or kind not in _CLASS_OF:
+        raise ProtocolError(f"unknown message type {kind!r}", data)
     return raw
 
 
@@ -210,9 +268,11 @@ def decode(data: bytes) -> Message:
         raise ProtocolError(
             f"{cls.__name__} needs {len(decoders)} fields, frame has {len(fields)}", data
         )
-    try:
-        values = [dec(v) for dec, v in zip(decoders, fields, strict=True)]
-    except (TypeError, ValueError) as e:
-        raise ProtocolError(f"bad {cls.__name__} field: {e}", data) from e
+    values = []
+    for name, dec, value in zip(_NAMES[cls], decoders, fields, strict=True):
+        try:
+            values.append(dec(value))
+        except (TypeError, ValueError) as e:
+            raise ProtocolError(f"bad {cls.__name__}.{name}: {e}", data) from e
     message: Message = cls(*values)
     return message

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 from common.quantum import Quantum
+from common.report import Reason
 
 __all__ = [
     "PROTOCOL_VERSION",
     "Assign",
+    "Bounds",
     "Cancel",
     "Goodbye",
     "Heartbeat",
@@ -38,7 +40,28 @@ __all__ = [
     "Welcome",
 ]
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: typed RESULT reason, bounded numbers
+
+
+@dataclass(frozen=True, slots=True)
+class Bounds:
+    """The inclusive range a numeric field accepts on the wire; the codec rejects a value
+    outside it (and any NaN or infinity) as a malformed frame."""
+
+    lo: float
+    hi: float
+
+
+# Numeric field types with their wire bounds: the codec derives its checks from these.
+Pid = Annotated[int, Bounds(1, 2**31 - 1)]
+Slots = Annotated[int, Bounds(1, 1024)]
+Attempt = Annotated[int, Bounds(1, 1_000_000)]
+Count = Annotated[int, Bounds(1, 2**53)]
+Seconds = Annotated[float, Bounds(0.0, 1e9)]
+Interval = Annotated[float, Bounds(1e-3, 1e6)]
+Kibibytes = Annotated[int, Bounds(0, 2**53)]
+Epoch = Annotated[float, Bounds(0.0, 1e11)]  # wall-clock seconds (reports only)
+ExitStatus = Annotated[int, Bounds(-(2**31), 2**31 - 1)]
 
 
 class MessageType(enum.IntEnum):
@@ -68,9 +91,9 @@ class ResultStatus(enum.StrEnum):
 class Hello:
     """A worker agent introduces itself; ``slots`` is how many quanta it runs at once."""
 
-    pid: int
+    pid: Pid
     host: str
-    slots: int
+    slots: Slots
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,13 +104,13 @@ class Welcome:
     ``max_quanta_per_executor`` quanta or once it uses more than ``max_rss_kb``."""
 
     worker_id: str
-    heartbeat_interval_s: float
-    liveness: int
+    heartbeat_interval_s: Interval
+    liveness: Count
     executor: bytes
     log_dir: str
     preload: list[str]
-    max_quanta_per_executor: int | None
-    max_rss_kb: int | None
+    max_quanta_per_executor: Count | None
+    max_rss_kb: Count | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,8 +130,8 @@ class Assign:
     """Run ``quantum``; ``attempt`` fences results of superseded dispatches."""
 
     quantum: Quantum
-    attempt: int
-    timeout_s: float | None
+    attempt: Attempt
+    timeout_s: Interval | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,16 +142,16 @@ class Result:
     """
 
     quantum_id: str
-    attempt: int
+    attempt: Attempt
     status: ResultStatus
-    exit_code: int | None
+    exit_code: ExitStatus | None
     exc_class: str | None
     exc_message: str | None
-    reason: str | None
-    start_time: float
-    end_time: float
-    duration_s: float
-    max_rss_kb: int | None
+    reason: Reason | None
+    start_time: Epoch
+    end_time: Epoch
+    duration_s: Seconds
+    max_rss_kb: Kibibytes | None
     log_path: str | None
     stop_run: bool = False  # the executor says this failure must stop the whole run
 
@@ -144,7 +167,7 @@ class Shutdown:
     ``grace_s`` to finish (and report), then kill it and exit."""
 
     reason: str
-    grace_s: float
+    grace_s: Seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +183,7 @@ class Revoke:
     sits idle); the worker answers REVOKED, or nothing if it already started it."""
 
     quantum_id: str
-    attempt: int
+    attempt: Attempt
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +191,7 @@ class Revoked:
     """The worker dropped the queued quantum; its result will never come."""
 
     quantum_id: str
-    attempt: int
+    attempt: Attempt
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import random
+import typing
+from typing import Any
 
 import msgpack
 import pytest
 
-from common.codec import MAX_FRAME_BYTES, decode, encode
+from common.codec import MAX_FRAME_BYTES, Peek, decode, encode, peek
 from common.errors import ProtocolError, ProtocolVersionError
 from common.protocol import (
     PROTOCOL_VERSION,
@@ -30,6 +34,7 @@ from common.protocol import (
     Welcome,
 )
 from common.quantum import Quantum
+from common.report import Reason
 
 Q = Quantum(
     id="isr-1",
@@ -65,7 +70,7 @@ EVERY_MESSAGE: list[Message] = [
         -11,
         None,
         "killed by signal 11 (SIGSEGV)",
-        "signal",
+        Reason.SIGNAL,
         1.0,
         2.0,
         1.0,
@@ -80,7 +85,7 @@ EVERY_MESSAGE: list[Message] = [
         21,
         "InvalidQuantumError",
         "bad",
-        "exception",
+        Reason.EXCEPTION,
         1.0,
         2.0,
         1.0,
@@ -176,3 +181,120 @@ def test_random_bytes_never_escape_as_another_exception() -> None:
             decode(frame)
         except ProtocolError:
             pass
+
+
+def _fields(message: Message) -> list[Any]:
+    return [getattr(message, f.name) for f in dataclasses.fields(message)]
+
+
+def _frame(message: Message, **changes: Any) -> bytes:
+    """``message`` encoded with some fields replaced by raw wire values."""
+    names = [f.name for f in dataclasses.fields(message)]
+    values = [changes.get(n, v.to_dict() if isinstance(v, Quantum) else v)
+              for n, v in zip(names, _fields(message), strict=True)]  # fmt: skip
+    tag = decode(encode(message))  # the same type
+    kind = next(t for t in MessageType if type(tag).__name__.upper() == t.name.replace("_", ""))
+    return bytes(msgpack.packb([PROTOCOL_VERSION, int(kind), *values], use_bin_type=True))
+
+
+RESULT = next(m for m in EVERY_MESSAGE if isinstance(m, Result) and m.reason is Reason.SIGNAL)
+
+
+@pytest.mark.parametrize("reason", ["no-such-reason", "", 7, True])
+def test_result_with_a_reason_outside_the_enum_is_a_protocol_error(reason: object) -> None:
+    with pytest.raises(ProtocolError, match=r"Result\.reason"):
+        decode(_frame(RESULT, reason=reason))
+
+
+def test_result_status_and_reason_decode_into_their_enums() -> None:
+    decoded = decode(encode(RESULT))
+    assert isinstance(decoded, Result)
+    assert type(decoded.status) is ResultStatus and type(decoded.reason) is Reason
+    with pytest.raises(ProtocolError, match=r"Result\.status"):
+        decode(_frame(RESULT, status="partly"))
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("duration_s", math.nan),
+        ("duration_s", math.inf),
+        ("duration_s", -1.0),
+        ("duration_s", 1e300),
+        ("attempt", 0),
+        ("attempt", -3),
+        ("attempt", 2**63 - 1),
+        ("start_time", -5.0),
+        ("max_rss_kb", -1),
+        ("exit_code", 2**40),
+    ],
+)
+def test_result_numbers_outside_their_bounds_are_protocol_errors(field: str, value: object) -> None:
+    with pytest.raises(ProtocolError, match=rf"Result\.{field}"):
+        decode(_frame(RESULT, **{field: value}))
+
+
+@pytest.mark.parametrize(
+    ("message", "field", "value"),
+    [
+        (Hello(pid=1, host="h", slots=1), "slots", 10**9),
+        (Hello(pid=1, host="h", slots=1), "slots", 0),
+        (Hello(pid=1, host="h", slots=1), "pid", -1),
+        (Shutdown(reason="x", grace_s=1.0), "grace_s", math.nan),
+        (Revoke("q", 1), "attempt", 0),
+    ],
+)
+def test_other_numbers_outside_their_bounds_are_protocol_errors(
+    message: Message, field: str, value: object
+) -> None:
+    with pytest.raises(ProtocolError, match=field):
+        decode(_frame(message, **{field: value}))
+
+
+class _Alien:
+    """A value of a type no field takes, to stand for 'wrong type' on the wire."""
+
+
+_WRONG: dict[type, list[object]] = {
+    str: [3, None, b"bytes", ["x"]],
+    int: ["3", 1.5, True, None, [1]],
+    float: ["1.0", True, None, {}],
+    bytes: ["text", 3, None],
+    bool: [1, "true", None],
+    list: ["a,b", {"a": 1}, None, [1]],
+    dict: [[1, 2], "x", None],
+}
+
+
+def _wrong_values(message: Message, name: str) -> list[object]:
+    value = getattr(message, name)
+    if isinstance(value, Quantum):
+        return [None, "quantum", {"id": 3}, [1]]
+    if value is None:
+        return [b"\x00", {"a": 1}, [None]]
+    for kind in (bool, int, float, bytes, str, list, dict):
+        if isinstance(value, kind):
+            return _WRONG[kind]
+    raise AssertionError(f"no wrong values for {name}={value!r}")
+
+
+@pytest.mark.parametrize("message", EVERY_MESSAGE, ids=lambda m: type(m).__name__)
+def test_every_field_of_every_message_rejects_wrong_types(message: Message) -> None:
+    hints = typing.get_type_hints(type(message))
+    for f in dataclasses.fields(message):
+        optional = type(None) in typing.get_args(hints[f.name])
+        for wrong in _wrong_values(message, f.name):
+            if wrong is None and optional:
+                continue
+            with pytest.raises(ProtocolError, match=f.name):
+                decode(_frame(message, **{f.name: wrong}))
+
+
+def test_peek_reads_routing_fields_from_the_dataclass_layout() -> None:
+    assign = Assign(quantum=Q, attempt=3, timeout_s=2.5)
+    got = peek(encode(assign))
+    assert got == Peek(MessageType.ASSIGN, Q.id, 3, 2.5)
+    assert peek(encode(RESULT)) == Peek(MessageType.RESULT, RESULT.quantum_id, RESULT.attempt, None)
+    assert peek(encode(Heartbeat())) is None
+    with pytest.raises(ProtocolError):
+        peek(_frame(assign, attempt="3"))
