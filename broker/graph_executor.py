@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import pickle
 import shutil
+import socket
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -17,17 +20,15 @@ from typing import Any, Protocol
 import networkx as nx
 
 from broker.control import ENDPOINT_FILE
-from broker.journal import Journal
-from broker.ledger import Ledger
-from broker.scheduler import Scheduler
-from broker.server import BrokerServer, ProgressCallback, RunTimings, Serving
-from broker.state import GraphState
+from broker.core import BrokerCore, RunTimings
+from broker.events import Dispatch, Event, ResultReceived, StopRequested, WorkerJoined, WorkerReady
+from broker.journal import Journal, JournalState
+from broker.server import BrokerServer, ProgressCallback, Serving
 from common.butler import Butler
 from common.config import ExecutionConfig
 from common.errors import ConfigError, GraphError, MPGraphExecutorError
 from common.graph import QuantumGraph
 from common.keys import create_keys
-from common.protocol import ResultStatus
 from common.report import Report
 from worker.capture import LogCapture
 from worker.executor import QuantumExecutor
@@ -105,6 +106,13 @@ class MPGraphExecutor:
         )
         if pdb is not None and numProc > 1:
             logger.warning("pdb post-mortem only works with numProc == 1; ignored")
+        if timeout is not None and self._config.in_process:
+            warnings.warn(
+                f"timeout={timeout:g}s is not enforced with numProc == 1 (quanta run in this "
+                "process, as with LSST's executor); use numProc >= 2 to enforce it",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         self._executor = quantumExecutor
         self._pdb = pdb
         self._fixup = executionGraphFixup
@@ -146,15 +154,15 @@ class MPGraphExecutor:
             run = _Run(graph, butler, run_dir / "logs", journal, done)
             run.log_dir.mkdir(parents=True, exist_ok=True)
             if self._config.in_process:
-                state, ledger = self._run_in_process(run)
+                core = self._run_in_process(run)
             else:
-                state, ledger = self._run_with_broker(run)
+                core = self._run_with_broker(run)
         finally:
             journal.close()
-        error = ledger.error(state)
+        error = core.ledger.error(core.state)
         if error is None and self._server is not None and self._server.fatal:
             error = MPGraphExecutorError(self._server.fatal)
-        self._report = ledger.report(state, error)
+        self._report = core.ledger.report(core.state, error)
         if error is not None:
             raise error
 
@@ -176,53 +184,47 @@ class MPGraphExecutor:
         return graph.with_edges(added)
 
     # ------------------------------------------------------------------ in-process
-    def _run_in_process(self, run: _Run) -> tuple[GraphState, Ledger]:
-        graph = run.graph
-        state = GraphState(graph.xgraph)
-        state.preset_succeeded(set(run.done))
-        scheduler = Scheduler(graph.xgraph, {q.id: q.task_label for q in graph.quanta()})
-        ledger = Ledger(graph, in_process=True)
-        ledger.resumed(run.done)
-        for root in state.initial_ready():
-            scheduler.push(root)
+    def _run_in_process(self, run: _Run) -> BrokerCore:
+        """Drive the core with one virtual worker that runs each quantum right here."""
+        core = BrokerCore(
+            run.graph, self._config, journal=run.journal, done=run.done, in_process=True
+        )
         debugger = importlib.import_module(self._pdb) if self._pdb else None
         # The debugger needs the terminal, so logs are not captured under pdb.
         capture = None if debugger else LogCapture(run.log_dir)
+        me = b"in-process"
+        joined = WorkerJoined(me, os.getpid(), socket.gethostname(), 1, False, name="in-process")
         try:
-            while self._stop_requested is None and (qid := scheduler.pop()) is not None:
-                state.start(qid)
-                attempt = ledger.dispatched(qid, "in-process", time.time())
-                run.journal.record(qid, attempt, "running")
-                result = run_quantum(
-                    self._executor,
-                    run.butler,
-                    graph.quantum(qid),
-                    attempt,
-                    capture,
-                    in_process=True,
-                    on_exception=debugger.post_mortem if debugger else None,
-                )
-                ledger.result(result)
-                run.journal.record(qid, attempt, str(result.status))
-                run.journal.flush()
-                if result.status is ResultStatus.SUCCESS:
-                    scheduler.learn(graph.quantum(qid).task_label, result.duration_s)
-                    for child in state.succeed(qid):
-                        scheduler.push(child)
-                    continue
-                for skipped in state.fail(qid):
-                    scheduler.discard(skipped)
-                logger.warning("quantum %s", ledger.describe(qid))
-                if self._config.fail_fast or result.stop_run:
-                    break
+            actions = core.start(time.monotonic())
+            actions += core.step([joined, WorkerReady(me)], time.monotonic())
+            while not core.over:
+                events: list[Event] = []
+                if self._stop_requested is not None:
+                    events.append(StopRequested(self._stop_requested, graceful=True))
+                for action in actions:
+                    if isinstance(action, Dispatch):
+                        result = run_quantum(
+                            self._executor,
+                            run.butler,
+                            run.graph.quantum(action.quantum_id),
+                            action.attempt,
+                            capture,
+                            in_process=True,
+                            on_exception=debugger.post_mortem if debugger else None,
+                        )
+                        events.append(ResultReceived(me, result))
+                if not events:
+                    raise MPGraphExecutorError("in-process run stalled with nothing to run")
+                actions = core.step(events, time.monotonic())
         finally:
-            state.cancel()
+            if not core.over:  # interrupted (KeyboardInterrupt): cancel the rest, journaled
+                core.step([StopRequested("interrupted")], time.monotonic())
             if capture is not None:
                 capture.close()
-        return state, ledger
+        return core
 
     # ------------------------------------------------------------------ broker
-    def _run_with_broker(self, run: _Run) -> tuple[GraphState, Ledger]:
+    def _run_with_broker(self, run: _Run) -> BrokerCore:
         try:
             blob = pickle.dumps((self._executor, run.butler))
         except Exception as e:
@@ -254,7 +256,7 @@ class MPGraphExecutor:
             (run_dir / ENDPOINT_FILE).unlink(missing_ok=True)
             if sock_dir is not None:
                 shutil.rmtree(sock_dir, ignore_errors=True)
-        return server.state, server.ledger
+        return server.core
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,7 +283,7 @@ def finished_earlier(graph: QuantumGraph, butler: Butler, journal: Journal) -> f
         if q.outputs:
             finished = all(butler.exists(d) for d in q.outputs.values())
         else:
-            finished = states.get(qid) == "success"
+            finished = states.get(qid) is JournalState.SUCCESS
         if finished:
             done.add(qid)
     return frozenset(done)

@@ -9,11 +9,25 @@ but a rerun of such a quantum.
 
 from __future__ import annotations
 
+import enum
 import sqlite3
 import time
 from pathlib import Path
 
-__all__ = ["Journal"]
+__all__ = ["Journal", "JournalState"]
+
+
+class JournalState(enum.StrEnum):
+    """What a journal row says happened to one attempt (values are stored as text)."""
+
+    RUNNING = "running"  # dispatched
+    SUCCESS = "success"
+    FAILURE = "failure"
+    TIMEOUT = "timeout"
+    RETRY = "retry"  # lost with its worker; dispatched again
+    SKIPPED = "skipped"  # an ancestor failed
+    CANCELLED = "cancelled"
+
 
 _FLUSH_EVERY_S = 0.1
 
@@ -43,8 +57,8 @@ class Journal:
         self._pending: list[tuple[str, int, str, float]] = []
         self._flushed_at = time.monotonic()
 
-    def record(self, quantum_id: str, attempt: int, state: str) -> None:
-        self._pending.append((quantum_id, attempt, state, time.time()))
+    def record(self, quantum_id: str, attempt: int, state: JournalState) -> None:
+        self._pending.append((quantum_id, attempt, state.value, time.time()))
 
     def flush_if_due(self, now: float) -> None:
         if self._pending and now - self._flushed_at >= _FLUSH_EVERY_S:
@@ -61,11 +75,12 @@ class Journal:
                 rows,
             )
 
-    def last_states(self) -> dict[str, str]:
-        """The latest recorded state of every quantum seen so far."""
+    def last_states(self) -> dict[str, JournalState]:
+        """The latest recorded state of every quantum seen so far (unknown words skipped)."""
         self.flush()
         rows = self._db.execute("SELECT quantum_id, state FROM transitions ORDER BY seq")
-        return dict(rows.fetchall())  # later rows win
+        known = {s.value for s in JournalState}
+        return {qid: JournalState(state) for qid, state in rows if state in known}
 
     def close(self) -> None:
         try:

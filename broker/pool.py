@@ -68,6 +68,7 @@ class WorkerPool:
             keys_dir=keys_dir,
         )
         self._by_fd: dict[int, LocalWorker] = {}
+        self._killed: set[int] = set()
         self.started = 0
 
     def _start_one(self) -> BaseProcess | subprocess.Popen[bytes]:
@@ -120,8 +121,9 @@ class WorkerPool:
     def __len__(self) -> int:
         return len(self._by_fd)
 
-    def reap(self, pidfd: int) -> tuple[int, int] | None:
-        """The (pid, exit code) of the worker behind a readable pidfd, now forgotten."""
+    def reap(self, pidfd: int) -> tuple[int, int, bool] | None:
+        """The (pid, exit code, killed by us) of the worker behind a readable pidfd, now
+        forgotten."""
         w = self._by_fd.pop(pidfd, None)
         if w is None:
             return None
@@ -131,12 +133,15 @@ class WorkerPool:
         if isinstance(w.handle, BaseProcess):
             w.handle.close()
         logger.info("worker process %d %s", w.pid, describe_exit(code))
-        return w.pid, code
+        killed = w.pid in self._killed
+        self._killed.discard(w.pid)
+        return w.pid, code, killed
 
     def kill(self, pid: int) -> None:
         """SIGKILL a worker's process group (agent and its forkserver); reaped via its pidfd."""
         if pid not in self.pids():
             return
+        self._killed.add(pid)
         try:
             os.killpg(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):

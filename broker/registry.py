@@ -7,11 +7,11 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-__all__ = ["Dispatch", "WorkerInfo", "WorkerRegistry"]
+__all__ = ["InFlight", "WorkerInfo", "WorkerRegistry"]
 
 
 @dataclass(frozen=True, slots=True)
-class Dispatch:
+class InFlight:
     """One attempt of one quantum on one worker; ``backstop`` is when the broker gives up."""
 
     quantum_id: str
@@ -29,7 +29,7 @@ class WorkerInfo:
     slots: int
     local: bool
     last_seen: float
-    in_flight: dict[str, Dispatch] = field(default_factory=dict)
+    in_flight: dict[str, InFlight] = field(default_factory=dict)
     completed: int = 0
     ready: bool = False  # said READY: its executor is loaded and it can take work
 
@@ -47,10 +47,19 @@ class WorkerRegistry:
         self._serial = 0
 
     def add(
-        self, identity: bytes, pid: int, host: str, slots: int, *, local: bool, now: float
+        self,
+        identity: bytes,
+        pid: int,
+        host: str,
+        slots: int,
+        *,
+        local: bool,
+        now: float,
+        name: str | None = None,
     ) -> WorkerInfo:
         self._serial += 1
-        info = WorkerInfo(f"w{self._serial}", identity, pid, host, max(1, slots), local, now)
+        worker_id = name or f"w{self._serial}"
+        info = WorkerInfo(worker_id, identity, pid, host, max(1, slots), local, now)
         self._by_identity[identity] = info
         return info
 
@@ -86,14 +95,14 @@ class WorkerRegistry:
                 best = info
         return best
 
-    def assign(self, info: WorkerInfo, dispatch: Dispatch) -> None:
+    def assign(self, info: WorkerInfo, dispatch: InFlight) -> None:
         info.in_flight[dispatch.quantum_id] = dispatch
         if info.free_slots <= 0:
             self._idle.pop(info.identity, None)
         else:
             self._idle.move_to_end(info.identity)
 
-    def complete(self, info: WorkerInfo, quantum_id: str, attempt: int) -> Dispatch | None:
+    def complete(self, info: WorkerInfo, quantum_id: str, attempt: int) -> InFlight | None:
         """The matching in-flight dispatch, removed; None for a stale or unknown result."""
         d = info.in_flight.get(quantum_id)
         if d is None or d.attempt != attempt:
@@ -104,7 +113,7 @@ class WorkerRegistry:
         self._idle.move_to_end(info.identity)
         return d
 
-    def remove(self, info: WorkerInfo) -> list[Dispatch]:
+    def remove(self, info: WorkerInfo) -> list[InFlight]:
         """Forget a worker; return what it had in flight."""
         self._by_identity.pop(info.identity, None)
         self._idle.pop(info.identity, None)
@@ -121,7 +130,7 @@ class WorkerRegistry:
     def silent(self, now: float, limit_s: float) -> list[WorkerInfo]:
         return [w for w in self._by_identity.values() if now - w.last_seen > limit_s]
 
-    def overdue(self, now: float) -> list[tuple[WorkerInfo, Dispatch]]:
+    def overdue(self, now: float) -> list[tuple[WorkerInfo, InFlight]]:
         return [
             (w, d)
             for w in self._by_identity.values()

@@ -1,8 +1,9 @@
-"""The broker's event loop: one ROUTER socket, the graph state, the scheduler, the registry and
-the local pool, driven by frames, worker deaths and deadlines. Never unpickles what it receives.
+"""The zmq driver of the broker core: one ROUTER socket and the local worker pool. Turns frames,
+worker deaths and stop requests into core events and carries out the core's actions; keeps no
+bookkeeping of quanta itself. Never unpickles what it receives.
 
-Loop: poll until a frame, a worker death or the nearest deadline -> handle frames -> handle
-deaths -> expire silent workers and overdue quanta -> dispatch ready quanta -> heartbeat.
+Loop: carry out actions -> poll until a frame, a worker death or the core's next deadline
+-> translate what arrived into events -> core.step -> heartbeat and progress.
 """
 
 from __future__ import annotations
@@ -10,22 +11,37 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import assert_never
 
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
+from broker.core import BrokerCore, RunTimings
 from broker.droplog import DropLog
+from broker.events import (
+    Action,
+    AdmitWorker,
+    Dispatch,
+    Event,
+    KillWorker,
+    QuantumRevoked,
+    RefuseWorker,
+    ResultReceived,
+    RevokeQuantum,
+    ShutdownWorker,
+    StopRequested,
+    StopRun,
+    WorkerHeard,
+    WorkerJoined,
+    WorkerLeft,
+    WorkerReady,
+)
 from broker.journal import Journal
-from broker.ledger import Ledger
-from broker.monitor import Monitor
 from broker.pool import WorkerPool
-from broker.registry import Dispatch, WorkerInfo, WorkerRegistry
-from broker.scheduler import Scheduler
-from broker.state import GraphState
 from common.codec import decode, encode
 from common.config import ExecutionConfig
 from common.errors import ProtocolError, ProtocolVersionError
@@ -41,7 +57,6 @@ from common.protocol import (
     Ready,
     Refuse,
     Result,
-    ResultStatus,
     Revoke,
     Revoked,
     Shutdown,
@@ -49,19 +64,14 @@ from common.protocol import (
     StatusRequest,
     Welcome,
 )
-from common.report import Reason
 from common.status import RunStatus
 from worker.lifecycle import describe_exit
 
-__all__ = ["BrokerServer", "RunTimings"]
+__all__ = ["BrokerServer", "ProgressCallback", "Serving"]
 
 logger = logging.getLogger(__name__)
 
 _BATCH = 256  # frames handled per wake-up before deadlines get a look
-_BACKSTOP_GRACE_S = 5.0  # beyond a quantum's timeout, before the broker kills the worker
-_STARTUP_HOLD_S = 10.0  # wait this long at most for every local worker before dispatching
-_STEAL_AFTER_S = 0.05  # a prefetched quantum is taken back once the one ahead ran this long
-
 
 ProgressCallback = Callable[[RunStatus], None]
 
@@ -77,20 +87,9 @@ class Serving:
     keys_dir: Path | None = None
 
 
-@dataclass(slots=True)
-class RunTimings:
-    """Monotonic instants of the run (for benchmarks and progress)."""
-
-    started: float = 0.0
-    workers_ready: float | None = None
-    first_dispatch: float | None = None
-    last_result: float | None = None
-    workers_started: int = 0  # local worker processes, replacements included
-    worker_losses: list[tuple[float, int, str]] = field(default_factory=list)  # (when, pid, why)
-
-
 class BrokerServer:
-    """Serves one graph to local (spawned) and attached workers until every quantum ends."""
+    """Serves one graph to local (spawned) and attached workers until the core says the run
+    is over."""
 
     def __init__(
         self,
@@ -104,24 +103,12 @@ class BrokerServer:
     ) -> None:
         self.graph = graph
         self.config = config
-        self.state = GraphState(graph.xgraph)
-        labels = {q.id: q.task_label for q in graph.quanta()}
-        self.scheduler = Scheduler(graph.xgraph, labels)
-        self.registry = WorkerRegistry()
-        self.ledger = Ledger(graph, in_process=False)
-        self.state.preset_succeeded(set(done))
-        self.ledger.resumed(done)
-        self._journal = journal
-        self._monitor = Monitor(
-            graph, labels, self.state, self.scheduler, self.registry, self.ledger
-        )
-        self.timings = RunTimings()
+        self.core = BrokerCore(graph, config, journal=journal, done=done)
         self._serving = serving
         self._drops = DropLog(logger)
-        self._revoking: set[tuple[str, int]] = set()
-        self._stop_reason: str | None = None
-        self._stop_now = False
-        self._drain_deadline: float | None = None
+        self._requests: deque[Event] = deque()  # from signal handlers and other threads
+        self._events: list[Event] = []  # follow-ups of carrying out actions
+        self._goodbyes: set[bytes] = set()  # attached workers told the run is over
         self._fatal: str | None = None
         self._last_sent: dict[bytes, float] = {}
         self._wake_r, self._wake_w = os.pipe()
@@ -139,14 +126,20 @@ class BrokerServer:
         self._on_progress = on_progress
         self._next_progress = 0.0
 
+    @property
+    def timings(self) -> RunTimings:
+        return self.core.timings
+
+    @property
+    def fatal(self) -> str | None:
+        """Why the run could not go on (no workers could start), if that happened."""
+        return self._fatal
+
     # ------------------------------------------------------------------ control
     def request_stop(self, reason: str, *, graceful: bool = False) -> None:
         """Stop dispatching. Graceful: running quanta get ``shutdown_grace_s`` to finish, then
         the rest is cancelled; otherwise cancel at once. Safe from a signal handler."""
-        if self._stop_reason is None:
-            self._stop_reason = reason
-        if not graceful:
-            self._stop_now = True
+        self._requests.append(StopRequested(reason, graceful))
         if self._wake_w >= 0:
             try:
                 os.write(self._wake_w, b"!")
@@ -159,19 +152,10 @@ class BrokerServer:
         os.close(wake_r)
         os.close(wake_w)
 
-    @property
-    def stop_reason(self) -> str | None:
-        return self._stop_reason
-
-    @property
-    def fatal(self) -> str | None:
-        """Why the run could not go on (no workers could start), if that happened."""
-        return self._fatal
-
     def run(self) -> None:
-        """Serve until every quantum ended or a stop was requested; always reaps workers."""
-        self.timings.started = time.monotonic()
-        if self.state.finished:  # nothing to run (an empty graph, or a finished run resumed)
+        """Serve until the run is over; always reaps workers."""
+        actions = self.core.start(time.monotonic())
+        if self.core.over:  # nothing to run (an empty graph, or a finished run resumed)
             self._close_wake_pipe()
             return
         # Workers are started before this process creates its ZeroMQ context (fork safety);
@@ -179,15 +163,19 @@ class BrokerServer:
         self._pool.spawn(self.config.spawn_count)
         ctx = zmq.Context()
         router = self._router = ctx.socket(zmq.ROUTER)
+        auth: ThreadAuthenticator | None = None
         try:
             router.setsockopt(zmq.LINGER, 0)
             router.setsockopt(zmq.ROUTER_MANDATORY, 1)
             auth = self._secure(ctx, router)
             router.bind(self._serving.endpoint)
-            self._loop()
+            self._loop(actions)
         finally:
-            self._finish()
-            self.timings.workers_started = self._pool.started
+            if not self.core.over:  # an exception in the loop: stop the run in order
+                self._carry_out(self.core.step([StopRequested("broker error")], time.monotonic()))
+            self._await_goodbyes(time.monotonic() + max(2.0, self.config.shutdown_grace_s))
+            self._pool.shutdown(self.config.shutdown_grace_s)
+            self.core.timings.workers_started = self._pool.started
             if auth is not None:
                 auth.stop()
             # A bounded linger lets the SHUTDOWNs just queued reach attached workers.
@@ -211,68 +199,52 @@ class BrokerServer:
         return auth
 
     # ------------------------------------------------------------------ loop
-    def _loop(self) -> None:
-        for qid in self.state.initial_ready():
-            self.scheduler.push(qid)
+    def _loop(self, actions: list[Action]) -> None:
         poller = zmq.Poller()
         poller.register(self._router, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
         pidfds = set(self._pool.pidfds())
         for fd in pidfds:
             poller.register(fd, zmq.POLLIN)
-        while not self.state.finished and not self._stop_now:
+        while True:
+            self._carry_out(actions)
+            if self.core.over:
+                return
             now = time.monotonic()
-            if self._stop_reason is not None and self._drained(now):
-                break
             timeout_s = max(0.0, self._next_wakeup(now) - now)
-            events = dict(poller.poll(int(timeout_s * 1000) + 1))
+            ready = dict(poller.poll(int(timeout_s * 1000) + 1))
             now = time.monotonic()
-            if self._router in events:
-                self._handle_frames(now)
-            if self._wake_r in events:
+            events, self._events = self._events, []
+            if self._router in ready:
+                self._read_frames(now, events)
+            if self._wake_r in ready:
                 os.read(self._wake_r, 4096)
-            for fd in pidfds & events.keys():
+            while self._requests:
+                events.append(self._requests.popleft())
+            for fd in pidfds & ready.keys():
                 poller.unregister(fd)
-                self._handle_worker_exit(fd, now)
-            self._expire(now)
-            self._dispatch(now)
+                self._worker_exited(fd, events)
+            actions = self.core.step(events, now)
             self._heartbeat(now)
             self._report_progress(now)
-            if self._journal is not None:
-                self._journal.flush_if_due(now)
             current = set(self._pool.pidfds())
             for fd in current - pidfds:
                 poller.register(fd, zmq.POLLIN)
             pidfds = current
 
-    def _drained(self, now: float) -> bool:
-        """During a graceful stop: True once nothing runs or the grace is over."""
-        if self._drain_deadline is None:
-            grace = self.config.shutdown_grace_s
-            self._drain_deadline = now + grace
-            logger.warning(
-                "stopping (%s): %.1fs for running quanta to finish", self._stop_reason, grace
-            )
-            for info in self.registry.workers():
-                self._send(info.identity, Shutdown(reason=self._stop_reason or "", grace_s=grace))
-        busy = any(info.in_flight for info in self.registry.workers())
-        return not busy or now >= self._drain_deadline
-
     def _next_wakeup(self, now: float) -> float:
         wake = now + self.config.heartbeat_interval_s
-        if self._drain_deadline is not None:
-            wake = min(wake, self._drain_deadline)
-        deadline = self.registry.next_deadline(self.config.worker_silence_limit_s)
+        if self._events or self._requests:
+            return now
+        deadline = self.core.next_deadline(now)
         if deadline is not None:
             wake = min(wake, deadline)
         if self._on_progress is not None:
             wake = min(wake, self._next_progress)
-        if self._holding(now):
-            wake = min(wake, self.timings.started + _STARTUP_HOLD_S)
         return wake
 
-    # ------------------------------------------------------------------ frames
-    def _handle_frames(self, now: float) -> None:
+    # ------------------------------------------------------------------ frames -> events
+    def _read_frames(self, now: float, events: list[Event]) -> None:
         router = self._router
         for _ in range(_BATCH):
             # EVENTS, not recv-until-EAGAIN: an exception per wake-up costs more than the check.
@@ -291,89 +263,115 @@ class BrokerServer:
             except ProtocolError as e:
                 self._drops.warn("dropping bad frame from %r: %s", identity[:16], e)
                 continue
-            info = self.registry.get(identity)
-            if info is None:
-                self._on_stranger(identity, msg, now)
-                continue
-            self.registry.seen(info, now)
-            self._on_message(info, msg, now)
+            event = self._event_for(identity, msg, now)
+            if event is not None:
+                events.append(event)
 
-    def _on_stranger(self, identity: bytes, msg: Message, now: float) -> None:
-        """A peer that is not a registered worker: a new worker or a control client."""
+    def _event_for(self, identity: bytes, msg: Message, now: float) -> Event | None:
+        """The core event a message stands for; control requests are answered here."""
         match msg:
-            case Hello():
-                self._register(identity, msg, now)
+            case Hello(pid=pid, host=host, slots=slots):
+                local = pid in self._pool.pids()
+                return WorkerJoined(identity, pid, host, slots, local)
+            case Ready():
+                return WorkerReady(identity)
+            case Result():
+                return ResultReceived(identity, msg)
+            case Revoked(quantum_id=qid, attempt=attempt):
+                return QuantumRevoked(identity, qid, attempt)
+            case Heartbeat():
+                return WorkerHeard(identity)
+            case Goodbye(reason=reason):
+                self._goodbyes.discard(identity)
+                self._last_sent.pop(identity, None)
+                return WorkerLeft(identity, f"worker {self._name(identity)} left: {reason}")
             case StatusRequest():
-                self._send(identity, StatusReply(self.status(now).to_dict()))
+                self._send(identity, StatusReply(self.core.status(now).to_dict()))
             case Cancel(abort=abort):
                 logger.warning("%s requested by a control client", "abort" if abort else "drain")
-                self.request_stop("cancelled by request", graceful=not abort)
-                self._send(identity, StatusReply(self.status(now).to_dict()))
-            case _:
+                self._send(identity, StatusReply(self.core.status(now).to_dict()))
+                return StopRequested("cancelled by request", graceful=not abort)
+            case Welcome() | Assign() | Refuse() | Shutdown() | StatusReply() | Revoke():
                 self._drops.warn(
-                    "dropping %s from unknown worker %r", type(msg).__name__, identity[:16]
+                    "dropping unexpected %s from %r", type(msg).__name__, identity[:16]
                 )
-
-    def _on_message(self, info: WorkerInfo, msg: Message, now: float) -> None:
-        match msg:
-            case Result():
-                self._on_result(info, msg, now)
-            case Ready():
-                self.registry.mark_ready(info)
-                ready = self.registry.ready_count()
-                if self.timings.workers_ready is None and ready >= max(1, self.config.spawn_count):
-                    self.timings.workers_ready = now
-            case Revoked(quantum_id=qid, attempt=attempt):
-                self._on_revoked(info, qid, attempt)
-            case Heartbeat():
-                pass
-            case Goodbye(reason=reason):
-                self._lose_worker(info, f"worker {info.worker_id} left: {reason}", now)
-            case Hello():
-                logger.warning("duplicate HELLO from %s ignored", info.worker_id)
-            case (
-                Welcome()
-                | Assign()
-                | Refuse()
-                | Shutdown()
-                | StatusRequest()
-                | StatusReply()
-                | Cancel()
-                | Revoke()
-            ):
-                logger.warning("unexpected %s from %s dropped", type(msg).__name__, info.worker_id)
             case _:
                 assert_never(msg)
+        return None
 
-    def _refuse(self, identity: bytes, reason: str) -> None:
-        self._drops.warn("refusing worker %r: %s", identity[:16], reason)
-        self._send(identity, Refuse(reason=reason))
+    def _worker_exited(self, pidfd: int, events: list[Event]) -> None:
+        reaped = self._pool.reap(pidfd)
+        if reaped is None:
+            return
+        pid, code, killed = reaped
+        info = self.core.registry.by_pid(pid)
+        if info is not None:
+            why = f"worker {info.worker_id} (pid {pid}) {describe_exit(code)}"
+            events.append(WorkerLeft(info.identity, why))
+        elif killed:
+            logger.info("lost worker process %d reaped (%s)", pid, describe_exit(code))
+        else:
+            logger.warning("worker process %d %s before registering", pid, describe_exit(code))
+        if self.core.state.finished or self.core.stop_reason is not None:
+            return
+        if self._replacements_left > 0:
+            self._replacements_left -= 1
+            self._pool.spawn(1)
+        elif len(self.core.registry) == 0 and len(self._pool) == 0:
+            self._fatal = "every local worker died and the replacement budget is spent"
+            events.append(StopRequested(self._fatal))
 
-    def _register(self, identity: bytes, hello: Hello, now: float) -> None:
-        local = hello.pid in self._pool.pids()
-        info = self.registry.add(identity, hello.pid, hello.host, hello.slots, local=local, now=now)
-        logger.info(
-            "worker %s registered (pid %d on %s, %s)",
-            info.worker_id,
-            hello.pid,
-            hello.host,
-            "local" if local else "attached",
-        )
+    # ------------------------------------------------------------------ actions
+    def _carry_out(self, actions: list[Action]) -> None:
+        for action in actions:
+            match action:
+                case AdmitWorker(worker=worker, worker_id=worker_id):
+                    self._admit(worker, worker_id)
+                case RefuseWorker(worker=worker, reason=reason):
+                    self._refuse(worker, reason)
+                case Dispatch(worker=worker, quantum_id=qid, attempt=attempt, timeout_s=timeout):
+                    assign = Assign(self.graph.quantum(qid), attempt, timeout)
+                    if not self._send(worker, assign):
+                        why = f"worker {self._name(worker)} unreachable"
+                        self._events.append(WorkerLeft(worker, why))
+                case RevokeQuantum(worker=worker, quantum_id=qid, attempt=attempt):
+                    self._send(worker, Revoke(qid, attempt))
+                case KillWorker(worker=worker, pid=pid):
+                    self._last_sent.pop(worker, None)
+                    self._pool.kill(pid)
+                case ShutdownWorker(worker=worker, reason=reason, grace_s=grace, final=final):
+                    info = self.core.registry.get(worker)
+                    attached = info is not None and not info.local
+                    if self._send(worker, Shutdown(reason, grace)) and final and attached:
+                        self._goodbyes.add(worker)
+                case StopRun():
+                    pass
+                case _:
+                    assert_never(action)
+
+    def _name(self, identity: bytes) -> str:
+        info = self.core.registry.get(identity)
+        return info.worker_id if info is not None else repr(identity[:16])
+
+    def _admit(self, worker: bytes, worker_id: str) -> None:
+        c = self.config
         self._send(
-            identity,
+            worker,
             Welcome(
-                worker_id=info.worker_id,
-                heartbeat_interval_s=self.config.heartbeat_interval_s,
-                liveness=self.config.liveness,
+                worker_id=worker_id,
+                heartbeat_interval_s=c.heartbeat_interval_s,
+                liveness=c.liveness,
                 executor=self._serving.executor_blob,
                 log_dir=str(self._serving.log_dir),
                 preload=self._preload,
-                max_quanta_per_executor=self.config.max_quanta_per_executor,
-                max_rss_kb=None
-                if self.config.max_rss_mb is None
-                else self.config.max_rss_mb * 1024,
+                max_quanta_per_executor=c.max_quanta_per_executor,
+                max_rss_kb=None if c.max_rss_mb is None else c.max_rss_mb * 1024,
             ),
         )
+
+    def _refuse(self, identity: bytes, reason: str) -> None:
+        self._drops.warn("refusing %r: %s", identity[:16], reason)
+        self._send(identity, Refuse(reason=reason))
 
     def _send(self, identity: bytes, msg: Message) -> bool:
         try:
@@ -381,205 +379,27 @@ class BrokerServer:
         except zmq.ZMQError as e:  # EHOSTUNREACH (ROUTER_MANDATORY) or a full pipe
             self._drops.warn("cannot send %s to %r: %s", type(msg).__name__, identity[:16], e)
             return False
-        if identity in self._last_sent or self.registry.get(identity) is not None:
+        if self.core.registry.get(identity) is not None:
             self._last_sent[identity] = time.monotonic()
         return True
 
-    # ------------------------------------------------------------------ results
-    def _on_result(self, info: WorkerInfo, result: Result, now: float) -> None:
-        if self.registry.complete(info, result.quantum_id, result.attempt) is None:
-            logger.warning(
-                "ignoring result for %s attempt %d from %s: not in flight there",
-                result.quantum_id,
-                result.attempt,
-                info.worker_id,
-            )
-            return
-        self.timings.last_result = now
-        self.ledger.result(result)
-        self._record(result.quantum_id, result.attempt, str(result.status))
-        qid = result.quantum_id
-        match result.status:
-            case ResultStatus.SUCCESS:
-                self.scheduler.learn(self.graph.quantum(qid).task_label, result.duration_s)
-                for child in self.state.succeed(qid):
-                    self.scheduler.push(child)
-            case ResultStatus.TIMEOUT:
-                self._fail(qid, f"timed out: {result.exc_message}", timed_out=True)
-            case ResultStatus.FAILURE:
-                self._fail(qid, self.ledger.describe(qid))
-                if result.stop_run:
-                    self.request_stop(f"{qid} failed in a way that stops the run")
-
-    def _fail(self, qid: str, what: str, *, timed_out: bool = False) -> None:
-        skipped = self.state.fail(qid, timed_out=timed_out)
-        for s in skipped:
-            self.scheduler.discard(s)
-        logger.warning("quantum %s; %d descendant(s) skipped", what, len(skipped))
-        if self.config.fail_fast:
-            self.request_stop(f"fail-fast: {what}")
-
-    # ------------------------------------------------------------------ losses
-    def _lose_worker(self, info: WorkerInfo, why: str, now: float) -> None:
-        """Forget a worker: retry or fail what it ran, kill it if local, replace it."""
-        for d in self.registry.remove(info):
-            self._requeue_or_fail(d, why)
-        self._last_sent.pop(info.identity, None)
-        if info.local:
-            self._pool.kill(info.pid)
-        self.timings.worker_losses.append((now, info.pid, why))
-        logger.warning("%s", why)
-
-    def _requeue_or_fail(self, d: Dispatch, why: str) -> None:
-        if self._stop_reason is not None:
-            return  # stopping: it stays unfinished and is cancelled at the end
-        if d.attempt <= self.config.retries:
-            logger.warning("re-dispatching %s (attempt %d lost: %s)", d.quantum_id, d.attempt, why)
-            self.state.requeue(d.quantum_id)
-            self.scheduler.push(d.quantum_id)
-            return
-        self.ledger.lost(d.quantum_id, Reason.WORKER_LOST, why, time.time())
-        self._record(d.quantum_id, d.attempt, "failure")
-        self._fail(d.quantum_id, f"{d.quantum_id} lost with its worker: {why}")
-
-    def _handle_worker_exit(self, pidfd: int, now: float) -> None:
-        reaped = self._pool.reap(pidfd)
-        if reaped is None:
-            return
-        pid, code = reaped
-        info = self.registry.by_pid(pid)
-        if info is not None:
-            self._lose_worker(
-                info, f"worker {info.worker_id} (pid {pid}) {describe_exit(code)}", now
-            )
-        elif any(pid == lost_pid for _, lost_pid, _ in self.timings.worker_losses):
-            logger.info("lost worker process %d reaped (%s)", pid, describe_exit(code))
-        else:
-            logger.warning("worker process %d %s before registering", pid, describe_exit(code))
-        if self.state.finished or self._stop_reason is not None:
-            return
-        if self._replacements_left > 0:
-            self._replacements_left -= 1
-            self._pool.spawn(1)
-        elif len(self.registry) == 0 and len(self._pool) == 0:
-            self._fatal = "every local worker died and the replacement budget is spent"
-            self.request_stop(self._fatal)
-
-    def _expire(self, now: float) -> None:
-        for info in self.registry.silent(now, self.config.worker_silence_limit_s):
-            if not info.ready and now - info.last_seen < self.config.startup_timeout_s:
-                continue  # still importing its task modules: it heartbeats once it is up
-            self._lose_worker(
-                info,
-                f"worker {info.worker_id} (pid {info.pid}) silent for {now - info.last_seen:.1f}s",
-                now,
-            )
-        for info, d in self.registry.overdue(now):
-            self.registry.complete(info, d.quantum_id, d.attempt)
-            why = "no result within the timeout plus grace; its worker was killed"
-            self.ledger.lost(d.quantum_id, Reason.TIMEOUT, why, time.time(), exit_code=None)
-            self._record(d.quantum_id, d.attempt, "timeout")
-            self._fail(d.quantum_id, f"{d.quantum_id} timed out: {why}", timed_out=True)
-            self._lose_worker(info, f"worker {info.worker_id} did not enforce a timeout", now)
-
-    # ------------------------------------------------------------------ dispatch
-    def _holding(self, now: float) -> bool:
-        """Hold dispatch briefly until every local worker is up, so work spreads evenly."""
-        return (
-            self.timings.workers_ready is None
-            and now < self.timings.started + _STARTUP_HOLD_S
-            and self.registry.ready_count() < self.config.spawn_count
-        )
-
-    def _steal(self, now: float) -> None:
-        """An idle worker while nothing is ready: take back a quantum prefetched behind one
-        that has run for a while on another worker, so it runs now instead of after it."""
-        if len(self.scheduler) or not any(
-            w.ready and not w.in_flight for w in self.registry.workers()
-        ):
-            return
-        for info in self.registry.workers():
-            if len(info.in_flight) < 2:
-                continue
-            running, *queued = sorted(info.in_flight.values(), key=lambda d: d.sent_at)
-            last = queued[-1]
-            key = (last.quantum_id, last.attempt)
-            if now - running.sent_at >= _STEAL_AFTER_S and key not in self._revoking:
-                self._revoking.add(key)
-                self._send(info.identity, Revoke(quantum_id=key[0], attempt=key[1]))
-
-    def _on_revoked(self, info: WorkerInfo, qid: str, attempt: int) -> None:
-        self._revoking.discard((qid, attempt))
-        if self.registry.complete(info, qid, attempt) is None:
-            return  # not in flight there (any more): nothing to take back
-        self.ledger.undispatched(qid)
-        self.state.requeue(qid)
-        self.scheduler.push(qid)
-
-    def _dispatch(self, now: float) -> None:
-        if self._holding(now) or self._stop_reason is not None:
-            return
-        self._steal(now)
-        while len(self.scheduler) and (info := self.registry.next_free()) is not None:
-            qid = self.scheduler.pop()
-            if qid is None:
-                return
-            q = self.graph.quantum(qid)
-            attempt = self.ledger.dispatched(qid, info.worker_id, time.time())
-            self._record(qid, attempt, "running")
-            timeout = q.timeout_s if q.timeout_s is not None else self.config.timeout_s
-            # A prefetched quantum starts after those ahead of it on the worker.
-            ahead = sum((d.backstop or now) - now for d in info.in_flight.values())
-            backstop = None if timeout is None else now + ahead + timeout + _BACKSTOP_GRACE_S
-            self.state.start(qid)
-            self.registry.assign(info, Dispatch(qid, attempt, now, backstop))
-            if self.timings.first_dispatch is None:
-                self.timings.first_dispatch = now
-            if not self._send(info.identity, Assign(quantum=q, attempt=attempt, timeout_s=timeout)):
-                self._lose_worker(info, f"worker {info.worker_id} unreachable", now)
-
-    def status(self, now: float) -> RunStatus:
-        t = self.timings
-        busy = now - t.first_dispatch if t.first_dispatch is not None else 0.0
-        return self._monitor.snapshot(now, now - t.started, busy, self._stop_reason)
+    def _heartbeat(self, now: float) -> None:
+        interval = self.config.heartbeat_interval_s
+        for info in self.core.registry.workers():
+            if now - self._last_sent.get(info.identity, 0.0) >= interval:
+                self._send(info.identity, Heartbeat())
 
     def _report_progress(self, now: float) -> None:
         if self._on_progress is None or now < self._next_progress:
             return
         self._next_progress = now + self.config.progress_interval_s
-        self._on_progress(self.status(now))
-
-    def _record(self, qid: str, attempt: int, state: str) -> None:
-        if self._journal is not None:
-            self._journal.record(qid, attempt, state)
-
-    def _heartbeat(self, now: float) -> None:
-        interval = self.config.heartbeat_interval_s
-        for info in self.registry.workers():
-            if now - self._last_sent.get(info.identity, 0.0) >= interval:
-                self._send(info.identity, Heartbeat())
+        self._on_progress(self.core.status(now))
 
     # ------------------------------------------------------------------ end
-    def _finish(self) -> None:
-        """Cancel what did not end, tell workers to stop, reap local ones on one deadline."""
-        cancelled = self.state.cancel()
-        for qid in cancelled:
-            self._record(qid, self.ledger.records[qid].attempts, "cancelled")
-        if self._journal is not None:
-            self._journal.flush()
-        if cancelled:
-            logger.warning("%d quanta cancelled (%s)", len(cancelled), self._stop_reason)
-        waiting = set()
-        for info in self.registry.workers():
-            reason = self._stop_reason or "run complete"
-            if self._send(info.identity, Shutdown(reason=reason, grace_s=0.0)) and not info.local:
-                waiting.add(info.identity)
-        self._await_goodbyes(waiting, time.monotonic() + max(2.0, self.config.shutdown_grace_s))
-        self._pool.shutdown(self.config.shutdown_grace_s)
-
-    def _await_goodbyes(self, waiting: set[bytes], deadline: float) -> None:
-        """Attached workers acknowledge SHUTDOWN with GOODBYE: closing the socket earlier
-        would drop the SHUTDOWN still queued to a worker busy starting its executor."""
+    def _await_goodbyes(self, deadline: float) -> None:
+        """Attached workers acknowledge the final SHUTDOWN with GOODBYE: closing the socket
+        earlier would drop the SHUTDOWN still queued to a worker busy starting its executor."""
+        waiting = self._goodbyes
         while waiting and (left := deadline - time.monotonic()) > 0:
             if not self._router.poll(int(left * 1000) + 1):
                 break

@@ -42,7 +42,7 @@ def _busy(tmp: Path, ex: MPGraphExecutor) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         srv = ex._server
-        if srv is not None and sum(len(w.in_flight) for w in srv.registry.workers()) >= 2:
+        if srv is not None and sum(len(w.in_flight) for w in srv.core.registry.workers()) >= 2:
             return
         time.sleep(0.002)
     raise RuntimeError("workers never got busy")

@@ -25,7 +25,14 @@ MODES = [pytest.param(1, id="in-process"), pytest.param(3, id="3-workers")]
 
 
 def make(num_proc: int, timeout: float | None = 30.0, **kw: object) -> MPGraphExecutor:
+    """A timeout only where it is enforced (numProc >= 2); in-process runs take none."""
+    timeout = None if num_proc == 1 else timeout
     return MPGraphExecutor(num_proc, timeout, TaskQuantumExecutor(), **kw)  # type: ignore[arg-type]
+
+
+def test_a_timeout_with_one_process_warns_that_it_is_not_enforced() -> None:
+    with pytest.warns(RuntimeWarning, match="not enforced with numProc == 1"):
+        MPGraphExecutor(1, 5.0, TaskQuantumExecutor())
 
 
 @pytest.mark.parametrize("num_proc", MODES)

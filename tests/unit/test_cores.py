@@ -5,7 +5,7 @@ from __future__ import annotations
 import networkx as nx
 import pytest
 
-from broker.registry import Dispatch, WorkerRegistry
+from broker.registry import InFlight, WorkerRegistry
 from broker.scheduler import Scheduler
 from broker.state import GraphState, QState
 
@@ -79,7 +79,7 @@ def test_registry_tracks_silence_deadlines_and_fences_attempts() -> None:
     assert reg.next_free() is None  # not READY yet
     reg.mark_ready(w)
     assert reg.next_free() is w
-    reg.assign(w, Dispatch("q", attempt=2, sent_at=100.0, backstop=105.0))
+    reg.assign(w, InFlight("q", attempt=2, sent_at=100.0, backstop=105.0))
     assert reg.next_free() is None
     assert reg.complete(w, "q", attempt=1) is None  # a superseded attempt
     assert reg.overdue(104.9) == [] and len(reg.overdue(105.0)) == 1
@@ -87,6 +87,6 @@ def test_registry_tracks_silence_deadlines_and_fences_attempts() -> None:
     assert reg.next_deadline(limit_s=3.0) == 103.0
     assert reg.complete(w, "q", attempt=2) is not None
     assert reg.next_free() is w
-    reg.assign(w, Dispatch("r", 1, 101.0, None))
+    reg.assign(w, InFlight("r", 1, 101.0, None))
     lost = reg.remove(w)
     assert [d.quantum_id for d in lost] == ["r"] and len(reg) == 0

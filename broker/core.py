@@ -1,0 +1,403 @@
+"""The broker core: every quantum transition and every dispatch decision, in one place.
+
+Transport-neutral and steppable (huey-style): a driver (the zmq server loop, the in-process
+mode, the Dask engine) feeds it the events it observed with an explicit monotonic ``now`` and
+carries out the actions it returns. Owns graph state, scheduler, worker registry, ledger and
+journal; never touches a socket, a process or the monotonic clock (wall-clock time, for the
+report only, comes from an injectable function).
+
+    step(events, now): apply events -> expire silent workers and overdue quanta
+                       -> finish (stopping, or every quantum ended) or dispatch -> actions
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import assert_never
+
+from broker.events import (
+    Action,
+    AdmitWorker,
+    Dispatch,
+    Event,
+    KillWorker,
+    QuantumRevoked,
+    RefuseWorker,
+    ResultReceived,
+    RevokeQuantum,
+    ShutdownWorker,
+    StopRequested,
+    StopRun,
+    WorkerHeard,
+    WorkerJoined,
+    WorkerLeft,
+    WorkerReady,
+)
+from broker.journal import Journal, JournalState
+from broker.ledger import Ledger
+from broker.monitor import Monitor
+from broker.registry import InFlight, WorkerInfo, WorkerRegistry
+from broker.scheduler import Scheduler
+from broker.state import GraphState
+from common.config import ExecutionConfig
+from common.graph import QuantumGraph
+from common.protocol import Result, ResultStatus
+from common.report import Reason
+from common.status import RunStatus
+
+__all__ = ["BACKSTOP_GRACE_S", "STARTUP_HOLD_S", "STEAL_AFTER_S", "BrokerCore", "RunTimings"]
+
+logger = logging.getLogger(__name__)
+
+BACKSTOP_GRACE_S = 5.0  # beyond a quantum's timeout, before the broker kills the worker
+STARTUP_HOLD_S = 10.0  # wait this long at most for the expected workers before dispatching
+STEAL_AFTER_S = 0.05  # a prefetched quantum is taken back once the one ahead ran this long
+
+
+@dataclass(slots=True)
+class RunTimings:
+    """Monotonic instants of the run, recorded for benchmarks and progress; never read to
+    decide anything."""
+
+    started: float = 0.0
+    workers_ready: float | None = None
+    first_dispatch: float | None = None
+    last_result: float | None = None
+    workers_started: int = 0  # local worker processes, replacements included (driver-kept)
+    worker_losses: list[tuple[float, int, str]] = field(default_factory=list)  # (when, pid, why)
+
+
+class BrokerCore:
+    """One run of ``graph``: ``start(now)`` once, then ``step(events, now)`` until it returns
+    ``StopRun``. ``done`` holds quanta an earlier run finished (resume)."""
+
+    def __init__(
+        self,
+        graph: QuantumGraph,
+        config: ExecutionConfig,
+        *,
+        journal: Journal | None = None,
+        done: frozenset[str] = frozenset(),
+        in_process: bool = False,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.graph = graph
+        self.config = config
+        self._wall = wall
+        labels = {q.id: q.task_label for q in graph.quanta()}
+        self.state = GraphState(graph.xgraph)
+        self.scheduler = Scheduler(graph.xgraph, labels)
+        self.registry = WorkerRegistry()
+        self.ledger = Ledger(graph, in_process=in_process)
+        self.state.preset_succeeded(set(done))
+        self.ledger.resumed(done)
+        self._journal = journal
+        self._monitor = Monitor(
+            graph, labels, self.state, self.scheduler, self.registry, self.ledger
+        )
+        self.timings = RunTimings()
+        self._expected_workers = 0 if in_process else config.spawn_count
+        self._holding = self._expected_workers > 0
+        self._revoking: set[tuple[str, int]] = set()
+        self._stop_reason: str | None = None
+        self._stop_now = False
+        self._drain_deadline: float | None = None
+        self._over = False
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def stop_reason(self) -> str | None:
+        return self._stop_reason
+
+    @property
+    def over(self) -> bool:
+        """True once StopRun was returned."""
+        return self._over
+
+    def status(self, now: float) -> RunStatus:
+        t = self.timings
+        busy = now - t.first_dispatch if t.first_dispatch is not None else 0.0
+        return self._monitor.snapshot(now, now - t.started, busy, self._stop_reason)
+
+    def next_deadline(self, now: float) -> float | None:
+        """The earliest moment ``step`` has something to do without a new event."""
+        times = [self.registry.next_deadline(self.config.worker_silence_limit_s)]
+        times.append(self._drain_deadline)
+        if self._holding:
+            times.append(self.timings.started + STARTUP_HOLD_S)
+        times.append(self._next_steal(now))
+        return min((t for t in times if t is not None), default=None)
+
+    # ------------------------------------------------------------------ stepping
+    def start(self, now: float) -> list[Action]:
+        """Queue the initial ready quanta; a run with nothing to do is over at once."""
+        self.timings.started = now
+        for qid in self.state.initial_ready():
+            self.scheduler.push(qid)
+        return self.step((), now)
+
+    def step(self, events: Iterable[Event], now: float) -> list[Action]:
+        """Apply ``events`` seen by ``now``, then decide. Returns the actions to carry out."""
+        if self._over:
+            return []
+        out: list[Action] = []
+        for event in events:
+            self._apply(event, now, out)
+        self._expire(now, out)
+        if self._should_finish(now, out):
+            self._finish(out)
+        else:
+            self._dispatch(now, out)
+        if self._journal is not None:
+            self._journal.flush_if_due(now)
+        return out
+
+    def _apply(self, event: Event, now: float, out: list[Action]) -> None:
+        if isinstance(event, WorkerJoined):
+            self._join(event, now, out)
+            return
+        if isinstance(event, StopRequested):
+            self.request_stop(event.reason, graceful=event.graceful)
+            return
+        info = self.registry.get(event.worker)
+        if info is None:
+            if not isinstance(event, WorkerLeft):
+                out.append(RefuseWorker(event.worker, "not a registered worker of this run"))
+            return
+        self.registry.seen(info, now)
+        match event:
+            case WorkerReady():
+                self.registry.mark_ready(info)
+                if self.timings.workers_ready is None and self._enough_ready():
+                    self.timings.workers_ready = now
+            case WorkerHeard():
+                pass
+            case ResultReceived(result=result):
+                self._on_result(info, result, now)
+            case QuantumRevoked(quantum_id=qid, attempt=attempt):
+                self._on_revoked(info, qid, attempt)
+            case WorkerLeft(why=why):
+                self._lose_worker(info, why, now, out)
+            case _:
+                assert_never(event)
+
+    def request_stop(self, reason: str, *, graceful: bool = False) -> None:
+        """Stop dispatching; the next step drains (graceful) or finishes at once."""
+        if self._stop_reason is None:
+            self._stop_reason = reason
+        if not graceful:
+            self._stop_now = True
+
+    # ------------------------------------------------------------------ transitions
+    def _join(self, event: WorkerJoined, now: float, out: list[Action]) -> None:
+        if self.registry.get(event.worker) is not None:
+            logger.warning("duplicate HELLO from %r ignored", event.worker[:16])
+            return
+        info = self.registry.add(
+            event.worker, event.pid, event.host, event.slots, local=event.local, now=now,
+            name=event.name,
+        )  # fmt: skip
+        logger.info(
+            "worker %s registered (pid %d on %s, %s)", info.worker_id, event.pid, event.host,
+            "local" if event.local else "attached",
+        )  # fmt: skip
+        out.append(AdmitWorker(event.worker, info.worker_id))
+        if self._stop_reason is not None and self._drain_deadline is not None:
+            grace = max(0.0, self._drain_deadline - now)
+            out.append(ShutdownWorker(info.identity, self._stop_reason, grace))
+
+    def _dispatched(self, info: WorkerInfo, qid: str, now: float) -> Dispatch:
+        """READY -> RUNNING on ``info``: a new attempt, journaled, with its backstop."""
+        q = self.graph.quantum(qid)
+        attempt = self.ledger.dispatched(qid, info.worker_id, self._wall())
+        self._record(qid, attempt, JournalState.RUNNING)
+        timeout = q.timeout_s if q.timeout_s is not None else self.config.timeout_s
+        # A prefetched quantum starts after those ahead of it on the worker.
+        ahead = sum((d.backstop or now) - now for d in info.in_flight.values())
+        backstop = None if timeout is None else now + ahead + timeout + BACKSTOP_GRACE_S
+        self.state.start(qid)
+        self.registry.assign(info, InFlight(qid, attempt, now, backstop))
+        if self.timings.first_dispatch is None:
+            self.timings.first_dispatch = now
+        return Dispatch(info.identity, qid, attempt, timeout)
+
+    def _undispatched(self, qid: str) -> None:
+        """RUNNING -> READY: a prefetched attempt was taken back before it started."""
+        self.ledger.undispatched(qid)
+        self.state.requeue(qid)
+        self.scheduler.push(qid)
+
+    def _on_result(self, info: WorkerInfo, result: Result, now: float) -> None:
+        if self.registry.complete(info, result.quantum_id, result.attempt) is None:
+            logger.warning(
+                "ignoring result for %s attempt %d from %s: not in flight there",
+                result.quantum_id, result.attempt, info.worker_id,
+            )  # fmt: skip
+            return
+        self._finished(result, now)
+
+    def _finished(self, result: Result, now: float) -> None:
+        """RUNNING -> SUCCEEDED (children may become ready) or FAILED / TIMED_OUT."""
+        qid = result.quantum_id
+        self.timings.last_result = now
+        self.ledger.result(result)
+        self._record(qid, result.attempt, JournalState(result.status.value))
+        match result.status:
+            case ResultStatus.SUCCESS:
+                self.scheduler.learn(self.graph.quantum(qid).task_label, result.duration_s)
+                for child in self.state.succeed(qid):
+                    self.scheduler.push(child)
+            case ResultStatus.TIMEOUT:
+                self._failed(qid, f"timed out: {result.exc_message}", timed_out=True)
+            case ResultStatus.FAILURE:
+                self._failed(qid, self.ledger.describe(qid))
+                if result.stop_run:
+                    self.request_stop(f"{qid} failed in a way that stops the run")
+
+    def _failed(self, qid: str, what: str, *, timed_out: bool = False) -> None:
+        """The quantum failed: its unfinished descendants are skipped (``blockedBy`` it)."""
+        skipped = self.state.fail(qid, timed_out=timed_out)
+        for s in skipped:
+            self.scheduler.discard(s)
+            self._record(s, self.ledger.records[s].attempts, JournalState.SKIPPED)
+        logger.warning("quantum %s; %d descendant(s) skipped", what, len(skipped))
+        if self.config.fail_fast:
+            self.request_stop(f"fail-fast: {what}")
+
+    def _lost(self, d: InFlight, why: str, reason: Reason = Reason.WORKER_LOST) -> None:
+        """An attempt ended without a result: retried (attempt + 1 later) or failed."""
+        if self._stop_reason is not None:
+            return  # stopping: it stays unfinished and is cancelled at the end
+        if reason is Reason.WORKER_LOST and d.attempt <= self.config.retries:
+            logger.warning("re-dispatching %s (attempt %d lost: %s)", d.quantum_id, d.attempt, why)
+            self._record(d.quantum_id, d.attempt, JournalState.RETRY)
+            self.state.requeue(d.quantum_id)
+            self.scheduler.push(d.quantum_id)
+            return
+        timed_out = reason is Reason.TIMEOUT
+        self.ledger.lost(d.quantum_id, reason, why, self._wall())
+        self._record(
+            d.quantum_id, d.attempt, JournalState.TIMEOUT if timed_out else JournalState.FAILURE
+        )
+        what = "timed out" if timed_out else "lost with its worker"
+        self._failed(d.quantum_id, f"{d.quantum_id} {what}: {why}", timed_out=timed_out)
+
+    def _cancelled(self) -> list[str]:
+        """Every unfinished quantum -> CANCELLED (the run stopped)."""
+        cancelled = self.state.cancel()
+        for qid in cancelled:
+            self.scheduler.discard(qid)
+            self._record(qid, self.ledger.records[qid].attempts, JournalState.CANCELLED)
+        if cancelled:
+            logger.warning("%d quanta cancelled (%s)", len(cancelled), self._stop_reason)
+        return cancelled
+
+    def _record(self, qid: str, attempt: int, state: JournalState) -> None:
+        if self._journal is not None:
+            self._journal.record(qid, attempt, state)
+
+    # ------------------------------------------------------------------ workers
+    def _lose_worker(self, info: WorkerInfo, why: str, now: float, out: list[Action]) -> None:
+        """Forget a worker: retry or fail what it ran; a local one is killed."""
+        self.timings.worker_losses.append((now, info.pid, why))
+        for d in self.registry.remove(info):
+            self._revoking.discard((d.quantum_id, d.attempt))
+            self._lost(d, why)
+        if info.local:
+            out.append(KillWorker(info.identity, info.pid))
+        logger.warning("%s", why)
+
+    def _expire(self, now: float, out: list[Action]) -> None:
+        limit = self.config.worker_silence_limit_s
+        for info in self.registry.silent(now, limit):
+            if not info.ready and now - info.last_seen < self.config.startup_timeout_s:
+                continue  # still importing its task modules: it heartbeats once it is up
+            silent_s = now - info.last_seen
+            why = f"worker {info.worker_id} (pid {info.pid}) silent for {silent_s:.1f}s"
+            self._lose_worker(info, why, now, out)
+        for info, d in self.registry.overdue(now):
+            self.registry.complete(info, d.quantum_id, d.attempt)
+            why = "no result within the timeout plus grace; its worker was killed"
+            self._lost(d, why, Reason.TIMEOUT)
+            why = f"worker {info.worker_id} did not enforce a timeout"
+            self._lose_worker(info, why, now, out)
+
+    def _on_revoked(self, info: WorkerInfo, qid: str, attempt: int) -> None:
+        self._revoking.discard((qid, attempt))
+        if self.registry.complete(info, qid, attempt) is not None:
+            self._undispatched(qid)
+
+    def _enough_ready(self) -> bool:
+        return self.registry.ready_count() >= max(1, self._expected_workers)
+
+    # ------------------------------------------------------------------ dispatch
+    def _dispatch(self, now: float, out: list[Action]) -> None:
+        if self._holding:
+            # Hold briefly until every expected local worker is up, so work spreads evenly.
+            if not self._enough_ready() and now < self.timings.started + STARTUP_HOLD_S:
+                return
+            self._holding = False
+        self._steal(now, out)
+        while len(self.scheduler) and (info := self.registry.next_free()) is not None:
+            qid = self.scheduler.pop()
+            if qid is None:
+                return
+            out.append(self._dispatched(info, qid, now))
+
+    def _stealable(self) -> list[tuple[WorkerInfo, InFlight, InFlight]]:
+        """(worker, running, last queued) where a prefetched quantum waits behind another,
+        when a ready worker sits idle and nothing else is ready."""
+        if len(self.scheduler) or not any(
+            w.ready and not w.in_flight for w in self.registry.workers()
+        ):
+            return []
+        out = []
+        for info in self.registry.workers():
+            if len(info.in_flight) >= 2:
+                running, *queued = sorted(info.in_flight.values(), key=lambda d: d.sent_at)
+                last = queued[-1]
+                if (last.quantum_id, last.attempt) not in self._revoking:
+                    out.append((info, running, last))
+        return out
+
+    def _steal(self, now: float, out: list[Action]) -> None:
+        """Take back a quantum prefetched behind one that has run a while, so an idle worker
+        runs it now instead of after it."""
+        for info, running, last in self._stealable():
+            if now - running.sent_at >= STEAL_AFTER_S:
+                self._revoking.add((last.quantum_id, last.attempt))
+                out.append(RevokeQuantum(info.identity, last.quantum_id, last.attempt))
+
+    def _next_steal(self, now: float) -> float | None:
+        return min((r.sent_at + STEAL_AFTER_S for _, r, _ in self._stealable()), default=None)
+
+    # ------------------------------------------------------------------ the end
+    def _should_finish(self, now: float, out: list[Action]) -> bool:
+        if self.state.finished or self._stop_now:
+            return True
+        if self._stop_reason is None:
+            return False
+        if self._drain_deadline is None:  # a graceful stop begins: tell every worker
+            grace = self.config.shutdown_grace_s
+            self._drain_deadline = now + grace
+            logger.warning(
+                "stopping (%s): %.1fs for running quanta to finish", self._stop_reason, grace
+            )
+            for info in self.registry.workers():
+                out.append(ShutdownWorker(info.identity, self._stop_reason, grace))
+        busy = any(info.in_flight for info in self.registry.workers())
+        return not busy or now >= self._drain_deadline
+
+    def _finish(self, out: list[Action]) -> None:
+        """Cancel what did not end, tell every worker to stop, and say the run is over."""
+        cancelled = self._cancelled()
+        if self._journal is not None:
+            self._journal.flush()
+        reason = self._stop_reason or "run complete"
+        for info in self.registry.workers():
+            out.append(ShutdownWorker(info.identity, reason, 0.0, final=True))
+        out.append(StopRun(self._stop_reason, cancelled))
+        self._over = True

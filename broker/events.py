@@ -1,0 +1,171 @@
+"""What the broker core takes (events a driver observed) and what it returns (actions for the
+driver to carry out). Plain records: no behaviour, no transport.
+
+Workers are named by an opaque ``bytes`` key chosen by the driver (a ZeroMQ identity, a Dask
+worker address, ...); the core never interprets it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from common.protocol import Result
+
+__all__ = [
+    "Action",
+    "AdmitWorker",
+    "Dispatch",
+    "Event",
+    "KillWorker",
+    "QuantumRevoked",
+    "RefuseWorker",
+    "ResultReceived",
+    "RevokeQuantum",
+    "ShutdownWorker",
+    "StopRequested",
+    "StopRun",
+    "WorkerHeard",
+    "WorkerJoined",
+    "WorkerLeft",
+    "WorkerReady",
+]
+
+
+# ---------------------------------------------------------------------- events
+@dataclass(frozen=True, slots=True)
+class WorkerJoined:
+    """A worker introduced itself; ``local`` workers are processes the driver can kill.
+    ``name`` overrides the generated worker id (``w1``, ``w2``, ...)."""
+
+    worker: bytes
+    pid: int
+    host: str
+    slots: int
+    local: bool
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerReady:
+    """The worker's executor is loaded: it can take quanta."""
+
+    worker: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerHeard:
+    """Any sign of life that carries nothing else (a heartbeat)."""
+
+    worker: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ResultReceived:
+    """A worker reports how an attempt ended."""
+
+    worker: bytes
+    result: Result
+
+
+@dataclass(frozen=True, slots=True)
+class QuantumRevoked:
+    """A worker gave back a prefetched quantum it had not started."""
+
+    worker: bytes
+    quantum_id: str
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerLeft:
+    """The worker is gone (said goodbye, its process exited, it cannot be reached)."""
+
+    worker: bytes
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
+class StopRequested:
+    """Stop dispatching. ``graceful``: running quanta get the shutdown grace to finish."""
+
+    reason: str
+    graceful: bool = False
+
+
+Event = (
+    WorkerJoined
+    | WorkerReady
+    | WorkerHeard
+    | ResultReceived
+    | QuantumRevoked
+    | WorkerLeft
+    | StopRequested
+)
+
+
+# ---------------------------------------------------------------------- actions
+@dataclass(frozen=True, slots=True)
+class AdmitWorker:
+    """Welcome the worker under ``worker_id``."""
+
+    worker: bytes
+    worker_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class RefuseWorker:
+    """Tell a peer that is not (or no longer) a registered worker to go away."""
+
+    worker: bytes
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    """Send attempt ``attempt`` of quantum ``quantum_id`` to ``worker``."""
+
+    worker: bytes
+    quantum_id: str
+    attempt: int
+    timeout_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class RevokeQuantum:
+    """Ask ``worker`` to give back a prefetched quantum it has not started."""
+
+    worker: bytes
+    quantum_id: str
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class KillWorker:
+    """Kill a local worker process (lost or not enforcing a timeout) so it cannot come back."""
+
+    worker: bytes
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class ShutdownWorker:
+    """Tell ``worker`` to stop after ``grace_s``; ``final``: the run is over (attached workers
+    acknowledge with GOODBYE, which the driver may wait for)."""
+
+    worker: bytes
+    reason: str
+    grace_s: float
+    final: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StopRun:
+    """The run is over (every quantum ended, or it was stopped): the driver cleans up."""
+
+    reason: str | None
+    cancelled: list[str] = field(default_factory=list)
+
+
+Action = (
+    AdmitWorker | RefuseWorker | Dispatch | RevokeQuantum | KillWorker | ShutdownWorker | StopRun
+)
