@@ -335,6 +335,8 @@ class BrokerCore:
 
     # ------------------------------------------------------------------ dispatch
     def _dispatch(self, now: float, out: list[Action]) -> None:
+        if self._stop_reason is not None:
+            return  # draining: nothing new starts
         if self._holding:
             # Hold briefly until every expected local worker is up, so work spreads evenly.
             if not self._enough_ready() and now < self.timings.started + STARTUP_HOLD_S:

@@ -1,0 +1,378 @@
+"""The broker core driven with events and explicit ``now`` values: no sockets, no processes.
+
+A tiny driver (``Harness``) plays the workers: it joins them, collects the actions, and turns a
+dispatch into a result when a test says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from broker.core import BACKSTOP_GRACE_S, STARTUP_HOLD_S, STEAL_AFTER_S, BrokerCore
+from broker.events import (
+    Action,
+    AdmitWorker,
+    Dispatch,
+    Event,
+    KillWorker,
+    QuantumRevoked,
+    RefuseWorker,
+    ResultReceived,
+    RevokeQuantum,
+    ShutdownWorker,
+    StopRequested,
+    StopRun,
+    WorkerHeard,
+    WorkerJoined,
+    WorkerLeft,
+    WorkerReady,
+)
+from broker.journal import Journal, JournalState
+from broker.state import QState
+from common.config import ExecutionConfig
+from common.graph import QuantumGraph
+from common.protocol import Result, ResultStatus
+from common.report import ExecutionStatus, Reason
+from tests.graphs import chain, independent, quantum
+
+A, B, C = b"wa", b"wb", b"wc"
+
+
+def result(
+    d: Dispatch, status: ResultStatus = ResultStatus.SUCCESS, duration_s: float = 0.5, **kw: Any
+) -> Result:
+    reason = None if status is ResultStatus.SUCCESS else Reason.EXCEPTION
+    base = Result(
+        d.quantum_id, d.attempt, status, 0, None, None, reason, 1.0, 2.0, duration_s, None, None
+    )
+    return replace(base, **kw)
+
+
+class Harness:
+    """Drives a core; ``now`` only moves when a test moves it."""
+
+    def __init__(self, graph: QuantumGraph, workers: int = 0, **config: Any) -> None:
+        config.setdefault("num_workers", max(2, workers))
+        config.setdefault("local_workers", workers)
+        journal = config.pop("journal", None)
+        done = config.pop("done", frozenset())
+        self.core = BrokerCore(
+            graph, ExecutionConfig(**config), journal=journal, done=done, wall=lambda: 1000.0
+        )
+        self.now = 0.0
+        self.actions: list[Action] = self.core.start(self.now)
+
+    def step(self, *events: Event, at: float | None = None) -> list[Action]:
+        if at is not None:
+            self.now = at
+        self.actions = self.core.step(list(events), self.now)
+        return self.actions
+
+    def join(self, worker: bytes, slots: int = 1, *, local: bool = True, pid: int = 0) -> None:
+        self.step(
+            WorkerJoined(worker, pid or len(worker), "host", slots, local), WorkerReady(worker)
+        )
+
+    def dispatches(self, worker: bytes | None = None) -> list[Dispatch]:
+        return [
+            a
+            for a in self.actions
+            if isinstance(a, Dispatch) and (worker is None or a.worker == worker)
+        ]
+
+    def of(self, kind: type[Any]) -> list[Any]:
+        return [a for a in self.actions if isinstance(a, kind)]
+
+    def state(self, qid: str) -> QState:
+        return self.core.state.state[qid]
+
+
+def test_joining_worker_is_admitted_and_gets_ready_work() -> None:
+    h = Harness(independent(2), workers=1)
+    h.step(WorkerJoined(A, 11, "host", 2, True))
+    assert h.of(AdmitWorker) == [AdmitWorker(A, "w1")]
+    assert h.dispatches() == []  # not READY yet
+    h.step(WorkerReady(A))
+    assert {d.quantum_id for d in h.dispatches(A)} == {"q0", "q1"}  # slots 2: one queued
+
+
+def test_a_chain_runs_in_order_and_the_run_stops_when_all_succeeded() -> None:
+    h = Harness(chain(3), workers=1)
+    h.join(A)
+    for expected in ("c0", "c1", "c2"):
+        (d,) = h.dispatches()
+        assert d.quantum_id == expected
+        h.step(ResultReceived(A, result(d)), at=h.now + 1)
+    (stop,) = h.of(StopRun)
+    assert stop.reason is None and stop.cancelled == []
+    assert h.of(ShutdownWorker) == [ShutdownWorker(A, "run complete", 0.0, final=True)]
+    assert h.core.over and h.core.step([WorkerHeard(A)], 99.0) == []
+
+
+def test_lost_worker_retries_under_a_new_attempt_and_fences_the_late_result() -> None:
+    # Given quantum q0 dispatched to A (attempt 1)
+    h = Harness(independent(1), workers=1, retries=1)
+    h.join(A)
+    (first,) = h.dispatches(A)
+    assert first.attempt == 1
+    # When A's process dies, the quantum goes to B as attempt 2
+    h.step(WorkerLeft(A, "worker w1 killed by signal 9"))
+    assert h.of(KillWorker) == [KillWorker(A, 1 + 1)]
+    assert h.state("q0") is QState.READY
+    h.join(B)
+    (second,) = h.dispatches(B)
+    assert (second.quantum_id, second.attempt) == ("q0", 2)
+    # Then a late result of attempt 1, from A or from B, is not applied
+    assert h.step(ResultReceived(A, result(first))) == [
+        RefuseWorker(A, "not a registered worker of this run")
+    ]
+    h.step(ResultReceived(B, result(first, ResultStatus.FAILURE)))
+    assert h.state("q0") is QState.RUNNING
+    # And the current attempt's result is
+    h.step(ResultReceived(B, result(second)))
+    assert h.state("q0") is QState.SUCCEEDED
+    assert h.core.ledger.records["q0"].attempts == 2
+
+
+def test_lost_worker_beyond_the_retries_fails_the_quantum_and_skips_descendants() -> None:
+    h = Harness(chain(3), workers=1, retries=0)
+    h.join(A)
+    h.step(WorkerLeft(A, "gone"))
+    assert h.state("c0") is QState.FAILED
+    assert h.core.ledger.records["c0"].reason is Reason.WORKER_LOST
+    assert h.core.state.blocked_by["c2"] == {"c0"}
+    assert h.of(StopRun) and h.core.over
+
+
+def test_backstop_kills_a_worker_that_does_not_enforce_the_timeout() -> None:
+    # Given a quantum with a 2 s timeout, and another prefetched behind it on the same worker
+    h = Harness(independent(3), workers=1, timeout_s=2.0)
+    h.join(A, slots=2, pid=41)
+    running, queued = h.dispatches(A)
+    # When nothing comes back before timeout + grace
+    deadline = h.core.next_deadline(h.now)
+    assert deadline is not None and deadline <= 2.0 + BACKSTOP_GRACE_S
+    h.step(WorkerHeard(A), at=2.0 + BACKSTOP_GRACE_S - 0.01)
+    assert h.state(running.quantum_id) is QState.RUNNING
+    h.step(WorkerHeard(A), at=2.0 + BACKSTOP_GRACE_S)
+    # Then the running one timed out, the worker is killed, the queued one goes back to ready
+    assert h.state(running.quantum_id) is QState.TIMED_OUT
+    assert h.core.ledger.records[running.quantum_id].reason is Reason.TIMEOUT
+    assert h.of(KillWorker) == [KillWorker(A, 41)]
+    assert h.state(queued.quantum_id) is QState.READY
+
+
+def test_silent_worker_is_lost_after_the_liveness_limit_and_its_quantum_rerun() -> None:
+    h = Harness(independent(1), workers=2, heartbeat_interval_s=1.0, liveness=3)
+    h.join(A)
+    h.join(B)
+    (d,) = h.dispatches()
+    idle = B if d.worker == A else A
+    h.step(WorkerHeard(idle), at=2.9)
+    h.step(WorkerHeard(idle), at=3.0)
+    assert h.state("q0") is QState.RUNNING  # exactly at the limit: not yet
+    h.step(WorkerHeard(idle), at=3.01)
+    (kill,) = h.of(KillWorker)
+    assert kill.worker == d.worker
+    (again,) = h.dispatches(idle)
+    assert (again.quantum_id, again.attempt) == ("q0", 2)
+
+
+def test_a_worker_still_starting_is_not_declared_silent() -> None:
+    h = Harness(independent(1), workers=1, heartbeat_interval_s=1.0, liveness=2)
+    h.step(WorkerJoined(A, 5, "host", 1, True))
+    h.step(at=30.0)  # not READY, within startup_timeout_s (60 s)
+    assert h.core.registry.get(A) is not None
+    h.step(at=61.0)
+    assert h.core.registry.get(A) is None and h.of(KillWorker)
+
+
+def test_dispatch_waits_for_the_expected_workers_but_not_forever() -> None:
+    h = Harness(independent(4), workers=2)
+    h.join(A, slots=2)
+    assert h.dispatches() == []
+    assert h.core.next_deadline(h.now) == STARTUP_HOLD_S
+    h.step(at=STARTUP_HOLD_S)
+    assert len(h.dispatches(A)) == 2
+
+
+def test_idle_worker_steals_a_quantum_prefetched_behind_a_long_one() -> None:
+    # Given A runs q0 with q1 prefetched behind it, and B joins with nothing else to do
+    h = Harness(independent(2), workers=1)
+    h.join(A, slots=2)
+    assert len(h.dispatches(A)) == 2
+    h.step(WorkerJoined(B, 9, "host", 2, True), WorkerReady(B))
+    assert h.of(RevokeQuantum) == []
+    # When q0 has run STEAL_AFTER_S, the queued one is revoked (once)
+    assert h.core.next_deadline(h.now) == pytest.approx(STEAL_AFTER_S)
+    h.step(at=STEAL_AFTER_S)
+    (revoke,) = h.of(RevokeQuantum)
+    assert revoke.worker == A
+    h.step(at=STEAL_AFTER_S * 2)
+    assert h.of(RevokeQuantum) == []
+    # Then A gives it back and B runs it; the taken-back attempt does not count
+    h.step(QuantumRevoked(A, revoke.quantum_id, revoke.attempt))
+    (d,) = h.dispatches(B)
+    assert d.quantum_id == revoke.quantum_id and d.attempt == revoke.attempt
+    assert h.core.ledger.records[d.quantum_id].attempts == 1
+
+
+def test_fail_fast_cancels_running_and_queued_quanta_and_shuts_workers_down() -> None:
+    h = Harness(independent(6), workers=2, fail_fast=True)
+    h.join(A, slots=2)
+    h.join(B, slots=2)
+    first = h.dispatches(A)[0] if h.dispatches(A) else None
+    running = [q for q in h.core.state.state if h.state(q) is QState.RUNNING]
+    assert len(running) == 4 and first is not None
+    h.step(ResultReceived(A, result(first, ResultStatus.FAILURE)))
+    (stop,) = h.of(StopRun)
+    assert stop.reason is not None and stop.reason.startswith("fail-fast")
+    assert set(stop.cancelled) == set(h.core.state.state) - {first.quantum_id}
+    assert {a.worker for a in h.of(ShutdownWorker) if a.final and a.grace_s == 0} == {A, B}
+    report = h.core.ledger.report(h.core.state, h.core.ledger.error(h.core.state))
+    assert report.counts()[ExecutionStatus.SKIPPED] == 5
+    assert report.details("q5").reason is Reason.CANCELLED
+
+
+def test_keep_going_skips_only_descendants_and_names_the_blocker() -> None:
+    graph = QuantumGraph.from_quanta(
+        [
+            quantum("a"),
+            quantum("b", inputs=["a"]),
+            quantum("c", inputs=["b"]),
+            quantum("x"),
+        ]
+    )
+    h = Harness(graph, workers=1)
+    h.join(A, slots=2)
+    by_id = {d.quantum_id: d for d in h.dispatches()}
+    h.step(ResultReceived(A, result(by_id["a"], ResultStatus.FAILURE, exc_class="ValueError")))
+    assert h.state("b") is QState.SKIPPED and h.state("c") is QState.SKIPPED
+    assert not h.of(StopRun)
+    h.step(ResultReceived(A, result(by_id["x"])))
+    assert h.of(StopRun)
+    report = h.core.ledger.report(h.core.state, h.core.ledger.error(h.core.state))
+    assert report.details("c").blockedBy == ("a",)
+    assert report.report_for("x").status is ExecutionStatus.SUCCESS
+    assert report.report_for("a").exceptionInfo is not None
+
+
+def test_stop_run_from_a_result_stops_the_run() -> None:
+    h = Harness(independent(3), workers=1)
+    h.join(A)
+    (d,) = h.dispatches()
+    h.step(ResultReceived(A, result(d, ResultStatus.FAILURE, stop_run=True)))
+    assert h.of(StopRun) and len(h.of(StopRun)[0].cancelled) == 2
+
+
+def test_resume_skips_done_quanta(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.sqlite3", resume=False)
+    h = Harness(chain(3), workers=1, done=frozenset({"c0", "c1"}), journal=journal)
+    h.join(A)
+    (d,) = h.dispatches()
+    assert d.quantum_id == "c2"
+    h.step(ResultReceived(A, result(d)))
+    assert h.of(StopRun)
+    report = h.core.ledger.report(h.core.state, None)
+    assert report.details("c0").attempts == 0
+    assert journal.last_states() == {"c2": JournalState.SUCCESS}
+    journal.close()
+
+
+def test_graceful_stop_lets_running_quanta_finish_then_cancels_the_rest() -> None:
+    # Given two running quanta and more waiting
+    h = Harness(independent(5), workers=2, shutdown_grace_s=3.0)
+    h.join(A)
+    h.join(B)
+    a, b = h.dispatches(A)[0], h.dispatches(B)[0]
+    # When a graceful stop is requested, every worker is told with the grace, nothing new starts
+    h.step(StopRequested("SIGINT received", graceful=True), at=1.0)
+    assert {(s.worker, s.grace_s, s.final) for s in h.of(ShutdownWorker)} == {
+        (A, 3.0, False),
+        (B, 3.0, False),
+    }
+    h.step(ResultReceived(A, result(a)), at=2.0)
+    assert h.dispatches() == [] and not h.of(StopRun)
+    # Then the run ends at the grace deadline with what still ran cancelled
+    assert h.core.next_deadline(h.now) == 4.0
+    h.step(WorkerHeard(B), at=4.0)
+    (stop,) = h.of(StopRun)
+    assert b.quantum_id in stop.cancelled and a.quantum_id not in stop.cancelled
+    assert len(stop.cancelled) == 4
+    assert h.state(a.quantum_id) is QState.SUCCEEDED
+
+
+def test_graceful_stop_ends_as_soon_as_nothing_runs() -> None:
+    h = Harness(independent(3), workers=1, shutdown_grace_s=30.0)
+    h.join(A)
+    (d,) = h.dispatches()
+    h.step(StopRequested("drain", graceful=True))
+    h.step(ResultReceived(A, result(d)), at=0.5)
+    assert sorted(h.of(StopRun)[0].cancelled) == ["q1", "q2"]
+
+
+def test_cancellations_and_skips_are_journaled(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.sqlite3", resume=False)
+    h = Harness(chain(3), workers=1, journal=journal)
+    h.join(A)
+    (d,) = h.dispatches()
+    h.step(ResultReceived(A, result(d, ResultStatus.FAILURE)))
+    states = journal.last_states()
+    assert states == {
+        "c0": JournalState.FAILURE,
+        "c1": JournalState.SKIPPED,
+        "c2": JournalState.SKIPPED,
+    }
+    journal.close()
+    journal = Journal(tmp_path / "k.sqlite3", resume=False)
+    h = Harness(independent(2), workers=1, journal=journal)
+    h.join(A)
+    h.step(StopRequested("abort"))
+    assert set(journal.last_states().values()) == {JournalState.CANCELLED}
+    journal.close()
+
+
+def test_results_that_do_not_match_anything_in_flight_change_nothing() -> None:
+    h = Harness(independent(2), workers=1)
+    h.join(A)
+    (d,) = h.dispatches()
+    for stray in (
+        replace(result(d), quantum_id="no-such-quantum"),
+        replace(result(d), attempt=d.attempt + 1),
+        replace(result(d), quantum_id="q1"),  # ready, never dispatched to A
+    ):
+        assert h.step(ResultReceived(A, stray)) == []
+    assert h.state(d.quantum_id) is QState.RUNNING and h.state("q1") is QState.READY
+
+
+def test_events_from_unknown_workers_are_refused_and_change_nothing() -> None:
+    h = Harness(independent(1), workers=1)
+    for event in (WorkerReady(C), WorkerHeard(C), QuantumRevoked(C, "q0", 1)):
+        assert h.step(event) == [RefuseWorker(C, "not a registered worker of this run")]
+    assert h.step(WorkerLeft(C, "gone")) == []
+    assert h.state("q0") is QState.READY
+
+
+def test_duplicate_join_keeps_the_first_registration() -> None:
+    h = Harness(independent(1), workers=1)
+    h.join(A)
+    h.step(WorkerJoined(A, 99, "other", 4, False))
+    info = h.core.registry.get(A)
+    assert info is not None and info.pid == len(A) and info.worker_id == "w1"
+
+
+def test_durations_are_learned_from_successes() -> None:
+    h = Harness(independent(2), workers=1)
+    h.join(A)
+    (d,) = h.dispatches()
+    h.step(ResultReceived(A, result(d, duration_s=0.25)))
+    assert h.core.scheduler.estimate("ok") == 0.25
+
+
+def test_empty_graph_is_over_at_start() -> None:
+    h = Harness(QuantumGraph.from_quanta([]), workers=1)
+    assert h.core.over and h.of(StopRun) == [StopRun(None, [])]
