@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import assert_never
 
+from broker.droplog import DropLog
 from broker.events import (
     Action,
     AdmitWorker,
@@ -106,6 +107,7 @@ class BrokerCore:
         self._stop_now = False
         self._drain_deadline: float | None = None
         self._over = False
+        self._drops = DropLog(logger)
 
     # ------------------------------------------------------------------ queries
     @property
@@ -194,7 +196,7 @@ class BrokerCore:
     # ------------------------------------------------------------------ transitions
     def _join(self, event: WorkerJoined, now: float, out: list[Action]) -> None:
         if self.registry.get(event.worker) is not None:
-            logger.warning("duplicate HELLO from %r ignored", event.worker[:16])
+            self._drops.warn("duplicate HELLO from %r ignored", event.worker[:16], now=now)
             return
         info = self.registry.add(
             event.worker, event.pid, event.host, event.slots, local=event.local, now=now,
@@ -232,10 +234,13 @@ class BrokerCore:
 
     def _on_result(self, info: WorkerInfo, result: Result, now: float) -> None:
         if self.registry.complete(info, result.quantum_id, result.attempt) is None:
-            logger.warning(
+            self._drops.warn(
                 "ignoring result for %s attempt %d from %s: not in flight there",
-                result.quantum_id, result.attempt, info.worker_id,
-            )  # fmt: skip
+                result.quantum_id[:200],
+                result.attempt,
+                info.worker_id,
+                now=now,
+            )
             return
         self._finished(result, now)
 

@@ -18,8 +18,9 @@ class DropLog:
         self._last: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
 
-    def warn(self, fmt: str, *args: object) -> None:
-        now = time.monotonic()
+    def warn(self, fmt: str, *args: object, now: float | None = None) -> None:
+        """Log, unless this kind was logged less than the interval before ``now``."""
+        now = time.monotonic() if now is None else now
         if now - self._last.get(fmt, -self._interval_s) < self._interval_s:
             self._suppressed[fmt] = self._suppressed.get(fmt, 0) + 1
             return

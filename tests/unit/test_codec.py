@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import random
-import typing
-from typing import Any
 
 import msgpack
 import pytest
@@ -33,75 +30,8 @@ from common.protocol import (
     StatusRequest,
     Welcome,
 )
-from common.quantum import Quantum
 from common.report import Reason
-
-Q = Quantum(
-    id="isr-1",
-    task_label="isr",
-    task="pkg.mod:isr",
-    data_id={"visit": 1, "det": "a"},
-    inputs={"raw": "raw-1"},
-    outputs={"out": "postisr-1"},
-    config={"gain": 1.5},
-    timeout_s=3.0,
-)
-
-EVERY_MESSAGE: list[Message] = [
-    Hello(pid=12, host="node", slots=1),
-    Welcome(
-        worker_id="w1",
-        heartbeat_interval_s=0.5,
-        liveness=3,
-        executor=b"\x80\x04.",
-        log_dir="/tmp/logs",
-        preload=["pkg.tasks", "other"],
-        max_quanta_per_executor=None,
-        max_rss_kb=1024,
-    ),
-    Ready(),
-    Refuse(reason="version"),
-    Assign(quantum=Q, attempt=2, timeout_s=None),
-    Assign(quantum=Q, attempt=1, timeout_s=1.5),
-    Result(
-        "isr-1",
-        1,
-        ResultStatus.FAILURE,
-        -11,
-        None,
-        "killed by signal 11 (SIGSEGV)",
-        Reason.SIGNAL,
-        1.0,
-        2.0,
-        1.0,
-        2048,
-        "/tmp/logs/isr-1.log",
-    ),
-    Result("isr-1", 1, ResultStatus.SUCCESS, 0, None, None, None, 1.0, 2.0, 1.0, None, None),
-    Result(
-        "x",
-        2,
-        ResultStatus.FAILURE,
-        21,
-        "InvalidQuantumError",
-        "bad",
-        Reason.EXCEPTION,
-        1.0,
-        2.0,
-        1.0,
-        None,
-        None,
-        stop_run=True,
-    ),
-    Heartbeat(),
-    Shutdown(reason="done", grace_s=2.5),
-    StatusRequest(),
-    StatusReply(status={"total": 3, "by_label": {"a": {"running": 1}}, "eta_s": None}),
-    Cancel(abort=True),
-    Revoke("q1", 2),
-    Revoked("q1", 2),
-    Goodbye(reason="SIGTERM"),
-]
+from tests.wire import EVERY_MESSAGE, Q, frame_with, wrong_type_frames
 
 
 def test_every_message_type_has_a_round_trip_case() -> None:
@@ -183,27 +113,13 @@ def test_random_bytes_never_escape_as_another_exception() -> None:
             pass
 
 
-def _fields(message: Message) -> list[Any]:
-    return [getattr(message, f.name) for f in dataclasses.fields(message)]
-
-
-def _frame(message: Message, **changes: Any) -> bytes:
-    """``message`` encoded with some fields replaced by raw wire values."""
-    names = [f.name for f in dataclasses.fields(message)]
-    values = [changes.get(n, v.to_dict() if isinstance(v, Quantum) else v)
-              for n, v in zip(names, _fields(message), strict=True)]  # fmt: skip
-    tag = decode(encode(message))  # the same type
-    kind = next(t for t in MessageType if type(tag).__name__.upper() == t.name.replace("_", ""))
-    return bytes(msgpack.packb([PROTOCOL_VERSION, int(kind), *values], use_bin_type=True))
-
-
 RESULT = next(m for m in EVERY_MESSAGE if isinstance(m, Result) and m.reason is Reason.SIGNAL)
 
 
 @pytest.mark.parametrize("reason", ["no-such-reason", "", 7, True])
 def test_result_with_a_reason_outside_the_enum_is_a_protocol_error(reason: object) -> None:
     with pytest.raises(ProtocolError, match=r"Result\.reason"):
-        decode(_frame(RESULT, reason=reason))
+        decode(frame_with(RESULT, reason=reason))
 
 
 def test_result_status_and_reason_decode_into_their_enums() -> None:
@@ -211,7 +127,7 @@ def test_result_status_and_reason_decode_into_their_enums() -> None:
     assert isinstance(decoded, Result)
     assert type(decoded.status) is ResultStatus and type(decoded.reason) is Reason
     with pytest.raises(ProtocolError, match=r"Result\.status"):
-        decode(_frame(RESULT, status="partly"))
+        decode(frame_with(RESULT, status="partly"))
 
 
 @pytest.mark.parametrize(
@@ -231,7 +147,7 @@ def test_result_status_and_reason_decode_into_their_enums() -> None:
 )
 def test_result_numbers_outside_their_bounds_are_protocol_errors(field: str, value: object) -> None:
     with pytest.raises(ProtocolError, match=rf"Result\.{field}"):
-        decode(_frame(RESULT, **{field: value}))
+        decode(frame_with(RESULT, **{field: value}))
 
 
 @pytest.mark.parametrize(
@@ -248,46 +164,14 @@ def test_other_numbers_outside_their_bounds_are_protocol_errors(
     message: Message, field: str, value: object
 ) -> None:
     with pytest.raises(ProtocolError, match=field):
-        decode(_frame(message, **{field: value}))
-
-
-class _Alien:
-    """A value of a type no field takes, to stand for 'wrong type' on the wire."""
-
-
-_WRONG: dict[type, list[object]] = {
-    str: [3, None, b"bytes", ["x"]],
-    int: ["3", 1.5, True, None, [1]],
-    float: ["1.0", True, None, {}],
-    bytes: ["text", 3, None],
-    bool: [1, "true", None],
-    list: ["a,b", {"a": 1}, None, [1]],
-    dict: [[1, 2], "x", None],
-}
-
-
-def _wrong_values(message: Message, name: str) -> list[object]:
-    value = getattr(message, name)
-    if isinstance(value, Quantum):
-        return [None, "quantum", {"id": 3}, [1]]
-    if value is None:
-        return [b"\x00", {"a": 1}, [None]]
-    for kind in (bool, int, float, bytes, str, list, dict):
-        if isinstance(value, kind):
-            return _WRONG[kind]
-    raise AssertionError(f"no wrong values for {name}={value!r}")
+        decode(frame_with(message, **{field: value}))
 
 
 @pytest.mark.parametrize("message", EVERY_MESSAGE, ids=lambda m: type(m).__name__)
 def test_every_field_of_every_message_rejects_wrong_types(message: Message) -> None:
-    hints = typing.get_type_hints(type(message))
-    for f in dataclasses.fields(message):
-        optional = type(None) in typing.get_args(hints[f.name])
-        for wrong in _wrong_values(message, f.name):
-            if wrong is None and optional:
-                continue
-            with pytest.raises(ProtocolError, match=f.name):
-                decode(_frame(message, **{f.name: wrong}))
+    for name, frame in wrong_type_frames(message):
+        with pytest.raises(ProtocolError, match=name):
+            decode(frame)
 
 
 def test_peek_reads_routing_fields_from_the_dataclass_layout() -> None:
@@ -297,4 +181,4 @@ def test_peek_reads_routing_fields_from_the_dataclass_layout() -> None:
     assert peek(encode(RESULT)) == Peek(MessageType.RESULT, RESULT.quantum_id, RESULT.attempt, None)
     assert peek(encode(Heartbeat())) is None
     with pytest.raises(ProtocolError):
-        peek(_frame(assign, attempt="3"))
+        peek(frame_with(assign, attempt="3"))
