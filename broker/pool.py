@@ -14,13 +14,13 @@ import multiprocessing
 import os
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
-from worker.agent import AgentConfig, agent_main
+from worker.agent import agent_main
+from worker.launch import AgentConfig, agent_command, agent_env
 from worker.lifecycle import describe_exit
 
 __all__ = ["LocalWorker", "WorkerPool"]
@@ -78,28 +78,8 @@ class WorkerPool:
             )
             proc.start()
             return proc
-        c = self._config
-        env = dict(os.environ)
-        # The worker must import what this process can (task modules, the executor's class).
-        env["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
-        argv = [
-            sys.executable,
-            "-m",
-            "worker.agent",
-            "--endpoint",
-            c.endpoint,
-            "--parent-pid",
-            str(c.parent_pid),
-            "--startup-timeout",
-            str(c.startup_timeout_s),
-            "--log-level",
-            str(c.log_level),
-            "--prefetch",
-            str(c.prefetch),
-        ]
-        if c.keys_dir is not None:
-            argv += ["--keys-dir", str(c.keys_dir)]
-        return subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, process_group=0)
+        argv = agent_command(self._config)
+        return subprocess.Popen(argv, env=agent_env(), stdin=subprocess.DEVNULL, process_group=0)
 
     def spawn(self, n: int = 1) -> list[LocalWorker]:
         out = []

@@ -13,36 +13,23 @@ import sys
 from pathlib import Path
 from types import FrameType
 
-from worker.agent import EXIT_BROKER_LOST, EXIT_NO_BROKER, EXIT_OK, EXIT_REFUSED
+from common.exits import ExitCode
+from worker.launch import AgentConfig, agent_command, agent_env
 
 __all__ = ["run_workers"]
 
-_WHY = {
-    EXIT_REFUSED: "refused by the broker (see its log)",
-    EXIT_BROKER_LOST: "lost its broker",
-    EXIT_NO_BROKER: "found no broker",
-}
 
-
-def run_workers(endpoint: str, n: int, keys_dir: Path | None, wait_s: float) -> int:
-    """0 when every agent ended normally, 1 otherwise, 130/143 when interrupted."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
-    argv = [
-        sys.executable,
-        "-m",
-        "worker.agent",
-        "--endpoint",
-        endpoint,
-        "--parent-pid",
-        str(os.getpid()),
-        "--startup-timeout",
-        str(wait_s),
-        "--log-level",
-        str(logging.getLogger().getEffectiveLevel()),
-    ]
-    if keys_dir is not None:
-        argv += ["--keys-dir", str(keys_dir)]
+def run_workers(endpoint: str, n: int, keys_dir: Path | None, wait_s: float) -> ExitCode:
+    """OK when every agent ended normally, QUANTA_FAILED otherwise, INTERRUPTED/TERMINATED
+    when a signal stopped them."""
+    config = AgentConfig(
+        endpoint=endpoint,
+        parent_pid=os.getpid(),
+        startup_timeout_s=wait_s,
+        log_level=logging.getLogger().getEffectiveLevel(),
+        keys_dir=keys_dir,
+    )
+    argv, env = agent_command(config), agent_env()
     agents = [subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL) for _ in range(n)]
     print(f"{n} worker(s) attaching to {endpoint}", file=sys.stderr)
     interrupted: list[int] = []
@@ -57,10 +44,8 @@ def run_workers(endpoint: str, n: int, keys_dir: Path | None, wait_s: float) -> 
     signal.signal(signal.SIGTERM, forward)
     codes = [a.wait() for a in agents]
     for a, code in zip(agents, codes, strict=True):
-        if code != EXIT_OK and not interrupted:
-            print(
-                f"worker pid {a.pid}: {_WHY.get(code, f'exited with code {code}')}", file=sys.stderr
-            )
+        if code != ExitCode.OK and not interrupted:
+            print(f"worker pid {a.pid}: {ExitCode.describe(code)}", file=sys.stderr)
     if interrupted:
-        return 143 if interrupted[0] == signal.SIGTERM else 130
-    return 0 if all(c == EXIT_OK for c in codes) else 1
+        return ExitCode.for_signal(interrupted[0])
+    return ExitCode.OK if all(c == ExitCode.OK for c in codes) else ExitCode.QUANTA_FAILED

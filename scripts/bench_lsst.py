@@ -35,7 +35,7 @@ def run_one(variant: str, tasks: int, detectors: int) -> dict[str, Any]:
     from lsst.pipe.base.single_quantum_executor import SingleQuantumExecutor
 
     from broker.lsst import MPGraphExecutor as ZmpExecutor
-    from tests.lsst_tasks import make_repo_and_graph
+    from examples.lsst_pipeline import make_repo_and_graph
 
     with tempfile.TemporaryDirectory(prefix="zmplsst-") as tmp:
         _, qgraph = make_repo_and_graph(Path(tmp) / "repo", n_tasks=tasks, n_detectors=detectors)

@@ -5,7 +5,6 @@ to an exit code. The only place logging is configured.
 from __future__ import annotations
 
 import argparse
-import enum
 import json
 import logging
 import signal
@@ -21,6 +20,7 @@ from broker import MPGraphExecutor
 from broker.control import endpoint_of, request_cancel, request_status
 from common.butler import Butler
 from common.errors import MPGraphExecutorError, ZmpexecError
+from common.exits import ExitCode
 from common.graph import QuantumGraph
 from common.report import Report
 from scripts.attach import run_workers
@@ -31,14 +31,6 @@ from worker.runner import log_path_for
 __all__ = ["ExitCode", "main"]
 
 logger = logging.getLogger("zmpexec")
-
-
-class ExitCode(enum.IntEnum):
-    OK = 0
-    QUANTA_FAILED = 1
-    BAD_INPUT = 2
-    INTERRUPTED = 130  # SIGINT
-    TERMINATED = 143  # SIGTERM
 
 
 class UsageError(Exception):
@@ -195,7 +187,7 @@ def cmd_lsst(args: argparse.Namespace) -> ExitCode:
     except ImportError as e:
         raise UsageError(f"the LSST stack is not installed ({e}): pip install -e '.[lsst]'") from e
     try:
-        return ExitCode(cmd_lsst_run(args, _stop_on_signals))
+        return cmd_lsst_run(args, _stop_on_signals)
     except (OSError, ValueError, LookupError) as e:
         raise UsageError(f"{type(e).__name__}: {e}") from e
 
@@ -275,7 +267,7 @@ def cmd_run(args: argparse.Namespace) -> ExitCode:
         file=sys.stderr,
     )
     if received:
-        return ExitCode.TERMINATED if received[0] == signal.SIGTERM else ExitCode.INTERRUPTED
+        return ExitCode.for_signal(received[0])
     return ExitCode.QUANTA_FAILED if failed else ExitCode.OK
 
 
@@ -299,8 +291,8 @@ def cmd_worker(args: argparse.Namespace) -> ExitCode:
     keys = args.keys or (args.run_dir / "curve" if args.run_dir else None)
     if endpoint.startswith("tcp://") and keys is None:
         raise UsageError("a tcp endpoint needs CURVE keys: give --run-dir or --keys")
-    return ExitCode(
-        run_workers(endpoint, args.jobs, keys if endpoint.startswith("tcp://") else None, args.wait)
+    return run_workers(
+        endpoint, args.jobs, keys if endpoint.startswith("tcp://") else None, args.wait
     )
 
 

@@ -31,8 +31,9 @@ from common.butler import Butler
 from common.codec import encode
 from common.graph import QuantumGraph
 from common.protocol import Heartbeat
-from tests.graphs import independent, quantum
-from tests.procs import gone, worker_agents
+from common.quantum import Quantum
+from examples.drills import sleepers
+from scripts.procs import gone, worker_agents
 from worker.executor import TaskQuantumExecutor
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,7 +59,7 @@ def detection(sig: int, reps: int, **options: Any) -> list[float]:
             )
             t = threading.Thread(
                 target=ex.execute,
-                args=(independent(4, "sleep", seconds=2.0), Butler(Path(tmp) / "repo")),
+                args=(sleepers(4, 2.0), Butler(Path(tmp) / "repo")),
             )
             t.start()
             _busy(Path(tmp), ex)
@@ -74,9 +75,7 @@ def detection(sig: int, reps: int, **options: Any) -> list[float]:
 
 def timeout_lateness(reps: int, timeout_s: float = 0.5) -> list[float]:
     """Seconds between a quantum's timeout and the end of its (killed) attempt."""
-    graph = QuantumGraph.from_quanta(
-        [quantum(f"h{i}", "sleep", config={"seconds": 30}) for i in range(reps)]
-    )
+    graph = sleepers(reps, 30.0, prefix="h")
     with tempfile.TemporaryDirectory() as tmp:
         ex = MPGraphExecutor(2, timeout_s, TaskQuantumExecutor(), run_dir=Path(tmp) / "run")
         try:
@@ -107,7 +106,7 @@ def last_exit_after_kill(reps: int) -> list[float]:
     out = []
     for _ in range(reps):
         with tempfile.TemporaryDirectory() as tmp:
-            independent(4, "sleep", seconds=60).save(Path(tmp) / "g.json")
+            sleepers(4, 60.0).save(Path(tmp) / "g.json")
             proc = _cli(Path(tmp), "run", "g.json", "-j", "2")
             logs = Path(tmp) / "zmpexec-repo" / "runs" / "main" / "logs"
             deadline = time.monotonic() + 30
@@ -132,7 +131,7 @@ def fuzz(frames: int) -> tuple[int, bool]:
 
         def run() -> None:
             try:
-                ex.execute(independent(20, "sleep", seconds=0.2), Butler(Path(tmp) / "repo"))
+                ex.execute(sleepers(20, 0.2), Butler(Path(tmp) / "repo"))
             except BaseException as e:
                 errors.append(e)
 
@@ -173,10 +172,12 @@ def kill_resume(cycles: int) -> tuple[int, int, int]:
             "seconds": 0.05,
         }
         qs = [
-            quantum(
-                f"c{c}-{i}",
-                "journaled",
-                inputs=[f"c{c}-{i - 1}"] if i else [],
+            Quantum(
+                id=f"c{c}-{i}",
+                task_label="journaled",
+                task="examples.drills:journaled",
+                inputs={f"c{c}-{i - 1}": f"c{c}-{i - 1}"} if i else {},
+                outputs={f"c{c}-{i}": f"c{c}-{i}"},
                 config={**common, "me": f"c{c}-{i}", "out": f"c{c}-{i}"},
             )
             for c in range(20)

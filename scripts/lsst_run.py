@@ -18,6 +18,7 @@ from lsst.pipe.base.script.transfer_from_graph import transfer_from_graph
 from lsst.pipe.base.single_quantum_executor import SingleQuantumExecutor
 
 from broker.lsst import MPGraphExecutor
+from common.exits import ExitCode
 from scripts.views import ProgressDisplay
 from worker.lsst import read_execution_graph
 
@@ -26,8 +27,8 @@ __all__ = ["cmd_lsst_run"]
 logger = logging.getLogger("zmpexec")
 
 
-def cmd_lsst_run(args: argparse.Namespace, stop_on_signals: object) -> int:
-    """0 all succeeded, 1 some quanta failed; bad input raises (the caller maps it to 2)."""
+def cmd_lsst_run(args: argparse.Namespace, stop_on_signals: object) -> ExitCode:
+    """OK, or QUANTA_FAILED; bad input raises (the caller maps it to BAD_INPUT)."""
     if not args.qgraph.exists():
         raise FileNotFoundError(f"no quantum graph file {args.qgraph}")
     graph, xgraph = read_execution_graph(str(args.qgraph))
@@ -84,5 +85,5 @@ def cmd_lsst_run(args: argparse.Namespace, stop_on_signals: object) -> int:
         args.summary.write_text(report.model_dump_json(indent=2))
     print(f"done in {time.monotonic() - t0:.2f}s: {report.status.value}", file=sys.stderr)
     if received:
-        return 143 if received[0] == 15 else 130
-    return 1 if failed else 0
+        return ExitCode.for_signal(received[0])
+    return ExitCode.QUANTA_FAILED if failed else ExitCode.OK

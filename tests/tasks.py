@@ -16,6 +16,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from examples.drills import journaled, sleep
+
+__all__ = ["journaled", "sleep"]  # shared with the fault drills; the rest is the tests' own
+
 logger = logging.getLogger(__name__)
 
 
@@ -41,11 +45,6 @@ def fail_if(*, fail_on: int | None = None, detector: int = 0, **inputs: Any) -> 
 
 def big_failure(*, size: int = 200_000, **inputs: Any) -> None:
     raise RuntimeError("x" * size)
-
-
-def sleep(*, seconds: float = 0.1, **inputs: Any) -> float:
-    time.sleep(seconds)
-    return seconds
 
 
 def crash(*, sig: int = signal.SIGSEGV, **inputs: Any) -> None:
@@ -102,18 +101,3 @@ def allocate(*, mb: int = 100, **inputs: Any) -> int:
     """Keeps ``mb`` MiB alive in this process (so its RSS stays high); returns the pid."""
     _HELD.append(b"x" * (mb * 1024 * 1024))
     return os.getpid()
-
-
-def journaled(
-    *, repo: str, run: str, record: str, me: str, out: str, seconds: float = 0.0, **inputs: Any
-) -> str:
-    """Appends 'RUN <me>' to ``record`` (or 'DUP <me>' if its output ``out`` was already
-    registered: a quantum that completed running twice), sleeps, returns its id."""
-    from common.butler import Butler
-
-    tag = "DUP" if Butler(repo, run).exists(out) else "RUN"
-    fd = os.open(record, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    os.write(fd, f"{tag} {me}\n".encode())
-    os.close(fd)
-    time.sleep(seconds)
-    return me

@@ -12,9 +12,9 @@ import pytest
 from broker import MPGraphExecutor
 from common.butler import Butler
 from common.report import ExecutionStatus, Reason
+from scripts.procs import gone, worker_agents
 from tests.conftest import Background, wait_until
 from tests.graphs import independent
-from tests.procs import gone, worker_agents
 from worker.executor import TaskQuantumExecutor
 
 

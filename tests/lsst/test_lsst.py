@@ -19,7 +19,7 @@ from lsst.pipe.base.quantum_reports import ExecutionStatus, Report
 from lsst.pipe.base.single_quantum_executor import SingleQuantumExecutor
 
 from broker.lsst import MPGraphExecutor
-from tests.lsst_tasks import make_repo_and_graph
+from examples.lsst_pipeline import make_repo_and_graph
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,6 +1,7 @@
-"""Real LSST pipeline pieces for tests: a repository on disk with N detectors, a pipeline of
-pipe_base's ``AddTask`` (optionally with a task that fails or hangs on chosen detectors), and
-its quantum graph, built with pipe_base's own test utilities."""
+"""A real LSST pipeline for tests and benchmarks: a repository on disk with N detectors, a
+pipeline of pipe_base's ``AddTask`` (optionally with a task that fails or hangs on chosen
+detectors), and its quantum graph, built with pipe_base's own test utilities. Needs the
+``[lsst]`` extra; nothing imports it unless it is used."""
 
 from __future__ import annotations
 

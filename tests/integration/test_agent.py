@@ -1,0 +1,86 @@
+"""The worker agent as a process against a scripted broker socket: its exit codes say why it
+stopped."""
+
+from __future__ import annotations
+
+import pickle
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import zmq
+
+from common.butler import Butler
+from common.codec import decode, encode
+from common.exits import ExitCode
+from common.protocol import Hello, Ready, Refuse, Welcome
+from worker.executor import TaskQuantumExecutor
+from worker.launch import AgentConfig, agent_command, agent_env
+
+
+@pytest.fixture
+def router() -> Iterator[tuple[zmq.Socket[bytes], str]]:
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    with tempfile.TemporaryDirectory(prefix="zq", dir="/tmp") as d:
+        endpoint = f"ipc://{d}/b.sock"
+        sock.bind(endpoint)
+        yield sock, endpoint
+        sock.close(linger=0)
+    ctx.term()
+
+
+def _start(config: AgentConfig) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(agent_command(config), env=agent_env(), stderr=subprocess.PIPE)
+
+
+def _recv(sock: zmq.Socket[bytes], kind: type) -> bytes:
+    """The identity of the peer that sent the next ``kind`` message."""
+    while True:
+        assert sock.poll(30_000), f"no {kind.__name__} from the agent"
+        identity, frame = sock.recv_multipart()
+        if isinstance(decode(frame), kind):
+            return identity
+
+
+def test_agent_refused_after_welcome_exits_with_the_refused_code(
+    router: tuple[zmq.Socket[bytes], str], tmp_path: Path
+) -> None:
+    # Given an agent that completed the handshake and is READY
+    sock, endpoint = router
+    agent = _start(AgentConfig(endpoint))
+    try:
+        identity = _recv(sock, Hello)
+        blob = pickle.dumps((TaskQuantumExecutor(), Butler(tmp_path / "repo")))
+        welcome = Welcome("w1", 0.5, 10, blob, str(tmp_path), [], None, None)
+        sock.send_multipart([identity, encode(welcome)])
+        _recv(sock, Ready)
+        # When the broker refuses it (it was written off)
+        sock.send_multipart([identity, encode(Refuse("not a registered worker of this run"))])
+        # Then it exits with the named code, not 0
+        assert agent.wait(30) == ExitCode.REFUSED
+    finally:
+        agent.kill()
+        agent.wait()
+        assert agent.stderr is not None
+        agent.stderr.close()
+
+
+def test_agent_whose_parent_is_gone_exits_with_the_parent_gone_code(
+    router: tuple[zmq.Socket[bytes], str],
+) -> None:
+    # Given an agent told its parent is a process that is not (any more) its parent
+    _, endpoint = router
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    agent = _start(AgentConfig(endpoint, parent_pid=gone.pid))
+    try:
+        assert agent.wait(30) == ExitCode.PARENT_GONE
+    finally:
+        agent.kill()
+        agent.wait()
+        assert agent.stderr is not None
+        agent.stderr.close()

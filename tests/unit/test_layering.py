@@ -1,0 +1,39 @@
+"""The floors of DESIGN §1, checked on the source: what each installed package may import."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+OURS = {"common", "worker", "broker", "scripts", "examples", "tests"}
+ALLOWED = {
+    "common": {"common"},
+    "worker": {"common", "worker"},
+    "broker": {"common", "worker", "broker"},
+    "examples": {"common", "examples"},
+    "scripts": {"common", "worker", "broker", "scripts", "examples"},
+}
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names & OURS
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED))
+def test_each_floor_imports_only_the_floors_below_it(package: str) -> None:
+    bad = {
+        str(path.relative_to(ROOT)): sorted(_imports(path) - ALLOWED[package])
+        for path in sorted((ROOT / package).glob("*.py"))
+        if _imports(path) - ALLOWED[package]
+    }
+    assert bad == {}, f"{package} imports beyond its floor (installed code never imports tests)"
