@@ -200,16 +200,15 @@ class BrokerServer:
 
     # ------------------------------------------------------------------ loop
     def _loop(self, actions: list[Action]) -> None:
+        """Serve, starting with ``actions`` (the core's first decisions)."""
         poller = zmq.Poller()
         poller.register(self._router, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
         pidfds = set(self._pool.pidfds())
         for fd in pidfds:
             poller.register(fd, zmq.POLLIN)
-        while True:
-            self._carry_out(actions)
-            if self.core.over:
-                return
+        self._carry_out(actions)
+        while not self.core.over:
             now = time.monotonic()
             timeout_s = max(0.0, self._next_wakeup(now) - now)
             ready = dict(poller.poll(int(timeout_s * 1000) + 1))
@@ -224,7 +223,7 @@ class BrokerServer:
             for fd in pidfds & ready.keys():
                 poller.unregister(fd)
                 self._worker_exited(fd, events)
-            actions = self.core.step(events, now)
+            self._carry_out(self.core.step(events, now))
             self._heartbeat(now)
             self._report_progress(now)
             current = set(self._pool.pidfds())

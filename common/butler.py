@@ -81,9 +81,26 @@ class Butler:
         return self._conn
 
     def close(self) -> None:
+        """Close this process's registry connection (reopened if the butler is used again).
+
+        Python's sqlite3 connections sit in a reference cycle, so without this their files stay
+        open until a garbage collection: closed here, on ``with`` exit and when the butler is
+        dropped."""
         if self._conn is not None and self._pid == os.getpid():
             self._conn.close()
         self._conn = None
+
+    def __enter__(self) -> Butler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: nothing left to release
+            pass
 
     def put(self, name: str, value: object, *, replace: bool = False) -> None:
         """Store ``value`` as dataset ``name``; refuse to overwrite unless ``replace``."""
