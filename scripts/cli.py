@@ -134,6 +134,7 @@ def _parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="summarize a JSON report written by --summary")
     rep.add_argument("file", type=Path)
+    rep.add_argument("--all", action="store_true", help="list every quantum, not only problems")
     rep.add_argument(
         "--timeline",
         type=Path,
@@ -322,7 +323,7 @@ def cmd_report(args: argparse.Namespace) -> ExitCode:
         raise UsageError(f"cannot read {args.file}: {e.strerror}") from e
     except ValueError as e:
         raise UsageError(f"{args.file}: {e}") from e
-    print(render_report(report))
+    print(render_report(report, every_quantum=args.all))
     if args.timeline is not None:
         from scripts.timeline import draw_timeline
 

@@ -14,7 +14,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from common.report import ExecutionStatus, Report
+from common.report import ExecutionStatus, QuantumReport, Report
 from common.status import RunStatus
 
 __all__ = ["ProgressDisplay", "render_report", "render_status", "status_table"]
@@ -31,8 +31,13 @@ def _fmt_s(seconds: float | None) -> str:
     return time.strftime("%H:%M:%S", time.gmtime(seconds))
 
 
-def render_report(report: Report) -> str:
-    """Totals by status and label, then every problem with its cause and log."""
+_LISTED_PER_BLOCKER = 3  # skipped quanta named one per line under a blocker; more collapse
+
+
+def render_report(report: Report, *, every_quantum: bool = False) -> str:
+    """Totals by status and label, every quantum that did not succeed (failures with their
+    cause and log, skipped ones under the quantum that blocked them), the slowest quanta;
+    ``every_quantum`` lists all of them."""
     counts = report.counts()
     lines = [
         f"status: {report.status.value}; "
@@ -50,26 +55,11 @@ def render_report(report: Report) -> str:
             f"{label:<{width}}  {sum(c.values()):>6}  "
             + "  ".join(f"{c.get(s.value, 0):>8}" for s in ExecutionStatus)
         )
-    problems = [
-        (r, report.quantaDetails.get(r.quantumId))
-        for r in report.quantaReports
-        if r.status in (ExecutionStatus.FAILURE, ExecutionStatus.TIMEOUT)
-    ]
-    if problems:
-        lines.append("problems:")
-    for r, d in problems:
-        cause = (
-            f"{r.exceptionInfo.className}: {r.exceptionInfo.message}"
-            if r.exceptionInfo
-            else (d.message if d and d.message else "unknown")
-        )
-        cause = cause if len(cause) <= 200 else cause[:200] + "..."
-        reason = d.reason.value if d and d.reason else r.status.value
-        lines.append(
-            f"  {d.id if d else r.quantumId} [{r.taskLabel}] {reason}, exit {r.exitCode}: {cause}"
-        )
-        if d and d.logPath:
-            lines.append(f"    log: {d.logPath}")
+    not_succeeded = _problems(report) + _skipped(report)
+    if not_succeeded:
+        lines += ["did not succeed:", *not_succeeded]
+    if every_quantum:
+        lines += _every_quantum(report)
     timed = sorted(
         (
             (d.endTime - d.startTime, d.id)
@@ -82,6 +72,81 @@ def render_report(report: Report) -> str:
         lines.append("slowest:")
         lines += [f"  {seconds:8.3f}s  {qid}" for seconds, qid in timed[:5]]
     return "\n".join(lines)
+
+
+def _our_id(report: Report, r: QuantumReport) -> str:
+    d = report.quantaDetails.get(r.quantumId)
+    return d.id if d is not None else r.quantumId
+
+
+def _problems(report: Report) -> list[str]:
+    """Failed and timed-out quanta with their cause and log."""
+    lines = []
+    for r in report.quantaReports:
+        if r.status not in (ExecutionStatus.FAILURE, ExecutionStatus.TIMEOUT):
+            continue
+        d = report.quantaDetails.get(r.quantumId)
+        cause = (
+            f"{r.exceptionInfo.className}: {r.exceptionInfo.message}"
+            if r.exceptionInfo
+            else (d.message if d and d.message else "unknown")
+        )
+        cause = cause if len(cause) <= 200 else cause[:200] + "..."
+        reason = f" ({d.reason.value})" if d and d.reason else ""
+        lines.append(
+            f"  {_our_id(report, r)} [{r.taskLabel}] {r.status.value}{reason}, "
+            f"exit {r.exitCode}: {cause}"
+        )
+        if d and d.logPath:
+            lines.append(f"    log: {d.logPath}")
+    return lines
+
+
+def _skipped(report: Report) -> list[str]:
+    """Skipped quanta under what blocked them; cancelled ones together. A group of more than
+    a few is one line with a count per task label."""
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for r in report.quantaReports:
+        if r.status is not ExecutionStatus.SKIPPED:
+            continue
+        d = report.quantaDetails.get(r.quantumId)
+        if d is not None and d.blockedBy:
+            key = "skipped, blocked by " + ", ".join(d.blockedBy)
+        elif d is not None and d.reason is not None:
+            key = f"skipped ({d.reason.value})"
+        else:
+            key = "skipped"
+        groups.setdefault(key, []).append((_our_id(report, r), r.taskLabel))
+    lines = []
+    for key, members in groups.items():
+        if len(members) <= _LISTED_PER_BLOCKER:
+            lines += [f"  {qid} [{label}] {key}" for qid, label in members]
+            continue
+        per_label = Counter(label for _, label in members)
+        labels = ", ".join(f"{label}: {n}" for label, n in sorted(per_label.items()))
+        first = ", ".join(qid for qid, _ in members[:_LISTED_PER_BLOCKER])
+        lines.append(
+            f"  {len(members)} quanta {key} ({labels}): {first}, ... (--all lists every quantum)"
+        )
+    return lines
+
+
+def _every_quantum(report: Report) -> list[str]:
+    lines = ["every quantum:"]
+    for r in report.quantaReports:
+        d = report.quantaDetails.get(r.quantumId)
+        took = (
+            f" {d.endTime - d.startTime:.3f}s"
+            if d and d.startTime is not None and d.endTime is not None
+            else ""
+        )
+        extra = f" on {d.worker}" if d and d.worker else ""
+        if d and d.blockedBy:
+            extra += " blocked by " + ", ".join(d.blockedBy)
+        elif d and d.reason is not None and r.status is not ExecutionStatus.SUCCESS:
+            extra += f" ({d.reason.value})"
+        lines.append(f"  {_our_id(report, r)} [{r.taskLabel}] {r.status.value}{took}{extra}")
+    return lines
 
 
 def status_table(status: RunStatus) -> Table:

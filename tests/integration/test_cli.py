@@ -86,13 +86,21 @@ def test_bad_graphs_exit_2_with_one_line(
 
 
 def test_failed_quanta_exit_1_and_bad_report_file_exits_2(tmp_path: Path) -> None:
-    graph = QuantumGraph.from_quanta([quantum("a"), quantum("bad", "fail")])
+    graph = QuantumGraph.from_quanta(
+        [quantum("a"), quantum("bad", "fail"), quantum("after", inputs=["bad"])]
+    )
     graph.save(tmp_path / "g.json")
     out = zmpexec("run", "g.json", "-j", "2", "--summary", "s.json", cwd=tmp_path)
     assert out.returncode == 1
     assert "1 failure" in out.stderr
     data = json.loads((tmp_path / "s.json").read_text())
     assert data["status"] == "failure"
+    shown = zmpexec("report", "s.json", cwd=tmp_path).stdout
+    assert "bad [fail] failure (exception)" in shown
+    assert "after [ok] skipped, blocked by bad" in shown
+    assert "a [ok]" not in shown
+    every = zmpexec("report", "s.json", "--all", cwd=tmp_path).stdout
+    assert "a [ok] success" in every
     (tmp_path / "junk.json").write_text("[1, 2]")
     bad = zmpexec("report", "junk.json", cwd=tmp_path)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import io
+from typing import Any
 
 from rich.console import Console
 
+from common.report import (
+    ExceptionInfo,
+    ExecutionStatus,
+    QuantumDetails,
+    QuantumReport,
+    Reason,
+    Report,
+    lsst_quantum_id,
+)
 from common.status import FailureInfo, RunningInfo, RunStatus, WorkerSummary
-from scripts.views import ProgressDisplay, render_status
+from scripts.views import ProgressDisplay, render_report, render_status
 
 STATUS = RunStatus(
     elapsed_s=12.5,
@@ -52,3 +62,52 @@ def test_progress_is_a_live_table_on_a_terminal_and_lines_elsewhere() -> None:
         display.update(STATUS)
     assert plain.getvalue().count("\n") == 1
     assert "5/10 done, 1 running, 1 failed" in plain.getvalue()
+
+
+def _report_with_a_failure(skipped: int) -> Report:
+    """One failed quantum ``a`` blocking ``skipped`` descendants, one success, one cancelled."""
+    report = Report(taskCounts={"isr": 2, "calib": skipped, "coadd": 1})
+
+    def add(qid: str, label: str, status: ExecutionStatus, **details: Any) -> None:
+        key = lsst_quantum_id(qid)
+        exc = ExceptionInfo("ValueError", "boom") if status is ExecutionStatus.FAILURE else None
+        report.quantaReports.append(QuantumReport(key, label, {"id": qid}, status, None, exc))
+        report.quantaDetails[key] = QuantumDetails(id=qid, **details)
+
+    add("a", "isr", ExecutionStatus.FAILURE, reason=Reason.EXCEPTION, logPath="/logs/a.log")
+    add("ok", "isr", ExecutionStatus.SUCCESS, startTime=1.0, endTime=1.5, worker="w1")
+    for i in range(skipped):
+        add(
+            f"b{i}",
+            "calib",
+            ExecutionStatus.SKIPPED,
+            reason=Reason.UPSTREAM_FAILURE,
+            blockedBy=("a",),
+        )
+    add("late", "coadd", ExecutionStatus.SKIPPED, reason=Reason.CANCELLED)
+    report.status = ExecutionStatus.FAILURE
+    return report
+
+
+def test_report_names_every_quantum_that_did_not_succeed_and_what_blocked_it() -> None:
+    text = render_report(_report_with_a_failure(skipped=2))
+    assert "a [isr] failure (exception), exit None: ValueError: boom" in text
+    assert "log: /logs/a.log" in text
+    assert "b0 [calib] skipped, blocked by a" in text
+    assert "b1 [calib] skipped, blocked by a" in text
+    assert "late [coadd] skipped (cancelled)" in text
+    assert "ok [isr]" not in text
+
+
+def test_report_collapses_many_skipped_quanta_per_blocker() -> None:
+    text = render_report(_report_with_a_failure(skipped=40))
+    (line,) = [ln for ln in text.splitlines() if "blocked by a" in ln]
+    assert line.strip().startswith("40 quanta skipped, blocked by a (calib: 40): b0, b1, b2, ...")
+
+
+def test_report_all_lists_every_quantum_with_its_status() -> None:
+    text = render_report(_report_with_a_failure(skipped=40), every_quantum=True)
+    listed = text.split("every quantum:")[1]
+    assert "ok [isr] success 0.500s on w1" in listed
+    assert "b39 [calib] skipped blocked by a" in listed
+    assert "late [coadd] skipped (cancelled)" in listed
