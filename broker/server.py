@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import assert_never
 
 import zmq
-from zmq.auth.thread import ThreadAuthenticator
 
 from broker.core import BrokerCore, RunTimings
 from broker.droplog import DropLog
@@ -42,11 +41,9 @@ from broker.events import (
 )
 from broker.journal import Journal
 from broker.pool import WorkerPool
-from common.codec import decode, encode
+from broker.router import Router
 from common.config import ExecutionConfig
-from common.errors import ProtocolError, ProtocolVersionError
 from common.graph import QuantumGraph
-from common.keys import load_server_keys
 from common.protocol import (
     Assign,
     Cancel,
@@ -71,7 +68,6 @@ __all__ = ["BrokerServer", "ProgressCallback", "Serving"]
 
 logger = logging.getLogger(__name__)
 
-_BATCH = 256  # frames handled per wake-up before deadlines get a look
 
 ProgressCallback = Callable[[RunStatus], None]
 
@@ -110,7 +106,6 @@ class BrokerServer:
         self._events: list[Event] = []  # follow-ups of carrying out actions
         self._goodbyes: set[bytes] = set()  # attached workers told the run is over
         self._fatal: str | None = None
-        self._last_sent: dict[bytes, float] = {}
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         self._pool = WorkerPool(
@@ -161,48 +156,31 @@ class BrokerServer:
         # Workers are started before this process creates its ZeroMQ context (fork safety);
         # they connect with retries, so binding second is fine.
         self._pool.spawn(self.config.spawn_count)
-        ctx = zmq.Context()
-        router = self._router = ctx.socket(zmq.ROUTER)
-        auth: ThreadAuthenticator | None = None
+        router: Router | None = None
         try:
-            router.setsockopt(zmq.LINGER, 0)
-            router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-            auth = self._secure(ctx, router)
-            router.bind(self._serving.endpoint)
+            router = self._router = Router(
+                self._serving.endpoint, self._serving.keys_dir, self._drops
+            )
             self._loop(actions)
         finally:
-            if not self.core.over:  # an exception in the loop: stop the run in order
-                self._carry_out(self.core.step([StopRequested("broker error")], time.monotonic()))
-            self._await_goodbyes(time.monotonic() + max(2.0, self.config.shutdown_grace_s))
+            if not self.core.over:  # the loop failed (or never ran): stop the run in order
+                stop = self.core.step([StopRequested("broker error")], time.monotonic())
+                if router is not None:
+                    self._carry_out(stop)
+            if router is not None:
+                grace = self.config.shutdown_grace_s
+                router.await_goodbyes(self._goodbyes, time.monotonic() + max(2.0, grace))
             self._pool.shutdown(self.config.shutdown_grace_s)
             self.core.timings.workers_started = self._pool.started
-            if auth is not None:
-                auth.stop()
-            # A bounded linger lets the SHUTDOWNs just queued reach attached workers.
-            router.close(linger=int(min(1.0, self.config.shutdown_grace_s) * 1000))
-            ctx.term()
+            if router is not None:
+                router.close(min(1.0, self.config.shutdown_grace_s))
             self._close_wake_pipe()
-
-    def _secure(
-        self, ctx: zmq.Context[zmq.Socket[bytes]], router: zmq.Socket[bytes]
-    ) -> ThreadAuthenticator | None:
-        """tcp: CURVE with a ZAP allow-list of worker keys; ipc relies on its 0700 directory."""
-        if self._serving.keys_dir is None:
-            return None
-        keys = load_server_keys(self._serving.keys_dir)
-        auth = ThreadAuthenticator(ctx)
-        auth.start()
-        auth.configure_curve(domain="*", location=str(keys.allowed_dir))
-        router.setsockopt(zmq.CURVE_SERVER, 1)
-        router.setsockopt(zmq.CURVE_PUBLICKEY, keys.public)
-        router.setsockopt(zmq.CURVE_SECRETKEY, keys.secret)
-        return auth
 
     # ------------------------------------------------------------------ loop
     def _loop(self, actions: list[Action]) -> None:
         """Serve, starting with ``actions`` (the core's first decisions)."""
         poller = zmq.Poller()
-        poller.register(self._router, zmq.POLLIN)
+        poller.register(self._router.sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
         pidfds = set(self._pool.pidfds())
         for fd in pidfds:
@@ -214,7 +192,7 @@ class BrokerServer:
             ready = dict(poller.poll(int(timeout_s * 1000) + 1))
             now = time.monotonic()
             events, self._events = self._events, []
-            if self._router in ready:
+            if self._router.sock in ready:
                 self._read_frames(now, events)
             if self._wake_r in ready:
                 os.read(self._wake_r, 4096)
@@ -244,24 +222,7 @@ class BrokerServer:
 
     # ------------------------------------------------------------------ frames -> events
     def _read_frames(self, now: float, events: list[Event]) -> None:
-        router = self._router
-        for _ in range(_BATCH):
-            # EVENTS, not recv-until-EAGAIN: an exception per wake-up costs more than the check.
-            if not int(router.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
-                return
-            frames = router.recv_multipart(zmq.NOBLOCK)
-            if len(frames) != 2:
-                self._drops.warn("dropping a message of %d frames (expected 2)", len(frames))
-                continue
-            identity, payload = frames
-            try:
-                msg = decode(payload)
-            except ProtocolVersionError as e:
-                self._refuse(identity, f"{e}; upgrade or downgrade the worker")
-                continue
-            except ProtocolError as e:
-                self._drops.warn("dropping bad frame from %r: %s", identity[:16], e)
-                continue
+        for identity, msg in self._router.messages():
             event = self._event_for(identity, msg, now)
             if event is not None:
                 events.append(event)
@@ -282,13 +243,13 @@ class BrokerServer:
                 return WorkerHeard(identity)
             case Goodbye(reason=reason):
                 self._goodbyes.discard(identity)
-                self._last_sent.pop(identity, None)
+                self._router.forget(identity)
                 return WorkerLeft(identity, f"worker {self._name(identity)} left: {reason}")
             case StatusRequest():
-                self._send(identity, StatusReply(self.core.status(now).to_dict()))
+                self._router.send(identity, StatusReply(self.core.status(now).to_dict()))
             case Cancel(abort=abort):
                 logger.warning("%s requested by a control client", "abort" if abort else "drain")
-                self._send(identity, StatusReply(self.core.status(now).to_dict()))
+                self._router.send(identity, StatusReply(self.core.status(now).to_dict()))
                 return StopRequested("cancelled by request", graceful=not abort)
             case Welcome() | Assign() | Refuse() | Shutdown() | StatusReply() | Revoke():
                 self._drops.warn(
@@ -327,21 +288,21 @@ class BrokerServer:
                 case AdmitWorker(worker=worker, worker_id=worker_id):
                     self._admit(worker, worker_id)
                 case RefuseWorker(worker=worker, reason=reason):
-                    self._refuse(worker, reason)
+                    self._router.refuse(worker, reason)
                 case Dispatch(worker=worker, quantum_id=qid, attempt=attempt, timeout_s=timeout):
                     assign = Assign(self.graph.quantum(qid), attempt, timeout)
-                    if not self._send(worker, assign):
+                    if not self._router.send(worker, assign):
                         why = f"worker {self._name(worker)} unreachable"
                         self._events.append(WorkerLeft(worker, why))
                 case RevokeQuantum(worker=worker, quantum_id=qid, attempt=attempt):
-                    self._send(worker, Revoke(qid, attempt))
+                    self._router.send(worker, Revoke(qid, attempt))
                 case KillWorker(worker=worker, pid=pid):
-                    self._last_sent.pop(worker, None)
+                    self._router.forget(worker)
                     self._pool.kill(pid)
                 case ShutdownWorker(worker=worker, reason=reason, grace_s=grace, final=final):
                     info = self.core.registry.get(worker)
                     attached = info is not None and not info.local
-                    if self._send(worker, Shutdown(reason, grace)) and final and attached:
+                    if self._router.send(worker, Shutdown(reason, grace)) and final and attached:
                         self._goodbyes.add(worker)
                 case StopRun():
                     pass
@@ -354,7 +315,8 @@ class BrokerServer:
 
     def _admit(self, worker: bytes, worker_id: str) -> None:
         c = self.config
-        self._send(
+        self._router.track(worker, time.monotonic())
+        self._router.send(
             worker,
             Welcome(
                 worker_id=worker_id,
@@ -368,46 +330,12 @@ class BrokerServer:
             ),
         )
 
-    def _refuse(self, identity: bytes, reason: str) -> None:
-        self._drops.warn("refusing %r: %s", identity[:16], reason)
-        self._send(identity, Refuse(reason=reason))
-
-    def _send(self, identity: bytes, msg: Message) -> bool:
-        try:
-            self._router.send_multipart([identity, encode(msg)], zmq.NOBLOCK)
-        except zmq.ZMQError as e:  # EHOSTUNREACH (ROUTER_MANDATORY) or a full pipe
-            self._drops.warn("cannot send %s to %r: %s", type(msg).__name__, identity[:16], e)
-            return False
-        if self.core.registry.get(identity) is not None:
-            self._last_sent[identity] = time.monotonic()
-        return True
-
     def _heartbeat(self, now: float) -> None:
-        interval = self.config.heartbeat_interval_s
-        for info in self.core.registry.workers():
-            if now - self._last_sent.get(info.identity, 0.0) >= interval:
-                self._send(info.identity, Heartbeat())
+        workers = (info.identity for info in self.core.registry.workers())
+        self._router.heartbeat(workers, now, self.config.heartbeat_interval_s)
 
     def _report_progress(self, now: float) -> None:
         if self._on_progress is None or now < self._next_progress:
             return
         self._next_progress = now + self.config.progress_interval_s
         self._on_progress(self.core.status(now))
-
-    # ------------------------------------------------------------------ end
-    def _await_goodbyes(self, deadline: float) -> None:
-        """Attached workers acknowledge the final SHUTDOWN with GOODBYE: closing the socket
-        earlier would drop the SHUTDOWN still queued to a worker busy starting its executor."""
-        waiting = self._goodbyes
-        while waiting and (left := deadline - time.monotonic()) > 0:
-            if not self._router.poll(int(left * 1000) + 1):
-                break
-            identity, *rest = self._router.recv_multipart()
-            try:
-                said_goodbye = len(rest) == 1 and isinstance(decode(rest[0]), Goodbye)
-            except ProtocolError:
-                said_goodbye = False
-            if said_goodbye:
-                waiting.discard(identity)
-        if waiting:
-            logger.warning("%d attached worker(s) did not acknowledge SHUTDOWN", len(waiting))

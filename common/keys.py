@@ -50,8 +50,13 @@ def create_keys(curve_dir: Path) -> ServerKeys:
 
 
 def load_server_keys(curve_dir: Path) -> ServerKeys:
-    public, secret = zmq.auth.load_certificate(curve_dir / "server.key_secret")
-    assert secret is not None
+    """The broker key pair and the allow-list directory (ConfigError if missing)."""
+    try:
+        public, secret = zmq.auth.load_certificate(curve_dir / "server.key_secret")
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"no usable CURVE keys in {curve_dir}: {e}") from e
+    if secret is None:
+        raise ConfigError(f"no CURVE secret key in {curve_dir / 'server.key_secret'}")
     return ServerKeys(public, secret, curve_dir / "allowed")
 
 

@@ -12,8 +12,12 @@ import pytest
 import zmq
 
 from broker import MPGraphExecutor
+from broker.server import BrokerServer, Serving
+from broker.state import QState
 from common.butler import Butler
 from common.codec import decode, encode
+from common.config import ExecutionConfig
+from common.errors import ZmpexecError
 from common.protocol import PROTOCOL_VERSION, Heartbeat, Hello, Refuse, Result, ResultStatus
 from common.report import ExecutionStatus
 from tests.conftest import wait_until
@@ -146,3 +150,16 @@ def test_broker_survives_thousands_of_fuzzed_frames(
     run.join()
     assert sent >= 4000
     assert run.executor.getReport().counts()[ExecutionStatus.SUCCESS] == 12
+
+
+def test_a_broker_that_cannot_secure_its_socket_reports_the_real_error(tmp_path: Path) -> None:
+    # Given a tcp endpoint whose CURVE key directory holds no keys
+    graph = independent(2)
+    config = ExecutionConfig(num_workers=1, local_workers=0, endpoint="tcp://127.0.0.1:0")
+    serving = Serving("tcp://127.0.0.1:0", tmp_path / "logs", b"", keys_dir=tmp_path / "nokeys")
+    server = BrokerServer(graph, config, serving)
+    # When it runs, the error names the missing keys (not a bookkeeping error of the cleanup)
+    with pytest.raises(ZmpexecError, match="nokeys"):
+        server.run()
+    # and the run is stopped in order: every quantum cancelled
+    assert server.core.over and server.core.state.count(QState.CANCELLED) == 2
