@@ -1,6 +1,7 @@
 """Tasks and graphs for fault drills and benchmarks (``scripts/faultbench.py``): quanta that
 sleep, and quanta that journal each run so a drill can count lost and repeated work. Workers
-resolve them by name (``examples.drills:<task>``)."""
+resolve them by name (``examples.drills:<task>``). Kept light: workers' forkservers preload
+task modules, and a heavy one makes every executor child slower to start and to die."""
 
 from __future__ import annotations
 
@@ -8,10 +9,7 @@ import os
 import time
 from typing import Any
 
-from common.graph import QuantumGraph
-from common.quantum import Quantum
-
-__all__ = ["journaled", "sleep", "sleepers"]
+__all__ = ["journaled", "sleep"]
 
 
 def sleep(*, seconds: float = 0.1, **inputs: Any) -> float:
@@ -32,19 +30,3 @@ def journaled(
     os.close(fd)
     time.sleep(seconds)
     return me
-
-
-def sleepers(n: int, seconds: float, prefix: str = "s") -> QuantumGraph:
-    """``n`` independent quanta that sleep ``seconds`` each."""
-    return QuantumGraph.from_quanta(
-        [
-            Quantum(
-                id=f"{prefix}{i}",
-                task_label="sleep",
-                task="examples.drills:sleep",
-                config={"seconds": seconds},
-                outputs={"out": f"{prefix}{i}"},
-            )
-            for i in range(n)
-        ]
-    )

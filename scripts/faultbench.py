@@ -32,11 +32,26 @@ from common.codec import encode
 from common.graph import QuantumGraph
 from common.protocol import Heartbeat
 from common.quantum import Quantum
-from examples.drills import sleepers
 from scripts.procs import gone, worker_agents
 from worker.executor import TaskQuantumExecutor
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def sleepers(n: int, seconds: float, prefix: str = "s") -> QuantumGraph:
+    """``n`` independent quanta that sleep ``seconds`` each."""
+    return QuantumGraph.from_quanta(
+        [
+            Quantum(
+                id=f"{prefix}{i}",
+                task_label="sleep",
+                task="examples.drills:sleep",
+                config={"seconds": seconds},
+                outputs={"out": f"{prefix}{i}"},
+            )
+            for i in range(n)
+        ]
+    )
 
 
 def _busy(tmp: Path, ex: MPGraphExecutor) -> None:
