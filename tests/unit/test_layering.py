@@ -37,3 +37,21 @@ def test_each_floor_imports_only_the_floors_below_it(package: str) -> None:
         if _imports(path) - ALLOWED[package]
     }
     assert bad == {}, f"{package} imports beyond its floor (installed code never imports tests)"
+
+
+PURE_BROKER = ["core", "events", "state", "scheduler", "registry", "ledger", "monitor", "droplog"]
+
+
+@pytest.mark.parametrize("module", PURE_BROKER)
+def test_the_broker_core_is_transport_neutral(module: str) -> None:
+    """The core (and what it owns) drives zmq, in-process and Dask alike: no transport in it."""
+    tree = ast.parse((ROOT / "broker" / f"{module}.py").read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module)
+    forbidden = {"zmq", "msgpack", "socket", "subprocess", "multiprocessing", "broker.server"}
+    forbidden |= {"broker.router", "broker.pool", "common.codec"}
+    assert imported & forbidden == set()
