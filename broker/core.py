@@ -162,7 +162,7 @@ class BrokerCore:
             self._join(event, now, out)
             return
         if isinstance(event, StopRequested):
-            self.request_stop(event.reason, graceful=event.graceful)
+            self._request_stop(event.reason, graceful=event.graceful)
             return
         info = self.registry.get(event.worker)
         if info is None:
@@ -186,7 +186,7 @@ class BrokerCore:
             case _:
                 assert_never(event)
 
-    def request_stop(self, reason: str, *, graceful: bool = False) -> None:
+    def _request_stop(self, reason: str, *, graceful: bool = False) -> None:
         """Stop dispatching; the next step drains (graceful) or finishes at once."""
         if self._stop_reason is None:
             self._stop_reason = reason
@@ -260,7 +260,7 @@ class BrokerCore:
             case ResultStatus.FAILURE:
                 self._failed(qid, self.ledger.describe(qid))
                 if result.stop_run:
-                    self.request_stop(f"{qid} failed in a way that stops the run")
+                    self._request_stop(f"{qid} failed in a way that stops the run")
 
     def _failed(self, qid: str, what: str, *, timed_out: bool = False) -> None:
         """The quantum failed: its unfinished descendants are skipped (``blockedBy`` it)."""
@@ -270,7 +270,7 @@ class BrokerCore:
             self._record(s, self.ledger.records[s].attempts, JournalState.SKIPPED)
         logger.warning("quantum %s; %d descendant(s) skipped", what, len(skipped))
         if self.config.fail_fast:
-            self.request_stop(f"fail-fast: {what}")
+            self._request_stop(f"fail-fast: {what}")
 
     def _lost(self, d: InFlight, why: str, reason: Reason = Reason.WORKER_LOST) -> None:
         """An attempt ended without a result: retried (attempt + 1 later) or failed."""

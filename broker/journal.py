@@ -10,6 +10,7 @@ but a rerun of such a quantum.
 from __future__ import annotations
 
 import enum
+import math
 import sqlite3
 import time
 from pathlib import Path
@@ -55,17 +56,19 @@ class Journal:
         if not resume:
             self._db.execute("DELETE FROM transitions")
         self._pending: list[tuple[str, int, str, float]] = []
-        self._flushed_at = time.monotonic()
+        self._flushed_at = -math.inf
 
     def record(self, quantum_id: str, attempt: int, state: JournalState) -> None:
         self._pending.append((quantum_id, attempt, state.value, time.time()))
 
     def flush_if_due(self, now: float) -> None:
+        """Commit what is pending if the last commit was ``_FLUSH_EVERY_S`` before ``now``
+        (monotonic seconds, the caller's clock)."""
         if self._pending and now - self._flushed_at >= _FLUSH_EVERY_S:
             self.flush()
+            self._flushed_at = now
 
     def flush(self) -> None:
-        self._flushed_at = time.monotonic()
         if not self._pending:
             return
         rows, self._pending = self._pending, []
