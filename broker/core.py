@@ -199,13 +199,21 @@ class BrokerCore:
             self._drops.warn("duplicate HELLO from %r ignored", event.worker[:16], now=now)
             return
         info = self.registry.add(
-            event.worker, event.pid, event.host, event.slots, local=event.local, now=now,
+            event.worker,
+            event.pid,
+            event.host,
+            event.slots,
+            local=event.local,
+            now=now,
             name=event.name,
-        )  # fmt: skip
+        )
         logger.info(
-            "worker %s registered (pid %d on %s, %s)", info.worker_id, event.pid, event.host,
+            "worker %s registered (pid %d on %s, %s)",
+            info.worker_id,
+            event.pid,
+            event.host[:100],
             "local" if event.local else "attached",
-        )  # fmt: skip
+        )
         out.append(AdmitWorker(event.worker, info.worker_id))
         if self._stop_reason is not None and self._drain_deadline is not None:
             grace = max(0.0, self._drain_deadline - now)
