@@ -89,7 +89,7 @@ class BrokerCore:
         self.config = config
         self._wall = wall
         labels = {q.id: q.task_label for q in graph.quanta()}
-        self.state = GraphState(graph.xgraph)
+        self.state = GraphState(graph.xgraph, labels)
         self.scheduler = Scheduler(graph.xgraph, labels)
         self.registry = WorkerRegistry()
         self.ledger = Ledger(graph, in_process=in_process)

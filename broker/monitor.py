@@ -31,30 +31,25 @@ class Monitor:
     def snapshot(
         self, now: float, elapsed_s: float, busy_s: float, stopping: str | None
     ) -> RunStatus:
-        """``busy_s``: time since the first dispatch (for throughput)."""
+        """``busy_s``: time since the first dispatch (for throughput). Costs a constant per
+        task label, running quantum, worker and listed failure: never a walk over the graph."""
         labels = self.labels
-        by_label: dict[str, dict[str, int]] = {}
-        for qid, s in self.state.state.items():
-            counts = by_label.setdefault(labels[qid], {})
-            counts[s.value] = counts.get(s.value, 0) + 1
+        by_label = {
+            label: {s.value: n for s, n in counts.items() if n}
+            for label, counts in self.state.label_counts.items()
+        }
         running = [
             RunningInfo(d.quantum_id, labels[d.quantum_id], w.worker_id, now - d.sent_at)
             for w in self.registry.workers()
             for d in w.in_flight.values()
         ]
         failures = []
-        for qid, s in self.state.state.items():
-            if s in (QState.FAILED, QState.TIMED_OUT):
-                rec = self.ledger.records[qid]
-                failures.append(
-                    FailureInfo(
-                        qid,
-                        labels[qid],
-                        rec.reason.value if rec.reason else s.value,
-                        self.ledger.describe(qid),
-                        rec.log_path,
-                    )
-                )
+        for qid in self.state.failed[-_MAX_FAILURES:]:
+            rec = self.ledger.records[qid]
+            reason = rec.reason.value if rec.reason else self.state.state[qid].value
+            failures.append(
+                FailureInfo(qid, labels[qid], reason, self.ledger.describe(qid), rec.log_path)
+            )
         workers = [
             WorkerSummary(w.worker_id, w.pid, w.host, w.local, len(w.in_flight), w.completed)
             for w in self.registry.workers()
@@ -65,18 +60,27 @@ class Monitor:
             total=len(self.graph),
             by_label=by_label,
             running=running,
-            failures=failures[-_MAX_FAILURES:],
+            failures=failures,
             workers=workers,
             throughput_per_s=done / busy_s if busy_s > 0 else 0.0,
-            eta_s=self._eta(labels),
+            eta_s=self._eta(),
             stopping=stopping,
         )
 
-    def _eta(self, labels: dict[str, str]) -> float | None:
-        """Remaining work by learned duration per label over ready workers; None until every
-        remaining label has a learned duration."""
-        left = [labels[q] for q, s in self.state.state.items() if not s.terminal]
-        if not all(self.scheduler.learned(label) for label in left):
+    def _eta(self) -> float | None:
+        """Remaining work over the ready workers: learned mean durations per label, and for a
+        label not seen yet the mean over the labels seen so far (refined as they run). None
+        until one quantum has finished."""
+        left = {
+            label: sum(n for s, n in counts.items() if not s.terminal)
+            for label, counts in self.state.label_counts.items()
+        }
+        learned = [label for label in left if self.scheduler.learned(label)]
+        if not learned:
             return None
-        work = sum(self.scheduler.estimate(label) for label in left)
+        guess = sum(self.scheduler.estimate(label) for label in learned) / len(learned)
+        work = sum(
+            n * (self.scheduler.estimate(label) if self.scheduler.learned(label) else guess)
+            for label, n in left.items()
+        )
         return work / max(1, self.registry.ready_count())

@@ -39,16 +39,24 @@ _TERMINAL = frozenset(
 
 
 class GraphState:
-    """Tracks every quantum of ``xgraph`` (node ids are quantum ids)."""
+    """Tracks every quantum of ``xgraph`` (node ids are quantum ids). With ``labels`` (task
+    label by quantum id) it also keeps counts per label and state, so a status costs a constant
+    per label, not a walk over the graph."""
 
-    def __init__(self, xgraph: nx.DiGraph[str]) -> None:
+    def __init__(self, xgraph: nx.DiGraph[str], labels: dict[str, str] | None = None) -> None:
         self._g = xgraph
         self._waiting = {qid: int(xgraph.in_degree(qid)) for qid in xgraph}
         self.state = {qid: QState.PENDING for qid in xgraph}
         self.blocked_by: dict[str, set[str]] = {}
+        self.failed: list[str] = []  # failed and timed-out quanta, in the order they ended
         self._open = len(self.state)
         self._counts = dict.fromkeys(QState, 0)
         self._counts[QState.PENDING] = len(self.state)
+        self._labels = labels
+        self.label_counts: dict[str, dict[QState, int]] = {}
+        for label in (labels or {}).values():
+            counts = self.label_counts.setdefault(label, dict.fromkeys(QState, 0))
+            counts[QState.PENDING] += 1
 
     def preset_succeeded(self, qids: set[str]) -> None:
         """Quanta finished by an earlier run (resume): call before ``initial_ready``."""
@@ -79,9 +87,15 @@ class GraphState:
             raise ValueError(f"quantum {qid!r} is already {old.value}")
         self._counts[old] -= 1
         self._counts[new] += 1
+        if self._labels is not None:
+            counts = self.label_counts[self._labels[qid]]
+            counts[old] -= 1
+            counts[new] += 1
         self.state[qid] = new
         if new.terminal:
             self._open -= 1
+        if new in (QState.FAILED, QState.TIMED_OUT):
+            self.failed.append(qid)
 
     def _expect(self, qid: str, *allowed: QState) -> None:
         if self.state[qid] not in allowed:

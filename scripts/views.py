@@ -11,13 +11,14 @@ from typing import TextIO
 
 from rich.console import Console, Group
 from rich.live import Live
+from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
 from common.report import ExecutionStatus, QuantumReport, Report
 from common.status import RunStatus
 
-__all__ = ["ProgressDisplay", "render_report", "render_status", "status_table"]
+__all__ = ["ProgressDisplay", "overall_bar", "render_report", "render_status", "status_table"]
 
 _DONE = ("succeeded", "failed", "timed_out", "skipped", "cancelled")
 
@@ -200,6 +201,21 @@ def render_status(status: RunStatus, console: Console) -> None:
     console.print(f"throughput: {status.throughput_per_s:.1f} quanta/s; eta {_fmt_s(status.eta_s)}")
 
 
+def _percent(status: RunStatus) -> str:
+    return f"{100.0 * status.finished / status.total:.1f}%" if status.total else "100%"
+
+
+def overall_bar(status: RunStatus) -> Table:
+    """One line: a bar over every quantum, the share finished, the ETA."""
+    line = Table.grid(padding=(0, 1))
+    line.add_row(
+        ProgressBar(total=max(1, status.total), completed=status.finished, width=40),
+        f"{_percent(status)} of {status.total:,} quanta",
+        f"eta {_fmt_s(status.eta_s)}",
+    )
+    return line
+
+
 class ProgressDisplay:
     """Live table on a terminal; one plain line per update elsewhere."""
 
@@ -226,9 +242,10 @@ class ProgressDisplay:
 
     def update(self, status: RunStatus) -> None:
         if self._live is not None:
-            self._live.update(Group(status_table(status), _failures(status)))
+            self._live.update(Group(overall_bar(status), status_table(status), _failures(status)))
             return
-        parts = [f"{status.finished}/{status.total} done", f"{status.count('running')} running"]
+        done = f"{status.finished}/{status.total} done ({_percent(status)})"
+        parts = [done, f"{status.count('running')} running"]
         bad = status.count("failed") + status.count("timed_out")
         if bad:
             parts.append(f"{bad} failed")

@@ -376,3 +376,27 @@ def test_durations_are_learned_from_successes() -> None:
 def test_empty_graph_is_over_at_start() -> None:
     h = Harness(QuantumGraph.from_quanta([]), workers=1)
     assert h.core.over and h.of(StopRun) == [StopRun(None, [])]
+
+
+def test_status_counts_per_label_and_estimates_unseen_labels_from_the_first_result() -> None:
+    # Given a chain of two labels: isr -> calibrate, 3 detectors
+    graph = QuantumGraph.from_quanta(
+        [quantum(f"isr{d}", label="isr") for d in range(3)]
+        + [quantum(f"cal{d}", label="cal", inputs=[f"isr{d}"]) for d in range(3)]
+    )
+    h = Harness(graph, workers=1)
+    h.join(A)
+    assert h.core.status(h.now).eta_s is None  # nothing learned yet
+    # When the first isr finished in 2 s
+    (d,) = h.dispatches()
+    h.step(ResultReceived(A, result(d, duration_s=2.0)), at=2.0)
+    status = h.core.status(h.now)
+    # Then counts are per label, and the ETA prices calibrate (not seen yet) like isr
+    assert status.by_label["isr"] == {"succeeded": 1, "running": 1, "ready": 1}
+    assert status.by_label["cal"] == {"ready": 1, "pending": 2}
+    assert status.eta_s == pytest.approx(5 * 2.0)
+    # And a failure is listed
+    (d,) = h.dispatches()
+    h.step(ResultReceived(A, result(d, ResultStatus.FAILURE)), at=3.0)
+    (failure,) = h.core.status(h.now).failures
+    assert failure.id == d.quantum_id and failure.reason == "exception"

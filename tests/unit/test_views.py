@@ -57,11 +57,12 @@ def test_progress_is_a_live_table_on_a_terminal_and_lines_elsewhere() -> None:
         assert display.interactive and display.interval_s < 1
         display.update(STATUS)
     assert "coadd" in tty.getvalue() and "ValueError: boom" in tty.getvalue()
+    assert "50.0% of 10 quanta" in tty.getvalue() and "eta 20.0s" in tty.getvalue()
     plain = io.StringIO()
     with ProgressDisplay(plain) as display:
         display.update(STATUS)
     assert plain.getvalue().count("\n") == 1
-    assert "5/10 done, 1 running, 1 failed" in plain.getvalue()
+    assert "5/10 done (50.0%), 1 running, 1 failed" in plain.getvalue()
 
 
 def _report_with_a_failure(skipped: int) -> Report:
