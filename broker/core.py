@@ -37,6 +37,7 @@ from broker.events import (
     WorkerLeft,
     WorkerReady,
 )
+from broker.footprint import Footprint
 from broker.journal import Journal, JournalState
 from broker.ledger import Ledger
 from broker.monitor import Monitor
@@ -44,9 +45,10 @@ from broker.registry import InFlight, WorkerInfo, WorkerRegistry
 from broker.scheduler import Scheduler
 from broker.state import GraphState
 from common.config import ExecutionConfig
+from common.errors import MPGraphExecutorError
 from common.graph import QuantumGraph
 from common.protocol import Result, ResultStatus
-from common.report import Reason
+from common.report import Reason, Report
 from common.status import RunStatus
 
 __all__ = ["BACKSTOP_GRACE_S", "STARTUP_HOLD_S", "STEAL_AFTER_S", "BrokerCore", "RunTimings"]
@@ -95,6 +97,9 @@ class BrokerCore:
         self.ledger = Ledger(graph, in_process=in_process)
         self.state.preset_succeeded(set(done))
         self.ledger.resumed(done)
+        self.footprint = Footprint(graph, self.state)
+        for qid in done:
+            self.footprint.produced(qid)
         self._journal = journal
         self._monitor = Monitor(
             graph, labels, self.state, self.scheduler, self.registry, self.ledger
@@ -103,6 +108,7 @@ class BrokerCore:
         self._expected_workers = 0 if in_process else config.spawn_count
         self._holding = self._expected_workers > 0
         self._revoking: set[tuple[str, int]] = set()
+        self._released: list[str] = []  # children made ready since the last dispatch
         self._stop_reason: str | None = None
         self._stop_now = False
         self._drain_deadline: float | None = None
@@ -123,6 +129,16 @@ class BrokerCore:
         t = self.timings
         busy = now - t.first_dispatch if t.first_dispatch is not None else 0.0
         return self._monitor.snapshot(now, now - t.started, busy, self._stop_reason)
+
+    def error(self) -> MPGraphExecutorError | None:
+        """The error ``execute()`` raises for this outcome, or None if all succeeded."""
+        return self.ledger.error(self.state)
+
+    def report(self, error: Exception | None) -> Report:
+        """The run's report with ``error`` as its outcome, and figures of the run."""
+        report = self.ledger.report(self.state, error)
+        report.figures["peakIntermediates"] = self.footprint.peak
+        return report
 
     def next_deadline(self, now: float) -> float | None:
         """The earliest moment ``step`` has something to do without a new event."""
@@ -263,6 +279,9 @@ class BrokerCore:
                 self.scheduler.learn(self.graph.quantum(qid).task_label, result.duration_s)
                 for child in self.state.succeed(qid):
                     self.scheduler.push(child)
+                    self._released.append(child)
+                self.footprint.ended(qid)
+                self.footprint.produced(qid)
             case ResultStatus.TIMEOUT:
                 self._failed(qid, f"timed out: {result.exc_message}", timed_out=True)
             case ResultStatus.FAILURE:
@@ -273,8 +292,10 @@ class BrokerCore:
     def _failed(self, qid: str, what: str, *, timed_out: bool = False) -> None:
         """The quantum failed: its unfinished descendants are skipped (``blockedBy`` it)."""
         skipped = self.state.fail(qid, timed_out=timed_out)
+        self.footprint.ended(qid)
         for s in skipped:
             self.scheduler.discard(s)
+            self.footprint.ended(s)
             self._record(s, self.ledger.records[s].attempts, JournalState.SKIPPED)
         logger.warning("quantum %s; %d descendant(s) skipped", what, len(skipped))
         if self.config.fail_fast:
@@ -303,6 +324,7 @@ class BrokerCore:
         cancelled = self.state.cancel()
         for qid in cancelled:
             self.scheduler.discard(qid)
+            self.footprint.ended(qid)
             self._record(qid, self.ledger.records[qid].attempts, JournalState.CANCELLED)
         if cancelled:
             logger.warning("%d quanta cancelled (%s)", len(cancelled), self._stop_reason)
@@ -356,6 +378,17 @@ class BrokerCore:
                 return
             self._holding = False
         self._steal(now, out)
+        # Children just released go first, most critical first, to the most recently used
+        # worker (where their parent ran): chains finish before new ones start, so
+        # intermediates are read soon after they are written. Then critical-path order.
+        released = sorted(self._released, key=self.scheduler.priority, reverse=True)
+        self._released.clear()
+        for child in released:
+            info = self.registry.next_free()
+            if info is None:
+                return
+            if self.scheduler.take(child):
+                out.append(self._dispatched(info, child, now))
         while len(self.scheduler) and (info := self.registry.next_free()) is not None:
             qid = self.scheduler.pop()
             if qid is None:

@@ -159,10 +159,10 @@ class MPGraphExecutor:
                 core = self._run_with_broker(run)
         finally:
             journal.close()
-        error = core.ledger.error(core.state)
+        error = core.error()
         if error is None and self._server is not None and self._server.fatal:
             error = MPGraphExecutorError(self._server.fatal)
-        self._report = core.ledger.report(core.state, error)
+        self._report = core.report(error)
         if error is not None:
             raise error
 

@@ -1,5 +1,7 @@
 """Scheduling policy: which ready quantum runs next. Longest remaining path to a sink first
-(critical path), weighted by durations learned per task label; ties by graph order.
+(critical path), weighted by durations learned per task label; ties by graph order. The
+driver may ``take`` a particular ready quantum instead (a child its parent just released:
+chains continue where they ran, depth-first).
 
 Pure: no clock, sockets or processes; durations come in as plain numbers.
 """
@@ -72,6 +74,7 @@ class Scheduler:
         heapq.heappush(self._heap, (-self._priority[qid], self._order[qid], qid))
 
     def pop(self) -> str | None:
+        """The most critical ready quantum (longest path below it, then graph order)."""
         if self._dirty:
             self._rank()
         while self._heap:
@@ -80,6 +83,13 @@ class Scheduler:
                 self._queued.discard(qid)
                 return qid
         return None
+
+    def take(self, qid: str) -> bool:
+        """Take ``qid`` out of the ready set if it is there (its heap entry goes stale)."""
+        if qid not in self._queued:
+            return False
+        self._queued.discard(qid)
+        return True
 
     def discard(self, qid: str) -> None:
         self._queued.discard(qid)

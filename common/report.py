@@ -129,6 +129,7 @@ class Report:
     cmdLine: list[str] = field(default_factory=lambda: list(sys.argv))
     quantaReports: list[QuantumReport] = field(default_factory=list)
     quantaDetails: dict[str, QuantumDetails] = field(default_factory=dict)
+    figures: dict[str, float] = field(default_factory=dict)  # of the run, e.g. peakIntermediates
 
     def details(self, qid: str) -> QuantumDetails:
         """Our details for quantum ``qid`` (our id, not the LSST uuid)."""
@@ -161,6 +162,7 @@ class Report:
             "exceptionInfo": self.exceptionInfo.to_dict() if self.exceptionInfo else None,
             "quantaReports": [r.to_dict() for r in self.quantaReports],
             "quantaDetails": {k: d.to_dict() for k, d in self.quantaDetails.items()},
+            "runFigures": dict(self.figures),
         }
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -212,5 +214,10 @@ class Report:
                     blockedBy=tuple(d.get("blockedBy", ())),
                 )
                 for k, d in raw.get("quantaDetails", {}).items()
+            },
+            figures={
+                str(k): v
+                for k, v in raw.get("runFigures", {}).items()
+                if isinstance(v, int | float) and not isinstance(v, bool)
             },
         )

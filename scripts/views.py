@@ -56,6 +56,9 @@ def render_report(report: Report, *, every_quantum: bool = False) -> str:
             f"{label:<{width}}  {sum(c.values()):>6}  "
             + "  ".join(f"{c.get(s.value, 0):>8}" for s in ExecutionStatus)
         )
+    peak = report.figures.get("peakIntermediates")
+    if peak is not None:
+        lines.append(f"peak intermediate datasets alive at once: {peak:,.0f}")
     not_succeeded = _problems(report) + _skipped(report)
     if not_succeeded:
         lines += ["did not succeed:", *not_succeeded]

@@ -91,6 +91,7 @@ def test_report_json_has_lsst_fields_and_round_trips() -> None:
         "exceptionInfo",
         "quantaReports",
         "quantaDetails",
+        "runFigures",
     }
     assert data["qgraphSummary"]["qgraphTaskSummaries"]["t"]["numQuanta"] == 1
     assert Report.from_json(report.to_json()) == report

@@ -233,7 +233,7 @@ def test_fail_fast_cancels_running_and_queued_quanta_and_shuts_workers_down() ->
     assert stop.reason is not None and stop.reason.startswith("fail-fast")
     assert set(stop.cancelled) == set(h.core.state.state) - {first.quantum_id}
     assert {a.worker for a in h.of(ShutdownWorker) if a.final and a.grace_s == 0} == {A, B}
-    report = h.core.ledger.report(h.core.state, h.core.ledger.error(h.core.state))
+    report = h.core.report(h.core.error())
     assert report.counts()[ExecutionStatus.SKIPPED] == 5
     assert report.details("q5").reason is Reason.CANCELLED
 
@@ -255,7 +255,7 @@ def test_keep_going_skips_only_descendants_and_names_the_blocker() -> None:
     assert not h.of(StopRun)
     h.step(ResultReceived(A, result(by_id["x"])))
     assert h.of(StopRun)
-    report = h.core.ledger.report(h.core.state, h.core.ledger.error(h.core.state))
+    report = h.core.report(h.core.error())
     assert report.details("c").blockedBy == ("a",)
     assert report.report_for("x").status is ExecutionStatus.SUCCESS
     assert report.report_for("a").exceptionInfo is not None
@@ -277,7 +277,7 @@ def test_resume_skips_done_quanta(tmp_path: Path) -> None:
     assert d.quantum_id == "c2"
     h.step(ResultReceived(A, result(d)))
     assert h.of(StopRun)
-    report = h.core.ledger.report(h.core.state, None)
+    report = h.core.report(None)
     assert report.details("c0").attempts == 0
     assert journal.last_states() == {"c2": JournalState.SUCCESS}
     journal.close()
@@ -312,7 +312,7 @@ def test_graceful_stop_ends_as_soon_as_nothing_runs() -> None:
     (d,) = h.dispatches()
     h.step(StopRequested("drain", graceful=True))
     h.step(ResultReceived(A, result(d)), at=0.5)
-    assert sorted(h.of(StopRun)[0].cancelled) == ["q1", "q2"]
+    assert sorted(h.of(StopRun)[0].cancelled) == sorted({"q0", "q1", "q2"} - {d.quantum_id})
 
 
 def test_cancellations_and_skips_are_journaled(tmp_path: Path) -> None:
@@ -340,13 +340,14 @@ def test_results_that_do_not_match_anything_in_flight_change_nothing() -> None:
     h = Harness(independent(2), workers=1)
     h.join(A)
     (d,) = h.dispatches()
+    other = "q1" if d.quantum_id == "q0" else "q0"
     for stray in (
         replace(result(d), quantum_id="no-such-quantum"),
         replace(result(d), attempt=d.attempt + 1),
-        replace(result(d), quantum_id="q1"),  # ready, never dispatched to A
+        replace(result(d), quantum_id=other),  # ready, never dispatched to A
     ):
         assert h.step(ResultReceived(A, stray)) == []
-    assert h.state(d.quantum_id) is QState.RUNNING and h.state("q1") is QState.READY
+    assert h.state(d.quantum_id) is QState.RUNNING and h.state(other) is QState.READY
 
 
 def test_events_from_unknown_workers_are_refused_and_change_nothing() -> None:
@@ -391,12 +392,58 @@ def test_status_counts_per_label_and_estimates_unseen_labels_from_the_first_resu
     (d,) = h.dispatches()
     h.step(ResultReceived(A, result(d, duration_s=2.0)), at=2.0)
     status = h.core.status(h.now)
-    # Then counts are per label, and the ETA prices calibrate (not seen yet) like isr
-    assert status.by_label["isr"] == {"succeeded": 1, "running": 1, "ready": 1}
-    assert status.by_label["cal"] == {"ready": 1, "pending": 2}
+    # Then counts are per label (its calibrate runs next: depth-first), and the ETA prices
+    # calibrate (not seen yet) like isr
+    assert status.by_label["isr"] == {"succeeded": 1, "ready": 2}
+    assert status.by_label["cal"] == {"running": 1, "pending": 2}
     assert status.eta_s == pytest.approx(5 * 2.0)
     # And a failure is listed
     (d,) = h.dispatches()
     h.step(ResultReceived(A, result(d, ResultStatus.FAILURE)), at=3.0)
     (failure,) = h.core.status(h.now).failures
     assert failure.id == d.quantum_id and failure.reason == "exception"
+
+
+def _chains(n: int, length: int = 3) -> QuantumGraph:
+    return QuantumGraph.from_quanta(
+        [
+            quantum(f"c{c}-{i}", label=f"step{i}", inputs=[f"c{c}-{i - 1}"] if i else [])
+            for c in range(n)
+            for i in range(length)
+        ]
+    )
+
+
+def _run_to_end(h: Harness, worker: bytes) -> list[str]:
+    """Answer every dispatch with a success, one at a time; the dispatch order."""
+    order = []
+    while not h.core.over:
+        (d,) = h.dispatches(worker)
+        order.append(d.quantum_id)
+        h.step(ResultReceived(worker, result(d)), at=h.now + 1)
+    return order
+
+
+def test_wide_graphs_finish_chains_before_starting_new_ones() -> None:
+    # Given 8 independent chains of 3 and one worker (critical path is no constraint)
+    h = Harness(_chains(8), workers=1)
+    h.join(A)
+    order = _run_to_end(h, A)
+    # Then each chain runs start to end before the next begins (depth-first)
+    chains = [qid.split("-")[0] for qid in order]
+    assert all(len(set(chains[i : i + 3])) == 1 for i in range(0, len(order), 3))
+    # and at most one intermediate is alive at a time (breadth-first would keep 8)
+    assert h.core.report(None).figures["peakIntermediates"] == 1
+
+
+def test_quanta_no_finished_parent_released_go_critical_path_first() -> None:
+    # Given a chain of 6 beside 6 independent quanta, and two workers
+    graph = QuantumGraph.from_quanta(
+        [quantum(f"long{i}", label="long", inputs=[f"long{i - 1}"] if i else []) for i in range(6)]
+        + [quantum(f"short{i}", label="short") for i in range(6)]
+    )
+    h = Harness(graph, workers=2)
+    h.join(A)
+    h.join(B)
+    # Then the chain's head is among the first dispatched: it is as long as all the rest
+    assert "long0" in {d.quantum_id for d in h.dispatches()}

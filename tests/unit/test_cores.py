@@ -90,3 +90,22 @@ def test_registry_tracks_silence_deadlines_and_fences_attempts() -> None:
     reg.assign(w, InFlight("r", 1, 101.0, None))
     lost = reg.remove(w)
     assert [d.quantum_id for d in lost] == ["r"] and len(reg) == 0
+
+
+def _lsst_like() -> tuple[nx.DiGraph[str], dict[str, str]]:
+    """3 detectors x (isr -> cal), plus a 4-long chain 'deep'."""
+    g = _graph(
+        [(f"isr{d}", f"cal{d}") for d in range(3)]
+        + [(f"deep{i}", f"deep{i + 1}") for i in range(3)]
+    )
+    labels = {q: q.rstrip("0123456789") for q in g}
+    return g, labels
+
+
+def test_scheduler_hands_out_a_chosen_quantum_once() -> None:
+    g, labels = _lsst_like()
+    s = Scheduler(g, labels)
+    for q in ("isr0", "isr1", "deep0"):
+        s.push(q)
+    assert s.take("isr1") and not s.take("isr1") and not s.take("cal0")
+    assert [s.pop(), s.pop(), s.pop()] == ["deep0", "isr0", None]

@@ -87,6 +87,7 @@ def _report_with_a_failure(skipped: int) -> Report:
         )
     add("late", "coadd", ExecutionStatus.SKIPPED, reason=Reason.CANCELLED)
     report.status = ExecutionStatus.FAILURE
+    report.figures["peakIntermediates"] = 3
     return report
 
 
@@ -98,6 +99,7 @@ def test_report_names_every_quantum_that_did_not_succeed_and_what_blocked_it() -
     assert "b1 [calib] skipped, blocked by a" in text
     assert "late [coadd] skipped (cancelled)" in text
     assert "ok [isr]" not in text
+    assert "peak intermediate datasets alive at once: 3" in text
 
 
 def test_report_collapses_many_skipped_quanta_per_blocker() -> None:
