@@ -194,10 +194,31 @@ def cmd_lsst(args: argparse.Namespace) -> ExitCode:
 
 
 # ---------------------------------------------------------------------- commands
-def cmd_validate(args: argparse.Namespace) -> ExitCode:
-    graph = QuantumGraph.load(args.graph)
-    butler = Butler(args.repo, args.run) if args.repo else None
+_BIG_GRAPH_BYTES = 1_000_000  # files at least this big get progress lines while they load
+
+
+def _load_graph(path: Path, butler: Butler | None) -> QuantumGraph:
+    """Read and validate a graph file, saying what happens when it takes a while."""
+    try:
+        big = path.stat().st_size >= _BIG_GRAPH_BYTES
+    except OSError:
+        big = False  # load() names the problem
+    t0 = time.monotonic()
+    if big:
+        print(f"reading {path} ({path.stat().st_size / 1e6:,.1f} MB)...", file=sys.stderr)
+    graph = QuantumGraph.load(path)
+    if big:
+        t1 = time.monotonic()
+        print(f"read {len(graph):,} quanta in {t1 - t0:.1f}s; validating...", file=sys.stderr)
     graph.validate(butler)
+    if big:
+        print(f"valid ({time.monotonic() - t1:.1f}s)", file=sys.stderr)
+    return graph
+
+
+def cmd_validate(args: argparse.Namespace) -> ExitCode:
+    butler = Butler(args.repo, args.run) if args.repo else None
+    graph = _load_graph(args.graph, butler)
     labels = ", ".join(f"{k}: {v}" for k, v in sorted(graph.task_counts().items()))
     print(
         f"{args.graph}: valid, {len(graph)} quanta, "
@@ -234,9 +255,8 @@ def _executor_for(args: argparse.Namespace, display: ProgressDisplay) -> MPGraph
 
 def cmd_run(args: argparse.Namespace) -> ExitCode:
     """``run`` and ``broker``: execute the graph, show progress, write the summary."""
-    graph = QuantumGraph.load(args.graph)
     butler = Butler(args.repo, args.run)
-    graph.validate(butler)  # bad input fails here, before anything starts
+    graph = _load_graph(args.graph, butler)  # bad input fails here, before anything starts
     display = ProgressDisplay()
     executor = _executor_for(args, display)
     received = _stop_on_signals(executor)

@@ -59,6 +59,17 @@ def test_validate_accepts_the_example(tmp_path: Path) -> None:
     out = zmpexec("validate", str(EXAMPLE), cwd=tmp_path)
     assert out.returncode == 0
     assert "valid, 79 quanta" in out.stdout
+    assert "reading" not in out.stderr  # a small graph loads without progress lines
+
+
+def test_a_big_graph_reports_progress_while_it_loads(tmp_path: Path) -> None:
+    from examples.pipeline import make_graph
+
+    (tmp_path / "big.json").write_text(json.dumps(make_graph(60, 40), indent=1))
+    out = zmpexec("validate", "big.json", cwd=tmp_path)
+    assert out.returncode == 0
+    assert "reading big.json (" in out.stderr
+    assert "read 7,261 quanta in " in out.stderr and "valid (" in out.stderr
 
 
 @pytest.mark.parametrize(

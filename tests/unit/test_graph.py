@@ -117,3 +117,26 @@ def test_ipc_paths_beyond_the_socket_limit_are_refused(tmp_path: Path) -> None:
     finally:
         assert sock_dir is not None
         sock_dir.rmdir()
+
+
+@pytest.mark.parametrize("loader", ["libyaml", "pure-python"])
+def test_yaml_graphs_read_the_same_with_libyaml_and_without(tmp_path: Path, loader: str) -> None:
+    import yaml
+
+    from common import graph as graph_module
+
+    if loader == "libyaml":
+        if not yaml.__with_libyaml__:
+            pytest.skip("PyYAML was built without libyaml here")
+        assert graph_module.YAML_LOADER is yaml.CSafeLoader  # the default where available
+    chosen = yaml.CSafeLoader if loader == "libyaml" else yaml.SafeLoader
+    original = QuantumGraph.from_quanta(
+        [quantum("a", data_id={"visit": 1}), quantum("b", inputs=["a"], timeout_s=2.5)]
+    )
+    original.save(tmp_path / "g.yaml")
+    loaded = QuantumGraph.load(tmp_path / "g.yaml", yaml_loader=chosen)
+    assert loaded.quanta() == original.quanta()
+    assert set(loaded.xgraph.edges) == set(original.xgraph.edges)
+    (tmp_path / "bad.yaml").write_text("quanta: [unclosed")
+    with pytest.raises(GraphFileError, match="is not valid yaml"):
+        QuantumGraph.load(tmp_path / "bad.yaml", yaml_loader=chosen)
