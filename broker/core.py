@@ -371,6 +371,7 @@ class BrokerCore:
     # ------------------------------------------------------------------ dispatch
     def _dispatch(self, now: float, out: list[Action]) -> None:
         if self._stop_reason is not None:
+            self._released.clear()
             return  # draining: nothing new starts
         if self._holding:
             # Hold briefly until every expected local worker is up, so work spreads evenly.
