@@ -6,7 +6,7 @@ from __future__ import annotations
 import pickle
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +18,8 @@ from common.exits import ExitCode
 from common.protocol import Hello, Ready, Refuse, Welcome
 from worker.executor import TaskQuantumExecutor
 from worker.launch import AgentConfig, agent_command, agent_env
+
+Start = Callable[[AgentConfig], "subprocess.Popen[bytes]"]
 
 
 @pytest.fixture
@@ -33,8 +35,22 @@ def router() -> Iterator[tuple[zmq.Socket[bytes], str]]:
     ctx.term()
 
 
-def _start(config: AgentConfig) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(agent_command(config), env=agent_env(), stderr=subprocess.PIPE)
+@pytest.fixture
+def start() -> Iterator[Callable[[AgentConfig], subprocess.Popen[bytes]]]:
+    """Starts agent processes; every one is killed and reaped at the end."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def _start(config: AgentConfig) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(agent_command(config), env=agent_env(), stderr=subprocess.PIPE)
+        started.append(proc)
+        return proc
+
+    yield _start
+    for proc in started:
+        proc.kill()
+        proc.wait()
+        assert proc.stderr is not None
+        proc.stderr.close()
 
 
 def _recv(sock: zmq.Socket[bytes], kind: type) -> bytes:
@@ -47,40 +63,28 @@ def _recv(sock: zmq.Socket[bytes], kind: type) -> bytes:
 
 
 def test_agent_refused_after_welcome_exits_with_the_refused_code(
-    router: tuple[zmq.Socket[bytes], str], tmp_path: Path
+    router: tuple[zmq.Socket[bytes], str], tmp_path: Path, start: Start
 ) -> None:
     # Given an agent that completed the handshake and is READY
     sock, endpoint = router
-    agent = _start(AgentConfig(endpoint))
-    try:
-        identity = _recv(sock, Hello)
-        blob = pickle.dumps((TaskQuantumExecutor(), Butler(tmp_path / "repo")))
-        welcome = Welcome("w1", 0.5, 10, blob, str(tmp_path), [], None, None)
-        sock.send_multipart([identity, encode(welcome)])
-        _recv(sock, Ready)
-        # When the broker refuses it (it was written off)
-        sock.send_multipart([identity, encode(Refuse("not a registered worker of this run"))])
-        # Then it exits with the named code, not 0
-        assert agent.wait(30) == ExitCode.REFUSED
-    finally:
-        agent.kill()
-        agent.wait()
-        assert agent.stderr is not None
-        agent.stderr.close()
+    agent = start(AgentConfig(endpoint))
+    identity = _recv(sock, Hello)
+    blob = pickle.dumps((TaskQuantumExecutor(), Butler(tmp_path / "repo")))
+    welcome = Welcome("w1", 0.5, 10, blob, str(tmp_path), [], None, None)
+    sock.send_multipart([identity, encode(welcome)])
+    _recv(sock, Ready)
+    # When the broker refuses it (it was written off)
+    sock.send_multipart([identity, encode(Refuse("not a registered worker of this run"))])
+    # Then it exits with the named code, not 0
+    assert agent.wait(30) == ExitCode.REFUSED
 
 
 def test_agent_whose_parent_is_gone_exits_with_the_parent_gone_code(
-    router: tuple[zmq.Socket[bytes], str],
+    router: tuple[zmq.Socket[bytes], str], start: Start
 ) -> None:
     # Given an agent told its parent is a process that is not (any more) its parent
     _, endpoint = router
     gone = subprocess.Popen(["true"])
     gone.wait()
-    agent = _start(AgentConfig(endpoint, parent_pid=gone.pid))
-    try:
-        assert agent.wait(30) == ExitCode.PARENT_GONE
-    finally:
-        agent.kill()
-        agent.wait()
-        assert agent.stderr is not None
-        agent.stderr.close()
+    agent = start(AgentConfig(endpoint, parent_pid=gone.pid))
+    assert agent.wait(30) == ExitCode.PARENT_GONE
