@@ -1,0 +1,122 @@
+"""Scale curve: LSST-shaped graphs (``../shared/anchors/scale_graph.py``: visits x 189
+detectors x isr -> calibrate -> measure, a gather per visit) of 10^4 .. 10^6 quanta through
+``zmpexec run -j 2`` (embedded butler, journal, summary). Per size: graph load + validate
+time (and a bare ``json.load`` of the file beside it), broker peak RSS and its marginal cost
+per quantum, quanta/s between the first start and the last end, peak intermediates.
+
+    python -m scripts.bench_scale --anchors ../shared/anchors --sizes 10000,100000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from common.report import Report
+
+__all__ = ["measure"]
+
+_LOAD = """
+import json, sys, time
+from common.graph import QuantumGraph
+t0 = time.perf_counter(); json.load(open(sys.argv[1])); t1 = time.perf_counter()
+graph = QuantumGraph.load(sys.argv[1]); t2 = time.perf_counter()
+graph.validate(None); t3 = time.perf_counter()
+print(json.dumps({"json_load_s": t1 - t0, "load_s": t2 - t1, "validate_s": t3 - t2}))
+"""
+
+
+def _peak_rss_mb(proc: subprocess.Popen[bytes]) -> float:
+    """Wait for ``proc``, sampling its own resident memory every 50 ms."""
+    handle, peak = psutil.Process(proc.pid), 0
+    while proc.poll() is None:
+        try:
+            peak = max(peak, handle.memory_info().rss)
+        except psutil.Error:
+            break
+        time.sleep(0.05)
+    return peak / 2**20
+
+
+def measure(tree: Path, graph_file: Path, jobs: int) -> dict[str, Any]:
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    loaded = subprocess.run(
+        [sys.executable, "-c", _LOAD, str(graph_file)],
+        cwd=tree,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    out: dict[str, Any] = json.loads(loaded.stdout.strip().splitlines()[-1])
+    with tempfile.TemporaryDirectory(prefix="zmpscale-") as tmp:
+        argv = [sys.executable, "-m", "scripts.cli", "run", str(graph_file), "-j", str(jobs)]
+        argv += ["--repo", f"{tmp}/repo", "--summary", f"{tmp}/s.json"]
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(
+            argv, cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        out["broker_peak_rss_mb"] = _peak_rss_mb(proc)
+        out["wall_s"] = time.perf_counter() - t0
+        if proc.returncode != 0:
+            raise RuntimeError(f"zmpexec run exited {proc.returncode} in {tree}")
+        report = Report.from_json(Path(f"{tmp}/s.json").read_text())
+    details = report.quantaDetails.values()
+    first = min(d.startTime for d in details if d.startTime is not None)
+    last = max(d.endTime for d in details if d.endTime is not None)
+    out["quanta"] = len(report.quantaReports)
+    out["quanta_per_s"] = out["quanta"] / (last - first)
+    out["peak_intermediates"] = report.figures.get("peakIntermediates")
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--anchors", type=Path, default=Path("../shared/anchors"))
+    p.add_argument("--sizes", default="10000,100000", help="comma-separated quanta counts")
+    p.add_argument("--trees", default=".", help="comma-separated source trees to compare")
+    p.add_argument("--jobs", type=int, default=2)
+    args = p.parse_args()
+    trees = [Path(t).resolve() for t in args.trees.split(",")]
+    print(
+        "| tree | quanta | json.load s | load s | validate s | broker peak RSS MB | "
+        "KB/quantum | quanta/s | peak intermediates | wall s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    smallest: dict[Path, tuple[int, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="zmpscale-") as tmp:
+        for n in (int(x) for x in args.sizes.split(",")):
+            graph_file = Path(tmp) / f"g{n}.json"
+            subprocess.run(
+                [sys.executable, str(args.anchors / "scale_graph.py"), str(n), str(graph_file)],
+                check=True,
+                capture_output=True,
+            )
+            for tree in trees:
+                r = measure(tree, graph_file, args.jobs)
+                base = smallest.setdefault(tree, (r["quanta"], r["broker_peak_rss_mb"]))
+                marginal = (
+                    (r["broker_peak_rss_mb"] - base[1]) * 1024 / (r["quanta"] - base[0])
+                    if r["quanta"] > base[0]
+                    else float("nan")
+                )
+                print(
+                    f"| {tree.name} | {r['quanta']:,} | {r['json_load_s']:.2f} | "
+                    f"{r['load_s']:.2f} | {r['validate_s']:.2f} | "
+                    f"{r['broker_peak_rss_mb']:,.0f} | {marginal:.1f} | "
+                    f"{r['quanta_per_s']:,.0f} | {r['peak_intermediates']} | {r['wall_s']:.1f} |",
+                    flush=True,
+                )
+
+
+if __name__ == "__main__":
+    main()
