@@ -12,7 +12,7 @@ import sys
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TextIO
 
 __all__ = [
     "ExceptionInfo",
@@ -150,6 +150,35 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            **self.to_dict_without_quanta(),
+            "quantaReports": [r.to_dict() for r in self.quantaReports],
+            "quantaDetails": {k: d.to_dict() for k, d in self.quantaDetails.items()},
+            "runFigures": dict(self.figures),
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def write_json(self, stream: TextIO) -> None:
+        """The same JSON as ``to_json`` (compact, one quantum per line), written item by item:
+        a big run's summary is never held as one dict or one string."""
+        head = self.to_dict_without_quanta()
+        stream.write("{")
+        for key, value in head.items():
+            stream.write(f"{json.dumps(key)}: {json.dumps(value)},\n")
+        stream.write('"quantaReports": [')
+        for i, r in enumerate(self.quantaReports):
+            stream.write(("\n" if i == 0 else ",\n") + json.dumps(r.to_dict()))
+        stream.write('\n],\n"quantaDetails": {')
+        for i, (key, d) in enumerate(self.quantaDetails.items()):
+            stream.write(
+                ("\n" if i == 0 else ",\n") + f"{json.dumps(key)}: {json.dumps(d.to_dict())}"
+            )
+        stream.write(f'\n}},\n"runFigures": {json.dumps(self.figures)}}}\n')
+
+    def to_dict_without_quanta(self) -> dict[str, Any]:
+        """The run-level fields (everything but the per-quantum collections)."""
+        return {
             "qgraphSummary": {
                 "qgraphTaskSummaries": {
                     label: {"taskLabel": label, "numQuanta": n}
@@ -160,13 +189,7 @@ class Report:
             "cmdLine": self.cmdLine,
             "exitCode": self.exitCode,
             "exceptionInfo": self.exceptionInfo.to_dict() if self.exceptionInfo else None,
-            "quantaReports": [r.to_dict() for r in self.quantaReports],
-            "quantaDetails": {k: d.to_dict() for k, d in self.quantaDetails.items()},
-            "runFigures": dict(self.figures),
         }
-
-    def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
 
     @classmethod
     def from_json(cls, text: str) -> Report:

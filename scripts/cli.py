@@ -279,7 +279,8 @@ def cmd_run(args: argparse.Namespace) -> ExitCode:
             logger.error("%s", e)
     report = executor.getReport()
     if args.summary is not None:
-        args.summary.write_text(report.to_json())
+        with args.summary.open("w") as summary:
+            report.write_json(summary)
     counts = report.counts()
     print(
         f"done in {time.monotonic() - t0:.2f}s: "

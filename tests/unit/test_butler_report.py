@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 import pickle
 import uuid
 from pathlib import Path
@@ -100,3 +102,17 @@ def test_report_json_has_lsst_fields_and_round_trips() -> None:
 def test_from_json_rejects_other_documents() -> None:
     with pytest.raises(ValueError, match="not a zmpexec report"):
         Report.from_json('{"hello": 1}')
+
+
+def test_streamed_summary_is_the_same_json_as_to_json() -> None:
+    report = Report(taskCounts={"t": 3}, status=ExecutionStatus.FAILURE, exitCode=1)
+    report.figures["peakIntermediates"] = 2
+    for i, status in enumerate((ExecutionStatus.SUCCESS, ExecutionStatus.FAILURE)):
+        key = lsst_quantum_id(f"q{i}")
+        report.quantaReports.append(QuantumReport(key, "t", {"i": i}, status, 0))
+        report.quantaDetails[key] = QuantumDetails(id=f"q{i}", attempts=1, blockedBy=("x",))
+    for r in (report, Report(taskCounts={})):
+        out = io.StringIO()
+        r.write_json(out)
+        assert json.loads(out.getvalue()) == json.loads(r.to_json())
+        assert Report.from_json(out.getvalue()) == r
