@@ -103,10 +103,8 @@ class Router:
     def heartbeat(self, peers: Iterable[bytes], now: float, interval_s: float) -> None:
         """A HEARTBEAT to each of ``peers`` sent nothing for ``interval_s``."""
         for identity in peers:
-            if now - self._last_sent.get(identity, 0.0) >= interval_s and self.send(
-                identity, Heartbeat()
-            ):
-                self._last_sent[identity] = now
+            if now - self._last_sent.get(identity, 0.0) >= interval_s:
+                self.send(identity, Heartbeat())  # a tracked peer's clock restarts in send
 
     def track(self, identity: bytes, now: float) -> None:
         """Heartbeat ``identity`` from now on (when nothing else is sent to it)."""

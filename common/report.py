@@ -150,7 +150,7 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            **self.to_dict_without_quanta(),
+            **self._run_fields(),
             "quantaReports": [r.to_dict() for r in self.quantaReports],
             "quantaDetails": {k: d.to_dict() for k, d in self.quantaDetails.items()},
             "runFigures": dict(self.figures),
@@ -162,7 +162,7 @@ class Report:
     def write_json(self, stream: TextIO) -> None:
         """The same JSON as ``to_json`` (compact, one quantum per line), written item by item:
         a big run's summary is never held as one dict or one string."""
-        head = self.to_dict_without_quanta()
+        head = self._run_fields()
         stream.write("{")
         for key, value in head.items():
             stream.write(f"{json.dumps(key)}: {json.dumps(value)},\n")
@@ -176,8 +176,8 @@ class Report:
             )
         stream.write(f'\n}},\n"runFigures": {json.dumps(self.figures)}}}\n')
 
-    def to_dict_without_quanta(self) -> dict[str, Any]:
-        """The run-level fields (everything but the per-quantum collections)."""
+    def _run_fields(self) -> dict[str, Any]:
+        """The run-level fields: everything but the per-quantum collections and figures."""
         return {
             "qgraphSummary": {
                 "qgraphTaskSummaries": {

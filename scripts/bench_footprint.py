@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 from common.report import Report
 from examples.pipeline import make_graph
+from scripts.bench_scale import run_in_tree
 
 __all__ = ["peak_intermediates"]
 
@@ -49,39 +46,13 @@ def peak_intermediates(graph: dict[str, Any], report: Report) -> int:
 
 
 def _run(tree: Path, graph_file: Path, jobs: int) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="zmpfoot-") as tmp:
-        env = dict(os.environ, PYTHONPATH=str(tree))
-        t0 = time.perf_counter()
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "scripts.cli",
-                "run",
-                str(graph_file),
-                "-j",
-                str(jobs),
-                "--repo",
-                f"{tmp}/repo",
-                "--summary",
-                f"{tmp}/s.json",
-            ],
-            cwd=tree,
-            env=env,
-            check=True,
-            capture_output=True,
-        )
-        wall = time.perf_counter() - t0
-        report = Report.from_json(Path(f"{tmp}/s.json").read_text())
-    graph = json.loads(graph_file.read_text())
-    starts = [d.startTime for d in report.quantaDetails.values() if d.startTime is not None]
-    ends = [d.endTime for d in report.quantaDetails.values() if d.endTime is not None]
+    run = run_in_tree(tree, graph_file, jobs)
     return {
         "tree": str(tree),
-        "peak_intermediates": peak_intermediates(graph, report),
-        "reported_peak": report.figures.get("peakIntermediates"),
-        "makespan_s": max(ends) - min(starts),
-        "wall_s": wall,
+        "peak_intermediates": peak_intermediates(json.loads(graph_file.read_text()), run.report),
+        "reported_peak": run.report.figures.get("peakIntermediates"),
+        "makespan_s": run.makespan_s,
+        "wall_s": run.wall_s,
     }
 
 

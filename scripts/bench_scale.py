@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ import psutil
 
 from common.report import Report
 
-__all__ = ["measure"]
+__all__ = ["RunOutcome", "measure", "run_in_tree"]
 
 _LOAD = """
 import json, sys, time
@@ -47,6 +48,40 @@ def _peak_rss_mb(proc: subprocess.Popen[bytes]) -> float:
     return peak / 2**20
 
 
+@dataclass(frozen=True, slots=True)
+class RunOutcome:
+    """One ``zmpexec run`` of a source tree: its summary and figures seen from outside."""
+
+    report: Report
+    wall_s: float
+    broker_peak_rss_mb: float
+
+    @property
+    def makespan_s(self) -> float:
+        """First quantum start to last quantum end."""
+        details = self.report.quantaDetails.values()
+        first = min(d.startTime for d in details if d.startTime is not None)
+        last = max(d.endTime for d in details if d.endTime is not None)
+        return last - first
+
+
+def run_in_tree(tree: Path, graph_file: Path, jobs: int) -> RunOutcome:
+    """``zmpexec run GRAPH -j JOBS --summary`` with ``tree``'s code, in a scratch repository."""
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    with tempfile.TemporaryDirectory(prefix="zmprun-") as tmp:
+        argv = [sys.executable, "-m", "scripts.cli", "run", str(graph_file), "-j", str(jobs)]
+        argv += ["--repo", f"{tmp}/repo", "--summary", f"{tmp}/s.json"]
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(
+            argv, cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        rss = _peak_rss_mb(proc)
+        wall = time.perf_counter() - t0
+        if proc.returncode != 0:
+            raise RuntimeError(f"zmpexec run exited {proc.returncode} in {tree}")
+        return RunOutcome(Report.from_json(Path(f"{tmp}/s.json").read_text()), wall, rss)
+
+
 def measure(tree: Path, graph_file: Path, jobs: int) -> dict[str, Any]:
     env = dict(os.environ, PYTHONPATH=str(tree))
     loaded = subprocess.run(
@@ -58,24 +93,12 @@ def measure(tree: Path, graph_file: Path, jobs: int) -> dict[str, Any]:
         text=True,
     )
     out: dict[str, Any] = json.loads(loaded.stdout.strip().splitlines()[-1])
-    with tempfile.TemporaryDirectory(prefix="zmpscale-") as tmp:
-        argv = [sys.executable, "-m", "scripts.cli", "run", str(graph_file), "-j", str(jobs)]
-        argv += ["--repo", f"{tmp}/repo", "--summary", f"{tmp}/s.json"]
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(
-            argv, cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        out["broker_peak_rss_mb"] = _peak_rss_mb(proc)
-        out["wall_s"] = time.perf_counter() - t0
-        if proc.returncode != 0:
-            raise RuntimeError(f"zmpexec run exited {proc.returncode} in {tree}")
-        report = Report.from_json(Path(f"{tmp}/s.json").read_text())
-    details = report.quantaDetails.values()
-    first = min(d.startTime for d in details if d.startTime is not None)
-    last = max(d.endTime for d in details if d.endTime is not None)
-    out["quanta"] = len(report.quantaReports)
-    out["quanta_per_s"] = out["quanta"] / (last - first)
-    out["peak_intermediates"] = report.figures.get("peakIntermediates")
+    run = run_in_tree(tree, graph_file, jobs)
+    out["broker_peak_rss_mb"] = run.broker_peak_rss_mb
+    out["wall_s"] = run.wall_s
+    out["quanta"] = len(run.report.quantaReports)
+    out["quanta_per_s"] = out["quanta"] / run.makespan_s
+    out["peak_intermediates"] = run.report.figures.get("peakIntermediates")
     return out
 
 

@@ -200,19 +200,22 @@ _BIG_GRAPH_BYTES = 1_000_000  # files at least this big get progress lines while
 def _load_graph(path: Path, butler: Butler | None) -> QuantumGraph:
     """Read and validate a graph file, saying what happens when it takes a while."""
     try:
-        big = path.stat().st_size >= _BIG_GRAPH_BYTES
+        size = path.stat().st_size
     except OSError:
-        big = False  # load() names the problem
+        size = 0  # load() names the problem
+    big = size >= _BIG_GRAPH_BYTES
+
+    def say(text: str) -> None:
+        if big:
+            print(text, file=sys.stderr)
+
     t0 = time.monotonic()
-    if big:
-        print(f"reading {path} ({path.stat().st_size / 1e6:,.1f} MB)...", file=sys.stderr)
+    say(f"reading {path} ({size / 1e6:,.1f} MB)...")
     graph = QuantumGraph.load(path)
-    if big:
-        t1 = time.monotonic()
-        print(f"read {len(graph):,} quanta in {t1 - t0:.1f}s; validating...", file=sys.stderr)
+    t1 = time.monotonic()
+    say(f"read {len(graph):,} quanta in {t1 - t0:.1f}s; validating...")
     graph.validate(butler)
-    if big:
-        print(f"valid ({time.monotonic() - t1:.1f}s)", file=sys.stderr)
+    say(f"valid ({time.monotonic() - t1:.1f}s)")
     return graph
 
 

@@ -18,15 +18,20 @@ ALLOWED = {
 }
 
 
-def _imports(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text(), str(path))
+def _modules(path: Path) -> set[str]:
+    """Every module ``path`` imports, dotted names in full (relative imports left out)."""
     names: set[str] = set()
-    for node in ast.walk(tree):
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
-            names |= {alias.name.split(".")[0] for alias in node.names}
+            names |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module.split(".")[0])
-    return names & OURS
+            names.add(node.module)
+    return names
+
+
+def _imports(path: Path) -> set[str]:
+    """Our top-level packages that ``path`` imports."""
+    return {name.split(".")[0] for name in _modules(path)} & OURS
 
 
 @pytest.mark.parametrize("package", sorted(ALLOWED))
@@ -45,13 +50,8 @@ PURE_BROKER = ["core", "events", "state", "scheduler", "registry", "ledger", "mo
 @pytest.mark.parametrize("module", PURE_BROKER)
 def test_the_broker_core_is_transport_neutral(module: str) -> None:
     """The core (and what it owns) drives zmq, in-process and Dask alike: no transport in it."""
-    tree = ast.parse((ROOT / "broker" / f"{module}.py").read_text())
-    imported = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            imported |= {alias.name.split(".")[0] for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            imported.add(node.module)
+    modules = _modules(ROOT / "broker" / f"{module}.py")
+    imported = modules | {name.split(".")[0] for name in modules}
     forbidden = {"zmq", "msgpack", "socket", "subprocess", "multiprocessing", "broker.server"}
     forbidden |= {"broker.router", "broker.pool", "common.codec"}
     assert imported & forbidden == set()
