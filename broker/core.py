@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from array import array
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import assert_never
+
+import numpy as np
 
 from broker.droplog import DropLog
 from broker.events import (
@@ -50,6 +53,7 @@ from common.graph import QuantumGraph
 from common.protocol import Result, ResultStatus
 from common.report import Reason, Report
 from common.status import RunStatus
+from common.topology import as_numpy
 
 __all__ = ["BACKSTOP_GRACE_S", "STARTUP_HOLD_S", "STEAL_AFTER_S", "BrokerCore", "RunTimings"]
 
@@ -75,7 +79,8 @@ class RunTimings:
 
 class BrokerCore:
     """One run of ``graph``: ``start(now)`` once, then ``step(events, now)`` until it returns
-    ``StopRun``. ``done`` holds quanta an earlier run finished (resume)."""
+    ``StopRun``. ``done`` holds (the indices of) quanta an earlier run finished (resume).
+    Quanta are graph indices inside; ids only at the edges (events, actions, journal)."""
 
     def __init__(
         self,
@@ -83,32 +88,34 @@ class BrokerCore:
         config: ExecutionConfig,
         *,
         journal: Journal | None = None,
-        done: frozenset[str] = frozenset(),
+        done: Collection[int] = (),
         in_process: bool = False,
         wall: Callable[[], float] = time.time,
     ) -> None:
         self.graph = graph
         self.config = config
         self._wall = wall
-        labels = {q.id: q.task_label for q in graph.quanta()}
-        self.state = GraphState(graph.xgraph, labels)
-        self.scheduler = Scheduler(graph.xgraph, labels)
+        self._ids = graph.ids
+        kind_label = np.array(graph.kind_label, dtype=np.uint32)
+        labels = array("I", kind_label[as_numpy(graph.kind)].tobytes() if len(graph) else b"")
+        self._labels = labels  # label number per quantum
+        self.state = GraphState(graph.topology, labels, graph.labels)
+        self.scheduler = Scheduler(graph.topology, labels, len(graph.labels))
         self.registry = WorkerRegistry()
         self.ledger = Ledger(graph, in_process=in_process)
-        self.state.preset_succeeded(set(done))
+        done = sorted(done)
+        self.state.preset_succeeded(done)
         self.ledger.resumed(done)
         self.footprint = Footprint(graph, self.state)
-        for qid in done:
-            self.footprint.produced(qid)
+        for i in done:
+            self.footprint.produced(i)
         self._journal = journal
-        self._monitor = Monitor(
-            graph, labels, self.state, self.scheduler, self.registry, self.ledger
-        )
+        self._monitor = Monitor(graph, self.state, self.scheduler, self.registry, self.ledger)
         self.timings = RunTimings()
         self._expected_workers = 0 if in_process else config.spawn_count
         self._holding = self._expected_workers > 0
         self._revoking: set[tuple[str, int]] = set()
-        self._released: list[str] = []  # children made ready since the last dispatch
+        self._released: list[int] = []  # children made ready since the last dispatch
         self._stop_reason: str | None = None
         self._stop_now = False
         self._drain_deadline: float | None = None
@@ -153,8 +160,8 @@ class BrokerCore:
     def start(self, now: float) -> list[Action]:
         """Queue the initial ready quanta; a run with nothing to do is over at once."""
         self.timings.started = now
-        for qid in self.state.initial_ready():
-            self.scheduler.push(qid)
+        for i in self.state.initial_ready():
+            self.scheduler.push(i)
         return self.step((), now)
 
     def step(self, events: Iterable[Event], now: float) -> list[Action]:
@@ -235,29 +242,30 @@ class BrokerCore:
             grace = max(0.0, self._drain_deadline - now)
             out.append(ShutdownWorker(info.identity, self._stop_reason, grace))
 
-    def _dispatched(self, info: WorkerInfo, qid: str, now: float) -> Dispatch:
+    def _dispatched(self, info: WorkerInfo, i: int, now: float) -> Dispatch:
         """READY -> RUNNING on ``info``: a new attempt, journaled, with its backstop."""
-        q = self.graph.quantum(qid)
-        attempt = self.ledger.dispatched(qid, info.worker_id, self._wall())
-        self._record(qid, attempt, JournalState.RUNNING)
-        timeout = q.timeout_s if q.timeout_s is not None else self.config.timeout_s
+        qid = self._ids[i]
+        attempt = self.ledger.dispatched(i, info.worker_id, self._wall())
+        self._record(i, attempt, JournalState.RUNNING)
+        timeout = self.graph.timeouts.get(i, self.config.timeout_s)
         # A prefetched quantum starts after those ahead of it on the worker.
         ahead = sum((d.backstop or now) - now for d in info.in_flight.values())
         backstop = None if timeout is None else now + ahead + timeout + BACKSTOP_GRACE_S
-        self.state.start(qid)
-        self.registry.assign(info, InFlight(qid, attempt, now, backstop))
+        self.state.start(i)
+        self.registry.assign(info, InFlight(qid, attempt, now, backstop, i))
         if self.timings.first_dispatch is None:
             self.timings.first_dispatch = now
-        return Dispatch(info.identity, qid, attempt, timeout)
+        return Dispatch(info.identity, qid, attempt, timeout, i)
 
-    def _undispatched(self, qid: str) -> None:
+    def _undispatched(self, i: int) -> None:
         """RUNNING -> READY: a prefetched attempt was taken back before it started."""
-        self.ledger.undispatched(qid)
-        self.state.requeue(qid)
-        self.scheduler.push(qid)
+        self.ledger.undispatched(i)
+        self.state.requeue(i)
+        self.scheduler.push(i)
 
     def _on_result(self, info: WorkerInfo, result: Result, now: float) -> None:
-        if self.registry.complete(info, result.quantum_id, result.attempt) is None:
+        d = self.registry.complete(info, result.quantum_id, result.attempt)
+        if d is None:
             self._drops.warn(
                 "ignoring result for %s attempt %d from %s: not in flight there",
                 result.quantum_id[:200],
@@ -266,37 +274,36 @@ class BrokerCore:
                 now=now,
             )
             return
-        self._finished(result, now)
+        self._finished(d.index, result, now)
 
-    def _finished(self, result: Result, now: float) -> None:
+    def _finished(self, i: int, result: Result, now: float) -> None:
         """RUNNING -> SUCCEEDED (children may become ready) or FAILED / TIMED_OUT."""
-        qid = result.quantum_id
         self.timings.last_result = now
-        self.ledger.result(result)
-        self._record(qid, result.attempt, JournalState(result.status.value))
+        self.ledger.result(i, result)
+        self._record(i, result.attempt, JournalState(result.status.value))
         match result.status:
             case ResultStatus.SUCCESS:
-                self.scheduler.learn(self.graph.quantum(qid).task_label, result.duration_s)
-                for child in self.state.succeed(qid):
+                self.scheduler.learn(self._labels[i], result.duration_s)
+                for child in self.state.succeed(i):
                     self.scheduler.push(child)
                     self._released.append(child)
-                self.footprint.ended(qid)
-                self.footprint.produced(qid)
+                self.footprint.ended(i)
+                self.footprint.produced(i)
             case ResultStatus.TIMEOUT:
-                self._failed(qid, f"timed out: {result.exc_message}", timed_out=True)
+                self._failed(i, f"timed out: {result.exc_message}", timed_out=True)
             case ResultStatus.FAILURE:
-                self._failed(qid, self.ledger.describe(qid))
+                self._failed(i, self.ledger.describe(i))
                 if result.stop_run:
-                    self._request_stop(f"{qid} failed in a way that stops the run")
+                    self._request_stop(f"{self._ids[i]} failed in a way that stops the run")
 
-    def _failed(self, qid: str, what: str, *, timed_out: bool = False) -> None:
+    def _failed(self, i: int, what: str, *, timed_out: bool = False) -> None:
         """The quantum failed: its unfinished descendants are skipped (``blockedBy`` it)."""
-        skipped = self.state.fail(qid, timed_out=timed_out)
-        self.footprint.ended(qid)
+        skipped = self.state.fail(i, timed_out=timed_out)
+        self.footprint.ended(i)
         for s in skipped:
             self.scheduler.discard(s)
             self.footprint.ended(s)
-            self._record(s, self.ledger.records[s].attempts, JournalState.SKIPPED)
+            self._record(s, self.ledger.attempts[s], JournalState.SKIPPED)
         logger.warning("quantum %s; %d descendant(s) skipped", what, len(skipped))
         if self.config.fail_fast:
             self._request_stop(f"fail-fast: {what}")
@@ -307,32 +314,32 @@ class BrokerCore:
             return  # stopping: it stays unfinished and is cancelled at the end
         if reason is Reason.WORKER_LOST and d.attempt <= self.config.retries:
             logger.warning("re-dispatching %s (attempt %d lost: %s)", d.quantum_id, d.attempt, why)
-            self._record(d.quantum_id, d.attempt, JournalState.RETRY)
-            self.state.requeue(d.quantum_id)
-            self.scheduler.push(d.quantum_id)
+            self._record(d.index, d.attempt, JournalState.RETRY)
+            self.state.requeue(d.index)
+            self.scheduler.push(d.index)
             return
         timed_out = reason is Reason.TIMEOUT
-        self.ledger.lost(d.quantum_id, reason, why, self._wall())
+        self.ledger.lost(d.index, reason, why, self._wall())
         self._record(
-            d.quantum_id, d.attempt, JournalState.TIMEOUT if timed_out else JournalState.FAILURE
+            d.index, d.attempt, JournalState.TIMEOUT if timed_out else JournalState.FAILURE
         )
         what = "timed out" if timed_out else "lost with its worker"
-        self._failed(d.quantum_id, f"{d.quantum_id} {what}: {why}", timed_out=timed_out)
+        self._failed(d.index, f"{d.quantum_id} {what}: {why}", timed_out=timed_out)
 
-    def _cancelled(self) -> list[str]:
+    def _cancelled(self) -> int:
         """Every unfinished quantum -> CANCELLED (the run stopped)."""
         cancelled = self.state.cancel()
-        for qid in cancelled:
-            self.scheduler.discard(qid)
-            self.footprint.ended(qid)
-            self._record(qid, self.ledger.records[qid].attempts, JournalState.CANCELLED)
+        for i in cancelled:
+            self.scheduler.discard(i)
+            self.footprint.ended(i)
+            self._record(i, self.ledger.attempts[i], JournalState.CANCELLED)
         if cancelled:
             logger.warning("%d quanta cancelled (%s)", len(cancelled), self._stop_reason)
-        return cancelled
+        return len(cancelled)
 
-    def _record(self, qid: str, attempt: int, state: JournalState) -> None:
+    def _record(self, i: int, attempt: int, state: JournalState) -> None:
         if self._journal is not None:
-            self._journal.record(qid, attempt, state)
+            self._journal.record(self._ids[i], attempt, state)
 
     # ------------------------------------------------------------------ workers
     def _lose_worker(self, info: WorkerInfo, why: str, now: float, out: list[Action]) -> None:
@@ -362,8 +369,9 @@ class BrokerCore:
 
     def _on_revoked(self, info: WorkerInfo, qid: str, attempt: int) -> None:
         self._revoking.discard((qid, attempt))
-        if self.registry.complete(info, qid, attempt) is not None:
-            self._undispatched(qid)
+        d = self.registry.complete(info, qid, attempt)
+        if d is not None:
+            self._undispatched(d.index)
 
     def _enough_ready(self) -> bool:
         return self.registry.ready_count() >= max(1, self._expected_workers)
@@ -391,10 +399,10 @@ class BrokerCore:
             if self.scheduler.take(child):
                 out.append(self._dispatched(info, child, now))
         while len(self.scheduler) and (info := self.registry.next_free()) is not None:
-            qid = self.scheduler.pop()
-            if qid is None:
+            i = self.scheduler.pop()
+            if i is None:
                 return
-            out.append(self._dispatched(info, qid, now))
+            out.append(self._dispatched(info, i, now))
 
     def _stealable(self) -> list[tuple[WorkerInfo, InFlight, InFlight]]:
         """(worker, running, last queued) where a prefetched quantum waits behind another,

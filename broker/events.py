@@ -7,7 +7,7 @@ worker address, ...); the core never interprets it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from common.protocol import Result
 
@@ -128,6 +128,7 @@ class Dispatch:
     quantum_id: str
     attempt: int
     timeout_s: float | None
+    index: int  # the quantum's index in the graph (``graph.quantum_at``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +164,7 @@ class StopRun:
     """The run is over (every quantum ended, or it was stopped): the driver cleans up."""
 
     reason: str | None
-    cancelled: list[str] = field(default_factory=list)
+    cancelled: int = 0  # quanta that never ended
 
 
 Action = (

@@ -17,36 +17,42 @@ class Footprint:
     """Unread intermediate datasets of ``graph``, by the number of readers still to end."""
 
     def __init__(self, graph: QuantumGraph, state: GraphState) -> None:
-        self._graph = graph
+        self._t = graph.topology
+        self._ds = graph.datasets
         self._state = state
-        self._readers_left: dict[str, int] = {}  # dataset -> readers that have not ended
+        self._readers_left: dict[int, int] = {}  # dataset -> readers that have not ended
         self.peak = 0
 
     @property
     def alive(self) -> int:
         return len(self._readers_left)
 
-    def produced(self, qid: str) -> None:
-        """``qid`` succeeded: each output some unfinished quantum reads is now alive."""
-        g = self._graph
-        readers: dict[str, int] = {}
-        for child in g.xgraph.successors(qid):
-            if self._state.state[child].terminal:
+    def produced(self, i: int) -> None:
+        """``i`` succeeded: each output some unfinished quantum reads is now alive."""
+        outputs = self._ds.outputs_of(i)
+        if not outputs:
+            return
+        readers: dict[int, int] = {}
+        for child in self._t.successors(i):
+            if self._state.state(child).terminal:
                 continue
-            for name in g.quantum(child).inputs.values():
-                readers[name] = readers.get(name, 0) + 1
-        for name in g.quantum(qid).outputs.values():
-            if readers.get(name):
-                self._readers_left[name] = readers[name]
+            for ds in self._ds.inputs_of(child):
+                readers[ds] = readers.get(ds, 0) + 1
+        for ds in outputs:
+            if readers.get(ds):
+                self._readers_left[ds] = readers[ds]
         self.peak = max(self.peak, len(self._readers_left))
 
-    def ended(self, qid: str) -> None:
-        """``qid`` ended (however): it will not read its inputs any more."""
-        for name in self._graph.quantum(qid).inputs.values():
-            left = self._readers_left.get(name)
+    def ended(self, i: int) -> None:
+        """``i`` ended (however): it will not read its inputs any more."""
+        left_of = self._readers_left
+        if not left_of:
+            return
+        for ds in self._ds.inputs_of(i):
+            left = left_of.get(ds)
             if left is None:
                 continue
             if left <= 1:
-                del self._readers_left[name]
+                del left_of[ds]
             else:
-                self._readers_left[name] = left - 1
+                left_of[ds] = left - 1

@@ -22,7 +22,7 @@ import networkx as nx
 from broker.control import ENDPOINT_FILE
 from broker.core import BrokerCore, RunTimings
 from broker.events import Dispatch, Event, ResultReceived, StopRequested, WorkerJoined, WorkerReady
-from broker.journal import Journal, JournalState
+from broker.journal import Journal
 from broker.server import BrokerServer, ProgressCallback, Serving
 from common.butler import Butler
 from common.config import ExecutionConfig
@@ -148,7 +148,7 @@ class MPGraphExecutor:
         run_dir = self._config.run_dir or Path(tempfile.mkdtemp(prefix="zmpexec-run-"))
         journal = Journal(run_dir / "journal.sqlite3", resume=self._resume)
         try:
-            done = finished_earlier(graph, butler, journal) if self._resume else frozenset()
+            done = finished_earlier(graph, butler, journal) if self._resume else []
             if done:
                 logger.warning("resuming: %d of %d quanta finished earlier", len(done), len(graph))
             run = _Run(graph, butler, run_dir / "logs", journal, done)
@@ -176,12 +176,11 @@ class MPGraphExecutor:
         xgraph = xgraph if out is None else out
         if set(xgraph.nodes) != set(before.nodes) or not set(before.edges) <= set(xgraph.edges):
             raise MPGraphExecutorError("execution graph fixup may only add ordering edges")
+        added = [e for e in xgraph.edges if e not in before.edges]
         try:
-            QuantumGraph(xgraph).check_acyclic()
+            return graph.with_edges(added)
         except GraphError as e:
             raise MPGraphExecutorError(f"execution graph fixup made a cycle: {e}") from e
-        added = [e for e in xgraph.edges if e not in before.edges]
-        return graph.with_edges(added)
 
     # ------------------------------------------------------------------ in-process
     def _run_in_process(self, run: _Run) -> BrokerCore:
@@ -206,7 +205,7 @@ class MPGraphExecutor:
                         result = run_quantum(
                             self._executor,
                             run.butler,
-                            run.graph.quantum(action.quantum_id),
+                            run.graph.quantum_at(action.index),
                             action.attempt,
                             capture,
                             in_process=True,
@@ -267,23 +266,23 @@ class _Run:
     butler: Butler
     log_dir: Path
     journal: Journal
-    done: frozenset[str]
+    done: list[int]  # indices of quanta an earlier run finished
 
 
-def finished_earlier(graph: QuantumGraph, butler: Butler, journal: Journal) -> frozenset[str]:
+def finished_earlier(graph: QuantumGraph, butler: Butler, journal: Journal) -> list[int]:
     """Quanta an earlier run of this graph finished: all outputs registered (or, with no
     outputs, journaled as succeeded), and every ancestor finished too, so nothing is kept
-    that was computed from inputs that will be recomputed."""
-    states = journal.last_states()
-    done: set[str] = set()
-    for qid in nx.topological_sort(graph.xgraph):
-        q = graph.quantum(qid)
-        if not all(p in done for p in graph.xgraph.predecessors(qid)):
+    that was computed from inputs that will be recomputed. Indices, in graph order."""
+    succeeded = journal.succeeded(graph.indices, len(graph))
+    topology = graph.topology
+    pred_ptr, pred = topology.predecessors()
+    done = bytearray(len(graph))
+    for i in topology.topological_order().tolist():
+        if not all(done[p] for p in pred[pred_ptr[i] : pred_ptr[i + 1]]):
             continue
-        if q.outputs:
-            finished = all(butler.exists(d) for d in q.outputs.values())
+        outputs = graph.outputs_at(i)
+        if outputs:
+            done[i] = all(butler.exists(d) for d in outputs)
         else:
-            finished = states.get(qid) is JournalState.SUCCESS
-        if finished:
-            done.add(qid)
-    return frozenset(done)
+            done[i] = succeeded[i]
+    return [i for i, flag in enumerate(done) if flag]

@@ -13,6 +13,7 @@ import enum
 import math
 import sqlite3
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 __all__ = ["Journal", "JournalState"]
@@ -84,6 +85,19 @@ class Journal:
         rows = self._db.execute("SELECT quantum_id, state FROM transitions ORDER BY seq")
         known = {s.value for s in JournalState}
         return {qid: JournalState(state) for qid, state in rows if state in known}
+
+    def succeeded(self, index: Mapping[str, int], n: int) -> bytearray:
+        """One flag per quantum (by ``index``): 1 if its latest row says it succeeded. Rows
+        stream from the file: a million quanta cost a megabyte, not a dict of their ids."""
+        self.flush()
+        out = bytearray(n)
+        rows = self._db.execute("SELECT quantum_id, state FROM transitions ORDER BY seq")
+        success = JournalState.SUCCESS.value
+        for qid, state in rows:
+            i = index.get(qid)
+            if i is not None:
+                out[i] = state == success
+        return out
 
     def close(self) -> None:
         try:

@@ -1,14 +1,21 @@
 """What happened to each quantum (attempts, worker, times, exit, cause) and the report built
 from it. Pure bookkeeping: no sockets, processes or clock of its own.
+
+Per quantum only numbers in flat arrays; text (messages, causes, log paths) only for quanta
+that have some, so a million no-op quanta cost a few tens of bytes each.
 """
 
 from __future__ import annotations
 
+import math
+from array import array
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from broker.state import GraphState, QState
 from common.errors import MPGraphExecutorError, MPTimeoutError
 from common.graph import QuantumGraph
+from common.graphfile import unpack_payload
 from common.protocol import Result
 from common.report import (
     ExceptionInfo,
@@ -20,83 +27,103 @@ from common.report import (
     lsst_quantum_id,
 )
 
-__all__ = ["Ledger", "QuantumRecord"]
+__all__ = ["Ledger", "Problem"]
 
 _STATUS = {
     QState.SUCCEEDED: ExecutionStatus.SUCCESS,
     QState.FAILED: ExecutionStatus.FAILURE,
     QState.TIMED_OUT: ExecutionStatus.TIMEOUT,
 }
+_RESUMED = "completed by an earlier run"
+_NONE = math.nan  # an unset time
 
 
 @dataclass(slots=True)
-class QuantumRecord:
-    attempts: int = 0
-    worker: str | None = None
-    start_time: float | None = None
-    end_time: float | None = None
+class Problem:
+    """How an attempt went wrong (or a note on a quantum): kept only for quanta with one."""
+
     exit_code: int | None = None
     exc_class: str | None = None
     message: str | None = None
     reason: Reason | None = None
-    max_rss_kb: int | None = None
-    log_path: str | None = None
 
 
 class Ledger:
-    """One record per quantum of ``graph``; builds the Report and the run's error."""
+    """One row of numbers per quantum of ``graph``; builds the Report and the run's error."""
 
     def __init__(self, graph: QuantumGraph, *, in_process: bool) -> None:
+        n = len(graph)
         self._graph = graph
         self._in_process = in_process
-        self.records = {q.id: QuantumRecord() for q in graph.quanta()}
-        self.first_problem: str | None = None
+        self.attempts = array("H", bytes(2 * n))
+        self._worker = array("i", [-1]) * n  # index into _workers
+        self._workers: list[str] = []
+        self._worker_index: dict[str, int] = {}
+        self._start = array("d", [_NONE]) * n
+        self._end = array("d", [_NONE]) * n
+        self._rss = array("q", [-1]) * n
+        self.problems: dict[int, Problem] = {}
+        self.log_paths: dict[int, str] = {}
+        self.first_problem: int | None = None
 
-    def resumed(self, qids: frozenset[str]) -> None:
+    def resumed(self, done: list[int]) -> None:
         """Quanta an earlier run finished (their outputs are in the repository)."""
-        for qid in qids:
-            self.records[qid].message = "completed by an earlier run"
+        for i in done:
+            self.problems[i] = Problem(message=_RESUMED)
 
-    def dispatched(self, qid: str, worker_id: str, wall_now: float) -> int:
+    def dispatched(self, i: int, worker_id: str, wall_now: float) -> int:
         """Count a new attempt; returns its number (1-based)."""
-        rec = self.records[qid]
-        rec.attempts += 1
-        rec.worker, rec.start_time, rec.end_time = worker_id, wall_now, None
-        return rec.attempts
+        w = self._worker_index.get(worker_id)
+        if w is None:
+            w = self._worker_index[worker_id] = len(self._workers)
+            self._workers.append(worker_id)
+        self.attempts[i] += 1
+        self._worker[i], self._start[i], self._end[i] = w, wall_now, _NONE
+        return self.attempts[i]
 
-    def undispatched(self, qid: str) -> None:
+    def undispatched(self, i: int) -> None:
         """A dispatched attempt was taken back before it started: it does not count."""
-        rec = self.records[qid]
-        rec.attempts -= 1
-        rec.worker = rec.start_time = None
+        self.attempts[i] -= 1
+        self._worker[i], self._start[i] = -1, _NONE
 
-    def result(self, result: Result) -> None:
-        rec = self.records[result.quantum_id]
-        rec.start_time = result.start_time or rec.start_time
-        rec.end_time = result.end_time
-        rec.exit_code = result.exit_code
-        rec.exc_class, rec.message = result.exc_class, result.exc_message
-        rec.reason = result.reason
-        rec.max_rss_kb = result.max_rss_kb
-        rec.log_path = result.log_path
+    def result(self, i: int, result: Result) -> None:
+        if result.start_time:
+            self._start[i] = result.start_time
+        self._end[i] = result.end_time
+        self._rss[i] = -1 if result.max_rss_kb is None else result.max_rss_kb
+        if result.log_path is not None:
+            self.log_paths[i] = result.log_path
+        else:
+            self.log_paths.pop(i, None)
+        if result.reason is None and result.exc_class is None and not result.exc_message:
+            self.problems.pop(i, None)
+            return
+        self.problems[i] = Problem(
+            result.exit_code, result.exc_class, result.exc_message, result.reason
+        )
         if result.reason and self.first_problem is None:
-            self.first_problem = result.quantum_id
+            self.first_problem = i
 
     def lost(
-        self, qid: str, reason: Reason, message: str, wall_now: float, exit_code: int | None = None
+        self, i: int, reason: Reason, message: str, wall_now: float, exit_code: int | None = None
     ) -> None:
-        rec = self.records[qid]
-        rec.reason, rec.message, rec.exit_code, rec.end_time = reason, message, exit_code, wall_now
-        rec.exc_class = None
+        self.problems[i] = Problem(exit_code, None, message, reason)
+        self._end[i] = wall_now
         if self.first_problem is None:
-            self.first_problem = qid
+            self.first_problem = i
 
-    def describe(self, qid: str) -> str:
-        rec = self.records[qid]
-        what = f"{rec.exc_class}: {rec.message}" if rec.exc_class else (rec.message or "failed")
+    def problem(self, i: int) -> Problem:
+        return self.problems.get(i) or Problem()
+
+    def log_path(self, i: int) -> str | None:
+        return self.log_paths.get(i)
+
+    def describe(self, i: int) -> str:
+        p = self.problem(i)
+        what = f"{p.exc_class}: {p.message}" if p.exc_class else (p.message or "failed")
         if len(what) > 500:
             what = what[:500] + "..."
-        return f"{qid} ({self._graph.quantum(qid).task_label}): {what}"
+        return f"{self._graph.ids[i]} ({self._graph.label_at(i)}): {what}"
 
     def error(self, state: GraphState) -> MPGraphExecutorError | None:
         """The error ``execute()`` raises for this outcome, or None if all succeeded."""
@@ -114,7 +141,7 @@ class Ledger:
             )
             if n
         ]
-        text = f"{', '.join(parts)} of {len(self.records)} quanta"
+        text = f"{', '.join(parts)} of {len(self._graph)} quanta"
         first = self.first_problem
         if first is not None:
             text += f"; first problem: {self.describe(first)}"
@@ -123,51 +150,69 @@ class Ledger:
         return MPGraphExecutorError(text)
 
     def report(self, state: GraphState, error: Exception | None) -> Report:
+        """The run's report; its per-quantum entries are built when read (``entries``), so
+        writing the summary of a million quanta never holds them all."""
+        counts = {s: 0 for s in ExecutionStatus}
+        for qstate in QState:
+            counts[_STATUS.get(qstate, ExecutionStatus.SKIPPED)] += state.count(qstate)
         report = Report(taskCounts=self._graph.task_counts())
-        for q in self._graph.quanta():
-            rec, qstate = self.records[q.id], state.state[q.id]
-            status = _STATUS.get(qstate, ExecutionStatus.SKIPPED)
-            reason = rec.reason
-            blocked: tuple[str, ...] = ()
-            if qstate is QState.SKIPPED:
-                reason, blocked = Reason.UPSTREAM_FAILURE, tuple(sorted(state.blocked_by[q.id]))
-            elif not qstate.terminal or qstate is QState.CANCELLED:
-                reason, status = Reason.CANCELLED, ExecutionStatus.SKIPPED
-            exit_code = rec.exit_code
-            if qstate is QState.SUCCEEDED:
-                exit_code, reason = (None if self._in_process else 0), None
-            exc = None
-            if status is ExecutionStatus.FAILURE and rec.reason is Reason.EXCEPTION:
-                exc = ExceptionInfo(rec.exc_class or "Exception", rec.message or "")
-            key = lsst_quantum_id(q.id)
-            report.quantaReports.append(
-                QuantumReport(
-                    quantumId=key,
-                    taskLabel=q.task_label,
-                    dataId=dict(q.data_id),
-                    status=status,
-                    exitCode=exit_code if status is not ExecutionStatus.SKIPPED else None,
-                    exceptionInfo=exc,
-                )
-            )
-            report.quantaDetails[key] = QuantumDetails(
-                id=q.id,
-                reason=reason,
-                message=rec.message,
-                attempts=rec.attempts,
-                worker=rec.worker,
-                startTime=rec.start_time,
-                endTime=rec.end_time,
-                maxRss=rec.max_rss_kb,
-                logPath=rec.log_path,
-                blockedBy=blocked,
-            )
+        report.set_entries(lambda: self.entries(state), counts)
         if error is not None:
             timeouts_only = isinstance(error, MPTimeoutError)
             report.status = ExecutionStatus.TIMEOUT if timeouts_only else ExecutionStatus.FAILURE
             report.exceptionInfo = ExceptionInfo(type(error).__name__, str(error))
             first = self.first_problem
-            report.exitCode = self.records[first].exit_code if first is not None else 1
+            report.exitCode = self.problem(first).exit_code if first is not None else 1
             if report.exitCode in (None, 0):
                 report.exitCode = 1
         return report
+
+    def entries(self, state: GraphState) -> Iterator[tuple[QuantumReport, QuantumDetails]]:
+        """Each quantum's LSST report and our details, in graph order."""
+        g = self._graph
+        for i, qid in enumerate(g.ids):
+            qstate = state.state(i)
+            p = self.problem(i)
+            status = _STATUS.get(qstate, ExecutionStatus.SKIPPED)
+            reason = p.reason
+            blocked: tuple[str, ...] = ()
+            if qstate is QState.SKIPPED:
+                reason = Reason.UPSTREAM_FAILURE
+                blocked = tuple(sorted(g.ids[b] for b in state.blocked_by[i]))
+            elif not qstate.terminal or qstate is QState.CANCELLED:
+                reason, status = Reason.CANCELLED, ExecutionStatus.SKIPPED
+            exit_code = p.exit_code
+            if qstate is QState.SUCCEEDED:
+                exit_code, reason = (None if self._in_process else 0), None
+            exc = None
+            if status is ExecutionStatus.FAILURE and p.reason is Reason.EXCEPTION:
+                exc = ExceptionInfo(p.exc_class or "Exception", p.message or "")
+            key = lsst_quantum_id(qid)
+            data_id = unpack_payload(g.payloads.raw(i))[0]
+            w, rss = self._worker[i], self._rss[i]
+            yield (
+                QuantumReport(
+                    quantumId=key,
+                    taskLabel=g.label_at(i),
+                    dataId=data_id,
+                    status=status,
+                    exitCode=exit_code if status is not ExecutionStatus.SKIPPED else None,
+                    exceptionInfo=exc,
+                ),
+                QuantumDetails(
+                    id=qid,
+                    reason=reason,
+                    message=p.message,
+                    attempts=self.attempts[i],
+                    worker=self._workers[w] if w >= 0 else None,
+                    startTime=_time(self._start[i]),
+                    endTime=_time(self._end[i]),
+                    maxRss=rss if rss >= 0 else None,
+                    logPath=self.log_paths.get(i),
+                    blockedBy=blocked,
+                ),
+            )
+
+
+def _time(t: float) -> float | None:
+    return None if math.isnan(t) else t

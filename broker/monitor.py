@@ -22,7 +22,6 @@ _MAX_FAILURES = 20  # most recent problems listed in a status
 @dataclass(frozen=True, slots=True)
 class Monitor:
     graph: QuantumGraph
-    labels: dict[str, str]  # task label by quantum id, built once (snapshots run often)
     state: GraphState
     scheduler: Scheduler
     registry: WorkerRegistry
@@ -33,22 +32,28 @@ class Monitor:
     ) -> RunStatus:
         """``busy_s``: time since the first dispatch (for throughput). Costs a constant per
         task label, running quantum, worker and listed failure: never a walk over the graph."""
-        labels = self.labels
+        g = self.graph
         by_label = {
-            label: {s.value: n for s, n in counts.items() if n}
-            for label, counts in self.state.label_counts.items()
+            label: {s.word: n for s, n in counts.items()}
+            for label, counts in self.state.label_counts().items()
         }
         running = [
-            RunningInfo(d.quantum_id, labels[d.quantum_id], w.worker_id, now - d.sent_at)
+            RunningInfo(d.quantum_id, g.label_at(d.index), w.worker_id, now - d.sent_at)
             for w in self.registry.workers()
             for d in w.in_flight.values()
         ]
         failures = []
-        for qid in self.state.failed[-_MAX_FAILURES:]:
-            rec = self.ledger.records[qid]
-            reason = rec.reason.value if rec.reason else self.state.state[qid].value
+        for i in self.state.failed[-_MAX_FAILURES:]:
+            problem = self.ledger.problem(i)
+            reason = problem.reason.value if problem.reason else self.state.state(i).word
             failures.append(
-                FailureInfo(qid, labels[qid], reason, self.ledger.describe(qid), rec.log_path)
+                FailureInfo(
+                    g.ids[i],
+                    g.label_at(i),
+                    reason,
+                    self.ledger.describe(i),
+                    self.ledger.log_path(i),
+                )
             )
         workers = [
             WorkerSummary(w.worker_id, w.pid, w.host, w.local, len(w.in_flight), w.completed)
@@ -71,16 +76,14 @@ class Monitor:
         """Remaining work over the ready workers: learned mean durations per label, and for a
         label not seen yet the mean over the labels seen so far (refined as they run). None
         until one quantum has finished."""
-        left = {
-            label: sum(n for s, n in counts.items() if not s.terminal)
-            for label, counts in self.state.label_counts.items()
-        }
-        learned = [label for label in left if self.scheduler.learned(label)]
+        left = self.state.unfinished_by_label()
+        sched = self.scheduler
+        learned = [n for n in range(len(left)) if sched.learned(n)]
         if not learned:
             return None
-        guess = sum(self.scheduler.estimate(label) for label in learned) / len(learned)
+        guess = sum(sched.estimate(n) for n in learned) / len(learned)
         work = sum(
-            n * (self.scheduler.estimate(label) if self.scheduler.learned(label) else guess)
-            for label, n in left.items()
+            count * (sched.estimate(n) if sched.learned(n) else guess)
+            for n, count in enumerate(left.values())
         )
         return work / max(1, self.registry.ready_count())

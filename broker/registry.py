@@ -18,6 +18,7 @@ class InFlight:
     attempt: int
     sent_at: float
     backstop: float | None
+    index: int  # the quantum's index in the graph
 
 
 @dataclass(slots=True)

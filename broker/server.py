@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import assert_never
@@ -95,7 +95,7 @@ class BrokerServer:
         *,
         on_progress: ProgressCallback | None = None,
         journal: Journal | None = None,
-        done: frozenset[str] = frozenset(),
+        done: Collection[int] = (),
     ) -> None:
         self.graph = graph
         self.config = config
@@ -117,7 +117,7 @@ class BrokerServer:
             prefetch=config.prefetch,
         )
         self._replacements_left = 2 * config.spawn_count + 2
-        self._preload = sorted({q.task.partition(":")[0] for q in graph.quanta()})
+        self._preload = sorted({task.partition(":")[0] for _, task in graph.kinds})
         self._on_progress = on_progress
         self._next_progress = 0.0
 
@@ -289,8 +289,8 @@ class BrokerServer:
                     self._admit(worker, worker_id)
                 case RefuseWorker(worker=worker, reason=reason):
                     self._router.refuse(worker, reason)
-                case Dispatch(worker=worker, quantum_id=qid, attempt=attempt, timeout_s=timeout):
-                    assign = Assign(self.graph.quantum(qid), attempt, timeout)
+                case Dispatch(worker=worker, attempt=attempt, timeout_s=timeout, index=i):
+                    assign = Assign(self.graph.quantum_at(i), attempt, timeout)
                     if not self._router.send(worker, assign):
                         why = f"worker {self._name(worker)} unreachable"
                         self._events.append(WorkerLeft(worker, why))

@@ -1,53 +1,108 @@
-"""The quantum graph: quanta over a networkx DiGraph, its files, and validation before a run.
+"""The quantum graph, compact: quanta are indices 0..n-1 with flat arrays for their task kind,
+edges (``Topology``) and datasets, and each quantum's payload (data id, inputs, outputs,
+config) packed as bytes until someone asks for the Quantum. Validation before a run.
 
-Edges come from output -> input dataset names plus explicit ordering edges. Must not run tasks.
+A million quanta cost a few hundred bytes each, not the kilobytes of a Quantum object per
+node of a networkx graph; ``xgraph`` builds a networkx view on demand (fixups, analysis).
+Must not run tasks.
 """
 
 from __future__ import annotations
 
-import json
-from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from array import array
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import networkx as nx
-import yaml
+import numpy as np
 
-from common.errors import GraphError, GraphFileError, TaskResolutionError
-from common.quantum import Quantum, resolve_task
+from common.errors import GraphError, TaskResolutionError
+from common.quantum import Fields, Quantum, checked_fields, resolve_task
+from common.topology import CycleError, Topology, as_numpy
 
 if TYPE_CHECKING:
     from common.butler import Butler
 
-__all__ = ["QuantumGraph"]
-
-# libyaml's C loader when PyYAML was built with it: a 12,101-quantum graph reads in 2.9 s
-# instead of 8.9 s. Both are safe loaders (plain data only).
-YAML_LOADER: type[Any] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-_YAML_DUMPER: type[Any] = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+__all__ = [
+    "Datasets",
+    "GraphBuilder",
+    "Payloads",
+    "QuantumGraph",
+    "cycle_error",
+    "index_of",
+    "names",
+]
 
 _MAX_NAMED = 10  # quanta named in one error message
 
 
-def _one_line(e: Exception) -> str:
-    if isinstance(e, yaml.MarkedYAMLError) and e.problem_mark is not None:
-        mark = e.problem_mark
-        return f"{e.problem} at line {mark.line + 1}, column {mark.column + 1}"
-    return " ".join(str(e).split())
-
-
-def _names(ids: Iterable[str]) -> str:
+def names(ids: Iterable[str]) -> str:
+    """Quantum ids for an error message: the first few, then how many more."""
     ids = list(ids)
     shown = ", ".join(repr(i) for i in ids[:_MAX_NAMED])
     return shown + (f" and {len(ids) - _MAX_NAMED} more" if len(ids) > _MAX_NAMED else "")
 
 
-class QuantumGraph:
-    """A DAG of quanta keyed by quantum id; node attribute ``quantum`` holds the Quantum."""
+@dataclass(frozen=True, slots=True)
+class Datasets:
+    """Datasets as integers: what each quantum reads and writes (CSR, like successors). Only
+    datasets no quantum produces keep their names (``externals``), for validation."""
 
-    def __init__(self, xgraph: nx.DiGraph[str]) -> None:
-        self._g = xgraph
+    count: int
+    in_ptr: array[int]  # "q"
+    ins: array[int]  # "i"
+    out_ptr: array[int]
+    outs: array[int]
+    externals: dict[int, str]
+
+    def inputs_of(self, i: int) -> array[int]:
+        return self.ins[self.in_ptr[i] : self.in_ptr[i + 1]]
+
+    def outputs_of(self, i: int) -> array[int]:
+        return self.outs[self.out_ptr[i] : self.out_ptr[i + 1]]
+
+
+@dataclass(frozen=True, slots=True)
+class Payloads:
+    """Each quantum's (data_id, inputs, outputs, config), packed; ``unpack`` rebuilds them."""
+
+    blob: bytes
+    ptr: array[int]  # "q", n + 1 offsets into blob
+
+    def raw(self, i: int) -> bytes:
+        return self.blob[self.ptr[i] : self.ptr[i + 1]]
+
+
+class QuantumGraph:
+    """A DAG of quanta. Quanta are addressed by id (``quantum(qid)``) or by index
+    (``quantum_at(i)``, ``index(qid)``); the broker works with indices."""
+
+    def __init__(
+        self,
+        ids: list[str],
+        kinds: list[tuple[str, str]],
+        kind: array[int],
+        topology: Topology,
+        datasets: Datasets,
+        payloads: Payloads,
+        timeouts: dict[int, float],
+        index: dict[str, int] | None = None,
+    ) -> None:
+        """Parts already checked (``from_quanta``, ``load``); GraphError on duplicate ids.
+        ``index`` (id -> index) when the caller has it already."""
+        self.ids = ids
+        self.kinds = kinds  # (task_label, task) pairs
+        self.kind = kind  # "I", index into kinds per quantum
+        self.topology = topology
+        self.datasets = datasets
+        self.payloads = payloads
+        self.timeouts = timeouts  # only quanta with their own timeout
+        self._index = index if index is not None else index_of(ids)
+        self.labels = sorted({label for label, _ in kinds})
+        label_of = {label: n for n, label in enumerate(self.labels)}
+        self.kind_label = [label_of[label] for label, _ in kinds]  # label index per kind
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -55,169 +110,275 @@ class QuantumGraph:
         cls, quanta: Iterable[Quantum], edges: Iterable[tuple[str, str]] = ()
     ) -> QuantumGraph:
         """Link producers to consumers by dataset name, add ordering ``edges``."""
-        quanta = list(quanta)
-        dupes = [qid for qid, n in Counter(q.id for q in quanta).items() if n > 1]
-        if dupes:
-            raise GraphError(f"duplicate quantum ids: {_names(dupes)}", dupes)
-        producers: dict[str, str] = {}
+        builder = GraphBuilder()
         for q in quanta:
-            for dataset in q.outputs.values():
-                if dataset in producers:
-                    both = [producers[dataset], q.id]
-                    raise GraphError(
-                        f"dataset {dataset!r} is produced by two quanta: {_names(both)}", both
-                    )
-                producers[dataset] = q.id
-        g: nx.DiGraph[str] = nx.DiGraph()
-        g.add_nodes_from((q.id, {"quantum": q}) for q in quanta)
-        g.add_edges_from(
-            (src, q.id)
-            for q in quanta
-            for dataset in q.inputs.values()
-            if (src := producers.get(dataset)) is not None
-        )
-        for src, dst in edges:
-            missing = [x for x in (src, dst) if x not in g]
-            if missing:
-                raise GraphError(f"ordering edge {src!r} -> {dst!r} names unknown quanta", missing)
-            g.add_edge(src, dst)
-        return cls(g)
+            data_id, inputs, outputs = dict(q.data_id), dict(q.inputs), dict(q.outputs)
+            builder.add(
+                (q.id, q.task_label, q.task, data_id, inputs, outputs, dict(q.config), q.timeout_s)
+            )
+        return builder.build(edges)
 
-    # ------------------------------------------------------------------ files
     @classmethod
     def load(cls, path: str | Path, *, yaml_loader: type[Any] | None = None) -> QuantumGraph:
-        """Read a YAML (``.yaml``/``.yml``) or JSON (``.json``) graph file. YAML goes through
-        libyaml's C loader when PyYAML has it (about 3x faster), else the pure-Python one;
-        ``yaml_loader`` chooses."""
-        path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as e:
-            raise GraphFileError(f"cannot read graph file {path}: {e.strerror or e}") from e
-        try:
-            if path.suffix in (".yaml", ".yml"):
-                raw = yaml.load(text, Loader=yaml_loader or YAML_LOADER)
-            elif path.suffix == ".json":
-                raw = json.loads(text)
-            else:
-                raise GraphFileError(f"graph file {path}: unknown suffix (use .yaml or .json)")
-        except (yaml.YAMLError, json.JSONDecodeError) as e:
-            raise GraphFileError(
-                f"graph file {path} is not valid {path.suffix[1:]}: {_one_line(e)}"
-            ) from e
-        return cls.from_data(raw, source=str(path))
+        """Read a graph file: ``.zmpg`` (our compact binary form, fastest), ``.json``, or
+        ``.yaml``/``.yml`` (libyaml's C loader when PyYAML has it; ``yaml_loader`` chooses)."""
+        from common.graphfile import read_graph
+
+        return read_graph(Path(path), yaml_loader)
+
+    def save(self, path: str | Path) -> None:
+        """Write in the form the suffix names (``.zmpg``, ``.json``, ``.yaml``/``.yml``)."""
+        from common.graphfile import write_graph
+
+        write_graph(self, Path(path))
 
     @classmethod
     def from_data(cls, raw: object, source: str = "graph") -> QuantumGraph:
-        if not isinstance(raw, dict) or not isinstance(raw.get("quanta"), list):
-            raise GraphFileError(f"{source}: expected a mapping with a 'quanta' list")
-        quanta = []
-        for i, entry in enumerate(raw["quanta"]):
-            try:
-                quanta.append(Quantum.from_dict(entry))
-            except ValueError as e:
-                raise GraphFileError(f"{source}: quanta[{i}]: {e}") from e
-        edges = raw.get("edges", [])
-        if not isinstance(edges, list) or not all(
-            isinstance(e, list | tuple) and len(e) == 2 and all(isinstance(x, str) for x in e)
-            for e in edges
-        ):
-            raise GraphFileError(f"{source}: 'edges' must be a list of [from_id, to_id] pairs")
-        return cls.from_quanta(quanta, [(a, b) for a, b in edges])
+        """From the plain data of a JSON or YAML file: ``{"quanta": [...], "edges": [...]}``."""
+        from common.graphfile import graph_from_data
+
+        return graph_from_data(raw, source)
 
     def to_data(self) -> dict[str, Any]:
-        implied = set(QuantumGraph.from_quanta(self.quanta())._g.edges)
-        extra = [[a, b] for a, b in self._g.edges if (a, b) not in implied]
-        data: dict[str, Any] = {"quanta": [q.to_dict() for q in self.quanta()]}
+        """Plain data for JSON or YAML; only ordering edges not implied by datasets listed."""
+        implied = set(QuantumGraph.from_quanta(self).xgraph.edges)
+        extra = [[a, b] for a, b in self.xgraph.edges if (a, b) not in implied]
+        data: dict[str, Any] = {"quanta": [q.to_dict() for q in self]}
         if extra:
             data["edges"] = extra
         return data
 
-    def save(self, path: str | Path) -> None:
-        path = Path(path)
-        data = self.to_data()
-        if path.suffix in (".yaml", ".yml"):
-            text = yaml.dump(data, Dumper=_YAML_DUMPER, sort_keys=False)
-        elif path.suffix == ".json":
-            text = json.dumps(data, indent=1)
-        else:
-            raise GraphFileError(f"graph file {path}: unknown suffix (use .yaml or .json)")
-        path.write_text(text)
+    def with_edges(self, edges: Sequence[tuple[str, str]]) -> QuantumGraph:
+        """This graph plus ordering ``edges``; GraphError if they make a cycle."""
+        src, dst = self.topology.edges()
+        extra = np.array([[self._index[a], self._index[b]] for a, b in edges], dtype=np.int64)
+        extra = extra.reshape(-1, 2)
+        topology = _topology(
+            self.ids, np.concatenate([src, extra[:, 0]]), np.concatenate([dst, extra[:, 1]])
+        )
+        return QuantumGraph(
+            self.ids,
+            self.kinds,
+            self.kind,
+            topology,
+            self.datasets,
+            self.payloads,
+            self.timeouts,
+            self._index,
+        )
+
+    # ------------------------------------------------------------------ queries
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __contains__(self, qid: object) -> bool:
+        return qid in self._index
+
+    def __iter__(self) -> Iterator[Quantum]:
+        """Each quantum, built as it is reached."""
+        return (self.quantum_at(i) for i in range(len(self.ids)))
+
+    def index(self, qid: str) -> int:
+        """The index of quantum ``qid`` (KeyError if it is not in the graph)."""
+        return self._index[qid]
+
+    @property
+    def indices(self) -> Mapping[str, int]:
+        """Quantum id -> index, read-only by convention."""
+        return self._index
+
+    def outputs_at(self, i: int) -> list[str]:
+        """The names of the datasets quantum ``i`` writes."""
+        from common.graphfile import unpack_payload
+
+        return list(unpack_payload(self.payloads.raw(i))[2].values())
+
+    def label_at(self, i: int) -> str:
+        return self.kinds[self.kind[i]][0]
+
+    def quantum(self, qid: str) -> Quantum:
+        return self.quantum_at(self._index[qid])
+
+    def quantum_at(self, i: int) -> Quantum:
+        from common.graphfile import unpack_payload
+
+        label, task = self.kinds[self.kind[i]]
+        data_id, inputs, outputs, config = unpack_payload(self.payloads.raw(i))
+        return Quantum.trusted(
+            self.ids[i], label, task, data_id, inputs, outputs, config, self.timeouts.get(i)
+        )
+
+    def quanta(self) -> list[Quantum]:
+        """Every quantum as an object: for small graphs (iterate a big one instead)."""
+        return list(self)
+
+    @property
+    def edge_count(self) -> int:
+        return self.topology.edge_count
+
+    def task_counts(self) -> dict[str, int]:
+        counts = np.bincount(as_numpy(self.kind), minlength=len(self.kinds)).tolist()
+        out: dict[str, int] = {}
+        for (label, _), n in zip(self.kinds, counts, strict=True):
+            out[label] = out.get(label, 0) + n
+        return {label: n for label, n in out.items() if n}
+
+    @property
+    def xgraph(self) -> nx.DiGraph[str]:
+        """A networkx view (node ids are quantum ids), built on each call: for fixups and
+        analysis, never kept by the broker."""
+        g: nx.DiGraph[str] = nx.DiGraph()
+        g.add_nodes_from(self.ids)
+        ids = self.ids
+        src, dst = self.topology.edges()
+        g.add_edges_from((ids[a], ids[b]) for a, b in zip(src.tolist(), dst.tolist(), strict=True))
+        return g
 
     # ------------------------------------------------------------------ validation
     def validate(self, butler: Butler | None = None, *, check_tasks: bool = True) -> None:
-        """Raise GraphError naming the offending quanta if this graph must not run."""
-        self.check_acyclic()
-        produced = {d for q in self.quanta() for d in q.outputs.values()}
-        missing: dict[str, list[str]] = {}
-        for q in self.quanta():
-            for dataset in q.inputs.values():
-                if dataset not in produced and (butler is None or not butler.exists(dataset)):
-                    missing.setdefault(dataset, []).append(q.id)
+        """Raise GraphError naming the offending quanta if this graph must not run. (Cycles,
+        duplicate ids and datasets with two producers cannot be built at all.)"""
+        missing = {
+            ds: name
+            for ds, name in self.datasets.externals.items()
+            if butler is None or not butler.exists(name)
+        }
         if missing:
+            ins = as_numpy(self.datasets.ins)
+            readers = np.repeat(
+                np.arange(len(self), dtype=np.int64), np.diff(as_numpy(self.datasets.in_ptr))
+            )
             first = next(iter(missing))
-            ids = [qid for qids in missing.values() for qid in qids]
+            needing = [self.ids[i] for i in np.unique(readers[ins == first]).tolist()]
+            every = [self.ids[i] for i in np.unique(readers[np.isin(ins, list(missing))])]
             where = "in the repository" if butler is not None else "(no repository given)"
             raise GraphError(
                 f"{len(missing)} input dataset(s) are produced by no quantum and not found "
-                f"{where}: {first!r} (needed by {_names(missing[first])})"
+                f"{where}: {missing[first]!r} (needed by {names(needing)})"
                 + (f", and {len(missing) - 1} more" if len(missing) > 1 else ""),
-                ids,
+                every,
             )
         if check_tasks:
-            bad: dict[str, list[str]] = {}
-            reasons: dict[str, str] = {}
-            for q in self.quanta():
-                if q.task in reasons:
-                    bad.setdefault(q.task, []).append(q.id)
-                    continue
-                try:
-                    resolve_task(q.task)
-                    reasons[q.task] = ""
-                except TaskResolutionError as e:
-                    reasons[q.task] = str(e)
-                    bad.setdefault(q.task, []).append(q.id)
-            bad = {task: ids for task, ids in bad.items() if reasons[task]}
-            if bad:
-                task, ids = next(iter(bad.items()))
-                raise GraphError(f"{reasons[task]} (used by {_names(ids)})", ids)
+            self._check_tasks()
 
-    def check_acyclic(self) -> None:
-        if nx.is_directed_acyclic_graph(self._g):
-            return  # the common case, several times faster than looking for a cycle
-        try:
-            cycle = nx.find_cycle(self._g)
-        except nx.NetworkXNoCycle:
-            return
-        ids = [edge[0] for edge in cycle]
-        raise GraphError("graph has a cycle: " + " -> ".join([*ids, ids[0]]), ids)
+    def _check_tasks(self) -> None:
+        by_kind = as_numpy(self.kind)
+        for n, (_, task) in enumerate(self.kinds):
+            try:
+                resolve_task(task)
+            except TaskResolutionError as e:
+                ids = [self.ids[i] for i in np.flatnonzero(by_kind == n).tolist()]
+                raise GraphError(f"{e} (used by {names(ids)})", ids) from e
 
-    # ------------------------------------------------------------------ queries
-    @property
-    def xgraph(self) -> nx.DiGraph[str]:
-        """The underlying DiGraph (node ids are quantum ids); callers must not mutate it."""
-        return self._g
 
-    def __len__(self) -> int:
-        return int(self._g.number_of_nodes())
+class GraphBuilder:
+    """Collects quanta one at a time (checked fields), then links them into a graph."""
 
-    def __contains__(self, qid: object) -> bool:
-        return qid in self._g
+    def __init__(self) -> None:
+        from common.graphfile import pack_payload
 
-    def __iter__(self) -> Iterator[Quantum]:
-        return iter(self.quanta())
+        self._pack = pack_payload
+        self.ids: list[str] = []
+        self._kinds: dict[tuple[str, str], int] = {}
+        self._kind: array[int] = array("I")
+        self._payloads: list[bytes] = []
+        self._timeouts: dict[int, float] = {}
+        self._dataset: dict[str, int] = {}  # name -> dataset index, while building only
+        self._producer: list[int] = []  # by dataset: producing quantum or -1
+        self._ins: list[int] = []
+        self._in_ptr: list[int] = [0]
+        self._outs: list[int] = []
+        self._out_ptr: list[int] = [0]
 
-    def quantum(self, qid: str) -> Quantum:
-        q: Quantum = self._g.nodes[qid]["quantum"]
-        return q
+    def add(self, fields: Fields) -> None:
+        qid, label, task, data_id, inputs, outputs, config, timeout_s = fields
+        i = len(self.ids)
+        self.ids.append(qid)
+        kind = self._kinds.setdefault((label, task), len(self._kinds))
+        self._kind.append(kind)
+        self._payloads.append(self._pack(data_id, inputs, outputs, config))
+        if timeout_s is not None:
+            self._timeouts[i] = timeout_s
+        for name in outputs.values():
+            ds = self._dataset_index(name)
+            if self._producer[ds] >= 0:
+                both = [self.ids[self._producer[ds]], qid]
+                raise GraphError(f"dataset {name!r} is produced by two quanta: {names(both)}", both)
+            self._producer[ds] = i
+            self._outs.append(ds)
+        self._out_ptr.append(len(self._outs))
+        self._ins.extend(self._dataset_index(name) for name in inputs.values())
+        self._in_ptr.append(len(self._ins))
 
-    def quanta(self) -> list[Quantum]:
-        return [data["quantum"] for _, data in self._g.nodes(data=True)]
+    def add_raw(self, raw: object) -> None:
+        """One graph-file entry; ValueError naming what is wrong with it."""
+        self.add(checked_fields(raw))
 
-    def task_counts(self) -> dict[str, int]:
-        return dict(Counter(q.task_label for q in self.quanta()))
+    def _dataset_index(self, name: str) -> int:
+        ds = self._dataset.get(name)
+        if ds is None:
+            ds = self._dataset[name] = len(self._producer)
+            self._producer.append(-1)
+        return ds
 
-    def with_edges(self, edges: Sequence[tuple[str, str]]) -> QuantumGraph:
-        g = self._g.copy()
-        g.add_edges_from(edges)
-        return QuantumGraph(g)
+    def build(self, edges: Iterable[tuple[str, str]] = ()) -> QuantumGraph:
+        """Link producers to readers, add ordering ``edges``; GraphError on a cycle, an
+        unknown quantum in an edge, a duplicate id."""
+        producer = np.array(self._producer, dtype=np.int64)
+        ins = np.array(self._ins, dtype=np.int64)
+        readers = np.repeat(np.arange(len(self.ids), dtype=np.int64), np.diff(self._in_ptr))
+        made = producer[ins] if len(ins) else ins
+        src, dst = made[made >= 0], readers[made >= 0]
+        index = index_of(self.ids)
+        extra = []
+        for a, b in edges:
+            if a not in index or b not in index:
+                missing = [x for x in (a, b) if x not in index]
+                raise GraphError(f"ordering edge {a!r} -> {b!r} names unknown quanta", missing)
+            extra.append((index[a], index[b]))
+        if extra:
+            pairs = np.array(extra, dtype=np.int64)
+            src, dst = np.concatenate([src, pairs[:, 0]]), np.concatenate([dst, pairs[:, 1]])
+        datasets = Datasets(
+            len(self._producer),
+            _ints("q", self._in_ptr),
+            _ints("i", self._ins),
+            _ints("q", self._out_ptr),
+            _ints("i", self._outs),
+            {ds: name for name, ds in self._dataset.items() if self._producer[ds] < 0},
+        )
+        ptr = np.zeros(len(self._payloads) + 1, dtype=np.int64)
+        np.cumsum([len(p) for p in self._payloads], out=ptr[1:])
+        payloads = Payloads(b"".join(self._payloads), _ints("q", ptr.tolist()))
+        kinds = list(self._kinds)
+        topology = _topology(self.ids, src, dst)
+        return QuantumGraph(
+            self.ids, kinds, self._kind, topology, datasets, payloads, self._timeouts, index
+        )
+
+
+def _topology(ids: list[str], src: Any, dst: Any) -> Topology:
+    try:
+        return Topology.from_edges(len(ids), src, dst)
+    except CycleError as e:
+        raise cycle_error(ids, e) from e
+
+
+def cycle_error(ids: list[str], e: CycleError) -> GraphError:
+    """The GraphError naming the quanta of the cycle ``e`` found."""
+    cycle = [ids[i] for i in e.cycle]
+    return GraphError("graph has a cycle: " + " -> ".join([*cycle, cycle[0]]), cycle)
+
+
+def _ints(code: str, values: Iterable[int]) -> array[int]:
+    return array(code, values)
+
+
+def index_of(ids: list[str]) -> dict[str, int]:
+    """Quantum id -> index; GraphError naming the ids given twice."""
+    index = {qid: i for i, qid in enumerate(ids)}
+    if len(index) != len(ids):
+        dupes = [qid for i, qid in enumerate(ids) if index[qid] != i]
+        dupes = list(dict.fromkeys(dupes))
+        raise GraphError(f"duplicate quantum ids: {names(dupes)}", dupes)
+    return index

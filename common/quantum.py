@@ -12,7 +12,7 @@ from typing import Any, cast
 
 from common.errors import TaskResolutionError
 
-__all__ = ["DataIdValue", "Quantum", "resolve_task"]
+__all__ = ["DataIdValue", "Fields", "Quantum", "checked_fields", "resolve_task"]
 
 DataIdValue = int | str
 
@@ -80,54 +80,88 @@ class Quantum:
     @classmethod
     def from_dict(cls, raw: object) -> Quantum:
         """Build from plain data (a graph file entry or a wire message); ValueError if bad."""
-        if not _is_mapping(raw):
-            raise ValueError(f"a quantum must be a mapping, not {type(raw).__name__}")
-        raw = cast(Mapping[str, Any], raw)
-        unknown = raw.keys() - _FIELDS
-        if unknown:
-            raise ValueError(f"unknown quantum field(s): {', '.join(sorted(map(str, unknown)))}")
-        qid = raw.get("id")
-        if not isinstance(qid, str) or not qid:
-            raise ValueError(f"quantum id must be a non-empty string, got {qid!r}")
-        task = raw.get("task")
-        if not isinstance(task, str) or ":" not in task:
-            raise ValueError(f"quantum {qid!r}: task must be 'pkg.module:callable', got {task!r}")
-        label = raw.get("task_label", task.rpartition(":")[2])
-        if not isinstance(label, str) or not label:
-            raise ValueError(f"quantum {qid!r}: task_label must be a non-empty string")
-        data_id = raw.get("data_id", {})
-        if not _is_mapping(data_id) or not all(
-            isinstance(k, str) and isinstance(v, int | str) and not isinstance(v, bool)
-            for k, v in data_id.items()
-        ):
-            raise ValueError(f"quantum {qid!r}: data_id must map strings to int or str")
-        config = raw.get("config", {})
-        if not _is_mapping(config) or not all(isinstance(k, str) for k in config):
-            raise ValueError(f"quantum {qid!r}: config must be a mapping with string keys")
-        timeout = raw.get("timeout")
-        if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
-        ):
-            raise ValueError(f"quantum {qid!r}: timeout must be a positive number of seconds")
-        try:
-            inputs = _as_mapping(raw.get("inputs", {}), "inputs")
-            outputs = _as_mapping(raw.get("outputs", {}), "outputs")
-        except ValueError as e:
-            raise ValueError(f"quantum {qid!r}: {e}") from e
-        # Checked and normalized above: skip __post_init__'s second pass (graph loading).
+        return cls.trusted(*checked_fields(raw))
+
+    @classmethod
+    def trusted(
+        cls,
+        qid: str,
+        task_label: str,
+        task: str,
+        data_id: dict[str, DataIdValue],
+        inputs: dict[str, str],
+        outputs: dict[str, str],
+        config: dict[str, Any],
+        timeout_s: float | None,
+    ) -> Quantum:
+        """Build from fields already checked and normalized (``checked_fields``, or a graph's
+        own storage): skips ``__post_init__``'s second pass, paid per quantum."""
         q = object.__new__(cls)
         for name, value in (
             ("id", qid),
-            ("task_label", label),
+            ("task_label", task_label),
             ("task", task),
-            ("data_id", dict(data_id)),
+            ("data_id", data_id),
             ("inputs", inputs),
             ("outputs", outputs),
-            ("config", dict(config)),
-            ("timeout_s", float(timeout) if timeout is not None else None),
+            ("config", config),
+            ("timeout_s", timeout_s),
         ):
             object.__setattr__(q, name, value)
         return q
+
+
+Fields = tuple[
+    str,
+    str,
+    str,
+    dict[str, DataIdValue],
+    dict[str, str],
+    dict[str, str],
+    dict[str, Any],
+    float | None,
+]
+
+
+def checked_fields(raw: object) -> Fields:
+    """A quantum's plain data checked and normalized: (id, task_label, task, data_id, inputs,
+    outputs, config, timeout_s); ValueError naming the problem."""
+    if not _is_mapping(raw):
+        raise ValueError(f"a quantum must be a mapping, not {type(raw).__name__}")
+    raw = cast(Mapping[str, Any], raw)
+    unknown = raw.keys() - _FIELDS
+    if unknown:
+        raise ValueError(f"unknown quantum field(s): {', '.join(sorted(map(str, unknown)))}")
+    qid = raw.get("id")
+    if not isinstance(qid, str) or not qid:
+        raise ValueError(f"quantum id must be a non-empty string, got {qid!r}")
+    task = raw.get("task")
+    if not isinstance(task, str) or ":" not in task:
+        raise ValueError(f"quantum {qid!r}: task must be 'pkg.module:callable', got {task!r}")
+    label = raw.get("task_label", task.rpartition(":")[2])
+    if not isinstance(label, str) or not label:
+        raise ValueError(f"quantum {qid!r}: task_label must be a non-empty string")
+    data_id = raw.get("data_id", {})
+    if not _is_mapping(data_id) or not all(
+        isinstance(k, str) and isinstance(v, int | str) and not isinstance(v, bool)
+        for k, v in data_id.items()
+    ):
+        raise ValueError(f"quantum {qid!r}: data_id must map strings to int or str")
+    config = raw.get("config", {})
+    if not _is_mapping(config) or not all(isinstance(k, str) for k in config):
+        raise ValueError(f"quantum {qid!r}: config must be a mapping with string keys")
+    timeout = raw.get("timeout")
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
+    ):
+        raise ValueError(f"quantum {qid!r}: timeout must be a positive number of seconds")
+    try:
+        inputs = _as_mapping(raw.get("inputs", {}), "inputs")
+        outputs = _as_mapping(raw.get("outputs", {}), "outputs")
+    except ValueError as e:
+        raise ValueError(f"quantum {qid!r}: {e}") from e
+    timeout_s = float(timeout) if timeout is not None else None
+    return qid, label, task, dict(data_id), inputs, outputs, dict(config), timeout_s
 
 
 def resolve_task(path: str) -> Callable[..., Any]:

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import enum
 import json
+import shutil
 import sys
+import tempfile
 import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 __all__ = [
+    "Entry",
     "ExceptionInfo",
     "ExecutionStatus",
     "QuantumDetails",
@@ -118,18 +121,71 @@ class QuantumDetails:
         }
 
 
-@dataclass(slots=True)
-class Report:
-    """The whole run: status, per-quantum reports, and our details keyed by quantumId."""
+Entry = tuple[QuantumReport, QuantumDetails]
 
-    taskCounts: dict[str, int]
-    status: ExecutionStatus = ExecutionStatus.SUCCESS
-    exitCode: int | None = None
-    exceptionInfo: ExceptionInfo | None = None
-    cmdLine: list[str] = field(default_factory=lambda: list(sys.argv))
-    quantaReports: list[QuantumReport] = field(default_factory=list)
-    quantaDetails: dict[str, QuantumDetails] = field(default_factory=dict)
-    figures: dict[str, float] = field(default_factory=dict)  # of the run, e.g. peakIntermediates
+
+class Report:
+    """The whole run: status, per-quantum reports, and our details keyed by quantumId.
+
+    A broker's report builds its per-quantum entries on demand (``set_entries``): writing the
+    summary of a million quanta streams them; ``quantaReports``/``quantaDetails`` build the
+    lists when first read."""
+
+    def __init__(
+        self,
+        taskCounts: dict[str, int],
+        status: ExecutionStatus = ExecutionStatus.SUCCESS,
+        exitCode: int | None = None,
+        exceptionInfo: ExceptionInfo | None = None,
+        cmdLine: list[str] | None = None,
+        quantaReports: list[QuantumReport] | None = None,
+        quantaDetails: dict[str, QuantumDetails] | None = None,
+        figures: dict[str, float] | None = None,
+    ) -> None:
+        self.taskCounts = taskCounts
+        self.status = status
+        self.exitCode = exitCode
+        self.exceptionInfo = exceptionInfo
+        self.cmdLine = list(sys.argv) if cmdLine is None else cmdLine
+        self._reports = quantaReports if quantaReports is not None else []
+        self._details = quantaDetails if quantaDetails is not None else {}
+        self._source: Callable[[], Iterator[Entry]] | None = None
+        self._counts: dict[ExecutionStatus, int] | None = None
+        self.figures = figures if figures is not None else {}  # of the run (peakIntermediates)
+
+    def set_entries(
+        self, source: Callable[[], Iterator[Entry]], counts: dict[ExecutionStatus, int]
+    ) -> None:
+        """Per-quantum entries come from ``source`` (called per use); ``counts`` by status."""
+        self._source, self._counts = source, dict(counts)
+
+    def entries(self) -> Iterator[Entry]:
+        if self._source is not None:
+            return self._source()
+        return ((r, self._details[r.quantumId]) for r in self._reports)
+
+    def _materialize(self) -> None:
+        if self._source is not None:
+            reports, details = [], {}
+            for r, d in self._source():
+                reports.append(r)
+                details[r.quantumId] = d
+            self._reports, self._details, self._source = reports, details, None
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Report) and self.to_dict() == other.to_dict()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    @property
+    def quantaReports(self) -> list[QuantumReport]:
+        self._materialize()
+        return self._reports
+
+    @property
+    def quantaDetails(self) -> dict[str, QuantumDetails]:
+        self._materialize()
+        return self._details
 
     def details(self, qid: str) -> QuantumDetails:
         """Our details for quantum ``qid`` (our id, not the LSST uuid)."""
@@ -143,8 +199,10 @@ class Report:
         raise KeyError(qid)
 
     def counts(self) -> dict[ExecutionStatus, int]:
+        if self._source is not None and self._counts is not None:
+            return dict(self._counts)
         out = dict.fromkeys(ExecutionStatus, 0)
-        for r in self.quantaReports:
+        for r in self._reports:
             out[r.status] += 1
         return out
 
@@ -167,13 +225,16 @@ class Report:
         for key, value in head.items():
             stream.write(f"{json.dumps(key)}: {json.dumps(value)},\n")
         stream.write('"quantaReports": [')
-        for i, r in enumerate(self.quantaReports):
-            stream.write(("\n" if i == 0 else ",\n") + json.dumps(r.to_dict()))
-        stream.write('\n],\n"quantaDetails": {')
-        for i, (key, d) in enumerate(self.quantaDetails.items()):
-            stream.write(
-                ("\n" if i == 0 else ",\n") + f"{json.dumps(key)}: {json.dumps(d.to_dict())}"
-            )
+        # One pass over the entries (each is built from the run's arrays): details wait in a
+        # temporary file until the reports are written.
+        with tempfile.TemporaryFile("w+") as details:
+            for i, (r, d) in enumerate(self.entries()):
+                sep = "\n" if i == 0 else ",\n"
+                stream.write(sep + json.dumps(r.to_dict()))
+                details.write(f"{sep}{json.dumps(r.quantumId)}: {json.dumps(d.to_dict())}")
+            stream.write('\n],\n"quantaDetails": {')
+            details.seek(0)
+            shutil.copyfileobj(details, stream)
         stream.write(f'\n}},\n"runFigures": {json.dumps(self.figures)}}}\n')
 
     def _run_fields(self) -> dict[str, Any]:

@@ -2,75 +2,125 @@
 
 from __future__ import annotations
 
-import networkx as nx
+from array import array
+from collections.abc import Iterable, Sequence
+
 import pytest
 
 from broker.registry import InFlight, WorkerRegistry
 from broker.scheduler import Scheduler
 from broker.state import GraphState, QState
+from common.topology import Topology
 
 
-def _graph(edges: list[tuple[str, str]], nodes: list[str] = ()) -> nx.DiGraph[str]:  # type: ignore[assignment]
-    g: nx.DiGraph[str] = nx.DiGraph()
-    g.add_nodes_from(nodes)
-    g.add_edges_from(edges)
-    return g
+class Named:
+    """A small graph by quantum name, over the index-based cores."""
+
+    def __init__(
+        self, edges: list[tuple[str, str]], nodes: Sequence[str] = (), labels: Sequence[str] = ()
+    ) -> None:
+        self.names = list(dict.fromkeys([*nodes, *(x for e in edges for x in e)]))
+        self._index = {n: i for i, n in enumerate(self.names)}
+        src = [self._index[a] for a, _ in edges]
+        dst = [self._index[b] for _, b in edges]
+        self.topology = Topology.from_edges(len(self.names), src, dst)
+        self.label_names = sorted(set(labels)) or ["t"]
+        by_name = dict(zip(self.names, labels, strict=False))
+        self.labels = array(
+            "I", [self.label_names.index(by_name.get(n, self.label_names[0])) for n in self.names]
+        )
+
+    def i(self, name: str) -> int:
+        return self._index[name]
+
+    def n(self, index: int | None) -> str | None:
+        return None if index is None else self.names[index]
+
+    def ns(self, indices: Iterable[int]) -> list[str]:
+        return sorted(self.names[i] for i in indices)
+
+    def state(self) -> GraphState:
+        return GraphState(self.topology, self.labels, self.label_names)
+
+    def scheduler(self) -> Scheduler:
+        return Scheduler(self.topology, self.labels, len(self.label_names))
 
 
 def test_success_releases_children_when_all_parents_are_done() -> None:
-    s = GraphState(_graph([("a", "c"), ("b", "c")]))
-    assert sorted(s.initial_ready()) == ["a", "b"]
-    s.start("a")
-    assert s.succeed("a") == []
-    s.start("b")
-    assert s.succeed("b") == ["c"]
-    assert s.state["c"] is QState.READY
+    g = Named([("a", "c"), ("b", "c")])
+    s = g.state()
+    assert g.ns(s.initial_ready()) == ["a", "b"]
+    s.start(g.i("a"))
+    assert s.succeed(g.i("a")) == []
+    s.start(g.i("b"))
+    assert g.ns(s.succeed(g.i("b"))) == ["c"]
+    assert s.state(g.i("c")) is QState.READY
 
 
 def test_failure_skips_all_descendants_and_records_blockers() -> None:
-    s = GraphState(_graph([("a", "b"), ("b", "c"), ("x", "c")]))
+    g = Named([("a", "b"), ("b", "c"), ("x", "c")])
+    s = g.state()
     s.initial_ready()
-    s.start("a")
-    s.start("x")
-    assert sorted(s.fail("a")) == ["b", "c"]
-    assert s.fail("x", timed_out=True) == []  # c already skipped, x also blocks it
-    assert s.blocked_by["c"] == {"a", "x"}
-    assert s.state["x"] is QState.TIMED_OUT
+    s.start(g.i("a"))
+    s.start(g.i("x"))
+    assert g.ns(s.fail(g.i("a"))) == ["b", "c"]
+    assert s.fail(g.i("x"), timed_out=True) == []  # c already skipped, x also blocks it
+    assert g.ns(s.blocked_by[g.i("c")]) == ["a", "x"]
+    assert s.state(g.i("x")) is QState.TIMED_OUT
     assert s.finished
 
 
 def test_requeue_and_cancel() -> None:
-    s = GraphState(_graph([("a", "b")]))
+    g = Named([("a", "b")])
+    s = g.state()
     s.initial_ready()
-    s.start("a")
-    s.requeue("a")
-    assert s.state["a"] is QState.READY
-    assert sorted(s.cancel()) == ["a", "b"]
+    s.start(g.i("a"))
+    s.requeue(g.i("a"))
+    assert s.state(g.i("a")) is QState.READY
+    assert g.ns(s.cancel()) == ["a", "b"]
     assert s.finished and s.count(QState.CANCELLED) == 2
     with pytest.raises(ValueError, match="is cancelled, expected ready"):
-        s.start("a")
+        s.start(g.i("a"))
+
+
+def test_counts_per_label_follow_every_transition() -> None:
+    g = Named([("a", "b")], labels=["A", "B"])
+    s = g.state()
+    assert s.label_counts() == {"A": {QState.PENDING: 1}, "B": {QState.PENDING: 1}}
+    s.initial_ready()
+    s.start(g.i("a"))
+    s.succeed(g.i("a"))
+    assert s.label_counts() == {"A": {QState.SUCCEEDED: 1}, "B": {QState.READY: 1}}
+    assert s.unfinished_by_label() == {"A": 0, "B": 1}
 
 
 def test_scheduler_prefers_the_longest_path_then_graph_order() -> None:
     # x -> y -> z is longer than a; b ties with a
-    g = _graph([("x", "y"), ("y", "z")], nodes=["a", "b", "x"])
-    sched = Scheduler(g, dict.fromkeys(g.nodes, "t"))
+    g = Named([("x", "y"), ("y", "z")], nodes=["a", "b", "x"])
+    sched = g.scheduler()
     for q in ("a", "b", "x"):
-        sched.push(q)
-    assert [sched.pop(), sched.pop(), sched.pop(), sched.pop()] == ["x", "a", "b", None]
+        sched.push(g.i(q))
+    assert [g.n(sched.pop()) for _ in range(4)] == ["x", "a", "b", None]
 
 
 def test_learned_durations_change_the_order() -> None:
-    # long_task has no successors but is slow; chain c1 -> c2 is quick
-    g = _graph([("c1", "c2")], nodes=["slow"])
-    labels = {"slow": "heavy", "c1": "light", "c2": "light"}
-    sched = Scheduler(g, labels)
-    sched.learn("heavy", 5.0)
-    sched.learn("light", 0.01)
-    sched.push("c1")
-    sched.push("slow")
-    assert sched.pop() == "slow"
-    assert sched.priority("c1") == pytest.approx(0.02)
+    # slow has no successors but is slow; chain c1 -> c2 is quick
+    g = Named([("c1", "c2")], nodes=["slow"], labels=["heavy", "light", "light"])
+    sched = g.scheduler()
+    heavy, light = g.label_names.index("heavy"), g.label_names.index("light")
+    sched.learn(heavy, 5.0)
+    sched.learn(light, 0.01)
+    sched.push(g.i("c1"))
+    sched.push(g.i("slow"))
+    assert g.n(sched.pop()) == "slow"
+    assert sched.priority(g.i("c1")) == pytest.approx(0.02)
+
+
+def test_bottom_levels_take_the_heaviest_branch_below() -> None:
+    # a -> b -> d and a -> c: a weighs its own 1 + b's 1 + d's 1
+    g = Named([("a", "b"), ("b", "d"), ("a", "c")])
+    sched = g.scheduler()
+    assert [sched.priority(g.i(q)) for q in "abcd"] == [3.0, 2.0, 1.0, 1.0]
 
 
 def test_registry_tracks_silence_deadlines_and_fences_attempts() -> None:
@@ -79,7 +129,7 @@ def test_registry_tracks_silence_deadlines_and_fences_attempts() -> None:
     assert reg.next_free() is None  # not READY yet
     reg.mark_ready(w)
     assert reg.next_free() is w
-    reg.assign(w, InFlight("q", attempt=2, sent_at=100.0, backstop=105.0))
+    reg.assign(w, InFlight("q", attempt=2, sent_at=100.0, backstop=105.0, index=0))
     assert reg.next_free() is None
     assert reg.complete(w, "q", attempt=1) is None  # a superseded attempt
     assert reg.overdue(104.9) == [] and len(reg.overdue(105.0)) == 1
@@ -87,25 +137,23 @@ def test_registry_tracks_silence_deadlines_and_fences_attempts() -> None:
     assert reg.next_deadline(limit_s=3.0) == 103.0
     assert reg.complete(w, "q", attempt=2) is not None
     assert reg.next_free() is w
-    reg.assign(w, InFlight("r", 1, 101.0, None))
+    reg.assign(w, InFlight("r", 1, 101.0, None, 1))
     lost = reg.remove(w)
     assert [d.quantum_id for d in lost] == ["r"] and len(reg) == 0
 
 
-def _lsst_like() -> tuple[nx.DiGraph[str], dict[str, str]]:
+def _lsst_like() -> Named:
     """3 detectors x (isr -> cal), plus a 4-long chain 'deep'."""
-    g = _graph(
-        [(f"isr{d}", f"cal{d}") for d in range(3)]
-        + [(f"deep{i}", f"deep{i + 1}") for i in range(3)]
-    )
-    labels = {q: q.rstrip("0123456789") for q in g}
-    return g, labels
+    edges = [(f"isr{d}", f"cal{d}") for d in range(3)]
+    edges += [(f"deep{i}", f"deep{i + 1}") for i in range(3)]
+    names = list(dict.fromkeys(x for e in edges for x in e))
+    return Named(edges, labels=[q.rstrip("0123456789") for q in names])
 
 
 def test_scheduler_hands_out_a_chosen_quantum_once() -> None:
-    g, labels = _lsst_like()
-    s = Scheduler(g, labels)
+    g = _lsst_like()
+    s = g.scheduler()
     for q in ("isr0", "isr1", "deep0"):
-        s.push(q)
-    assert s.take("isr1") and not s.take("isr1") and not s.take("cal0")
-    assert [s.pop(), s.pop(), s.pop()] == ["deep0", "isr0", None]
+        s.push(g.i(q))
+    assert s.take(g.i("isr1")) and not s.take(g.i("isr1")) and not s.take(g.i("cal0"))
+    assert [g.n(s.pop()) for _ in range(3)] == ["deep0", "isr0", None]
