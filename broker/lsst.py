@@ -12,10 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import networkx as nx
+from lsst.pipe.base.graph import QgraphSummary, QgraphTaskSummary
 from lsst.pipe.base.graph import QuantumGraph as OldQuantumGraph
 from lsst.pipe.base.mp_graph_executor import MPGraphExecutorError as LsstExecutorError
 from lsst.pipe.base.mp_graph_executor import MPTimeoutError as LsstTimeoutError
-from lsst.pipe.base.quantum_graph import PredictedQuantumGraph
+from lsst.pipe.base.quantum_graph import (
+    PredictedQuantumGraph,
+    PredictedQuantumGraphComponents,
+)
 from lsst.pipe.base.quantum_reports import ExceptionInfo as LsstExceptionInfo
 from lsst.pipe.base.quantum_reports import ExecutionStatus as LsstStatus
 from lsst.pipe.base.quantum_reports import QuantumReport as LsstQuantumReport
@@ -24,37 +28,47 @@ from lsst.pipe.base.quantum_reports import Report as LsstReport
 from broker.graph_executor import MPGraphExecutor as ZmpGraphExecutor
 from common.butler import Butler
 from common.errors import MPGraphExecutorError, MPTimeoutError
-from common.graph import QuantumGraph
-from common.quantum import Quantum
+from common.graph import GraphBuilder, QuantumGraph
 from common.report import Report
 from worker.lsst import LsstQuantumExecutor
 
-__all__ = ["MPGraphExecutor", "to_lsst_report", "to_zmpexec_graph"]
+__all__ = ["GRAPH_FILE", "MPGraphExecutor", "read_schedule", "to_lsst_report"]
 
-GRAPH_FILE = "graph.qgraph"
+GRAPH_FILE = "graph.qg"
 
 
-def to_zmpexec_graph(xgraph: nx.DiGraph[uuid.UUID]) -> QuantumGraph:
-    """Our graph of an LSST execution graph: ids are the quantum UUIDs, task paths the task
-    classes (so workers preload them), edges the LSST ones (no datasets: LSST's butler holds
-    them)."""
-    quanta = []
-    for qid, node in xgraph.nodes(data=True):
-        module, _, cls = node["pipeline_node"].task_class_name.rpartition(".")
-        quanta.append(
-            Quantum(
-                id=str(qid),
-                task_label=node["task_label"],
-                task=f"{module}:{cls}",
-                data_id={k: v for k, v in dict(node["data_id"].required).items()},
-            )
+def read_schedule(graph_file: Path) -> tuple[QuantumGraph, QgraphSummary]:
+    """What the broker needs of a ``.qg`` file, and only that: the thin graph (quantum ids,
+    task labels, data ids, edges), as our compact graph (ids are the quantum UUIDs, task paths
+    the task classes, so workers preload them), and a summary with the quanta per task."""
+    with PredictedQuantumGraph.open(str(graph_file)) as reader:
+        reader.read_thin_graph()
+        thin, pipeline, header = reader.components.thin_graph, reader.pipeline_graph, reader.header
+        builder = GraphBuilder()
+        summary = QgraphSummary(
+            cmdLine=header.command or None,
+            creationUTC=str(header.timestamp) if header.timestamp is not None else None,
+            inputCollection=header.inputs or None,
+            outputCollection=header.output,
+            outputRun=header.output_run,
         )
-    return QuantumGraph.from_quanta(quanta, [(str(a), str(b)) for a, b in xgraph.edges])
+        for label, quanta in thin.quanta.items():
+            node = pipeline.tasks[label]
+            module, _, cls = node.task_class_name.rpartition(".")
+            task, required = f"{module}:{cls}", list(node.dimensions.required)
+            for q in quanta:
+                data_id = dict(zip(required, q.data_coordinate, strict=False))
+                builder.add((str(q.quantum_id), label, task, data_id, {}, {}, {}, None))
+            summary.qgraphTaskSummaries[label] = QgraphTaskSummary(
+                taskLabel=label, numQuanta=len(quanta)
+            )
+        edges = [(str(a), str(b)) for a, b in thin.edges]
+    return builder.build(edges), summary
 
 
-def to_lsst_report(report: Report, graph: PredictedQuantumGraph) -> LsstReport:
-    lsst = LsstReport(qgraphSummary=graph._make_summary())
-    for r in report.quantaReports:
+def to_lsst_report(report: Report, summary: QgraphSummary) -> LsstReport:
+    lsst = LsstReport(qgraphSummary=summary)
+    for r, _ in report.entries():
         exc = r.exceptionInfo
         lsst.quantaReports.append(
             LsstQuantumReport(
@@ -127,31 +141,33 @@ class MPGraphExecutor:
     ) -> None:
         if provenance_graph_file is not None:
             raise NotImplementedError("provenance graphs are not written by zmpexec")
-        old = graph if isinstance(graph, OldQuantumGraph) else graph.to_old_quantum_graph()
         new = (
             graph
             if isinstance(graph, PredictedQuantumGraph)
-            else (PredictedQuantumGraph.from_old_quantum_graph(graph))
+            else PredictedQuantumGraph.from_old_quantum_graph(graph)
         )
-        new.build_execution_quanta()
-        xgraph = new.quantum_only_xgraph.copy()
+        old = graph if isinstance(graph, OldQuantumGraph) else graph.to_old_quantum_graph()
+        run_dir = self._run_dir or Path(tempfile.mkdtemp(prefix="zmpexec-"))
+        run_dir.mkdir(parents=True, exist_ok=True)
+        # The workers read their quanta from this file, a quantum at a time.
+        PredictedQuantumGraphComponents.from_old_quantum_graph(old).write(str(run_dir / GRAPH_FILE))
+        schedule, _ = read_schedule(run_dir / GRAPH_FILE)
         if self._fixup is not None:
+            xgraph = new.quantum_only_xgraph.copy()
+            before = set(xgraph.edges)
             self._fixup.fixup_graph(xgraph, new.quanta_by_task)
             if nx.is_directed_acyclic_graph(xgraph) is False:
                 raise LsstExecutorError("Updated execution graph has dependency cycle.")
-        run_dir = self._run_dir or Path(tempfile.mkdtemp(prefix="zmpexec-"))
-        run_dir.mkdir(parents=True, exist_ok=True)
-        old.saveUri(str(run_dir / GRAPH_FILE))
-        self.execute_file(run_dir / GRAPH_FILE, xgraph, new, run_dir)
+            schedule = schedule.with_edges(
+                [(str(a), str(b)) for a, b in xgraph.edges if (a, b) not in before]
+            )
+        self.execute_file(run_dir / GRAPH_FILE, schedule, new._make_summary(), run_dir)
 
     def execute_file(
-        self,
-        graph_file: Path,
-        xgraph: nx.DiGraph[uuid.UUID],
-        graph: PredictedQuantumGraph,
-        run_dir: Path,
+        self, graph_file: Path, schedule: QuantumGraph, summary: QgraphSummary, run_dir: Path
     ) -> None:
-        """Run the quanta of ``xgraph`` (read from ``graph_file`` by the workers)."""
+        """Run the quanta of ``schedule`` (``read_schedule``), read from ``graph_file`` (a
+        ``.qg`` file) by the workers."""
         executor = ZmpGraphExecutor(
             self._num_proc,
             self._timeout,
@@ -167,7 +183,7 @@ class MPGraphExecutor:
             executor.request_stop(self._stop)
         scratch = Butler(run_dir / "scratch")  # LSST's butler holds the data; ours stays empty
         try:
-            executor.execute(to_zmpexec_graph(xgraph), scratch)
+            executor.execute(schedule, scratch)
         except MPTimeoutError as e:
             raise LsstTimeoutError(str(e)) from e
         except MPGraphExecutorError as e:
@@ -178,4 +194,4 @@ class MPGraphExecutor:
             except RuntimeError:
                 pass  # it failed before running anything
             else:
-                self._report = to_lsst_report(self.zmpexec_report, graph)
+                self._report = to_lsst_report(self.zmpexec_report, summary)

@@ -68,22 +68,24 @@ class Monitor:
             failures=failures,
             workers=workers,
             throughput_per_s=done / busy_s if busy_s > 0 else 0.0,
-            eta_s=self._eta(),
+            eta_s=self._eta(busy_s),
             stopping=stopping,
         )
 
-    def _eta(self) -> float | None:
-        """Remaining work over the ready workers: learned mean durations per label, and for a
-        label not seen yet the mean over the labels seen so far (refined as they run). None
-        until one quantum has finished."""
+    def _eta(self, busy_s: float) -> float | None:
+        """Remaining work at the rate work has been done so far. Work is quanta weighted by
+        their label's mean duration (a label not seen yet: the mean over the labels seen,
+        refined as they run); the rate is work done per second of the run, so dispatch
+        overhead and idle workers count as they have so far. None until a quantum finished."""
         left = self.state.unfinished_by_label()
         sched = self.scheduler
         learned = [n for n in range(len(left)) if sched.learned(n)]
-        if not learned:
+        done = sched.observed_s()
+        if not learned or busy_s <= 0 or done <= 0:
             return None
         guess = sum(sched.estimate(n) for n in learned) / len(learned)
         work = sum(
             count * (sched.estimate(n) if sched.learned(n) else guess)
             for n, count in enumerate(left.values())
         )
-        return work / max(1, self.registry.ready_count())
+        return work * busy_s / done

@@ -48,6 +48,10 @@ class Scheduler:
         est = self._estimates[label]
         return _DEFAULT_ESTIMATE_S if est is None else est
 
+    def observed_s(self) -> float:
+        """The durations learned so far, summed."""
+        return sum(total for total, _ in self._sums)
+
     def priority(self, i: int) -> float:
         return self._priority[i]
 

@@ -14,13 +14,13 @@ from pathlib import Path
 from lsst.daf.butler import Butler
 from lsst.pipe.base import TaskFactory
 from lsst.pipe.base.mp_graph_executor import MPGraphExecutorError
+from lsst.pipe.base.quantum_graph import PredictedQuantumGraph, PredictedQuantumGraphComponents
 from lsst.pipe.base.script.transfer_from_graph import transfer_from_graph
 from lsst.pipe.base.single_quantum_executor import SingleQuantumExecutor
 
-from broker.lsst import MPGraphExecutor
+from broker.lsst import GRAPH_FILE, MPGraphExecutor, read_schedule
 from common.exits import ExitCode
 from scripts.views import ProgressDisplay
-from worker.lsst import read_execution_graph
 
 __all__ = ["cmd_lsst_run"]
 
@@ -31,13 +31,16 @@ def cmd_lsst_run(args: argparse.Namespace, stop_on_signals: object) -> ExitCode:
     """OK, or QUANTA_FAILED; bad input raises (the caller maps it to BAD_INPUT)."""
     if not args.qgraph.exists():
         raise FileNotFoundError(f"no quantum graph file {args.qgraph}")
-    graph, xgraph = read_execution_graph(str(args.qgraph))
-    output_run = graph.header.output_run
+    graph_file, run_dir = _graph_file_and_run_dir(args)
+    with PredictedQuantumGraph.open(str(graph_file)) as reader:
+        reader.read_init_quanta()  # not the quanta: the broker reads only the thin graph
+        init = reader.finish()
+    output_run = init.header.output_run
     butler = Butler.from_config(str(args.butler), run=output_run, writeable=True)
     # What pipetask does before running quanta: init-outputs, configs, package versions.
-    graph.write_init_outputs(butler, skip_existing=True)
-    graph.write_configs(butler, compare_existing=True)
-    graph.write_packages(butler, compare_existing=True)
+    init.write_init_outputs(butler, skip_existing=True)
+    init.write_configs(butler, compare_existing=True)
+    init.write_packages(butler, compare_existing=True)
     quantum_executor = (
         None
         if args.qbb
@@ -48,7 +51,7 @@ def cmd_lsst_run(args: argparse.Namespace, stop_on_signals: object) -> ExitCode:
             clobber_outputs=args.resume,
         )
     )
-    run_dir = args.run_dir or Path("zmpexec-runs") / output_run.replace("/", "_")
+    schedule, summary = read_schedule(graph_file)
     display = ProgressDisplay()
     executor = MPGraphExecutor(
         num_proc=args.jobs,
@@ -62,7 +65,7 @@ def cmd_lsst_run(args: argparse.Namespace, stop_on_signals: object) -> ExitCode:
     )
     received = stop_on_signals(executor)  # type: ignore[operator]
     print(
-        f"running {len(xgraph)} quanta from {args.qgraph} into run {output_run!r} of "
+        f"running {len(schedule)} quanta from {args.qgraph} into run {output_run!r} of "
         f"{args.butler} with {args.jobs} worker(s)",
         file=sys.stderr,
     )
@@ -70,7 +73,7 @@ def cmd_lsst_run(args: argparse.Namespace, stop_on_signals: object) -> ExitCode:
     failed = False
     with display:
         try:
-            executor.execute_file(args.qgraph, xgraph, graph, run_dir)
+            executor.execute_file(graph_file, schedule, summary, run_dir)
         except MPGraphExecutorError as e:
             failed = True
             logger.error("%s", e)
@@ -87,3 +90,22 @@ def cmd_lsst_run(args: argparse.Namespace, stop_on_signals: object) -> ExitCode:
     if received:
         return ExitCode.for_signal(received[0])
     return ExitCode.QUANTA_FAILED if failed else ExitCode.OK
+
+
+def _graph_file_and_run_dir(args: argparse.Namespace) -> tuple[Path, Path]:
+    """The ``.qg`` file the run reads (an old ``.qgraph`` file, which cannot be read in
+    parts, is converted once into the run directory) and the run directory (default:
+    ``zmpexec-runs/OUTPUT_RUN``)."""
+
+    def run_dir_for(output_run: str) -> Path:
+        run_dir: Path = args.run_dir or Path("zmpexec-runs") / output_run.replace("/", "_")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return run_dir
+
+    if args.qgraph.suffix == ".qg":
+        with PredictedQuantumGraph.open(str(args.qgraph)) as reader:
+            return args.qgraph, run_dir_for(reader.header.output_run)
+    components = PredictedQuantumGraphComponents.read_execution_quanta(str(args.qgraph))
+    run_dir = run_dir_for(components.header.output_run)
+    components.write(str(run_dir / GRAPH_FILE))
+    return run_dir / GRAPH_FILE, run_dir

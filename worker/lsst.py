@@ -1,42 +1,72 @@
 """Running LSST quanta: a quantum executor wrapping LSST's ``SingleQuantumExecutor``.
 
-Each executor child reads the quantum graph file once, on its first quantum, then executes
-the quanta it is sent by id, so per-quantum cost is the task itself. Imports the LSST stack
-(``pip install -e '.[lsst]'``); nothing imports this module unless it is used.
+Each executor child opens the ``.qg`` graph file once and keeps it open: init quanta and
+dimension records are read on its first quantum, then each quantum's own datasets are read
+by id when it runs and dropped after, so a child's memory does not grow with the graph and
+reading costs about a millisecond per quantum. Imports the LSST stack (``pip install -e
+'.[lsst]'``); nothing imports this module unless it is used.
 """
 
 from __future__ import annotations
 
 import uuid
+from contextlib import ExitStack
 from typing import Any
 
-import networkx as nx
+from lsst.daf.butler import Quantum as LsstQuantum
 from lsst.daf.butler import QuantumBackedButler
 from lsst.pipe.base import InvalidQuantumError, RepeatableQuantumError, TaskFactory
-from lsst.pipe.base.quantum_graph import PredictedQuantumGraph
+from lsst.pipe.base.pipeline_graph import PipelineGraph, TaskNode
+from lsst.pipe.base.quantum_graph import PredictedQuantumGraph, PredictedQuantumGraphReader
 from lsst.pipe.base.single_quantum_executor import SingleQuantumExecutor
 
 from common.butler import Butler
 from common.quantum import Quantum
 from worker.executor import QuantumFailure
 
-__all__ = ["LsstQuantumExecutor", "qbb_executor", "read_execution_graph"]
+__all__ = ["GraphFile", "LsstQuantumExecutor", "qbb_executor"]
 
 
-def read_execution_graph(path: str) -> tuple[PredictedQuantumGraph, nx.DiGraph[uuid.UUID]]:
-    """The graph in a ``.qg`` / ``.qgraph`` file, with its executable quanta built."""
-    graph = PredictedQuantumGraph.read_execution_quanta(path)
-    graph.build_execution_quanta()
-    return graph, graph.quantum_only_xgraph
+class GraphFile:
+    """A ``.qg`` file held open: ``quantum(id)`` reads and builds one executable quantum."""
+
+    def __init__(self, path: str) -> None:
+        if not path.endswith(".qg"):
+            raise ValueError(f"{path}: executor children read the .qg format only")
+        self._stack = ExitStack()
+        self._reader: PredictedQuantumGraphReader = self._stack.enter_context(
+            PredictedQuantumGraph.open(path)
+        )
+        self._reader.read_init_quanta()
+        self._reader.read_dimension_data()
+        self.pipeline_graph: PipelineGraph = self._reader.pipeline_graph
+
+    def quantum(self, quantum_id: uuid.UUID) -> tuple[TaskNode, LsstQuantum]:
+        components = self._reader.components
+        self._reader.read_quantum_datasets([quantum_id])
+        try:
+            label = components.quantum_datasets[quantum_id].task_label
+            built = components.assemble().build_execution_quanta([quantum_id])[quantum_id]
+        finally:
+            components.quantum_datasets.pop(quantum_id, None)  # read again if run again
+        return self.pipeline_graph.tasks[label], built
+
+    @property
+    def held(self) -> int:
+        """Quanta whose datasets are in memory (0 between quanta)."""
+        return len(self._reader.components.quantum_datasets)
+
+    def close(self) -> None:
+        self._stack.close()
 
 
-def qbb_executor(repo: str, graph: PredictedQuantumGraph) -> SingleQuantumExecutor:
+def qbb_executor(repo: str, pipeline_graph: PipelineGraph) -> SingleQuantumExecutor:
     """LSST's SingleQuantumExecutor on quantum-backed butlers, as ``pipetask run-qbb`` makes
     it: quanta read inputs through the graph's datastore records and write outputs to the
     datastore only, so workers never contend for the registry (outputs are registered
     afterwards with ``transfer_from_graph``)."""
-    universe = graph.pipeline_graph.universe
-    dataset_types = {n.name: n.dataset_type for n in graph.pipeline_graph.dataset_types.values()}
+    universe = pipeline_graph.universe
+    dataset_types = {n.name: n.dataset_type for n in pipeline_graph.dataset_types.values()}
 
     def factory(quantum: Any) -> QuantumBackedButler:
         return QuantumBackedButler.initialize(
@@ -53,7 +83,8 @@ def qbb_executor(repo: str, graph: PredictedQuantumGraph) -> SingleQuantumExecut
 
 
 class LsstQuantumExecutor:
-    """Executes the quantum whose id (an LSST quantum UUID) it is given, from ``graph_path``,
+    """Executes the quantum whose id (an LSST quantum UUID) it is given, from ``graph_path``
+    (a ``.qg`` file),
     with ``lsst_executor`` (a picklable LSST ``QuantumExecutor``, usually a
     ``SingleQuantumExecutor`` holding the LSST butler). Our ``butler`` argument is unused.
 
@@ -69,7 +100,7 @@ class LsstQuantumExecutor:
         self.graph_path = graph_path
         self.lsst_executor = lsst_executor
         self.qbb_repo = qbb_repo
-        self._xgraph: nx.DiGraph[uuid.UUID] | None = None
+        self._file: GraphFile | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         return {
@@ -84,16 +115,14 @@ class LsstQuantumExecutor:
         )
 
     def execute(self, quantum: Quantum, butler: Butler) -> None:
-        if self._xgraph is None:  # first quantum in this process: read the graph once
-            graph, self._xgraph = read_execution_graph(self.graph_path)
+        if self._file is None:  # first quantum in this process: open the graph file
+            self._file = GraphFile(self.graph_path)
             if self.qbb_repo is not None:
-                self.lsst_executor = qbb_executor(self.qbb_repo, graph)
+                self.lsst_executor = qbb_executor(self.qbb_repo, self._file.pipeline_graph)
         quantum_id = uuid.UUID(quantum.id)
-        node = self._xgraph.nodes[quantum_id]
+        task_node, built = self._file.quantum(quantum_id)
         try:
-            self.lsst_executor.execute(
-                node["pipeline_node"], node["quantum"], quantum_id=quantum_id
-            )
+            self.lsst_executor.execute(task_node, built, quantum_id=quantum_id)
         except RepeatableQuantumError as e:
             raise QuantumFailure(str(e), class_name=_name(e), exit_code=e.EXIT_CODE) from e
         except InvalidQuantumError as e:

@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+from array import array
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -94,6 +95,68 @@ def test_bad_graphs_exit_2_with_one_line(
     assert fragment in out.stderr
     assert "Traceback" not in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def _binary_graph_with(tmp_path: Path, change: str) -> Path:
+    """A .zmpg file of a 3-chain (c0 -> c1 -> c2), damaged as ``change`` says."""
+    import msgpack
+
+    from common import graphfile
+    from tests.graphs import chain
+
+    path = tmp_path / "g.zmpg"
+    cols = graphfile._columns(chain(3))
+    if change == "cycle":  # c2 -> c0 as well: offsets of 3 edges, depths that prove nothing
+        cols["succ_ptr"] = array("q", [0, 1, 2, 3]).tobytes()
+        cols["succ"] = array("i", [1, 2, 0]).tobytes()
+    elif change == "duplicate id":
+        cols["ids"] = ["c0", "c1", "c0"]
+    elif change == "wrong version":
+        cols["version"] = 99
+    data = graphfile.MAGIC + msgpack.packb(cols, use_bin_type=True)
+    if change == "truncated":
+        data = data[: len(data) // 2]
+    elif change == "not ours":
+        data = b"PK\x03\x04" + data
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        ("none", "valid, 3 quanta, 2 edges"),
+        ("cycle", "has a cycle: c1 -> c2 -> c0 -> c1"),
+        ("duplicate id", "duplicate quantum ids: 'c0'"),
+        ("wrong version", "format version 99; this zmpexec reads version 1"),
+        ("truncated", "is truncated or corrupt"),
+        ("not ours", "is not a zmpexec binary graph"),
+    ],
+)
+def test_binary_graph_files_are_checked_when_read(
+    tmp_path: Path, change: str, fragment: str
+) -> None:
+    _binary_graph_with(tmp_path, change)
+    out = zmpexec("validate", "g.zmpg", cwd=tmp_path)
+    if change == "none":
+        assert out.returncode == 0 and fragment in out.stdout
+        return
+    assert out.returncode == 2
+    assert fragment in out.stderr and "g.zmpg" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_convert_writes_a_binary_graph_that_runs_like_the_yaml(tmp_path: Path) -> None:
+    out = zmpexec("convert", str(EXAMPLE), "g.zmpg", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "g.zmpg: 79 quanta" in out.stdout
+    assert QuantumGraph.load(tmp_path / "g.zmpg").quanta() == QuantumGraph.load(EXAMPLE).quanta()
+    back = zmpexec("convert", "g.zmpg", "back.json", cwd=tmp_path)
+    assert back.returncode == 0
+    assert QuantumGraph.load(tmp_path / "back.json").quanta() == QuantumGraph.load(EXAMPLE).quanta()
+    bad = zmpexec("convert", "g.zmpg", "out.txt", cwd=tmp_path)
+    assert bad.returncode == 2 and "unknown suffix" in bad.stderr
 
 
 def test_failed_quanta_exit_1_and_bad_report_file_exits_2(tmp_path: Path) -> None:

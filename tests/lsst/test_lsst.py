@@ -9,17 +9,24 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy
 import pytest
 from lsst.daf.butler import Butler
 from lsst.pipe.base import TaskFactory
 from lsst.pipe.base.mp_graph_executor import MPGraphExecutorError, MPTimeoutError
+from lsst.pipe.base.quantum_graph import (
+    PredictedQuantumGraph,
+    PredictedQuantumGraphComponents,
+    PredictedQuantumGraphReader,
+)
 from lsst.pipe.base.quantum_reports import ExecutionStatus, Report
 from lsst.pipe.base.single_quantum_executor import SingleQuantumExecutor
 
-from broker.lsst import MPGraphExecutor
+from broker.lsst import MPGraphExecutor, read_schedule
 from examples.lsst_pipeline import make_repo_and_graph
+from worker.lsst import GraphFile
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 ROOT = Path(__file__).resolve().parents[2]
@@ -128,6 +135,65 @@ def test_invalid_quantum_error_exits_21_and_stops_the_run(tmp_path: Path) -> Non
     assert bad.exceptionInfo is not None and "InvalidQuantumError" in bad.exceptionInfo.className
 
 
+@pytest.fixture(scope="module")
+def graph_of_200(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    """A 200-quantum graph (2 tasks x 100 detectors), written as a .qg file."""
+    tmp = tmp_path_factory.mktemp("g200")
+    _, qgraph = make_repo_and_graph(tmp / "repo", n_tasks=2, n_detectors=100)
+    PredictedQuantumGraphComponents.from_old_quantum_graph(qgraph).write(str(tmp / "g.qg"))
+    return tmp / "g.qg", qgraph
+
+
+def test_the_broker_reads_only_the_thin_graph(
+    graph_of_200: tuple[Path, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a .qg file, and a reader that fails if asked for any quantum's datasets
+    path, qgraph = graph_of_200
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the broker read quantum datasets")
+
+    monkeypatch.setattr(PredictedQuantumGraphReader, "read_quantum_datasets", refuse)
+    # When the broker reads what it schedules
+    schedule, summary = read_schedule(path)
+    # Then it has every quantum with its label, data id and edges
+    full = PredictedQuantumGraph.from_old_quantum_graph(qgraph)
+    xgraph = full.quantum_only_xgraph
+    assert set(schedule.ids) == {str(q) for q in xgraph}
+    for qid in list(xgraph)[:20]:
+        node = xgraph.nodes[qid]
+        q = schedule.quantum(str(qid))
+        assert q.task_label == node["task_label"]
+        assert q.data_id == dict(node["data_id"].required)
+        assert q.task == "lsst.pipe.base.tests.simpleQGraph:AddTask"
+    assert set(schedule.xgraph.edges) == {(str(a), str(b)) for a, b in xgraph.edges}
+    assert {s.taskLabel: s.numQuanta for s in summary.qgraphTaskSummaries.values()} == {
+        "task0": 100,
+        "task1": 100,
+    }
+
+
+def test_an_executor_child_reads_one_quantum_at_a_time(graph_of_200: tuple[Path, Any]) -> None:
+    # Given the graph file held open as an executor child holds it
+    path, qgraph = graph_of_200
+    full = PredictedQuantumGraph.from_old_quantum_graph(qgraph)
+    expected = full.build_execution_quanta()
+    graph_file = GraphFile(str(path))
+    try:
+        # When it builds each quantum by id
+        for qid in list(expected)[::7]:
+            task_node, built = graph_file.quantum(qid)
+            # Then it is the quantum a whole read builds, and nothing stays held after it
+            assert task_node.label == full.quantum_only_xgraph.nodes[qid]["task_label"]
+            assert built.dataId == expected[qid].dataId
+            assert {r.id for refs in built.outputs.values() for r in refs} == {
+                r.id for refs in expected[qid].outputs.values() for r in refs
+            }
+            assert graph_file.held == 0
+    finally:
+        graph_file.close()
+
+
 def test_zmpexec_lsst_run_writes_pipetask_summary_and_resumes(tmp_path: Path) -> None:
     _, qgraph = make_repo_and_graph(tmp_path / "repo", n_tasks=3, n_detectors=3)
     qgraph.saveUri(str(tmp_path / "g.qgraph"))
@@ -164,7 +230,7 @@ def test_zmpexec_lsst_run_writes_pipetask_summary_and_resumes(tmp_path: Path) ->
 
 def test_zmpexec_lsst_run_with_quantum_backed_butlers_registers_outputs(tmp_path: Path) -> None:
     _, qgraph = make_repo_and_graph(tmp_path / "repo", n_tasks=2, n_detectors=3)
-    qgraph.saveUri(str(tmp_path / "g.qgraph"))
+    PredictedQuantumGraphComponents.from_old_quantum_graph(qgraph).write(str(tmp_path / "g.qg"))
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     argv = [
         sys.executable,
@@ -172,7 +238,7 @@ def test_zmpexec_lsst_run_with_quantum_backed_butlers_registers_outputs(tmp_path
         "scripts.cli",
         "lsst",
         "run",
-        "g.qgraph",
+        "g.qg",
         "--butler",
         "repo",
         "-j",

@@ -389,6 +389,16 @@ def test_durations_are_learned_from_successes() -> None:
     assert h.core.scheduler.estimate(h.core.graph.labels.index("ok")) == 0.25
 
 
+def test_eta_counts_the_time_between_quanta_as_the_run_has_so_far() -> None:
+    # Given 4 independent quanta on one worker, the first taking 1 s of a 2 s wall (overhead)
+    h = Harness(independent(4), workers=1)
+    h.join(A)
+    (d,) = h.dispatches()
+    h.step(ResultReceived(A, result(d, duration_s=1.0)), at=2.0)
+    # Then the 3 left are expected to take 2 s each, not 1 s
+    assert h.core.status(h.now).eta_s == pytest.approx(3 * 2.0)
+
+
 def test_empty_graph_is_over_at_start() -> None:
     h = Harness(QuantumGraph.from_quanta([]), workers=1)
     assert h.core.over and h.of(StopRun) == [StopRun(None, 0)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import msgpack
 import pytest
 
 from common.butler import Butler
@@ -58,7 +59,7 @@ def test_unimportable_task_is_named() -> None:
         QuantumGraph.from_quanta([q, missing_attr]).validate()
 
 
-@pytest.mark.parametrize("suffix", [".yaml", ".json"])
+@pytest.mark.parametrize("suffix", [".yaml", ".json", ".zmpg"])
 def test_files_round_trip(tmp_path: Path, suffix: str) -> None:
     g = QuantumGraph.from_quanta(
         [quantum("a", timeout_s=2.0), quantum("b", inputs={"x": "a"}), quantum("c")],
@@ -141,3 +142,33 @@ def test_yaml_graphs_read_the_same_with_libyaml_and_without(tmp_path: Path, load
     (tmp_path / "bad.yaml").write_text("quanta: [unclosed")
     with pytest.raises(GraphFileError, match="is not valid yaml"):
         QuantumGraph.load(tmp_path / "bad.yaml", yaml_loader=chosen)
+
+
+def test_binary_graph_keeps_every_part_of_the_graph(tmp_path: Path) -> None:
+    g = QuantumGraph.from_quanta(
+        [
+            quantum("a", data_id={"visit": 7, "band": "r"}, config={"k": [1, 2]}),
+            quantum("b", inputs={"x": "a", "r": "raw"}, outputs={"o": "b1", "p": "b2"}),
+            quantum("c", inputs=["b1", "b2"], timeout_s=1.5),
+        ],
+        edges=[("a", "c")],
+    )
+    g.save(tmp_path / "g.zmpg")
+    again = QuantumGraph.load(tmp_path / "g.zmpg")
+    assert again.quanta() == g.quanta()
+    assert set(again.xgraph.edges) == {("a", "b"), ("b", "c"), ("a", "c")}
+    assert (
+        again.datasets.externals == g.datasets.externals and "raw" in g.datasets.externals.values()
+    )
+    assert list(again.topology.depth) == [0, 1, 2]
+    assert again.task_counts() == g.task_counts()
+
+
+def test_binary_graph_with_a_wrong_depth_is_still_read_correctly(tmp_path: Path) -> None:
+    from common import graphfile
+
+    g = chain(3)
+    cols = graphfile._columns(g)
+    cols["depth"] = bytes(len(cols["depth"]))  # every depth 0: proves nothing
+    (tmp_path / "g.zmpg").write_bytes(graphfile.MAGIC + msgpack.packb(cols))
+    assert list(QuantumGraph.load(tmp_path / "g.zmpg").topology.depth) == [0, 1, 2]
