@@ -68,6 +68,10 @@ class ExceptionInfo:
     def to_dict(self) -> dict[str, str]:
         return {"className": self.className, "message": self.message}
 
+    @classmethod
+    def from_dict(cls, d: dict[str, str] | None) -> ExceptionInfo | None:
+        return cls(d["className"], d["message"]) if d else None
+
 
 @dataclass(frozen=True, slots=True)
 class QuantumReport:
@@ -89,6 +93,17 @@ class QuantumReport:
             "exceptionInfo": self.exceptionInfo.to_dict() if self.exceptionInfo else None,
             "quantumId": self.quantumId,
         }
+
+    @classmethod
+    def from_dict(cls, r: dict[str, Any]) -> QuantumReport:
+        return cls(
+            quantumId=r["quantumId"],
+            taskLabel=r["taskLabel"],
+            dataId=r["dataId"],
+            status=ExecutionStatus(r["status"]),
+            exitCode=r.get("exitCode"),
+            exceptionInfo=ExceptionInfo.from_dict(r.get("exceptionInfo")),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +134,21 @@ class QuantumDetails:
             "logPath": self.logPath,
             "blockedBy": list(self.blockedBy),
         }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> QuantumDetails:
+        return cls(
+            id=d["id"],
+            reason=Reason(d["reason"]) if d.get("reason") else None,
+            message=d.get("message"),
+            attempts=d.get("attempts", 0),
+            worker=d.get("worker"),
+            startTime=d.get("startTime"),
+            endTime=d.get("endTime"),
+            maxRss=d.get("maxRss"),
+            logPath=d.get("logPath"),
+            blockedBy=tuple(d.get("blockedBy", ())),
+        )
 
 
 Entry = tuple[QuantumReport, QuantumDetails]
@@ -154,15 +184,21 @@ class Report:
         self.figures = figures if figures is not None else {}  # of the run (peakIntermediates)
 
     def set_entries(
-        self, source: Callable[[], Iterator[Entry]], counts: dict[ExecutionStatus, int]
+        self,
+        source: Callable[[], Iterator[Entry]],
+        counts: dict[ExecutionStatus, int] | None = None,
     ) -> None:
-        """Per-quantum entries come from ``source`` (called per use); ``counts`` by status."""
-        self._source, self._counts = source, dict(counts)
+        """Per-quantum entries come from ``source`` (called per use); ``counts`` by status
+        if known (else counted when asked)."""
+        self._source, self._counts = source, counts
 
     def entries(self) -> Iterator[Entry]:
         if self._source is not None:
             return self._source()
-        return ((r, self._details[r.quantumId]) for r in self._reports)
+        return (
+            (r, self._details.get(r.quantumId) or QuantumDetails(r.quantumId))
+            for r in self._reports
+        )
 
     def _materialize(self) -> None:
         if self._source is not None:
@@ -199,12 +235,14 @@ class Report:
         raise KeyError(qid)
 
     def counts(self) -> dict[ExecutionStatus, int]:
-        if self._source is not None and self._counts is not None:
-            return dict(self._counts)
-        out = dict.fromkeys(ExecutionStatus, 0)
-        for r in self._reports:
-            out[r.status] += 1
-        return out
+        if self._counts is None or self._source is None:
+            counts = dict.fromkeys(ExecutionStatus, 0)
+            for r, _ in self.entries():
+                counts[r.status] += 1
+            if self._source is None:
+                return counts
+            self._counts = counts
+        return dict(self._counts)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -263,42 +301,23 @@ class Report:
 
     @classmethod
     def _from_dict(cls, raw: dict[str, Any]) -> Report:
-        def exc(d: dict[str, str] | None) -> ExceptionInfo | None:
-            return ExceptionInfo(d["className"], d["message"]) if d else None
+        report = cls.from_run_fields(raw)
+        report._reports = [QuantumReport.from_dict(r) for r in raw.get("quantaReports", [])]
+        report._details = {
+            k: QuantumDetails.from_dict(d) for k, d in raw.get("quantaDetails", {}).items()
+        }
+        return report
 
+    @classmethod
+    def from_run_fields(cls, raw: dict[str, Any]) -> Report:
+        """A report of the run-level fields of a summary (no quanta yet)."""
         summaries = raw["qgraphSummary"].get("qgraphTaskSummaries", {})
         return cls(
             taskCounts={label: int(s["numQuanta"]) for label, s in summaries.items()},
             status=ExecutionStatus(raw.get("status", "success")),
             exitCode=raw.get("exitCode"),
-            exceptionInfo=exc(raw.get("exceptionInfo")),
+            exceptionInfo=ExceptionInfo.from_dict(raw.get("exceptionInfo")),
             cmdLine=list(raw.get("cmdLine") or []),
-            quantaReports=[
-                QuantumReport(
-                    quantumId=r["quantumId"],
-                    taskLabel=r["taskLabel"],
-                    dataId=r["dataId"],
-                    status=ExecutionStatus(r["status"]),
-                    exitCode=r.get("exitCode"),
-                    exceptionInfo=exc(r.get("exceptionInfo")),
-                )
-                for r in raw.get("quantaReports", [])
-            ],
-            quantaDetails={
-                k: QuantumDetails(
-                    id=d["id"],
-                    reason=Reason(d["reason"]) if d.get("reason") else None,
-                    message=d.get("message"),
-                    attempts=d.get("attempts", 0),
-                    worker=d.get("worker"),
-                    startTime=d.get("startTime"),
-                    endTime=d.get("endTime"),
-                    maxRss=d.get("maxRss"),
-                    logPath=d.get("logPath"),
-                    blockedBy=tuple(d.get("blockedBy", ())),
-                )
-                for k, d in raw.get("quantaDetails", {}).items()
-            },
             figures={
                 str(k): v
                 for k, v in raw.get("runFigures", {}).items()

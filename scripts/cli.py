@@ -23,7 +23,7 @@ from common.errors import MPGraphExecutorError, ZmpexecError
 from common.exits import ExitCode
 from common.graph import QuantumGraph
 from common.graphfile import SUFFIXES
-from common.report import Report
+from common.summary import read_summary
 from scripts.attach import run_workers
 from scripts.views import ProgressDisplay, render_report, render_status
 from worker.executor import TaskQuantumExecutor
@@ -363,12 +363,13 @@ def cmd_cancel(args: argparse.Namespace) -> ExitCode:
 
 def cmd_report(args: argparse.Namespace) -> ExitCode:
     try:
-        report = Report.from_json(args.file.read_text())
+        report = read_summary(args.file)
+        shown = render_report(report, every_quantum=args.all)
     except OSError as e:
         raise UsageError(f"cannot read {args.file}: {e.strerror}") from e
     except ValueError as e:
         raise UsageError(f"{args.file}: {e}") from e
-    print(render_report(report, every_quantum=args.all))
+    print(shown)
     if args.timeline is not None:
         from scripts.timeline import draw_timeline
 

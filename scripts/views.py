@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import heapq
 import sys
 import time
 from collections import Counter
@@ -15,7 +16,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from common.report import ExecutionStatus, QuantumReport, Report
+from common.report import ExecutionStatus, QuantumDetails, QuantumReport, Report
 from common.status import RunStatus
 
 __all__ = ["ProgressDisplay", "overall_bar", "render_report", "render_status", "status_table"]
@@ -38,15 +39,33 @@ _LISTED_PER_BLOCKER = 3  # skipped quanta named one per line under a blocker; mo
 def render_report(report: Report, *, every_quantum: bool = False) -> str:
     """Totals by status and label, every quantum that did not succeed (failures with their
     cause and log, skipped ones under the quantum that blocked them), the slowest quanta;
-    ``every_quantum`` lists all of them."""
-    counts = report.counts()
+    ``every_quantum`` lists all of them. One pass over the report's entries."""
+    by_label: dict[str, Counter[str]] = {}
+    problems: list[str] = []
+    skipped: dict[str, list[tuple[str, str]]] = {}
+    every = ["every quantum:"] if every_quantum else []
+    slowest: list[tuple[float, str]] = []  # a heap of the 5 longest
+    for r, d in report.entries():
+        by_label.setdefault(r.taskLabel, Counter())[r.status.value] += 1
+        if r.status in (ExecutionStatus.FAILURE, ExecutionStatus.TIMEOUT):
+            problems += _problem(r, d)
+        elif r.status is ExecutionStatus.SKIPPED:
+            skipped.setdefault(_skip_group(d), []).append((d.id, r.taskLabel))
+        if every_quantum:
+            every.append(_line(r, d))
+        if d.startTime is not None and d.endTime is not None:
+            item = (d.endTime - d.startTime, d.id)
+            if len(slowest) < 5:
+                heapq.heappush(slowest, item)
+            elif item > slowest[0]:
+                heapq.heapreplace(slowest, item)
+    totals = Counter[str]()
+    for c in by_label.values():
+        totals.update(c)
     lines = [
         f"status: {report.status.value}; "
-        + ", ".join(f"{n} {s.value}" for s, n in counts.items() if n)
+        + ", ".join(f"{totals[s.value]} {s.value}" for s in ExecutionStatus if totals[s.value])
     ]
-    by_label: dict[str, Counter[str]] = {}
-    for r in report.quantaReports:
-        by_label.setdefault(r.taskLabel, Counter())[r.status.value] += 1
     width = max((len(label) for label in by_label), default=5)
     lines.append(
         f"{'task':<{width}}  {'total':>6}  " + "  ".join(f"{s.value:>8}" for s in ExecutionStatus)
@@ -59,68 +78,42 @@ def render_report(report: Report, *, every_quantum: bool = False) -> str:
     peak = report.figures.get("peakIntermediates")
     if peak is not None:
         lines.append(f"peak intermediate datasets alive at once: {peak:,.0f}")
-    not_succeeded = _problems(report) + _skipped(report)
+    not_succeeded = problems + _skipped_lines(skipped)
     if not_succeeded:
         lines += ["did not succeed:", *not_succeeded]
-    if every_quantum:
-        lines += _every_quantum(report)
-    timed = sorted(
-        (
-            (d.endTime - d.startTime, d.id)
-            for d in report.quantaDetails.values()
-            if d.startTime is not None and d.endTime is not None
-        ),
-        reverse=True,
-    )
-    if timed:
+    lines += every
+    if slowest:
         lines.append("slowest:")
-        lines += [f"  {seconds:8.3f}s  {qid}" for seconds, qid in timed[:5]]
+        lines += [f"  {seconds:8.3f}s  {qid}" for seconds, qid in sorted(slowest, reverse=True)]
     return "\n".join(lines)
 
 
-def _our_id(report: Report, r: QuantumReport) -> str:
-    d = report.quantaDetails.get(r.quantumId)
-    return d.id if d is not None else r.quantumId
-
-
-def _problems(report: Report) -> list[str]:
-    """Failed and timed-out quanta with their cause and log."""
-    lines = []
-    for r in report.quantaReports:
-        if r.status not in (ExecutionStatus.FAILURE, ExecutionStatus.TIMEOUT):
-            continue
-        d = report.quantaDetails.get(r.quantumId)
-        cause = (
-            f"{r.exceptionInfo.className}: {r.exceptionInfo.message}"
-            if r.exceptionInfo
-            else (d.message if d and d.message else "unknown")
-        )
-        cause = cause if len(cause) <= 200 else cause[:200] + "..."
-        reason = f" ({d.reason.value})" if d and d.reason else ""
-        lines.append(
-            f"  {_our_id(report, r)} [{r.taskLabel}] {r.status.value}{reason}, "
-            f"exit {r.exitCode}: {cause}"
-        )
-        if d and d.logPath:
-            lines.append(f"    log: {d.logPath}")
+def _problem(r: QuantumReport, d: QuantumDetails) -> list[str]:
+    """A failed or timed-out quantum with its cause and log."""
+    cause = (
+        f"{r.exceptionInfo.className}: {r.exceptionInfo.message}"
+        if r.exceptionInfo
+        else (d.message or "unknown")
+    )
+    cause = cause if len(cause) <= 200 else cause[:200] + "..."
+    reason = f" ({d.reason.value})" if d.reason else ""
+    lines = [f"  {d.id} [{r.taskLabel}] {r.status.value}{reason}, exit {r.exitCode}: {cause}"]
+    if d.logPath:
+        lines.append(f"    log: {d.logPath}")
     return lines
 
 
-def _skipped(report: Report) -> list[str]:
+def _skip_group(d: QuantumDetails) -> str:
+    if d.blockedBy:
+        return "skipped, blocked by " + ", ".join(d.blockedBy)
+    if d.reason is not None:
+        return f"skipped ({d.reason.value})"
+    return "skipped"
+
+
+def _skipped_lines(groups: dict[str, list[tuple[str, str]]]) -> list[str]:
     """Skipped quanta under what blocked them; cancelled ones together. A group of more than
     a few is one line with a count per task label."""
-    groups: dict[str, list[tuple[str, str]]] = {}
-    for r in report.quantaReports:
-        if r.status is not ExecutionStatus.SKIPPED:
-            continue
-        d = report.quantaDetails.get(r.quantumId)
-        if d is not None and d.blockedBy:
-            key = "skipped, blocked by " + ", ".join(d.blockedBy)
-        elif d is not None and d.reason is not None:
-            key = f"skipped ({d.reason.value})"
-        else:
-            key = "skipped"
-        groups.setdefault(key, []).append((_our_id(report, r), r.taskLabel))
     lines = []
     for key, members in groups.items():
         if len(members) <= _LISTED_PER_BLOCKER:
@@ -135,22 +128,18 @@ def _skipped(report: Report) -> list[str]:
     return lines
 
 
-def _every_quantum(report: Report) -> list[str]:
-    lines = ["every quantum:"]
-    for r in report.quantaReports:
-        d = report.quantaDetails.get(r.quantumId)
-        took = (
-            f" {d.endTime - d.startTime:.3f}s"
-            if d and d.startTime is not None and d.endTime is not None
-            else ""
-        )
-        extra = f" on {d.worker}" if d and d.worker else ""
-        if d and d.blockedBy:
-            extra += " blocked by " + ", ".join(d.blockedBy)
-        elif d and d.reason is not None and r.status is not ExecutionStatus.SUCCESS:
-            extra += f" ({d.reason.value})"
-        lines.append(f"  {_our_id(report, r)} [{r.taskLabel}] {r.status.value}{took}{extra}")
-    return lines
+def _line(r: QuantumReport, d: QuantumDetails) -> str:
+    took = (
+        f" {d.endTime - d.startTime:.3f}s"
+        if d.startTime is not None and d.endTime is not None
+        else ""
+    )
+    extra = f" on {d.worker}" if d.worker else ""
+    if d.blockedBy:
+        extra += " blocked by " + ", ".join(d.blockedBy)
+    elif d.reason is not None and r.status is not ExecutionStatus.SUCCESS:
+        extra += f" ({d.reason.value})"
+    return f"  {d.id} [{r.taskLabel}] {r.status.value}{took}{extra}"
 
 
 def status_table(status: RunStatus) -> Table:

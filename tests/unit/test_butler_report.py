@@ -116,3 +116,32 @@ def test_streamed_summary_is_the_same_json_as_to_json() -> None:
         r.write_json(out)
         assert json.loads(out.getvalue()) == json.loads(r.to_json())
         assert Report.from_json(out.getvalue()) == r
+
+
+def test_a_summary_file_is_read_as_a_stream_and_damage_is_named(tmp_path: Path) -> None:
+    from common.summary import read_summary
+
+    # Given a summary written by write_json, and the same report as indented JSON
+    report = Report(taskCounts={"t": 3}, status=ExecutionStatus.FAILURE, exitCode=1)
+    report.figures["peakIntermediates"] = 2
+    for i, status in enumerate((ExecutionStatus.SUCCESS, ExecutionStatus.SKIPPED) * 2):
+        key = lsst_quantum_id(f"q{i}")
+        report.quantaReports.append(QuantumReport(key, "t", {"i": i}, status, None))
+        report.quantaDetails[key] = QuantumDetails(id=f"q{i}", attempts=1, startTime=float(i))
+    with (tmp_path / "s.json").open("w") as f:
+        report.write_json(f)
+    (tmp_path / "indented.json").write_text(report.to_json(indent=2))
+    # When read back, both are the same report, counted without a whole parse of the first
+    for name in ("s.json", "indented.json"):
+        again = read_summary(tmp_path / name)
+        assert again.counts()[ExecutionStatus.SKIPPED] == 2
+        assert again == report
+    # And a damaged quantum line is named when the entries are read
+    lines = (tmp_path / "s.json").read_text().splitlines()
+    lines[lines.index('"quantaReports": [') + 3] = '{"status": "no such status"},'
+    (tmp_path / "bad.json").write_text("\n".join(lines))
+    with pytest.raises(ValueError, match="quantum 3"):
+        list(read_summary(tmp_path / "bad.json").entries())
+    (tmp_path / "cut.json").write_text("\n".join(lines[:8]))
+    with pytest.raises(ValueError, match="ends in the middle"):
+        read_summary(tmp_path / "cut.json")
