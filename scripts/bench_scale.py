@@ -5,6 +5,11 @@ time (and a bare ``json.load`` of the file beside it), broker peak RSS and its m
 per quantum, quanta/s between the first start and the last end, peak intermediates.
 
     python -m scripts.bench_scale --anchors ../shared/anchors --sizes 10000,100000
+
+LSST mode (``--lsst-sizes 200,4000``): pipe_base's AddTask, 2 tasks x N/2 detectors on an
+on-disk butler, as a ``.qg`` file through ``zmpexec lsst run -j 2``: broker peak RSS, the
+largest worker-side process's peak RSS, and worker-ms per quantum (first dispatch to last
+result, from the run's journal): flat across sizes when nothing grows with the graph.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -82,6 +89,87 @@ def run_in_tree(tree: Path, graph_file: Path, jobs: int) -> RunOutcome:
         return RunOutcome(Report.from_json(Path(f"{tmp}/s.json").read_text()), wall, rss)
 
 
+_LSST_GRAPH = """
+import sys, warnings
+warnings.simplefilter("ignore")
+from pathlib import Path
+from lsst.pipe.base.quantum_graph import PredictedQuantumGraphComponents
+from examples.lsst_pipeline import make_repo_and_graph
+root, n = Path(sys.argv[1]), int(sys.argv[2])
+_, qgraph = make_repo_and_graph(root / "repo", n_tasks=2, n_detectors=n // 2)
+PredictedQuantumGraphComponents.from_old_quantum_graph(qgraph).write(str(root / "g.qg"))
+"""
+
+
+def _tree_peaks_mb(proc: subprocess.Popen[bytes]) -> tuple[float, float]:
+    """Wait for ``proc``: its own peak RSS and the largest peak of any descendant."""
+    handle = psutil.Process(proc.pid)
+    own, others = 0, 0
+    while proc.poll() is None:
+        try:
+            own = max(own, handle.memory_info().rss)
+            for child in handle.children(recursive=True):
+                others = max(others, child.memory_info().rss)
+        except psutil.Error:
+            pass
+        time.sleep(0.05)
+    return own / 2**20, others / 2**20
+
+
+def measure_lsst(tree: Path, made: Path, jobs: int) -> dict[str, Any]:
+    """``zmpexec lsst run`` of the graph in ``made`` (a copy of its repository, per run)."""
+    with tempfile.TemporaryDirectory(prefix="zmplsst-") as tmp:
+        shutil.copytree(made / "repo", f"{tmp}/repo")
+        argv = [sys.executable, "-m", "scripts.cli", "lsst", "run", str(made / "g.qg")]
+        argv += ["--butler", f"{tmp}/repo", "-j", str(jobs), "--run-dir", f"{tmp}/run"]
+        env = dict(os.environ, PYTHONPATH=str(tree))
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(
+            argv, cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        broker, worker = _tree_peaks_mb(proc)
+        wall = time.perf_counter() - t0
+        if proc.returncode != 0:
+            assert proc.stderr is not None
+            raise RuntimeError(f"lsst run exited {proc.returncode}: {proc.stderr.read()[-2000:]!r}")
+        with sqlite3.connect(f"{tmp}/run/journal.sqlite3") as db:
+            first = db.execute(
+                "SELECT min(time) FROM transitions WHERE state = 'running'"
+            ).fetchone()[0]
+            (last, n) = db.execute(
+                "SELECT max(time), count(*) FROM transitions WHERE state = 'success'"
+            ).fetchone()
+    return {
+        "quanta": n,
+        "broker_peak_rss_mb": broker,
+        "worker_peak_rss_mb": worker,
+        "worker_ms_per_quantum": (last - first) * jobs / n * 1e3,
+        "wall_s": wall,
+    }
+
+
+def lsst_curve(trees: list[Path], sizes: list[int], jobs: int) -> None:
+    print("| tree | quanta | broker peak RSS MB | largest worker process MB | worker-ms/quantum |")
+    print("|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory(prefix="zmplsstg-") as tmp:
+        for n in sizes:
+            made = Path(tmp) / str(n)
+            made.mkdir()
+            subprocess.run(
+                [sys.executable, "-c", _LSST_GRAPH, str(made), str(n)],
+                check=True,
+                capture_output=True,
+                env=dict(os.environ, PYTHONPATH=str(Path.cwd())),
+            )
+            for tree in trees:
+                r = measure_lsst(tree, made, jobs)
+                print(
+                    f"| {tree.name} | {r['quanta']:,} | {r['broker_peak_rss_mb']:,.0f} | "
+                    f"{r['worker_peak_rss_mb']:,.0f} | {r['worker_ms_per_quantum']:.1f} |",
+                    flush=True,
+                )
+
+
 def measure(tree: Path, graph_file: Path, jobs: int) -> dict[str, Any]:
     env = dict(os.environ, PYTHONPATH=str(tree))
     loaded = subprocess.run(
@@ -108,8 +196,13 @@ def main() -> None:
     p.add_argument("--sizes", default="10000,100000", help="comma-separated quanta counts")
     p.add_argument("--trees", default=".", help="comma-separated source trees to compare")
     p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--lsst-sizes", default="", help="LSST-mode quanta counts, e.g. 200,4000")
     args = p.parse_args()
     trees = [Path(t).resolve() for t in args.trees.split(",")]
+    if args.lsst_sizes:
+        lsst_curve(trees, [int(x) for x in args.lsst_sizes.split(",")], args.jobs)
+    if not args.sizes:
+        return
     print(
         "| tree | quanta | json.load s | load s | validate s | broker peak RSS MB | "
         "KB/quantum | quanta/s | peak intermediates | wall s |"

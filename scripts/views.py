@@ -46,7 +46,10 @@ def render_report(report: Report, *, every_quantum: bool = False) -> str:
     every = ["every quantum:"] if every_quantum else []
     slowest: list[tuple[float, str]] = []  # a heap of the 5 longest
     for r, d in report.entries():
-        by_label.setdefault(r.taskLabel, Counter())[r.status.value] += 1
+        counts = by_label.get(r.taskLabel)
+        if counts is None:
+            counts = by_label[r.taskLabel] = Counter()
+        counts[r.status.value] += 1
         if r.status in (ExecutionStatus.FAILURE, ExecutionStatus.TIMEOUT):
             problems += _problem(r, d)
         elif r.status is ExecutionStatus.SKIPPED:
