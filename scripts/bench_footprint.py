@@ -46,7 +46,8 @@ def peak_intermediates(graph: dict[str, Any], report: Report) -> int:
 
 
 def _run(tree: Path, graph_file: Path, jobs: int) -> dict[str, Any]:
-    run = run_in_tree(tree, graph_file, jobs)
+    run = run_in_tree(tree, graph_file, jobs, keep=True)
+    assert run.report is not None
     return {
         "tree": str(tree),
         "peak_intermediates": peak_intermediates(json.loads(graph_file.read_text()), run.report),

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import sqlite3
@@ -30,16 +31,23 @@ from typing import Any
 import psutil
 
 from common.report import Report
+from common.summary import read_summary
 
 __all__ = ["RunOutcome", "measure", "run_in_tree"]
 
 _LOAD = """
-import json, sys, time
+import json, pathlib, sys, time
 from common.graph import QuantumGraph
 t0 = time.perf_counter(); json.load(open(sys.argv[1])); t1 = time.perf_counter()
 graph = QuantumGraph.load(sys.argv[1]); t2 = time.perf_counter()
 graph.validate(None); t3 = time.perf_counter()
-print(json.dumps({"json_load_s": t1 - t0, "load_s": t2 - t1, "validate_s": t3 - t2}))
+out = {"json_load_s": t1 - t0, "load_s": t2 - t1, "validate_s": t3 - t2}
+binary = pathlib.Path(sys.argv[1]).with_suffix(".zmpg")
+if pathlib.Path("common/graphfile.py").exists():  # a tree with the binary form
+    graph.save(binary); del graph
+    t0 = time.perf_counter(); QuantumGraph.load(binary); t1 = time.perf_counter()
+    out["binary_load_s"] = t1 - t0
+print(json.dumps(out))
 """
 
 
@@ -57,23 +65,20 @@ def _peak_rss_mb(proc: subprocess.Popen[bytes]) -> float:
 
 @dataclass(frozen=True, slots=True)
 class RunOutcome:
-    """One ``zmpexec run`` of a source tree: its summary and figures seen from outside."""
+    """One ``zmpexec run`` of a source tree, seen from outside: figures from its summary (and
+    the whole report when asked for)."""
 
-    report: Report
+    quanta: int
+    makespan_s: float  # first quantum start to last quantum end
+    figures: dict[str, float]
     wall_s: float
     broker_peak_rss_mb: float
-
-    @property
-    def makespan_s(self) -> float:
-        """First quantum start to last quantum end."""
-        details = self.report.quantaDetails.values()
-        first = min(d.startTime for d in details if d.startTime is not None)
-        last = max(d.endTime for d in details if d.endTime is not None)
-        return last - first
+    report: Report | None
 
 
-def run_in_tree(tree: Path, graph_file: Path, jobs: int) -> RunOutcome:
-    """``zmpexec run GRAPH -j JOBS --summary`` with ``tree``'s code, in a scratch repository."""
+def run_in_tree(tree: Path, graph_file: Path, jobs: int, *, keep: bool = False) -> RunOutcome:
+    """``zmpexec run GRAPH -j JOBS --summary`` with ``tree``'s code, in a scratch repository;
+    ``keep`` the whole report (small graphs: it is held in memory)."""
     env = dict(os.environ, PYTHONPATH=str(tree))
     with tempfile.TemporaryDirectory(prefix="zmprun-") as tmp:
         argv = [sys.executable, "-m", "scripts.cli", "run", str(graph_file), "-j", str(jobs)]
@@ -86,7 +91,16 @@ def run_in_tree(tree: Path, graph_file: Path, jobs: int) -> RunOutcome:
         wall = time.perf_counter() - t0
         if proc.returncode != 0:
             raise RuntimeError(f"zmpexec run exited {proc.returncode} in {tree}")
-        return RunOutcome(Report.from_json(Path(f"{tmp}/s.json").read_text()), wall, rss)
+        report = read_summary(Path(f"{tmp}/s.json"))  # entries parsed as iterated
+        first, last, n = math.inf, -math.inf, 0
+        for _, d in report.entries():
+            n += 1
+            if d.startTime is not None:
+                first = min(first, d.startTime)
+            if d.endTime is not None:
+                last = max(last, d.endTime)
+        kept = Report.from_json(report.to_json()) if keep else None
+        return RunOutcome(n, last - first, dict(report.figures), wall, rss, kept)
 
 
 _LSST_GRAPH = """
@@ -181,12 +195,13 @@ def measure(tree: Path, graph_file: Path, jobs: int) -> dict[str, Any]:
         text=True,
     )
     out: dict[str, Any] = json.loads(loaded.stdout.strip().splitlines()[-1])
-    run = run_in_tree(tree, graph_file, jobs)
+    binary = graph_file.with_suffix(".zmpg")
+    run = run_in_tree(tree, binary if "binary_load_s" in out else graph_file, jobs)
     out["broker_peak_rss_mb"] = run.broker_peak_rss_mb
     out["wall_s"] = run.wall_s
-    out["quanta"] = len(run.report.quantaReports)
+    out["quanta"] = run.quanta
     out["quanta_per_s"] = out["quanta"] / run.makespan_s
-    out["peak_intermediates"] = run.report.figures.get("peakIntermediates")
+    out["peak_intermediates"] = run.figures.get("peakIntermediates")
     return out
 
 
@@ -204,10 +219,10 @@ def main() -> None:
     if not args.sizes:
         return
     print(
-        "| tree | quanta | json.load s | load s | validate s | broker peak RSS MB | "
-        "KB/quantum | quanta/s | peak intermediates | wall s |"
+        "| tree | quanta | json.load s | JSON load s | validate s | .zmpg load s | "
+        "broker peak RSS MB | KB/quantum | quanta/s | peak intermediates | wall s |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     smallest: dict[Path, tuple[int, float]] = {}
     with tempfile.TemporaryDirectory(prefix="zmpscale-") as tmp:
         for n in (int(x) for x in args.sizes.split(",")):
@@ -228,6 +243,7 @@ def main() -> None:
                 print(
                     f"| {tree.name} | {r['quanta']:,} | {r['json_load_s']:.2f} | "
                     f"{r['load_s']:.2f} | {r['validate_s']:.2f} | "
+                    f"{r.get('binary_load_s', math.nan):.2f} | "
                     f"{r['broker_peak_rss_mb']:,.0f} | {marginal:.1f} | "
                     f"{r['quanta_per_s']:,.0f} | {r['peak_intermediates']} | {r['wall_s']:.1f} |",
                     flush=True,

@@ -145,3 +145,12 @@ def test_a_summary_file_is_read_as_a_stream_and_damage_is_named(tmp_path: Path) 
     (tmp_path / "cut.json").write_text("\n".join(lines[:8]))
     with pytest.raises(ValueError, match="ends in the middle"):
         read_summary(tmp_path / "cut.json")
+
+
+@pytest.mark.parametrize("qid", ["a", "isr-v12-d34", "ü/ñ", "x" * 36, "0" * 37])
+def test_report_ids_of_non_uuid_quanta_are_their_uuid5(qid: str) -> None:
+    from common import report as report_module
+
+    expected = str(uuid.uuid5(report_module._ID_NAMESPACE, qid))
+    assert lsst_quantum_id(qid) == expected
+    assert lsst_quantum_id(expected) == expected  # a UUID stays itself
