@@ -18,7 +18,6 @@ import argparse
 import json
 import math
 import os
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -115,33 +114,40 @@ PredictedQuantumGraphComponents.from_old_quantum_graph(qgraph).write(str(root / 
 """
 
 
-def _tree_peaks_mb(proc: subprocess.Popen[bytes]) -> tuple[float, float]:
-    """Wait for ``proc``: its own peak RSS and the largest peak of any descendant."""
+def _tree_samples(proc: subprocess.Popen[bytes]) -> list[tuple[float, int, int]]:
+    """Wait for ``proc``, sampling (wall time, its RSS, the largest descendant's RSS)."""
     handle = psutil.Process(proc.pid)
-    own, others = 0, 0
+    samples = []
     while proc.poll() is None:
         try:
-            own = max(own, handle.memory_info().rss)
-            for child in handle.children(recursive=True):
-                others = max(others, child.memory_info().rss)
+            own = handle.memory_info().rss
+            others = [c.memory_info().rss for c in handle.children(recursive=True)]
+            samples.append((time.time(), own, max(others, default=0)))
         except psutil.Error:
             pass
         time.sleep(0.05)
-    return own / 2**20, others / 2**20
+    return samples
 
 
-def measure_lsst(tree: Path, made: Path, jobs: int) -> dict[str, Any]:
-    """``zmpexec lsst run`` of the graph in ``made`` (a copy of its repository, per run)."""
+def measure_lsst(tree: Path, n: int, jobs: int) -> dict[str, Any]:
+    """``zmpexec lsst run --qbb`` of a fresh repository and graph of ``n`` quanta. Peaks are
+    taken up to the last quantum's end: LSST's ``transfer_from_graph``, which then registers
+    the outputs, reads the whole graph itself."""
     with tempfile.TemporaryDirectory(prefix="zmplsst-") as tmp:
-        shutil.copytree(made / "repo", f"{tmp}/repo")
-        argv = [sys.executable, "-m", "scripts.cli", "lsst", "run", str(made / "g.qg")]
+        subprocess.run(  # the repository's datastore path is absolute: one per run
+            [sys.executable, "-c", _LSST_GRAPH, tmp, str(n)],
+            check=True,
+            capture_output=True,
+            env=dict(os.environ, PYTHONPATH=str(Path.cwd())),
+        )
+        argv = [sys.executable, "-m", "scripts.cli", "lsst", "run", f"{tmp}/g.qg", "--qbb"]
         argv += ["--butler", f"{tmp}/repo", "-j", str(jobs), "--run-dir", f"{tmp}/run"]
         env = dict(os.environ, PYTHONPATH=str(tree))
         t0 = time.perf_counter()
         proc = subprocess.Popen(
             argv, cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
-        broker, worker = _tree_peaks_mb(proc)
+        samples = _tree_samples(proc)
         wall = time.perf_counter() - t0
         if proc.returncode != 0:
             assert proc.stderr is not None
@@ -153,10 +159,11 @@ def measure_lsst(tree: Path, made: Path, jobs: int) -> dict[str, Any]:
             (last, n) = db.execute(
                 "SELECT max(time), count(*) FROM transitions WHERE state = 'success'"
             ).fetchone()
+    running = [(own, other) for t, own, other in samples if t <= last]
     return {
         "quanta": n,
-        "broker_peak_rss_mb": broker,
-        "worker_peak_rss_mb": worker,
+        "broker_peak_rss_mb": max(own for own, _ in running) / 2**20,
+        "worker_peak_rss_mb": max(other for _, other in running) / 2**20,
         "worker_ms_per_quantum": (last - first) * jobs / n * 1e3,
         "wall_s": wall,
     }
@@ -165,23 +172,14 @@ def measure_lsst(tree: Path, made: Path, jobs: int) -> dict[str, Any]:
 def lsst_curve(trees: list[Path], sizes: list[int], jobs: int) -> None:
     print("| tree | quanta | broker peak RSS MB | largest worker process MB | worker-ms/quantum |")
     print("|---|---|---|---|---|")
-    with tempfile.TemporaryDirectory(prefix="zmplsstg-") as tmp:
-        for n in sizes:
-            made = Path(tmp) / str(n)
-            made.mkdir()
-            subprocess.run(
-                [sys.executable, "-c", _LSST_GRAPH, str(made), str(n)],
-                check=True,
-                capture_output=True,
-                env=dict(os.environ, PYTHONPATH=str(Path.cwd())),
+    for n in sizes:
+        for tree in trees:
+            r = measure_lsst(tree, n, jobs)
+            print(
+                f"| {tree.name} | {r['quanta']:,} | {r['broker_peak_rss_mb']:,.0f} | "
+                f"{r['worker_peak_rss_mb']:,.0f} | {r['worker_ms_per_quantum']:.1f} |",
+                flush=True,
             )
-            for tree in trees:
-                r = measure_lsst(tree, made, jobs)
-                print(
-                    f"| {tree.name} | {r['quanta']:,} | {r['broker_peak_rss_mb']:,.0f} | "
-                    f"{r['worker_peak_rss_mb']:,.0f} | {r['worker_ms_per_quantum']:.1f} |",
-                    flush=True,
-                )
 
 
 def measure(tree: Path, graph_file: Path, jobs: int) -> dict[str, Any]:

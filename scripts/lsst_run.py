@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from lsst.daf.butler import Butler
+from lsst.daf.butler.registry import ConflictingDefinitionError
 from lsst.pipe.base import TaskFactory
 from lsst.pipe.base.mp_graph_executor import MPGraphExecutorError
 from lsst.pipe.base.quantum_graph import PredictedQuantumGraph, PredictedQuantumGraphComponents
@@ -38,9 +39,15 @@ def cmd_lsst_run(args: argparse.Namespace, stop_on_signals: object) -> ExitCode:
     output_run = init.header.output_run
     butler = Butler.from_config(str(args.butler), run=output_run, writeable=True)
     # What pipetask does before running quanta: init-outputs, configs, package versions.
-    init.write_init_outputs(butler, skip_existing=True)
-    init.write_configs(butler, compare_existing=True)
-    init.write_packages(butler, compare_existing=True)
+    try:
+        init.write_init_outputs(butler, skip_existing=True)
+        init.write_configs(butler, compare_existing=True)
+        init.write_packages(butler, compare_existing=True)
+    except ConflictingDefinitionError as e:
+        raise ValueError(
+            f"run {output_run!r} of {args.butler} already holds outputs that differ from this "
+            f"graph's (a different graph was run into it?): {e}"
+        ) from e
     quantum_executor = (
         None
         if args.qbb
