@@ -285,7 +285,7 @@ class BrokerCore:
             case ResultStatus.SUCCESS:
                 self.scheduler.learn(self._labels[i], result.duration_s)
                 for child in self.state.succeed(i):
-                    self.scheduler.push(child)
+                    self.scheduler.release(child)
                     self._released.append(child)
                 self.footprint.ended(i)
                 self.footprint.produced(i)

@@ -36,6 +36,7 @@ class Scheduler:
         self._dirty = False
         self._priority: array[float] = array("d")
         self._heap: list[tuple[float, int]] = []
+        self._staged: list[int] = []  # released, not yet in the heap (``release``)
         self._queued = bytearray(topology.size)
         self._queued_count = 0
         self._levels = _levels(topology)
@@ -66,6 +67,7 @@ class Scheduler:
         queued = np.flatnonzero(np.frombuffer(self._queued, np.uint8)).tolist()
         self._heap = [(-prio[i], i) for i in queued]
         heapq.heapify(self._heap)
+        self._staged.clear()
 
     def learn(self, label: int, duration_s: float) -> None:
         """Fold in one observed duration (mean per label)."""
@@ -85,10 +87,24 @@ class Scheduler:
         self._queued_count += 1
         heapq.heappush(self._heap, (-self._priority[i], i))
 
+    def release(self, i: int) -> None:
+        """Like ``push``, for a child its parent just made ready: the driver usually ``take``s
+        it at once, so it enters the heap only when something is popped. (Heap entries of
+        taken quanta would stay until popped: tens of MB over a million quanta.)"""
+        if self._queued[i]:
+            return
+        self._queued[i] = 1
+        self._queued_count += 1
+        self._staged.append(i)
+
     def pop(self) -> int | None:
         """The most critical ready quantum (longest path below it, then graph order)."""
         if self._dirty:
             self._rank()
+        for i in self._staged:
+            if self._queued[i]:
+                heapq.heappush(self._heap, (-self._priority[i], i))
+        self._staged.clear()
         while self._heap:
             _, i = heapq.heappop(self._heap)
             if self._queued[i]:

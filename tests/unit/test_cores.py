@@ -157,3 +157,14 @@ def test_scheduler_hands_out_a_chosen_quantum_once() -> None:
         s.push(g.i(q))
     assert s.take(g.i("isr1")) and not s.take(g.i("isr1")) and not s.take(g.i("cal0"))
     assert [g.n(s.pop()) for _ in range(3)] == ["deep0", "isr0", None]
+
+
+def test_a_released_quantum_taken_at_once_never_enters_the_heap() -> None:
+    g = _lsst_like()
+    s = g.scheduler()
+    s.push(g.i("isr0"))
+    s.release(g.i("cal1"))
+    assert len(s) == 2 and s.take(g.i("cal1")) and len(s) == 1
+    s.release(g.i("cal2"))  # not taken: popped in its turn
+    assert [g.n(s.pop()) for _ in range(3)] == ["isr0", "cal2", None]
+    assert s._heap == []
