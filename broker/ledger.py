@@ -34,11 +34,10 @@ _STATUS = {
     QState.FAILED: ExecutionStatus.FAILURE,
     QState.TIMED_OUT: ExecutionStatus.TIMEOUT,
 }
-_RESUMED = "completed by an earlier run"
 _NONE = math.nan  # an unset time
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Problem:
     """How an attempt went wrong (or a note on a quantum): kept only for quanta with one."""
 
@@ -46,6 +45,10 @@ class Problem:
     exc_class: str | None = None
     message: str | None = None
     reason: Reason | None = None
+
+
+_NO_PROBLEM = Problem()
+_RESUMED_NOTE = Problem(message="completed by an earlier run")
 
 
 class Ledger:
@@ -64,12 +67,13 @@ class Ledger:
         self._rss = array("q", [-1]) * n
         self.problems: dict[int, Problem] = {}
         self.log_paths: dict[int, str] = {}
+        self._resumed = bytearray(n)  # finished by an earlier run
         self.first_problem: int | None = None
 
     def resumed(self, done: list[int]) -> None:
         """Quanta an earlier run finished (their outputs are in the repository)."""
         for i in done:
-            self.problems[i] = Problem(message=_RESUMED)
+            self._resumed[i] = 1
 
     def dispatched(self, i: int, worker_id: str, wall_now: float) -> int:
         """Count a new attempt; returns its number (1-based)."""
@@ -113,7 +117,10 @@ class Ledger:
             self.first_problem = i
 
     def problem(self, i: int) -> Problem:
-        return self.problems.get(i) or Problem()
+        found = self.problems.get(i)
+        if found is not None:
+            return found
+        return _RESUMED_NOTE if self._resumed[i] else _NO_PROBLEM
 
     def log_path(self, i: int) -> str | None:
         return self.log_paths.get(i)
