@@ -14,13 +14,20 @@ from pathlib import Path
 from types import TracebackType
 
 from common.butler import Butler
+from common.codec import Peek
 from common.protocol import Result, ResultStatus
 from common.quantum import Quantum
 from common.report import Reason
-from worker.capture import LogCapture
+from worker.capture import LogCapture, keep_scratch, scratch_path
 from worker.executor import QuantumExecutor, QuantumFailure
 
-__all__ = ["MAX_MESSAGE_CHARS", "log_path_for", "peak_rss_kb", "run_quantum"]
+__all__ = [
+    "MAX_MESSAGE_CHARS",
+    "ended_without_result",
+    "log_path_for",
+    "peak_rss_kb",
+    "run_quantum",
+]
 
 MAX_MESSAGE_CHARS = 1_000_000  # a task's exception message is kept up to this size
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=-]")
@@ -108,4 +115,37 @@ def run_quantum(
         max_rss_kb=peak_rss_kb(),
         log_path=str(kept[0]) if kept else None,
         stop_run=stop_run,
+    )
+
+
+def ended_without_result(
+    job: Peek,
+    status: ResultStatus,
+    code: int | None,
+    reason: Reason,
+    message: str,
+    started: float | None,
+    log_dir: Path,
+    child_pid: int | None = None,
+) -> Result:
+    """The result of an attempt that ended without one of its own (a timeout, a crash): what
+    the task wrote before it died (``child_pid``'s scratch capture) is kept as its log."""
+    now = time.time()
+    started = now if started is None else started
+    log = log_path_for(log_dir, job.quantum_id, job.attempt)
+    if child_pid is not None:
+        keep_scratch(scratch_path(log_dir, child_pid), log)
+    return Result(
+        quantum_id=job.quantum_id,
+        attempt=job.attempt,
+        status=status,
+        exit_code=code,
+        exc_class=None,
+        exc_message=message,
+        reason=reason,
+        start_time=started,
+        end_time=now,
+        duration_s=max(0.0, now - started),
+        max_rss_kb=None,
+        log_path=str(log) if log.exists() else None,
     )

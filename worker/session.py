@@ -42,10 +42,10 @@ from common.protocol import (
     Welcome,
 )
 from common.report import Reason
-from worker.capture import keep_scratch, scratch_path
+from worker.capture import scratch_path
 from worker.launch import AgentConfig
 from worker.lifecycle import describe_exit
-from worker.runner import log_path_for
+from worker.runner import ended_without_result
 from worker.supervisor import ExecutorSupervisor
 
 __all__ = ["AgentSession"]
@@ -318,25 +318,9 @@ class AgentSession:
         started: float | None = None,
         child_pid: int | None = None,
     ) -> None:
-        now = time.time()
-        started = now if started is None else started
-        log = log_path_for(self._log_dir, job.quantum_id, job.attempt)
-        if child_pid is not None:  # what the task wrote before it died is its log
-            keep_scratch(scratch_path(self._log_dir, child_pid), log)
         self._send(
-            Result(
-                quantum_id=job.quantum_id,
-                attempt=job.attempt,
-                status=status,
-                exit_code=code,
-                exc_class=None,
-                exc_message=message,
-                reason=reason,
-                start_time=started,
-                end_time=now,
-                duration_s=max(0.0, now - started),
-                max_rss_kb=None,
-                log_path=str(log) if log.exists() else None,
+            ended_without_result(
+                job, status, code, reason, message, started, self._log_dir, child_pid
             )
         )
 
