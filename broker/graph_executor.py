@@ -93,6 +93,13 @@ class MPGraphExecutor:
     ) -> None:
         run_dir = options.pop("run_dir", None)
         self._resume = bool(options.pop("resume", False))
+        self._engine = options.pop("engine", "local")
+        if self._engine not in ("local", "dask"):
+            raise ConfigError(f"engine must be 'local' or 'dask', not {self._engine!r}")
+        self._dask = {
+            k: options.pop(k, None)
+            for k in ("dask_client", "dask_scheduler", "dask_scheduler_file")
+        }
         if self._resume and run_dir is None:
             raise ConfigError("resume needs the run_dir of the run to continue")
         self._on_progress: ProgressCallback | None = options.pop("progress", None)
@@ -118,6 +125,7 @@ class MPGraphExecutor:
         self._fixup = executionGraphFixup
         self._report: Report | None = None
         self._server: BrokerServer | None = None
+        self._dask_driver: Any = None  # the dask engine's driver while execute() runs
         self.timings: RunTimings | None = None
         self.endpoint: str | None = None  # the broker's endpoint while execute() runs
         self._stop_requested: str | None = None
@@ -138,6 +146,8 @@ class MPGraphExecutor:
         self._stop_requested = reason
         if self._server is not None:
             self._server.request_stop(reason, graceful=graceful)
+        if self._dask_driver is not None:
+            self._dask_driver.request_stop(reason, graceful=graceful)
 
     def execute(self, graph: QuantumGraph, butler: Butler) -> None:
         """Run every quantum; raise MPGraphExecutorError (MPTimeoutError) if any did not
@@ -153,7 +163,9 @@ class MPGraphExecutor:
                 logger.warning("resuming: %d of %d quanta finished earlier", len(done), len(graph))
             run = _Run(graph, butler, run_dir / "logs", journal, done)
             run.log_dir.mkdir(parents=True, exist_ok=True)
-            if self._config.in_process:
+            if self._engine == "dask":
+                core = self._run_on_dask(run)
+            elif self._config.in_process:
                 core = self._run_in_process(run)
             else:
                 core = self._run_with_broker(run)
@@ -222,12 +234,48 @@ class MPGraphExecutor:
                 capture.close()
         return core
 
-    # ------------------------------------------------------------------ broker
-    def _run_with_broker(self, run: _Run) -> BrokerCore:
+    # ------------------------------------------------------------------ dask
+    def _run_on_dask(self, run: _Run) -> BrokerCore:
         try:
-            blob = pickle.dumps((self._executor, run.butler))
+            from broker.dask_engine import DaskTarget, run_on_dask
+        except ImportError as e:
+            raise ConfigError(f"the dask engine needs pip install -e '.[dask]' ({e})") from e
+        preload = sorted({task.partition(":")[0] for _, task in run.graph.kinds})
+        boot = (self._executor_blob(run), str(run.log_dir), preload)
+        target = DaskTarget(
+            self._dask["dask_client"],
+            self._dask["dask_scheduler"],
+            self._dask["dask_scheduler_file"],
+        )
+
+        def keep(driver: Any) -> None:
+            self._dask_driver = driver
+            driver.on_progress = self._on_progress
+            if self._stop_requested is not None:
+                driver.request_stop(self._stop_requested)
+
+        try:
+            return run_on_dask(
+                run.graph,
+                self._config,
+                target,
+                boot,
+                journal=run.journal,
+                done=run.done,
+                on_driver=keep,
+            )
+        finally:
+            self._dask_driver = None
+
+    def _executor_blob(self, run: _Run) -> bytes:
+        try:
+            return pickle.dumps((self._executor, run.butler))
         except Exception as e:
             raise MPGraphExecutorError(f"the quantum executor cannot be pickled: {e}") from e
+
+    # ------------------------------------------------------------------ broker
+    def _run_with_broker(self, run: _Run) -> BrokerCore:
+        blob = self._executor_blob(run)
         run_dir = run.log_dir.parent
         sock_dir, endpoint = _endpoint_for(self._config.endpoint)
         keys_dir = None

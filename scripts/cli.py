@@ -84,12 +84,41 @@ def _add_run_options(p: argparse.ArgumentParser, *, jobs_default: int) -> None:
     )
 
 
+def _add_dask_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--engine",
+        choices=["local", "dask"],
+        default="local",
+        help="local: zmpexec's own workers; dask: a Dask distributed cluster (pip install "
+        "-e '.[dask]'): --scheduler or --scheduler-file, else a local cluster of -j workers",
+    )
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS", help="Dask scheduler")
+    p.add_argument("--scheduler-file", default=None, metavar="FILE", help="Dask scheduler file")
+
+
+def _dask_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The executor options of ``--engine`` and its scheduler."""
+    if args.engine != "dask":
+        if args.scheduler or args.scheduler_file:
+            raise UsageError("--scheduler and --scheduler-file need --engine dask")
+        return {}
+    if args.scheduler and args.scheduler_file:
+        raise UsageError("give --scheduler or --scheduler-file, not both")
+    return {
+        "engine": "dask",
+        "dask_scheduler": args.scheduler,
+        "dask_scheduler_file": args.scheduler_file,
+    }
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="zmpexec", description=__doc__.split("\n")[0])
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
     sub = p.add_subparsers(dest="command", required=True)
 
-    _add_run_options(sub.add_parser("run", help="run a graph with N local workers"), jobs_default=1)
+    run_cmd = sub.add_parser("run", help="run a graph with N local workers (or on Dask)")
+    _add_run_options(run_cmd, jobs_default=1)
+    _add_dask_options(run_cmd)
     broker = sub.add_parser("broker", help="serve a graph to local and attached workers")
     _add_run_options(broker, jobs_default=0)
     broker.add_argument(
@@ -257,6 +286,8 @@ def _executor_for(args: argparse.Namespace, display: ProgressDisplay) -> MPGraph
         options = {"endpoint": args.endpoint, "local_workers": args.jobs}
     elif args.jobs < 1:
         raise UsageError(f"-j must be at least 1, got {args.jobs}")
+    else:
+        options = _dask_options(args)
     return MPGraphExecutor(
         max(1, args.jobs),
         args.timeout,
@@ -286,9 +317,13 @@ def cmd_run(args: argparse.Namespace) -> ExitCode:
     received = _stop_on_signals(executor)
     run_dir = args.repo / "runs" / args.run
     where = f" at {args.endpoint}" if args.command == "broker" else ""
+    workers = f"{args.jobs} local worker(s)"
+    if getattr(args, "engine", "local") == "dask":
+        cluster = args.scheduler or args.scheduler_file
+        workers = f"Dask at {cluster}" if cluster else f"a local Dask cluster of {args.jobs}"
     print(
-        f"running {len(graph)} quanta from {args.graph} with {args.jobs} local worker(s)"
-        f"{where}; run directory {run_dir}",
+        f"running {len(graph)} quanta from {args.graph} with {workers}{where}; "
+        f"run directory {run_dir}",
         file=sys.stderr,
     )
     if args.command == "broker":

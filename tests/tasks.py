@@ -101,3 +101,21 @@ def allocate(*, mb: int = 100, **inputs: Any) -> int:
     """Keeps ``mb`` MiB alive in this process (so its RSS stays high); returns the pid."""
     _HELD.append(b"x" * (mb * 1024 * 1024))
     return os.getpid()
+
+
+def once_then_hang(*, marker: str, **inputs: Any) -> str:
+    """The first attempt records its parent process (a Dask worker, for the dask engine's
+    executor children) in ``marker`` and hangs; later attempts succeed at once."""
+    path = Path(marker)
+    if not path.exists():
+        path.write_text(str(os.getppid()))
+        time.sleep(300)
+    return "ok"
+
+
+def fail_once_exists(*, path: str, **inputs: Any) -> None:
+    """Fails as soon as ``path`` exists (another quantum is running), at most 30 s from now."""
+    deadline = time.monotonic() + 30
+    while not Path(path).exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    raise RuntimeError(f"failing while {path} exists")

@@ -12,6 +12,7 @@ import os
 import pickle
 import select
 import signal
+import sys
 import threading
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -116,3 +117,17 @@ def child_main(
             result = run_quantum(executor, butler, assign.quantum, assign.attempt, capture)
         conn.send_bytes(encode(result))
     capture.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m worker.child FD``: a child started as a subprocess (on Dask workers, where
+    ``multiprocessing`` cannot start children). FD is its end of a socket pair; the first frame
+    is the pickled ``(executor blob, log dir, preload, parent pid)``."""
+    args = sys.argv[1:] if argv is None else argv
+    conn = Connection(int(args[0]))
+    blob, log_dir, preload, parent_pid = pickle.loads(conn.recv_bytes())
+    child_main(conn, blob, log_dir, preload, parent_pid)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,298 @@
+"""The dask engine: the broker core driven over an existing Dask distributed cluster.
+
+The core decides; Dask only carries: every Dask worker is a worker of the core (its threads
+plus ``prefetch`` as slots), a dispatch is one ``client.submit`` of the ASSIGN frame to that
+worker under a key of its own (run, quantum, attempt), never reused, with Dask's retries off;
+results come back as RESULT frames. A worker that leaves the scheduler is a worker lost (the
+core retries its quanta under a new attempt). Quanta run in warm executor children of ours
+(``worker.dask_plugin``), which enforce timeouts by killing process groups. Imports
+``distributed``: only used with ``engine="dask"``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, replace
+from typing import Any
+from urllib.parse import urlparse
+
+from distributed import Client, Future, LocalCluster
+
+from broker.core import BrokerCore
+from broker.events import (
+    Action,
+    AdmitWorker,
+    Dispatch,
+    Event,
+    KillWorker,
+    RefuseWorker,
+    ResultReceived,
+    RevokeQuantum,
+    ShutdownWorker,
+    StopRequested,
+    StopRun,
+    WorkerHeard,
+    WorkerJoined,
+    WorkerLeft,
+    WorkerReady,
+)
+from broker.journal import Journal
+from common.codec import decode, encode
+from common.config import ExecutionConfig
+from common.errors import ConfigError, ProtocolError
+from common.graph import QuantumGraph
+from common.protocol import Assign, Result
+from common.status import RunStatus
+from worker.dask_plugin import PLUGIN_NAME, ExecutorPlugin, kill_running, renew_lease, run_assign
+
+__all__ = ["DaskTarget", "run_on_dask"]
+
+logger = logging.getLogger(__name__)
+
+_POLL_S = 0.25  # how often the scheduler's worker list is read
+_LEASE_S = 15.0  # executor children die this long after the driver stops renewing
+_LOOPBACK = ("localhost",)
+
+
+@dataclass(frozen=True, slots=True)
+class DaskTarget:
+    """Where to run: an existing ``client``, a scheduler ``address`` or ``scheduler_file``,
+    or (none of them) a local cluster of ``num_workers`` single-threaded processes."""
+
+    client: Client | None = None
+    address: str | None = None
+    scheduler_file: str | None = None
+
+
+def check_security(address: str) -> None:
+    """Refuse a plain ``tcp://`` scheduler beyond loopback: use ``tls://`` there."""
+    parsed = urlparse(address)
+    if parsed.scheme != "tcp":
+        return
+    host = parsed.hostname or ""
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host in _LOOPBACK
+    if not loopback:
+        raise ConfigError(
+            f"refusing the plain tcp:// Dask scheduler {address}: quanta and executors would "
+            "travel unencrypted and unauthenticated; use tls:// (Dask's Security)"
+        )
+
+
+class _Driver:
+    """One run of the core on Dask; ``run()`` returns when the core says the run is over."""
+
+    def __init__(
+        self,
+        core: BrokerCore,
+        graph: QuantumGraph,
+        client: Client,
+        config: ExecutionConfig,
+        boot: tuple[bytes, str, list[str]],
+    ) -> None:
+        self.core = core
+        self._graph = graph
+        self._client = client
+        self._config = config
+        self._boot = boot
+        self._run_id = uuid.uuid4().hex[:12]
+        self._done: queue.Queue[Future[bytes]] = queue.Queue()
+        self._futures: dict[str, tuple[bytes, Future[bytes]]] = {}  # key -> (worker, future)
+        self._known: dict[str, bytes] = {}  # Dask worker address -> identity
+        self._next_poll = 0.0
+        self._next_lease = 0.0
+        self._stop: StopRequested | None = None
+        self._lock = threading.Lock()
+        self.on_progress: Callable[[RunStatus], None] | None = None
+        self._next_progress = 0.0
+
+    def request_stop(self, reason: str, *, graceful: bool = True) -> None:
+        with self._lock:
+            self._stop = StopRequested(reason, graceful=graceful)
+
+    def run(self) -> None:
+        self._client.register_plugin(ExecutorPlugin(self._boot, _LEASE_S), name=PLUGIN_NAME)
+        try:
+            actions = self.core.start(time.monotonic())
+            while True:
+                self._carry_out(actions)
+                if self.core.over:
+                    return
+                events = self._wait(time.monotonic())
+                actions = self.core.step(events, time.monotonic())
+        finally:
+            self._cleanup()
+
+    # ------------------------------------------------------------------ events
+    def _wait(self, now: float) -> list[Event]:
+        """Events seen by the next wake-up: finished futures, workers joining or leaving."""
+        deadline = self.core.next_deadline(now)
+        until = min(self._next_poll, deadline if deadline is not None else self._next_poll)
+        events: list[Event] = []
+        try:
+            events += self._finished(self._done.get(timeout=max(0.0, until - now)))
+            while True:
+                events += self._finished(self._done.get_nowait())
+        except queue.Empty:
+            pass
+        now = time.monotonic()
+        if now >= self._next_poll:
+            events += self._poll_workers()
+            self._next_poll = now + _POLL_S
+        if now >= self._next_lease:
+            self._client.run(renew_lease)
+            self._next_lease = now + _LEASE_S / 3
+        with self._lock:
+            if self._stop is not None:
+                events.append(self._stop)
+                self._stop = None
+        if self.on_progress is not None and now >= self._next_progress:
+            self.on_progress(self.core.status(now))
+            self._next_progress = now + self._config.progress_interval_s
+        return events
+
+    def _finished(self, future: Future[bytes]) -> list[Event]:
+        entry = self._futures.pop(str(future.key), None)
+        if entry is None:
+            return []  # cancelled by us
+        worker, _ = entry
+        if future.status == "finished":
+            try:
+                result = decode(future.result())
+            except ProtocolError as e:
+                logger.error("dropping a bad result frame from %s: %s", worker[:40], e)
+                return []
+            if isinstance(result, Result):
+                return [ResultReceived(worker, result)]
+            return []
+        if future.status == "cancelled":
+            return []
+        # An error of Dask's own (the shim returns frames): the worker died under the task.
+        # (KilledWorker is built by the scheduler; a task's exception never comes back.)
+        error = type(future.exception()).__name__
+        return [WorkerLeft(worker, f"dask worker {worker.decode()} lost {future.key}: {error}")]
+
+    def _poll_workers(self) -> list[Event]:
+        workers = self._client.scheduler_info(n_workers=-1)["workers"]
+        events: list[Event] = []
+        for address, info in workers.items():
+            identity = self._known.get(address)
+            if identity is None:
+                identity = self._known[address] = address.encode()
+                slots = int(info.get("nthreads", 1)) + self._config.prefetch
+                host = str(info.get("host", address))
+                pid = int(info.get("pid", 0)) or 1
+                events.append(WorkerJoined(identity, pid, host, slots, False, name=address))
+                events.append(WorkerReady(identity))
+            else:
+                events.append(WorkerHeard(identity))
+        for address in [a for a in self._known if a not in workers]:
+            identity = self._known.pop(address)
+            # Its tasks are pinned to it and would wait for it forever: the core retries them.
+            lost = [k for k, (w, _) in self._futures.items() if w == identity]
+            self._client.cancel([self._futures.pop(k)[1] for k in lost], force=True)
+            events.append(WorkerLeft(identity, f"dask worker {address} left the cluster"))
+        return events
+
+    # ------------------------------------------------------------------ actions
+    def _carry_out(self, actions: list[Action]) -> None:
+        for action in actions:
+            match action:
+                case Dispatch(worker=worker, quantum_id=qid, attempt=attempt, index=i):
+                    self._submit(worker, i, qid, attempt, action.timeout_s)
+                case ShutdownWorker(final=True) | StopRun():
+                    self._cancel_all()
+                case ShutdownWorker() | AdmitWorker() | RefuseWorker() | KillWorker():
+                    pass  # Dask owns its workers: nothing to tell them or kill
+                case RevokeQuantum():
+                    pass  # never taken back: a queued Dask task starts when a thread frees
+                case _:
+                    pass
+
+    def _submit(self, worker: bytes, i: int, qid: str, attempt: int, timeout: float | None) -> None:
+        key = f"zmpexec-{self._run_id}-{i}-{attempt}"
+        frame = encode(Assign(self._graph.quantum_at(i), attempt, timeout))
+        future = self._client.submit(
+            run_assign,
+            frame,
+            key=key,
+            workers=[worker.decode()],
+            allow_other_workers=False,
+            retries=0,
+            pure=False,
+            priority=-i,
+        )
+        self._futures[key] = (worker, future)
+        future.add_done_callback(self._done.put)
+
+    def _cancel_all(self) -> None:
+        """Nothing new starts; running quanta are killed (Dask cannot stop a running task:
+        our plugin kills the children), queued ones cancelled."""
+        futures = [f for _, f in self._futures.values()]
+        self._futures.clear()
+        if futures:
+            self._client.cancel(futures, force=True)
+            try:
+                self._client.run(kill_running)
+            except Exception as e:  # a worker gone meanwhile: its children died with it
+                logger.warning("could not reach every dask worker to stop quanta: %s", e)
+
+    def _cleanup(self) -> None:
+        self._cancel_all()
+        try:
+            self._client.unregister_worker_plugin(PLUGIN_NAME)  # teardown kills children
+        except Exception as e:
+            logger.warning("could not remove the zmpexec plugin from every worker: %s", e)
+
+
+def run_on_dask(
+    graph: QuantumGraph,
+    config: ExecutionConfig,
+    target: DaskTarget,
+    boot: tuple[bytes, str, list[str]],
+    *,
+    journal: Journal | None,
+    done: Collection[int],
+    on_driver: Any = None,
+) -> BrokerCore:
+    """Run ``graph`` on the Dask cluster ``target`` names; returns the finished core."""
+    cluster = None
+    client = target.client
+    if client is None:
+        if target.address is not None:
+            check_security(target.address)
+            client = Client(target.address)
+        elif target.scheduler_file is not None:
+            client = Client(scheduler_file=target.scheduler_file)
+        else:
+            cluster = LocalCluster(
+                n_workers=config.num_workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+            )
+            client = Client(cluster)
+    else:
+        check_security(str(client.scheduler_info()["address"]))
+    try:
+        # A local cluster's workers are awaited before dispatching, as local agents are.
+        held = replace(config, local_workers=config.num_workers if cluster is not None else 0)
+        core = BrokerCore(graph, held, journal=journal, done=done)
+        driver = _Driver(core, graph, client, config, boot)
+        if on_driver is not None:
+            on_driver(driver)
+        driver.run()
+        return core
+    finally:
+        if target.client is None:
+            client.close()
+        if cluster is not None:
+            cluster.close()

@@ -1,0 +1,283 @@
+"""The dask engine against real Dask clusters: ``LocalCluster(processes=True)`` and ``dask
+scheduler`` + ``dask worker`` started from the command line. No mocks of Dask."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+distributed = pytest.importorskip("distributed")
+
+from broker.graph_executor import MPGraphExecutor  # noqa: E402
+from common.butler import Butler  # noqa: E402
+from common.errors import ConfigError, MPGraphExecutorError, MPTimeoutError  # noqa: E402
+from common.graph import QuantumGraph  # noqa: E402
+from common.report import ExecutionStatus, Reason, Report  # noqa: E402
+from tests.conftest import wait_until  # noqa: E402
+from tests.graphs import chain, quantum  # noqa: E402
+from worker.executor import TaskQuantumExecutor  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _local_cluster() -> Iterator[Any]:
+    cluster = distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    )
+    with distributed.Client(cluster) as c:
+        yield c
+    cluster.close()
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[Any]:
+    yield from _local_cluster()
+
+
+@pytest.fixture
+def own_client() -> Iterator[Any]:
+    """A cluster of its own, for a test that kills one of its workers (its nanny starts
+    another, which must not outlive the test)."""
+    yield from _local_cluster()
+
+
+def _executor(client: Any, tmp: Path, **options: Any) -> MPGraphExecutor:
+    return MPGraphExecutor(
+        2,
+        options.pop("timeout", None),
+        TaskQuantumExecutor(),
+        engine="dask",
+        dask_client=client,
+        run_dir=tmp / "run",
+        **options,
+    )
+
+
+def _workers(client: Any) -> set[str]:
+    return set(client.scheduler_info(n_workers=-1)["workers"])
+
+
+def _our_children(client: Any) -> list[int]:
+    """Executor children running under the cluster's worker processes."""
+    pids = []
+    for worker_pid in client.run(os.getpid).values():
+        for child in psutil.Process(worker_pid).children(recursive=True):
+            if "worker.child" in " ".join(child.cmdline()):
+                pids.append(child.pid)
+    return pids
+
+
+def test_quanta_run_on_dask_workers_and_their_outputs_are_stored(
+    client: Any, tmp_path: Path
+) -> None:
+    graph = chain(4)
+    ex = _executor(client, tmp_path)
+    with Butler(tmp_path / "repo") as butler:
+        ex.execute(graph, butler)
+        assert all(butler.exists(f"c{i}") for i in range(4))
+    report = ex.getReport()
+    assert report.counts()[ExecutionStatus.SUCCESS] == 4
+    assert {report.details(f"c{i}").worker for i in range(4)} <= _workers(client)
+    assert Report.from_json(report.to_json()) == report
+    # the plugin is gone at the end: no executor children left on the workers
+    wait_until(lambda: not _our_children(client), 10, "executor children to go")
+
+
+def test_keep_going_skips_only_descendants(client: Any, tmp_path: Path) -> None:
+    graph = QuantumGraph.from_quanta(
+        [quantum("a"), quantum("bad", "fail"), quantum("after", inputs=["bad"]), quantum("z")]
+    )
+    ex = _executor(client, tmp_path)
+    with Butler(tmp_path / "repo") as butler, pytest.raises(MPGraphExecutorError, match="bad"):
+        ex.execute(graph, butler)
+    report = ex.getReport()
+    assert report.report_for("bad").status is ExecutionStatus.FAILURE
+    assert report.report_for("bad").exceptionInfo is not None
+    assert report.details("after").blockedBy == ("bad",)
+    assert report.report_for("z").status is ExecutionStatus.SUCCESS
+
+
+def test_a_timeout_kills_the_task_and_its_subprocess_while_the_worker_lives(
+    client: Any, tmp_path: Path
+) -> None:
+    before = _workers(client)
+    pid_file = tmp_path / "grandchild.pid"
+    graph = QuantumGraph.from_quanta(
+        [quantum("t", "hang_with_grandchild", config={"pid_file": str(pid_file)}), quantum("a")]
+    )
+    ex = _executor(client, tmp_path, timeout=1.5)
+    with Butler(tmp_path / "repo") as butler, pytest.raises(MPTimeoutError):
+        ex.execute(graph, butler)
+    details = ex.getReport().details("t")
+    assert details.reason is Reason.TIMEOUT
+    grandchild = int(pid_file.read_text())
+    wait_until(lambda: not psutil.pid_exists(grandchild), 10, "the grandchild to die")
+    assert _workers(client) == before  # the Dask workers survived
+
+
+def test_fail_fast_kills_running_quanta_and_reports_every_quantum(
+    client: Any, tmp_path: Path
+) -> None:
+    pid_file = tmp_path / "grandchild.pid"
+    graph = QuantumGraph.from_quanta(
+        [
+            quantum("hang", "hang_with_grandchild", config={"pid_file": str(pid_file)}),
+            quantum("bad", "fail_once_exists", config={"path": str(pid_file)}),
+            *(quantum(f"later{i}", inputs=["bad"]) for i in range(3)),
+        ]
+    )
+    ex = _executor(client, tmp_path, failFast=True)
+    with Butler(tmp_path / "repo") as butler, pytest.raises(MPGraphExecutorError):
+        ex.execute(graph, butler)
+    report = ex.getReport()
+    assert sum(report.counts().values()) == 5
+    assert report.details("hang").reason is Reason.CANCELLED
+    grandchild = int(pid_file.read_text())
+    wait_until(lambda: not psutil.pid_exists(grandchild), 10, "the running quantum to die")
+    wait_until(lambda: not _our_children(client), 10, "executor children to go")
+
+
+def test_a_dask_worker_killed_mid_quantum_is_a_retry_under_a_new_attempt(
+    own_client: Any, tmp_path: Path
+) -> None:
+    client = own_client
+    marker = tmp_path / "first-attempt"
+    graph = QuantumGraph.from_quanta(
+        [quantum("victim", "once_then_hang", config={"marker": str(marker)}), quantum("a")]
+    )
+    ex = _executor(client, tmp_path, retries=1)
+    killed: list[int] = []
+
+    def kill_the_worker_running_it() -> None:
+        wait_until(lambda: marker.exists() and marker.read_text(), 30, "the first attempt")
+        pid = int(marker.read_text())
+        killed.append(pid)
+        os.kill(pid, signal.SIGKILL)
+
+    import threading
+
+    killer = threading.Thread(target=kill_the_worker_running_it)
+    killer.start()
+    with Butler(tmp_path / "repo") as butler:
+        ex.execute(graph, butler)
+    killer.join()
+    details = ex.getReport().details("victim")
+    assert details.attempts == 2 and ex.getReport().report_for("victim").status.value == "success"
+    assert killed and not psutil.pid_exists(killed[0])
+    wait_until(lambda: len(_workers(client)) == 2, 30, "the nanny to restart the worker")
+
+
+def test_a_plain_tcp_scheduler_beyond_loopback_is_refused(tmp_path: Path) -> None:
+    ex = MPGraphExecutor(
+        2,
+        None,
+        TaskQuantumExecutor(),
+        engine="dask",
+        dask_scheduler="tcp://10.1.2.3:8786",
+        run_dir=tmp_path / "run",
+    )
+    with Butler(tmp_path / "repo") as butler, pytest.raises(ConfigError, match="tls://"):
+        ex.execute(chain(1), butler)
+
+
+@pytest.fixture
+def dask_cli_cluster(tmp_path: Path) -> Iterator[Path]:
+    """``dask scheduler`` and ``dask worker --nworkers 2 --nthreads 1`` as subprocesses."""
+    sched_file = tmp_path / "scheduler.json"
+    procs = [
+        subprocess.Popen(
+            [
+                "dask",
+                "scheduler",
+                "--scheduler-file",
+                str(sched_file),
+                "--port",
+                "0",
+                "--host",
+                "127.0.0.1",
+                "--no-dashboard",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=dict(os.environ, PATH=str(Path(sys.executable).parent) + ":" + os.environ["PATH"]),
+        )
+    ]
+    try:
+        wait_until(sched_file.exists, 30, "the scheduler file")
+        procs.append(
+            subprocess.Popen(
+                [
+                    "dask",
+                    "worker",
+                    "--scheduler-file",
+                    str(sched_file),
+                    "--nworkers",
+                    "2",
+                    "--nthreads",
+                    "1",
+                    "--no-dashboard",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                env=dict(
+                    os.environ,
+                    PATH=str(Path(sys.executable).parent) + ":" + os.environ["PATH"],
+                    PYTHONPATH=str(ROOT),
+                ),
+            )
+        )
+        yield sched_file
+    finally:
+        for p in reversed(procs):
+            p.send_signal(signal.SIGTERM)
+        for p in reversed(procs):
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(10)
+
+
+def _zmpexec_run(tmp: Path, graph: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``zmpexec run GRAPH --engine dask ARGS`` in ``tmp`` (repo, summary s.json)."""
+    argv = [sys.executable, "-m", "scripts.cli", "run", graph, "--engine", "dask", *args]
+    return subprocess.run(
+        [*argv, "--repo", "repo", "--summary", "s.json"],
+        cwd=tmp,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
+
+
+def test_zmpexec_run_on_a_cluster_started_from_the_command_line(
+    dask_cli_cluster: Path, tmp_path: Path
+) -> None:
+    graph = QuantumGraph.from_quanta(
+        [quantum("a"), quantum("b", inputs=["a"]), quantum("bad", "fail"), quantum("c")]
+    )
+    graph.save(tmp_path / "g.yaml")
+    out = _zmpexec_run(tmp_path, "g.yaml", "--scheduler-file", str(dask_cli_cluster))
+    assert out.returncode == 1, out.stderr
+    report = Report.from_json((tmp_path / "s.json").read_text())
+    assert report.counts()[ExecutionStatus.SUCCESS] == 3
+    worker = report.details("a").worker
+    assert worker is not None and worker.startswith("tcp://127.0.0.1:")
+
+
+def test_zmpexec_run_with_a_local_dask_cluster(tmp_path: Path) -> None:
+    chain(3).save(tmp_path / "g.json")
+    out = _zmpexec_run(tmp_path, "g.json", "-j", "2")
+    assert out.returncode == 0, out.stderr
+    assert "a local Dask cluster of 2" in out.stderr
+    report = Report.from_json((tmp_path / "s.json").read_text())
+    assert report.counts()[ExecutionStatus.SUCCESS] == 3
