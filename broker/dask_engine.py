@@ -56,7 +56,7 @@ __all__ = ["DaskTarget", "run_on_dask"]
 logger = logging.getLogger(__name__)
 
 _POLL_S = 0.25  # how often the scheduler's worker list is read
-_LEASE_S = 15.0  # executor children die this long after the driver stops renewing
+_LEASE_S = 10.0  # executor children die this long after the driver stops renewing
 _LOOPBACK = ("localhost",)
 
 

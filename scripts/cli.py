@@ -209,8 +209,9 @@ def _add_lsst_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "--qbb",
         action="store_true",
         help="quantum-backed butlers, as pipetask run-qbb: workers never touch the "
-        "registry; outputs are registered at the end",
+        "registry; outputs are registered at the end (needed with --engine dask)",
     )
+    _add_dask_options(run)
     run.add_argument(
         "--run-dir",
         type=Path,
@@ -224,8 +225,11 @@ def cmd_lsst(args: argparse.Namespace) -> ExitCode:
         from scripts.lsst_run import cmd_lsst_run
     except ImportError as e:
         raise UsageError(f"the LSST stack is not installed ({e}): pip install -e '.[lsst]'") from e
+    options = _dask_options(args)
+    if options and not args.qbb:
+        raise UsageError("LSST on Dask needs --qbb: workers on other hosts write no registry")
     try:
-        return cmd_lsst_run(args, _stop_on_signals)
+        return cmd_lsst_run(args, _stop_on_signals, options)
     except (OSError, ValueError, LookupError) as e:
         raise UsageError(f"{type(e).__name__}: {e}") from e
 

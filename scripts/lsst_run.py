@@ -10,6 +10,7 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from lsst.daf.butler import Butler
 from lsst.daf.butler.registry import ConflictingDefinitionError
@@ -28,7 +29,9 @@ __all__ = ["cmd_lsst_run"]
 logger = logging.getLogger("zmpexec")
 
 
-def cmd_lsst_run(args: argparse.Namespace, stop_on_signals: object) -> ExitCode:
+def cmd_lsst_run(
+    args: argparse.Namespace, stop_on_signals: object, options: dict[str, Any]
+) -> ExitCode:
     """OK, or QUANTA_FAILED; bad input raises (the caller maps it to BAD_INPUT)."""
     if not args.qgraph.exists():
         raise FileNotFoundError(f"no quantum graph file {args.qgraph}")
@@ -69,6 +72,7 @@ def cmd_lsst_run(args: argparse.Namespace, stop_on_signals: object) -> ExitCode:
         progress=display.update,
         progress_interval_s=display.interval_s,
         qbb_repo=str(args.butler) if args.qbb else None,
+        **options,  # the engine
     )
     received = stop_on_signals(executor)  # type: ignore[operator]
     print(

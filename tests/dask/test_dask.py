@@ -70,7 +70,7 @@ def _our_children(client: Any) -> list[int]:
     pids = []
     for worker_pid in client.run(os.getpid).values():
         for child in psutil.Process(worker_pid).children(recursive=True):
-            if "worker.child" in " ".join(child.cmdline()):
+            if child.cmdline()[1:3] == ["-m", "worker.child"]:
                 pids.append(child.pid)
     return pids
 
@@ -281,3 +281,71 @@ def test_zmpexec_run_with_a_local_dask_cluster(tmp_path: Path) -> None:
     assert "a local Dask cluster of 2" in out.stderr
     report = Report.from_json((tmp_path / "s.json").read_text())
     assert report.counts()[ExecutionStatus.SUCCESS] == 3
+
+
+def test_lsst_pipeline_on_dask_with_quantum_backed_butlers(tmp_path: Path) -> None:
+    pytest.importorskip("lsst.pipe.base")
+    import numpy
+    from lsst.daf.butler import Butler as LsstButler
+    from lsst.pipe.base.quantum_graph import PredictedQuantumGraphComponents
+    from lsst.pipe.base.quantum_reports import Report as LsstReport
+
+    from examples.lsst_pipeline import make_repo_and_graph
+
+    _, qgraph = make_repo_and_graph(tmp_path / "repo", n_tasks=2, n_detectors=3)
+    PredictedQuantumGraphComponents.from_old_quantum_graph(qgraph).write(str(tmp_path / "g.qg"))
+    argv = [sys.executable, "-m", "scripts.cli", "lsst", "run", "g.qg", "--butler", "repo"]
+    argv += ["--engine", "dask", "-j", "2", "--summary", "s.json"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    refused = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert refused.returncode == 2 and "needs --qbb" in refused.stderr
+    out = subprocess.run(
+        [*argv, "--qbb"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    report = LsstReport.model_validate_json((tmp_path / "s.json").read_text())
+    assert {q.status.value for q in report.quantaReports} == {"success"}
+    assert len(report.quantaReports) == 6
+    butler = LsstButler.from_config(str(tmp_path / "repo"), collections="test")
+    value = butler.get("add_dataset2", instrument="INSTR", detector=1)
+    assert numpy.array_equal(value, numpy.array([0.0, 1.0, 2.0, 5.0]) + 6)
+
+
+def test_sigkill_of_zmpexec_run_leaves_nothing_running_on_the_workers(
+    dask_cli_cluster: Path, tmp_path: Path
+) -> None:
+    # Given a run on a command-line cluster with a quantum running (and its own subprocess)
+    pid_file = tmp_path / "grandchild.pid"
+    graph = QuantumGraph.from_quanta(
+        [quantum("hang", "hang_with_grandchild", config={"pid_file": str(pid_file)})]
+    )
+    graph.save(tmp_path / "g.yaml")
+    argv = [sys.executable, "-m", "scripts.cli", "run", "g.yaml", "--engine", "dask"]
+    argv += ["--scheduler-file", str(dask_cli_cluster), "--repo", "repo"]
+    proc = subprocess.Popen(
+        argv,
+        cwd=tmp_path,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(lambda: pid_file.exists() and pid_file.read_text(), 60, "the quantum to run")
+        grandchild = int(pid_file.read_text())
+        # When zmpexec run is SIGKILLed
+        proc.kill()
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+    # Then the quantum's processes and our executor children die within the lease
+    def ours_left() -> list[int]:
+        left = [grandchild] if psutil.pid_exists(grandchild) else []
+        for p in psutil.process_iter(["cmdline"]):
+            if (p.info["cmdline"] or [])[1:3] == ["-m", "worker.child"]:
+                left.append(p.pid)
+        return left
+
+    wait_until(lambda: not ours_left(), 30, "zmpexec's processes on the workers to go")
