@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import queue
 import threading
 import time
@@ -22,8 +23,10 @@ from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlparse
 
+import zmq
 from distributed import Client, Future, LocalCluster
 
+from broker.control_endpoint import ControlEndpoint
 from broker.core import BrokerCore
 from broker.events import (
     Action,
@@ -97,8 +100,18 @@ class _Driver:
         client: Client,
         config: ExecutionConfig,
         boot: tuple[bytes, str, list[str]],
+        control: ControlEndpoint | None = None,
     ) -> None:
         self.core = core
+        self._control = control
+        # Finished futures are queued from Dask's thread and wake the loop through a pipe,
+        # beside the control socket: the loop sleeps until one of them or a deadline.
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        self._poller = zmq.Poller()
+        self._poller.register(self._wake_r, zmq.POLLIN)
+        if control is not None:
+            self._poller.register(control.socket, zmq.POLLIN)
         self._graph = graph
         self._client = client
         self._config = config
@@ -136,14 +149,20 @@ class _Driver:
         """Events seen by the next wake-up: finished futures, workers joining or leaving."""
         deadline = self.core.next_deadline(now)
         until = min(self._next_poll, deadline if deadline is not None else self._next_poll)
+        ready = dict(self._poller.poll(max(0, int((until - now) * 1000) + 1)))
         events: list[Event] = []
+        if self._wake_r in ready:
+            os.read(self._wake_r, 65536)
         try:
-            events += self._finished(self._done.get(timeout=max(0.0, until - now)))
             while True:
                 events += self._finished(self._done.get_nowait())
         except queue.Empty:
             pass
         now = time.monotonic()
+        if self._control is not None:
+            stop = self._control.serve(lambda: self.core.status(now), now)
+            if stop is not None:
+                events.append(stop)
         if now >= self._next_poll:
             events += self._poll_workers()
             self._next_poll = now + _POLL_S
@@ -231,7 +250,15 @@ class _Driver:
             priority=-i,
         )
         self._futures[key] = (worker, future)
-        future.add_done_callback(self._done.put)
+        future.add_done_callback(self._on_done)
+
+    def _on_done(self, future: Future[bytes]) -> None:
+        """In Dask's thread: queue the future and wake the loop."""
+        self._done.put(future)
+        try:
+            os.write(self._wake_w, b"!")
+        except BlockingIOError:
+            pass  # the pipe is full: the loop is awake already
 
     def _cancel_all(self) -> None:
         """Nothing new starts; running quanta are killed (Dask cannot stop a running task:
@@ -247,6 +274,8 @@ class _Driver:
 
     def _cleanup(self) -> None:
         self._cancel_all()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
         try:
             self._client.unregister_worker_plugin(PLUGIN_NAME)  # teardown kills children
         except Exception as e:
@@ -262,6 +291,7 @@ def run_on_dask(
     journal: Journal | None,
     done: Collection[int],
     on_driver: Any = None,
+    control_endpoint: str | None = None,
 ) -> BrokerCore:
     """Run ``graph`` on the Dask cluster ``target`` names; returns the finished core."""
     cluster = None
@@ -286,10 +316,15 @@ def run_on_dask(
         # A local cluster's workers are awaited before dispatching, as local agents are.
         held = replace(config, local_workers=config.num_workers if cluster is not None else 0)
         core = BrokerCore(graph, held, journal=journal, done=done)
-        driver = _Driver(core, graph, client, config, boot)
-        if on_driver is not None:
-            on_driver(driver)
-        driver.run()
+        control = ControlEndpoint(control_endpoint) if control_endpoint else None
+        try:
+            driver = _Driver(core, graph, client, config, boot, control)
+            if on_driver is not None:
+                on_driver(driver)
+            driver.run()
+        finally:
+            if control is not None:
+                control.close()
         return core
     finally:
         if target.client is None:

@@ -254,7 +254,10 @@ class MPGraphExecutor:
             if self._stop_requested is not None:
                 driver.request_stop(self._stop_requested)
 
+        run_dir = run.log_dir.parent
+        sock_dir, endpoint = _endpoint_for(None)  # for zmpexec status / cancel
         try:
+            (run_dir / ENDPOINT_FILE).write_text(endpoint + "\n")
             return run_on_dask(
                 run.graph,
                 self._config,
@@ -263,9 +266,13 @@ class MPGraphExecutor:
                 journal=run.journal,
                 done=run.done,
                 on_driver=keep,
+                control_endpoint=endpoint,
             )
         finally:
             self._dask_driver = None
+            (run_dir / ENDPOINT_FILE).unlink(missing_ok=True)
+            if sock_dir is not None:
+                shutil.rmtree(sock_dir, ignore_errors=True)
 
     def _executor_blob(self, run: _Run) -> bytes:
         try:

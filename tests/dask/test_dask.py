@@ -349,3 +349,43 @@ def test_sigkill_of_zmpexec_run_leaves_nothing_running_on_the_workers(
         return left
 
     wait_until(lambda: not ours_left(), 30, "zmpexec's processes on the workers to go")
+
+
+def test_status_and_cancel_reach_a_dask_run(client: Any, tmp_path: Path) -> None:
+    import threading
+
+    from broker.control import endpoint_of, request_cancel, request_status
+
+    # Given a dask run whose quantum hangs
+    pid_file = tmp_path / "grandchild.pid"
+    graph = QuantumGraph.from_quanta(
+        [quantum("hang", "hang_with_grandchild", config={"pid_file": str(pid_file)})]
+        + [quantum(f"after{i}", inputs=["hang"]) for i in range(3)]
+    )
+    ex = _executor(client, tmp_path)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            with Butler(tmp_path / "repo") as butler:
+                ex.execute(graph, butler)
+        except BaseException as e:
+            errors.append(e)
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    try:
+        wait_until(pid_file.exists, 30, "the quantum to run")
+        # When zmpexec status and cancel --abort ask the run directory
+        endpoint = endpoint_of(str(tmp_path / "run"))
+        status = request_status(endpoint, 10.0)
+        assert status.total == 4 and status.count("running") == 1
+        request_cancel(endpoint, abort=True, timeout_s=10.0)
+    finally:
+        runner.join(60)
+    # Then the run stops, and everything that did not finish is reported cancelled
+    assert errors and isinstance(errors[0], MPGraphExecutorError)
+    report = ex.getReport()
+    assert report.counts()[ExecutionStatus.SKIPPED] == 4
+    grandchild = int(pid_file.read_text())
+    wait_until(lambda: not psutil.pid_exists(grandchild), 10, "the running quantum to die")
