@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlparse
 
+import dask
 import zmq
 from distributed import Client, Future, LocalCluster
 
@@ -303,12 +304,20 @@ def run_on_dask(
         elif target.scheduler_file is not None:
             client = Client(scheduler_file=target.scheduler_file)
         else:
-            cluster = LocalCluster(
-                n_workers=config.num_workers,
-                threads_per_worker=1,
-                processes=True,
-                dashboard_address=None,
-            )
+            # Our semantics, not Dask's: a lost worker is our retry, never Dask's; tasks stay
+            # on the worker the core chose.
+            with dask.config.set(
+                {
+                    "distributed.scheduler.allowed-failures": 0,
+                    "distributed.scheduler.work-stealing": False,
+                }
+            ):
+                cluster = LocalCluster(
+                    n_workers=config.num_workers,
+                    threads_per_worker=1,
+                    processes=True,
+                    dashboard_address=None,
+                )
             client = Client(cluster)
     else:
         check_security(str(client.scheduler_info()["address"]))

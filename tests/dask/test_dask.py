@@ -156,10 +156,13 @@ def test_a_dask_worker_killed_mid_quantum_is_a_retry_under_a_new_attempt(
     ex = _executor(client, tmp_path, retries=1)
     killed: list[int] = []
 
+    orphans: list[psutil.Process] = []
+
     def kill_the_worker_running_it() -> None:
         wait_until(lambda: marker.exists() and marker.read_text(), 30, "the first attempt")
         pid = int(marker.read_text())
         killed.append(pid)
+        orphans.extend(psutil.Process(pid).children(recursive=True))
         os.kill(pid, signal.SIGKILL)
 
     import threading
@@ -172,6 +175,9 @@ def test_a_dask_worker_killed_mid_quantum_is_a_retry_under_a_new_attempt(
     details = ex.getReport().details("victim")
     assert details.attempts == 2 and ex.getReport().report_for("victim").status.value == "success"
     assert killed and not psutil.pid_exists(killed[0])
+    # the killed worker's executor children (the hung first attempt among them) died with it
+    assert orphans
+    wait_until(lambda: not any(p.is_running() for p in orphans), 10, "its children to die")
     wait_until(lambda: len(_workers(client)) == 2, 30, "the nanny to restart the worker")
 
 
@@ -389,3 +395,48 @@ def test_status_and_cancel_reach_a_dask_run(client: Any, tmp_path: Path) -> None
     assert report.counts()[ExecutionStatus.SKIPPED] == 4
     grandchild = int(pid_file.read_text())
     wait_until(lambda: not psutil.pid_exists(grandchild), 10, "the running quantum to die")
+
+
+def test_a_task_holding_the_gil_does_not_cost_its_dask_worker(client: Any, tmp_path: Path) -> None:
+    # The task runs in our executor child, not in the Dask worker's threads: the worker keeps
+    # answering its scheduler while the task holds its own process's GIL.
+    graph = QuantumGraph.from_quanta([quantum("gil", "hold_gil", config={"seconds": 3.0})])
+    before = _workers(client)
+    ex = _executor(client, tmp_path)
+    with Butler(tmp_path / "repo") as butler:
+        ex.execute(graph, butler)
+    assert ex.getReport().details("gil").attempts == 1
+    assert _workers(client) == before
+
+
+def test_resume_after_zmpexec_run_was_killed_on_dask(
+    dask_cli_cluster: Path, tmp_path: Path
+) -> None:
+    # Given a run killed while its last quantum hangs (its first attempt only)
+    marker = tmp_path / "first-attempt"
+    graph = QuantumGraph.from_quanta(
+        [quantum(f"q{i}") for i in range(3)]
+        + [quantum("last", "once_then_hang", inputs=["q0"], config={"marker": str(marker)})]
+    )
+    graph.save(tmp_path / "g.yaml")
+    argv = [sys.executable, "-m", "scripts.cli", "run", "g.yaml", "--engine", "dask"]
+    argv += ["--scheduler-file", str(dask_cli_cluster), "--repo", "repo"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen(
+        argv, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_until(lambda: marker.exists() and marker.read_text(), 60, "the last quantum")
+        with Butler(tmp_path / "repo") as butler:
+            wait_until(lambda: all(butler.exists(f"q{i}") for i in range(3)), 30, "the others")
+        proc.kill()
+    finally:
+        proc.wait(10)
+    # When it is resumed
+    out = _zmpexec_run(tmp_path, "g.yaml", "--scheduler-file", str(dask_cli_cluster), "--resume")
+    # Then only the unfinished quantum runs
+    assert out.returncode == 0, out.stderr
+    report = Report.from_json((tmp_path / "s.json").read_text())
+    assert report.counts()[ExecutionStatus.SUCCESS] == 4
+    assert {report.details(f"q{i}").attempts for i in range(3)} == {0}
+    assert report.details("last").attempts == 1
