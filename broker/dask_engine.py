@@ -62,6 +62,8 @@ logger = logging.getLogger(__name__)
 _POLL_S = 0.25  # how often the scheduler's worker list is read
 _LEASE_S = 10.0  # executor children die this long after the driver stops renewing
 _LOOPBACK = ("localhost",)
+_CLIENT_BATCH_S = 0.001
+_WINDOW_PER_THREAD = 2  # quanta queued on a Dask worker per thread (beyond ``prefetch``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,8 +120,10 @@ class _Driver:
         self._config = config
         self._boot = boot
         self._run_id = uuid.uuid4().hex[:12]
-        self._done: queue.Queue[Future[bytes]] = queue.Queue()
-        self._futures: dict[str, tuple[bytes, Future[bytes]]] = {}  # key -> (worker, future)
+        self._done: queue.Queue[Future[None]] = queue.Queue()
+        self._results: queue.Queue[bytes] = queue.Queue()  # RESULT frames, as events
+        self._topic = f"zmpexec-results-{self._run_id}"
+        self._futures: dict[str, tuple[bytes, Future[None]]] = {}  # key -> (worker, future)
         self._known: dict[str, bytes] = {}  # Dask worker address -> identity
         self._next_poll = 0.0
         self._next_lease = 0.0
@@ -133,7 +137,15 @@ class _Driver:
             self._stop = StopRequested(reason, graceful=graceful)
 
     def run(self) -> None:
+        # Dask's client batches what it sends its scheduler at most every 10 ms: a floor under
+        # every hop of a chain when each ready quantum is submitted as its parent ends.
+        comm = getattr(self._client, "scheduler_comm", None)
+        if comm is not None and hasattr(comm, "interval"):
+            comm.interval = min(comm.interval, _CLIENT_BATCH_S)
         self._client.register_plugin(ExecutorPlugin(self._boot, _LEASE_S), name=PLUGIN_NAME)
+        # Results ride the worker's event stream (worker -> scheduler -> us, pushed): fetching
+        # each task's result would cost a round trip to its worker.
+        self._client.subscribe_topic(self._topic, self._on_result_event)
         try:
             actions = self.core.start(time.monotonic())
             while True:
@@ -154,6 +166,11 @@ class _Driver:
         events: list[Event] = []
         if self._wake_r in ready:
             os.read(self._wake_r, 65536)
+        try:
+            while True:
+                events += self._result(self._results.get_nowait())
+        except queue.Empty:
+            pass
         try:
             while True:
                 events += self._finished(self._done.get_nowait())
@@ -179,20 +196,25 @@ class _Driver:
             self._next_progress = now + self._config.progress_interval_s
         return events
 
-    def _finished(self, future: Future[bytes]) -> list[Event]:
-        entry = self._futures.pop(str(future.key), None)
-        if entry is None:
-            return []  # cancelled by us
-        worker, _ = entry
-        if future.status == "finished":
-            try:
-                result = decode(future.result())
-            except ProtocolError as e:
-                logger.error("dropping a bad result frame from %s: %s", worker[:40], e)
-                return []
-            if isinstance(result, Result):
-                return [ResultReceived(worker, result)]
+    def _result(self, frame: bytes) -> list[Event]:
+        try:
+            result = decode(frame)
+        except ProtocolError as e:
+            logger.error("dropping a bad result frame: %s", e)
             return []
+        if not isinstance(result, Result) or result.quantum_id not in self._graph:
+            return []
+        key = self._key(self._graph.index(result.quantum_id), result.attempt)
+        entry = self._futures.pop(key, None)
+        if entry is None:
+            return []  # cancelled or superseded meanwhile
+        return [ResultReceived(entry[0], result)]
+
+    def _finished(self, future: Future[None]) -> list[Event]:
+        key = str(future.key)
+        if future.status == "finished" or key not in self._futures:
+            return []  # its RESULT comes as an event (or it was cancelled)
+        worker, _ = self._futures.pop(key)
         if future.status == "cancelled":
             return []
         # An error of Dask's own (the shim returns frames): the worker died under the task.
@@ -207,7 +229,8 @@ class _Driver:
             identity = self._known.get(address)
             if identity is None:
                 identity = self._known[address] = address.encode()
-                slots = int(info.get("nthreads", 1)) + self._config.prefetch
+                threads = int(info.get("nthreads", 1))
+                slots = threads * _WINDOW_PER_THREAD + self._config.prefetch
                 host = str(info.get("host", address))
                 pid = int(info.get("pid", 0)) or 1
                 events.append(WorkerJoined(identity, pid, host, slots, False, name=address))
@@ -237,12 +260,17 @@ class _Driver:
                 case _:
                     pass
 
+    def _key(self, i: int, attempt: int) -> str:
+        """The Dask key of one attempt: never reused."""
+        return f"zmpexec-{self._run_id}-{i}-{attempt}"
+
     def _submit(self, worker: bytes, i: int, qid: str, attempt: int, timeout: float | None) -> None:
-        key = f"zmpexec-{self._run_id}-{i}-{attempt}"
+        key = self._key(i, attempt)
         frame = encode(Assign(self._graph.quantum_at(i), attempt, timeout))
         future = self._client.submit(
             run_assign,
             frame,
+            self._topic,
             key=key,
             workers=[worker.decode()],
             allow_other_workers=False,
@@ -253,13 +281,24 @@ class _Driver:
         self._futures[key] = (worker, future)
         future.add_done_callback(self._on_done)
 
-    def _on_done(self, future: Future[bytes]) -> None:
+    def _on_done(self, future: Future[None]) -> None:
         """In Dask's thread: queue the future and wake the loop."""
         self._done.put(future)
-        try:
-            os.write(self._wake_w, b"!")
-        except BlockingIOError:
-            pass  # the pipe is full: the loop is awake already
+        self._wake()
+
+    def _on_result_event(self, event: tuple[float, bytes]) -> None:
+        """In Dask's thread: a RESULT frame a worker published."""
+        self._results.put(event[1])
+        self._wake()
+
+    def _wake(self) -> None:
+        with self._lock:  # never write to the pipe's fd number once it is closed (reused)
+            if self._wake_w < 0:
+                return
+            try:
+                os.write(self._wake_w, b"!")
+            except BlockingIOError:
+                pass  # the pipe is full: the loop is awake already
 
     def _cancel_all(self) -> None:
         """Nothing new starts; running quanta are killed (Dask cannot stop a running task:
@@ -274,9 +313,12 @@ class _Driver:
                 logger.warning("could not reach every dask worker to stop quanta: %s", e)
 
     def _cleanup(self) -> None:
+        self._client.unsubscribe_topic(self._topic)
         self._cancel_all()
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        with self._lock:
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            self._wake_w = -1
         try:
             self._client.unregister_worker_plugin(PLUGIN_NAME)  # teardown kills children
         except Exception as e:

@@ -258,7 +258,7 @@ class MPGraphExecutor:
         sock_dir, endpoint = _endpoint_for(None)  # for zmpexec status / cancel
         try:
             (run_dir / ENDPOINT_FILE).write_text(endpoint + "\n")
-            return run_on_dask(
+            core = run_on_dask(
                 run.graph,
                 self._config,
                 target,
@@ -268,6 +268,8 @@ class MPGraphExecutor:
                 on_driver=keep,
                 control_endpoint=endpoint,
             )
+            self.timings = core.timings
+            return core
         finally:
             self._dask_driver = None
             (run_dir / ENDPOINT_FILE).unlink(missing_ok=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import os
 import statistics
@@ -39,6 +40,9 @@ PEERS: dict[str, tuple[str | None, str, list[str]]] = {
 # LSST's executor costs ~55 ms/quantum with fork: W1 runs on a subset (its metric is a rate).
 _SUBSETS = {("lsst-mpexec-fork", "W1"): 200}
 VARIANTS = ("zmpexec", "zmpexec-butler")
+# on request (needs the [dask] extra): the dask engine on a local cluster of NUM_WORKERS
+# single-threaded processes, like the dask-submit anchor
+OPTIONAL_VARIANTS = ("zmpexec-dask",)
 
 
 class WorkloadExecutor:
@@ -78,14 +82,17 @@ def run_one(variant: str, workload: str) -> dict[str, Any]:
     workloads = importlib.import_module("workloads")
     wl = workloads.build(workload)
     graph = to_graph(wl)
-    executor: Any = Importable() if variant == "zmpexec" else TaskQuantumExecutor()
+    executor: Any = TaskQuantumExecutor() if variant == "zmpexec-butler" else Importable()
+    engine: dict[str, Any] = {"engine": "dask"} if variant == "zmpexec-dask" else {}
     with tempfile.TemporaryDirectory(prefix="zmpbench-") as tmp:
         butler = Butler(Path(tmp) / "repo")
-        ex = MPGraphExecutor(workloads.NUM_WORKERS, None, executor, run_dir=Path(tmp) / "run")
+        ex = MPGraphExecutor(
+            workloads.NUM_WORKERS, None, executor, run_dir=Path(tmp) / "run", **engine
+        )
         t0 = time.perf_counter()
         ex.execute(graph, butler)
         wall = time.perf_counter() - t0
-        if variant != "zmpexec":
+        if variant == "zmpexec-butler":
             last = wl.order()[-1]
             assert butler.get(f"d{last}") == last
     t = ex.timings
@@ -104,6 +111,8 @@ def run_one(variant: str, workload: str) -> dict[str, Any]:
 def _run_peer(anchors: Path, venvs: Path, peer: str, workload: str) -> dict[str, Any] | None:
     venv, script, extra = PEERS[peer]
     python = sys.executable if venv is None else str(venvs / venv / "bin" / "python")
+    if venv == "dask" and not Path(python).exists() and importlib.util.find_spec("distributed"):
+        python = sys.executable  # the [dask] extra installed here is the same distributed
     if not Path(python).exists():
         print(f"skipping {peer}: no {python} (run {anchors}/setup.sh)", file=sys.stderr)
         return None
@@ -222,7 +231,7 @@ def main() -> None:
             for name in variants + peers:
                 rec = (
                     _run_variant(anchors, name, w)
-                    if name in VARIANTS
+                    if name in VARIANTS + OPTIONAL_VARIANTS
                     else _run_peer(anchors, args.venvs, name, w)
                 )
                 if rec is None:

@@ -27,9 +27,9 @@ from typing import Any
 
 from distributed import WorkerPlugin, get_worker
 
-from common.codec import Peek, encode, peek
+from common.codec import Peek, decode, encode, peek
 from common.errors import ProtocolError
-from common.protocol import MessageType, ResultStatus
+from common.protocol import MessageType, Ready, ResultStatus
 from common.report import Reason
 from worker.lifecycle import describe_exit, kill_group
 from worker.runner import ended_without_result
@@ -39,6 +39,7 @@ __all__ = ["PLUGIN_NAME", "ExecutorPlugin", "kill_running", "renew_lease", "run_
 logger = logging.getLogger(__name__)
 
 PLUGIN_NAME = "zmpexec-executors"
+_STARTUP_TIMEOUT_S = 120.0
 
 
 class _Child:
@@ -56,6 +57,14 @@ class _Child:
             theirs.close()
         self.conn = Connection(ours.detach())
         self.conn.send_bytes(boot)
+
+    def wait_ready(self, timeout_s: float) -> None:
+        """Until the child said READY (its executor and task modules loaded)."""
+        if not self.conn.poll(timeout_s):
+            raise TimeoutError(f"executor child {self.proc.pid} not ready in {timeout_s:g}s")
+        frame = self.conn.recv_bytes()
+        if not isinstance(decode(frame), Ready):
+            raise ProtocolError("executor child did not start with READY", frame)
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -95,9 +104,11 @@ class ExecutorPlugin(WorkerPlugin):
     # ------------------------------------------------------------------ plugin hooks
     def setup(self, worker: Any) -> None:
         Path(self._boot[1]).mkdir(parents=True, exist_ok=True)
+        children = [self._start() for _ in range(max(1, int(worker.state.nthreads)))]
+        for child in children:  # the run starts once every worker's children are loaded
+            child.wait_ready(_STARTUP_TIMEOUT_S)
         with self._lock:
-            for _ in range(max(1, int(worker.state.nthreads))):
-                self._free.append(self._start())
+            self._free.extend(children)
         threading.Thread(target=self._watch_lease, name="zmpexec-lease", daemon=True).start()
 
     def teardown(self, worker: Any) -> None:
@@ -222,10 +233,12 @@ def _plugin(worker: Any = None) -> ExecutorPlugin:
     return plugin
 
 
-def run_assign(frame: bytes) -> bytes:
+def run_assign(frame: bytes, topic: str) -> None:
     """The Dask task: run the quantum in ASSIGN ``frame`` on a warm executor child of this
-    worker; returns the RESULT frame."""
-    return _plugin().run(frame)
+    worker and publish its RESULT frame on the worker's event ``topic`` (pushed to the driver,
+    which never fetches task results)."""
+    worker = get_worker()
+    worker.log_event(topic, _plugin(worker).run(frame))
 
 
 def renew_lease(dask_worker: Any) -> None:
