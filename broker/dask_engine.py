@@ -185,7 +185,10 @@ class _Driver:
             events += self._poll_workers()
             self._next_poll = now + _POLL_S
         if now >= self._next_lease:
-            self._client.run(renew_lease)
+            try:
+                self._client.run(renew_lease)
+            except Exception as e:  # a worker leaving meanwhile: its children die with it
+                logger.info("lease renewal did not reach every worker: %s", e)
             self._next_lease = now + _LEASE_S / 3
         with self._lock:
             if self._stop is not None:
