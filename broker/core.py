@@ -35,6 +35,7 @@ from broker.events import (
     ShutdownWorker,
     StopRequested,
     StopRun,
+    WorkerCapacity,
     WorkerHeard,
     WorkerJoined,
     WorkerLeft,
@@ -198,6 +199,8 @@ class BrokerCore:
                 self.registry.mark_ready(info)
                 if self.timings.workers_ready is None and self._enough_ready():
                     self.timings.workers_ready = now
+            case WorkerCapacity(slots=slots):
+                self.registry.resize(info, slots)
             case WorkerHeard():
                 pass
             case ResultReceived(result=result):

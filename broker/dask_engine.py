@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import math
 import os
 import queue
 import threading
@@ -41,6 +42,7 @@ from broker.events import (
     ShutdownWorker,
     StopRequested,
     StopRun,
+    WorkerCapacity,
     WorkerHeard,
     WorkerJoined,
     WorkerLeft,
@@ -63,7 +65,11 @@ _POLL_S = 0.25  # how often the scheduler's worker list is read
 _LEASE_S = 10.0  # executor children die this long after the driver stops renewing
 _LOOPBACK = ("localhost",)
 _CLIENT_BATCH_S = 0.001
-_WINDOW_PER_THREAD = 2  # quanta queued on a Dask worker per thread (beyond ``prefetch``)
+# Quanta a Dask worker holds per thread (beyond ``prefetch``): enough to cover the dispatch
+# trip (driver -> scheduler -> worker, a few ms) with the quanta's mean duration, so short
+# quanta keep workers busy; long ones are not pinned to a worker early.
+_TRIP_S = 0.010
+_WINDOW_MIN, _WINDOW_MAX = 2, 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +131,8 @@ class _Driver:
         self._topic = f"zmpexec-results-{self._run_id}"
         self._futures: dict[str, tuple[bytes, Future[None]]] = {}  # key -> (worker, future)
         self._known: dict[str, bytes] = {}  # Dask worker address -> identity
+        self._threads: dict[str, int] = {}  # Dask worker address -> threads
+        self._window = _WINDOW_MIN
         self._next_poll = 0.0
         self._next_lease = 0.0
         self._stop: StopRequested | None = None
@@ -232,21 +240,34 @@ class _Driver:
             identity = self._known.get(address)
             if identity is None:
                 identity = self._known[address] = address.encode()
-                threads = int(info.get("nthreads", 1))
-                slots = threads * _WINDOW_PER_THREAD + self._config.prefetch
+                threads = self._threads[address] = int(info.get("nthreads", 1))
+                slots = threads * self._window + self._config.prefetch
                 host = str(info.get("host", address))
                 pid = int(info.get("pid", 0)) or 1
                 events.append(WorkerJoined(identity, pid, host, slots, False, name=address))
                 events.append(WorkerReady(identity))
             else:
                 events.append(WorkerHeard(identity))
+        window = self._adapted_window()
+        if window != self._window:
+            self._window = window
+            for address, identity in self._known.items():
+                slots = self._threads[address] * window + self._config.prefetch
+                events.append(WorkerCapacity(identity, slots))
         for address in [a for a in self._known if a not in workers]:
             identity = self._known.pop(address)
+            self._threads.pop(address, None)
             # Its tasks are pinned to it and would wait for it forever: the core retries them.
             lost = [k for k, (w, _) in self._futures.items() if w == identity]
             self._client.cancel([self._futures.pop(k)[1] for k in lost], force=True)
             events.append(WorkerLeft(identity, f"dask worker {address} left the cluster"))
         return events
+
+    def _adapted_window(self) -> int:
+        mean = self.core.scheduler.mean_duration_s()
+        if mean is None:
+            return self._window
+        return max(_WINDOW_MIN, min(_WINDOW_MAX, 1 + math.ceil(_TRIP_S / max(mean, 1e-6))))
 
     # ------------------------------------------------------------------ actions
     def _carry_out(self, actions: list[Action]) -> None:

@@ -24,6 +24,7 @@ __all__ = [
     "ShutdownWorker",
     "StopRequested",
     "StopRun",
+    "WorkerCapacity",
     "WorkerHeard",
     "WorkerJoined",
     "WorkerLeft",
@@ -50,6 +51,15 @@ class WorkerReady:
     """The worker's executor is loaded: it can take quanta."""
 
     worker: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerCapacity:
+    """How many quanta the worker should hold at once (running and queued), as the driver
+    now judges it (the dask driver: deeper for short quanta, to cover its dispatch trip)."""
+
+    worker: bytes
+    slots: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +105,7 @@ class StopRequested:
 Event = (
     WorkerJoined
     | WorkerReady
+    | WorkerCapacity
     | WorkerHeard
     | ResultReceived
     | QuantumRevoked

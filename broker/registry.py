@@ -84,6 +84,14 @@ class WorkerRegistry:
     def seen(self, info: WorkerInfo, now: float) -> None:
         info.last_seen = now
 
+    def resize(self, info: WorkerInfo, slots: int) -> None:
+        """A new number of slots (at least 1); what is in flight stays."""
+        info.slots = max(1, slots)
+        if info.ready and info.free_slots > 0:
+            self._idle.setdefault(info.identity, None)
+        else:
+            self._idle.pop(info.identity, None)
+
     def next_free(self) -> WorkerInfo | None:
         """The worker with the most free slots, most recently used first: a quantum whose
         parent just finished lands where that parent's outputs and imports are warm."""
@@ -92,7 +100,7 @@ class WorkerRegistry:
             info = self._by_identity[identity]
             if info.free_slots == info.slots:
                 return info  # idle: nothing beats it
-            if best is None or info.free_slots > best.free_slots:
+            if info.free_slots > 0 and (best is None or info.free_slots > best.free_slots):
                 best = info
         return best
 
@@ -110,8 +118,9 @@ class WorkerRegistry:
             return None
         del info.in_flight[quantum_id]
         info.completed += 1
-        self._idle[info.identity] = None
-        self._idle.move_to_end(info.identity)
+        if info.free_slots > 0:  # (after a resize it may still hold more than its slots)
+            self._idle[info.identity] = None
+            self._idle.move_to_end(info.identity)
         return d
 
     def remove(self, info: WorkerInfo) -> list[InFlight]:

@@ -53,6 +53,11 @@ class Scheduler:
         """The durations learned so far, summed."""
         return sum(total for total, _ in self._sums)
 
+    def mean_duration_s(self) -> float | None:
+        """The mean of every duration learned so far (None before the first)."""
+        n = sum(count for _, count in self._sums)
+        return self.observed_s() / n if n else None
+
     def priority(self, i: int) -> float:
         return self._priority[i]
 

@@ -27,6 +27,7 @@ from broker.events import (
     ShutdownWorker,
     StopRequested,
     StopRun,
+    WorkerCapacity,
     WorkerHeard,
     WorkerJoined,
     WorkerLeft,
@@ -472,3 +473,17 @@ def test_quanta_no_finished_parent_released_go_critical_path_first() -> None:
     h.join(B)
     # Then the chain's head is among the first dispatched: it is as long as all the rest
     assert "long0" in {d.quantum_id for d in h.dispatches()}
+
+
+def test_a_driver_can_change_how_many_quanta_a_worker_holds() -> None:
+    # Given a worker of 1 slot running 1 quantum of 4
+    h = Harness(independent(4), workers=1)
+    h.join(A)
+    (first,) = h.dispatches(A)
+    # When its driver says it should hold 3, it gets 2 more at once
+    h.step(WorkerCapacity(A, 3))
+    assert len(h.dispatches(A)) == 2
+    # And back to 1: a finished quantum frees no slot while 2 are still in flight
+    h.step(WorkerCapacity(A, 1))
+    h.step(ResultReceived(A, result(first)))
+    assert h.dispatches() == []
