@@ -61,7 +61,7 @@ __all__ = ["DaskTarget", "run_on_dask"]
 
 logger = logging.getLogger(__name__)
 
-_POLL_S = 0.25  # how often the scheduler's worker list is read
+_POLL_S = 1.0  # how often the scheduler's worker list is read
 _LEASE_S = 10.0  # executor children die this long after the driver stops renewing
 _LOOPBACK = ("localhost",)
 _CLIENT_BATCH_S = 0.001
@@ -271,11 +271,14 @@ class _Driver:
 
     # ------------------------------------------------------------------ actions
     def _carry_out(self, actions: list[Action]) -> None:
+        dispatches: dict[bytes, list[Dispatch]] = {}
         for action in actions:
             match action:
-                case Dispatch(worker=worker, quantum_id=qid, attempt=attempt, index=i):
-                    self._submit(worker, i, qid, attempt, action.timeout_s)
+                case Dispatch(worker=worker):
+                    dispatches.setdefault(worker, []).append(action)
                 case ShutdownWorker(final=True) | StopRun():
+                    self._submit(dispatches)
+                    dispatches = {}
                     self._cancel_all()
                 case ShutdownWorker() | AdmitWorker() | RefuseWorker() | KillWorker():
                     pass  # Dask owns its workers: nothing to tell them or kill
@@ -283,27 +286,34 @@ class _Driver:
                     pass  # never taken back: a queued Dask task starts when a thread frees
                 case _:
                     pass
+        self._submit(dispatches)
 
     def _key(self, i: int, attempt: int) -> str:
         """The Dask key of one attempt: never reused."""
         return f"zmpexec-{self._run_id}-{i}-{attempt}"
 
-    def _submit(self, worker: bytes, i: int, qid: str, attempt: int, timeout: float | None) -> None:
-        key = self._key(i, attempt)
-        frame = encode(Assign(self._graph.quantum_at(i), attempt, timeout))
-        future = self._client.submit(
-            run_assign,
-            frame,
-            self._topic,
-            key=key,
-            workers=[worker.decode()],
-            allow_other_workers=False,
-            retries=0,
-            pure=False,
-            priority=-i,
-        )
-        self._futures[key] = (worker, future)
-        future.add_done_callback(self._on_done)
+    def _submit(self, dispatches: dict[bytes, list[Dispatch]]) -> None:
+        """One ``client.map`` per worker: a call costs more than the quanta it carries."""
+        for worker, batch in dispatches.items():
+            frames = [
+                encode(Assign(self._graph.quantum_at(d.index), d.attempt, d.timeout_s))
+                for d in batch
+            ]
+            keys = [self._key(d.index, d.attempt) for d in batch]
+            futures = self._client.map(
+                run_assign,
+                frames,
+                [self._topic] * len(batch),
+                key=keys,
+                workers=[worker.decode()],
+                allow_other_workers=False,
+                retries=0,
+                pure=False,
+                priority=-batch[0].index,
+            )
+            for key, future in zip(keys, futures, strict=True):
+                self._futures[key] = (worker, future)
+                future.add_done_callback(self._on_done)
 
     def _on_done(self, future: Future[None]) -> None:
         """In Dask's thread: queue the future and wake the loop."""
