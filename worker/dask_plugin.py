@@ -161,11 +161,12 @@ class ExecutorPlugin(WorkerPlugin):
                 raise RuntimeError("zmpexec executors on this worker were closed")
             child = self._free.pop()
             self._busy.add(child)
+        taken = child
         try:
-            out, child = self._run_on(child, job, frame)
+            out, child = self._run_on(child, job, frame)  # a fresh child after a kill
         finally:
             with self._lock:
-                self._busy.discard(child)
+                self._busy.discard(taken)
                 if self._closed:
                     child.kill()
                 else:

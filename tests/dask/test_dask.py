@@ -65,6 +65,15 @@ def _workers(client: Any) -> set[str]:
     return set(client.scheduler_info(n_workers=-1)["workers"])
 
 
+def _child_processes() -> list[int]:
+    """Every executor child started as ``python -m worker.child`` on this machine."""
+    return [
+        p.pid
+        for p in psutil.process_iter(["cmdline"])
+        if (p.info["cmdline"] or [])[1:3] == ["-m", "worker.child"]
+    ]
+
+
 def _our_children(client: Any) -> list[int]:
     """Executor children running under the cluster's worker processes."""
     pids = []
@@ -348,11 +357,7 @@ def test_sigkill_of_zmpexec_run_leaves_nothing_running_on_the_workers(
 
     # Then the quantum's processes and our executor children die within the lease
     def ours_left() -> list[int]:
-        left = [grandchild] if psutil.pid_exists(grandchild) else []
-        for p in psutil.process_iter(["cmdline"]):
-            if (p.info["cmdline"] or [])[1:3] == ["-m", "worker.child"]:
-                left.append(p.pid)
-        return left
+        return ([grandchild] if psutil.pid_exists(grandchild) else []) + _child_processes()
 
     wait_until(lambda: not ours_left(), 30, "zmpexec's processes on the workers to go")
 
@@ -432,6 +437,9 @@ def test_resume_after_zmpexec_run_was_killed_on_dask(
         proc.kill()
     finally:
         proc.wait(10)
+    # (Once its executor children are gone with its lease: a resume racing the old run's
+    # plugin teardown once hung in CI, not reproduced since; see the issue-10 note.)
+    wait_until(lambda: not _child_processes(), 30, "the killed run's executor children to go")
     # When it is resumed
     out = _zmpexec_run(tmp_path, "g.yaml", "--scheduler-file", str(dask_cli_cluster), "--resume")
     # Then only the unfinished quantum runs
