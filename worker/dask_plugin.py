@@ -12,6 +12,7 @@ Imports ``distributed``: used only by the dask engine.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import pickle
@@ -102,17 +103,23 @@ class ExecutorPlugin(WorkerPlugin):
         self._reset()
 
     # ------------------------------------------------------------------ plugin hooks
-    def setup(self, worker: Any) -> None:
+    # Both hooks run on the Dask worker's event loop: their blocking parts (starting children
+    # and waiting for READY, reaping them) go to a thread, so the worker keeps answering.
+    async def setup(self, worker: Any) -> None:
+        await asyncio.to_thread(self._start_all, max(1, int(worker.state.nthreads)))
+        threading.Thread(target=self._watch_lease, name="zmpexec-lease", daemon=True).start()
+
+    async def teardown(self, worker: Any) -> None:
+        await asyncio.to_thread(self.close)
+
+    def _start_all(self, n: int) -> None:
         Path(self._boot[1]).mkdir(parents=True, exist_ok=True)
-        children = [self._start() for _ in range(max(1, int(worker.state.nthreads)))]
+        children = [self._start() for _ in range(n)]
         for child in children:  # the run starts once every worker's children are loaded
             child.wait_ready(_STARTUP_TIMEOUT_S)
         with self._lock:
             self._free.extend(children)
-        threading.Thread(target=self._watch_lease, name="zmpexec-lease", daemon=True).start()
-
-    def teardown(self, worker: Any) -> None:
-        self.close()
+            self._lock.notify_all()
 
     # ------------------------------------------------------------------ children
     def _start(self) -> _Child:
@@ -185,9 +192,9 @@ class ExecutorPlugin(WorkerPlugin):
                 ready = child.conn.poll(wait)  # the GIL is released while waiting
                 data = child.conn.recv_bytes() if ready else None
             except (EOFError, OSError):
-                return self._crashed(child, job, started), self._start()
+                return self._crashed(child, job, started), self._replacement(child)
             if data is None:
-                return self._timed_out(child, job, started), self._start()
+                return self._timed_out(child, job, started), self._replacement(child)
             answer = peek(data)
             if answer is not None and (answer.quantum_id, answer.attempt) == (
                 job.quantum_id,
@@ -195,6 +202,10 @@ class ExecutorPlugin(WorkerPlugin):
             ):
                 return data, child
             # READY (a fresh child announcing itself) or a stale frame: keep waiting
+
+    def _replacement(self, dead: _Child) -> _Child:
+        """A fresh child for a killed one (none once the plugin is closing)."""
+        return dead if self._closed else self._start()
 
     def _timed_out(self, child: _Child, job: Peek, started: float) -> bytes:
         child.kill()
