@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, assert_never
 from urllib.parse import urlparse
 
 import dask
@@ -136,13 +136,16 @@ class _Driver:
         self._next_poll = 0.0
         self._next_lease = 0.0
         self._stop: StopRequested | None = None
-        self._lock = threading.Lock()
+        # Reentrant: a signal handler may request a stop while this thread holds it.
+        self._lock = threading.RLock()
         self.on_progress: Callable[[RunStatus], None] | None = None
         self._next_progress = 0.0
 
     def request_stop(self, reason: str, *, graceful: bool = True) -> None:
+        """Safe from a signal handler (the lock is reentrant) and from other threads."""
         with self._lock:
             self._stop = StopRequested(reason, graceful=graceful)
+        self._wake()
 
     def run(self) -> None:
         # Dask's client batches what it sends its scheduler at most every 10 ms: a floor under
@@ -285,7 +288,7 @@ class _Driver:
                 case RevokeQuantum():
                     pass  # never taken back: a queued Dask task starts when a thread frees
                 case _:
-                    pass
+                    assert_never(action)
         self._submit(dispatches)
 
     def _key(self, i: int, attempt: int) -> str:
