@@ -105,7 +105,6 @@ class _Driver:
     def __init__(
         self,
         core: BrokerCore,
-        graph: QuantumGraph,
         client: Client,
         config: ExecutionConfig,
         boot: tuple[bytes, str, list[str]],
@@ -121,7 +120,7 @@ class _Driver:
         self._poller.register(self._wake_r, zmq.POLLIN)
         if control is not None:
             self._poller.register(control.socket, zmq.POLLIN)
-        self._graph = graph
+        self._graph = core.graph
         self._client = client
         self._config = config
         self._boot = boot
@@ -406,7 +405,7 @@ def run_on_dask(
         core = BrokerCore(graph, held, journal=journal, done=done)
         control = ControlEndpoint(control_endpoint) if control_endpoint else None
         try:
-            driver = _Driver(core, graph, client, config, boot, control)
+            driver = _Driver(core, client, config, boot, control)
             if on_driver is not None:
                 on_driver(driver)
             driver.run()

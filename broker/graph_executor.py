@@ -4,6 +4,7 @@ fixes up the graph, then runs it in-process (``numProc == 1``) or through a brok
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
@@ -13,6 +14,7 @@ import socket
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -66,6 +68,20 @@ def _endpoint_for(requested: str | None) -> tuple[Path | None, str]:
         if not sock.parent.is_dir():
             raise ConfigError(f"ipc endpoint directory {sock.parent} does not exist")
     return None, requested
+
+
+@contextlib.contextmanager
+def _published(requested: str | None, run_dir: Path) -> Iterator[str]:
+    """The run's endpoint (``_endpoint_for``), written into ``run_dir`` for ``zmpexec status``,
+    ``cancel`` and ``worker`` while the run lasts; removed, with its private directory, after."""
+    sock_dir, endpoint = _endpoint_for(requested)
+    try:
+        (run_dir / ENDPOINT_FILE).write_text(endpoint + "\n")
+        yield endpoint
+    finally:
+        (run_dir / ENDPOINT_FILE).unlink(missing_ok=True)
+        if sock_dir is not None:
+            shutil.rmtree(sock_dir, ignore_errors=True)
 
 
 class MPGraphExecutor:
@@ -254,27 +270,22 @@ class MPGraphExecutor:
             if self._stop_requested is not None:
                 driver.request_stop(self._stop_requested)
 
-        run_dir = run.log_dir.parent
-        sock_dir, endpoint = _endpoint_for(None)  # for zmpexec status / cancel
-        try:
-            (run_dir / ENDPOINT_FILE).write_text(endpoint + "\n")
-            core = run_on_dask(
-                run.graph,
-                self._config,
-                target,
-                boot,
-                journal=run.journal,
-                done=run.done,
-                on_driver=keep,
-                control_endpoint=endpoint,
-            )
-            self.timings = core.timings
-            return core
-        finally:
-            self._dask_driver = None
-            (run_dir / ENDPOINT_FILE).unlink(missing_ok=True)
-            if sock_dir is not None:
-                shutil.rmtree(sock_dir, ignore_errors=True)
+        with _published(None, run.log_dir.parent) as endpoint:  # for zmpexec status / cancel
+            try:
+                core = run_on_dask(
+                    run.graph,
+                    self._config,
+                    target,
+                    boot,
+                    journal=run.journal,
+                    done=run.done,
+                    on_driver=keep,
+                    control_endpoint=endpoint,
+                )
+            finally:
+                self._dask_driver = None
+        self.timings = core.timings
+        return core
 
     def _executor_blob(self, run: _Run) -> bytes:
         try:
@@ -286,13 +297,12 @@ class MPGraphExecutor:
     def _run_with_broker(self, run: _Run) -> BrokerCore:
         blob = self._executor_blob(run)
         run_dir = run.log_dir.parent
-        sock_dir, endpoint = _endpoint_for(self._config.endpoint)
-        keys_dir = None
-        if endpoint.startswith("tcp://"):
-            keys_dir = run_dir / "curve"
-            create_keys(keys_dir)
-        serving = Serving(endpoint, run.log_dir, blob, keys_dir)
-        try:
+        with _published(self._config.endpoint, run_dir) as endpoint:
+            keys_dir = None
+            if endpoint.startswith("tcp://"):
+                keys_dir = run_dir / "curve"
+                create_keys(keys_dir)
+            serving = Serving(endpoint, run.log_dir, blob, keys_dir)
             server = self._server = BrokerServer(
                 run.graph,
                 self._config,
@@ -304,14 +314,11 @@ class MPGraphExecutor:
             if self._stop_requested is not None:
                 server.request_stop(self._stop_requested)
             self.endpoint = endpoint
-            (run_dir / ENDPOINT_FILE).write_text(endpoint + "\n")  # for status, cancel, worker
-            server.run()
+            try:
+                server.run()
+            finally:
+                self.endpoint = None
             self.timings = server.timings
-        finally:
-            self.endpoint = None
-            (run_dir / ENDPOINT_FILE).unlink(missing_ok=True)
-            if sock_dir is not None:
-                shutil.rmtree(sock_dir, ignore_errors=True)
         return server.core
 
 

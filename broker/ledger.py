@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from broker.state import GraphState, QState
 from common.errors import MPGraphExecutorError, MPTimeoutError
 from common.graph import QuantumGraph
-from common.graphfile import unpack_payload
 from common.protocol import Result
 from common.report import (
     ExceptionInfo,
@@ -195,7 +194,7 @@ class Ledger:
             if status is ExecutionStatus.FAILURE and p.reason is Reason.EXCEPTION:
                 exc = ExceptionInfo(p.exc_class or "Exception", p.message or "")
             key = lsst_quantum_id(qid)
-            data_id = unpack_payload(g.payloads.raw(i))[0]
+            data_id = g.payload_at(i)[0]
             w, rss = self._worker[i], self._rss[i]
             yield (
                 QuantumReport(

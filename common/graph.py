@@ -19,7 +19,7 @@ import networkx as nx
 import numpy as np
 
 from common.errors import GraphError, TaskResolutionError
-from common.quantum import Fields, Quantum, checked_fields, resolve_task
+from common.quantum import DataIdValue, Fields, Quantum, checked_fields, resolve_task
 from common.topology import CycleError, Topology, as_numpy
 
 if TYPE_CHECKING:
@@ -187,11 +187,17 @@ class QuantumGraph:
         """Quantum id -> index, read-only by convention."""
         return self._index
 
-    def outputs_at(self, i: int) -> list[str]:
-        """The names of the datasets quantum ``i`` writes."""
+    def payload_at(
+        self, i: int
+    ) -> tuple[dict[str, DataIdValue], dict[str, str], dict[str, str], dict[str, Any]]:
+        """Quantum ``i``'s (data_id, inputs, outputs, config), unpacked."""
         from common.graphfile import unpack_payload
 
-        return list(unpack_payload(self.payloads.raw(i))[2].values())
+        return unpack_payload(self.payloads.raw(i))
+
+    def outputs_at(self, i: int) -> list[str]:
+        """The names of the datasets quantum ``i`` writes."""
+        return list(self.payload_at(i)[2].values())
 
     def label_at(self, i: int) -> str:
         return self.kinds[self.kind[i]][0]
@@ -200,10 +206,8 @@ class QuantumGraph:
         return self.quantum_at(self._index[qid])
 
     def quantum_at(self, i: int) -> Quantum:
-        from common.graphfile import unpack_payload
-
         label, task = self.kinds[self.kind[i]]
-        data_id, inputs, outputs, config = unpack_payload(self.payloads.raw(i))
+        data_id, inputs, outputs, config = self.payload_at(i)
         return Quantum.trusted(
             self.ids[i], label, task, data_id, inputs, outputs, config, self.timeouts.get(i)
         )

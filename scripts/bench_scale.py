@@ -50,18 +50,6 @@ print(json.dumps(out))
 """
 
 
-def _peak_rss_mb(proc: subprocess.Popen[bytes]) -> float:
-    """Wait for ``proc``, sampling its own resident memory every 50 ms."""
-    handle, peak = psutil.Process(proc.pid), 0
-    while proc.poll() is None:
-        try:
-            peak = max(peak, handle.memory_info().rss)
-        except psutil.Error:
-            break
-        time.sleep(0.05)
-    return peak / 2**20
-
-
 @dataclass(frozen=True, slots=True)
 class RunOutcome:
     """One ``zmpexec run`` of a source tree, seen from outside: figures from its summary (and
@@ -86,7 +74,7 @@ def run_in_tree(tree: Path, graph_file: Path, jobs: int, *, keep: bool = False) 
         proc = subprocess.Popen(
             argv, cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        rss = _peak_rss_mb(proc)
+        rss = max((own for _, own, _ in _tree_samples(proc)), default=0) / 2**20
         wall = time.perf_counter() - t0
         if proc.returncode != 0:
             raise RuntimeError(f"zmpexec run exited {proc.returncode} in {tree}")
