@@ -11,7 +11,6 @@ core retries its quanta under a new attempt). Quanta run in warm executor childr
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import math
 import os
@@ -20,22 +19,22 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, assert_never
-from urllib.parse import urlparse
 
-import dask
 import zmq
-from distributed import Client, Future, LocalCluster
+from distributed import Client, Future
 
 from broker.control_endpoint import ControlEndpoint
 from broker.core import BrokerCore
+from broker.dask_cluster import STREAM_INTERVAL_S, DaskTarget, connect, lower_latency
 from broker.events import (
     Action,
     AdmitWorker,
     Dispatch,
     Event,
     KillWorker,
+    QuantumRevoked,
     RefuseWorker,
     ResultReceived,
     RevokeQuantum,
@@ -51,11 +50,18 @@ from broker.events import (
 from broker.journal import Journal
 from common.codec import decode, encode
 from common.config import ExecutionConfig
-from common.errors import ConfigError, ProtocolError
+from common.errors import ProtocolError
 from common.graph import QuantumGraph
 from common.protocol import Assign, Result
 from common.status import RunStatus
-from worker.dask_plugin import PLUGIN_NAME, ExecutorPlugin, kill_running, renew_lease, run_assign
+from worker.dask_plugin import (
+    PLUGIN_NAME,
+    ExecutorPlugin,
+    kill_running,
+    renew_lease,
+    revoke_assign,
+    run_assign,
+)
 
 __all__ = ["DaskTarget", "run_on_dask"]
 
@@ -63,40 +69,11 @@ logger = logging.getLogger(__name__)
 
 _POLL_S = 1.0  # how often the scheduler's worker list is read
 _LEASE_S = 10.0  # executor children die this long after the driver stops renewing
-_LOOPBACK = ("localhost",)
-_CLIENT_BATCH_S = 0.001
 # Quanta a Dask worker holds per thread (beyond ``prefetch``): enough to cover the dispatch
 # trip (driver -> scheduler -> worker, a few ms) with the quanta's mean duration, so short
 # quanta keep workers busy; long ones are not pinned to a worker early.
 _TRIP_S = 0.010
 _WINDOW_MIN, _WINDOW_MAX = 2, 16
-
-
-@dataclass(frozen=True, slots=True)
-class DaskTarget:
-    """Where to run: an existing ``client``, a scheduler ``address`` or ``scheduler_file``,
-    or (none of them) a local cluster of ``num_workers`` single-threaded processes."""
-
-    client: Client | None = None
-    address: str | None = None
-    scheduler_file: str | None = None
-
-
-def check_security(address: str) -> None:
-    """Refuse a plain ``tcp://`` scheduler beyond loopback: use ``tls://`` there."""
-    parsed = urlparse(address)
-    if parsed.scheme != "tcp":
-        return
-    host = parsed.hostname or ""
-    try:
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = host in _LOOPBACK
-    if not loopback:
-        raise ConfigError(
-            f"refusing the plain tcp:// Dask scheduler {address}: quanta and executors would "
-            "travel unencrypted and unauthenticated; use tls:// (Dask's Security)"
-        )
 
 
 class _Driver:
@@ -128,10 +105,14 @@ class _Driver:
         self._done: queue.Queue[Future[None]] = queue.Queue()
         self._results: queue.Queue[bytes] = queue.Queue()  # RESULT frames, as events
         self._topic = f"zmpexec-results-{self._run_id}"
-        self._futures: dict[str, tuple[bytes, Future[None]]] = {}  # key -> (worker, future)
+        # (quantum index, attempt) -> (worker, future) of what Dask holds for us
+        self._futures: dict[tuple[int, int], tuple[bytes, Future[None]]] = {}
+        self._retaken: dict[tuple[int, int], int] = {}  # revokes of an attempt, for its key
         self._known: dict[str, bytes] = {}  # Dask worker address -> identity
         self._threads: dict[str, int] = {}  # Dask worker address -> threads
         self._window = _WINDOW_MIN
+        self._events: list[Event] = []  # of our own making, for the next step
+        self._restores: list[Callable[[], None]] = []  # of Dask settings changed for the run
         self._next_poll = 0.0
         self._next_lease = 0.0
         self._stop: StopRequested | None = None
@@ -147,12 +128,14 @@ class _Driver:
         self._wake()
 
     def run(self) -> None:
-        # Dask's client batches what it sends its scheduler at most every 10 ms: a floor under
-        # every hop of a chain when each ready quantum is submitted as its parent ends.
         comm = getattr(self._client, "scheduler_comm", None)
         if comm is not None and hasattr(comm, "interval"):
-            comm.interval = min(comm.interval, _CLIENT_BATCH_S)
-        self._client.register_plugin(ExecutorPlugin(self._boot, _LEASE_S), name=PLUGIN_NAME)
+            interval = comm.interval
+            comm.interval = min(interval, STREAM_INTERVAL_S)
+            self._restores.append(lambda: setattr(comm, "interval", interval))
+        self._client.register_plugin(
+            ExecutorPlugin(self._boot, _LEASE_S, STREAM_INTERVAL_S), name=PLUGIN_NAME
+        )
         # Results ride the worker's event stream (worker -> scheduler -> us, pushed): fetching
         # each task's result would cost a round trip to its worker.
         self._client.subscribe_topic(self._topic, self._on_result_event)
@@ -172,8 +155,9 @@ class _Driver:
         """Events seen by the next wake-up: finished futures, workers joining or leaving."""
         deadline = self.core.next_deadline(now)
         until = min(self._next_poll, deadline if deadline is not None else self._next_poll)
-        ready = dict(self._poller.poll(max(0, int((until - now) * 1000) + 1)))
-        events: list[Event] = []
+        timeout = 0 if self._events else max(0, int((until - now) * 1000) + 1)
+        ready = dict(self._poller.poll(timeout))
+        events, self._events = self._events, []
         if self._wake_r in ready:
             os.read(self._wake_r, 65536)
         try:
@@ -217,17 +201,17 @@ class _Driver:
             return []
         if not isinstance(result, Result) or result.quantum_id not in self._graph:
             return []
-        key = self._key(self._graph.index(result.quantum_id), result.attempt)
-        entry = self._futures.pop(key, None)
+        entry = self._futures.pop((self._graph.index(result.quantum_id), result.attempt), None)
         if entry is None:
             return []  # cancelled or superseded meanwhile
         return [ResultReceived(entry[0], result)]
 
     def _finished(self, future: Future[None]) -> list[Event]:
-        key = str(future.key)
-        if future.status == "finished" or key not in self._futures:
-            return []  # its RESULT comes as an event (or it was cancelled)
-        worker, _ = self._futures.pop(key)
+        tag = self._tag(str(future.key))
+        entry = self._futures.get(tag)
+        if entry is None or entry[1] is not future:
+            return []  # cancelled, revoked or superseded
+        worker, _ = self._futures.pop(tag)
         if future.status == "cancelled":
             return []
         # An error of Dask's own (the shim returns frames): the worker died under the task.
@@ -238,6 +222,9 @@ class _Driver:
     def _poll_workers(self) -> list[Event]:
         workers = self._client.scheduler_info(n_workers=-1)["workers"]
         events: list[Event] = []
+        joined = [a for a in workers if a not in self._known]
+        if joined:
+            self._restores.append(lower_latency(self._client, joined))
         for address, info in workers.items():
             identity = self._known.get(address)
             if identity is None:
@@ -285,14 +272,23 @@ class _Driver:
                 case ShutdownWorker() | AdmitWorker() | RefuseWorker() | KillWorker():
                     pass  # Dask owns its workers: nothing to tell them or kill
                 case RevokeQuantum():
-                    pass  # never taken back: a queued Dask task starts when a thread frees
+                    self._revoke(action)
                 case _:
                     assert_never(action)
         self._submit(dispatches)
 
     def _key(self, i: int, attempt: int) -> str:
-        """The Dask key of one attempt: never reused."""
-        return f"zmpexec-{self._run_id}-{i}-{attempt}"
+        """The Dask key of one dispatch of an attempt: never reused (an attempt dispatched
+        again after a revoke gets a suffix)."""
+        retaken = self._retaken.get((i, attempt))
+        key = f"zmpexec-{self._run_id}-{i}-{attempt}"
+        return key if retaken is None else f"{key}-r{retaken}"
+
+    @staticmethod
+    def _tag(key: str) -> tuple[int, int]:
+        """(quantum index, attempt) of one of our keys."""
+        _, _, i, attempt, *_ = key.split("-")
+        return int(i), int(attempt)
 
     def _submit(self, dispatches: dict[bytes, list[Dispatch]]) -> None:
         """One ``client.map`` per worker: a call costs more than the quanta it carries."""
@@ -306,6 +302,7 @@ class _Driver:
                 run_assign,
                 frames,
                 [self._topic] * len(batch),
+                keys,
                 key=keys,
                 workers=[worker.decode()],
                 allow_other_workers=False,
@@ -313,12 +310,34 @@ class _Driver:
                 pure=False,
                 priority=-batch[0].index,
             )
-            for key, future in zip(keys, futures, strict=True):
-                self._futures[key] = (worker, future)
+            for d, future in zip(batch, futures, strict=True):
+                self._futures[d.index, d.attempt] = (worker, future)
                 future.add_done_callback(self._on_done)
 
+    def _revoke(self, revoke: RevokeQuantum) -> None:
+        """Ask the worker's plugin to take a queued task back: a yes is QuantumRevoked (and
+        the Dask task is cancelled); a no means it started, and its result will come."""
+        tag = (self._graph.index(revoke.quantum_id), revoke.attempt)
+        entry = self._futures.get(tag)
+        if entry is None:
+            return
+        address = revoke.worker.decode()
+        try:
+            answer = self._client.run(revoke_assign, str(entry[1].key), workers=[address])
+        except Exception as e:  # the worker is leaving: the poll will tell
+            logger.info("could not revoke %s on %s: %s", revoke.quantum_id, address, e)
+            return
+        if answer.get(address) is True:
+            _, future = self._futures.pop(tag)
+            self._retaken[tag] = self._retaken.get(tag, 0) + 1
+            self._client.cancel([future])
+            self._events.append(QuantumRevoked(revoke.worker, revoke.quantum_id, revoke.attempt))
+
     def _on_done(self, future: Future[None]) -> None:
-        """In Dask's thread: queue the future and wake the loop."""
+        """In Dask's thread: queue a future that ended without its RESULT and wake the loop
+        (a finished one's RESULT comes as an event)."""
+        if future.status == "finished":
+            return
         self._done.put(future)
         self._wake()
 
@@ -359,6 +378,8 @@ class _Driver:
             self._client.unregister_worker_plugin(PLUGIN_NAME)  # teardown kills children
         except Exception as e:
             logger.warning("could not remove the zmpexec plugin from every worker: %s", e)
+        for restore in reversed(self._restores):
+            restore()
 
 
 def run_on_dask(
@@ -373,35 +394,9 @@ def run_on_dask(
     control_endpoint: str | None = None,
 ) -> BrokerCore:
     """Run ``graph`` on the Dask cluster ``target`` names; returns the finished core."""
-    cluster = None
-    client = target.client
-    if client is None:
-        if target.address is not None:
-            check_security(target.address)
-            client = Client(target.address)
-        elif target.scheduler_file is not None:
-            client = Client(scheduler_file=target.scheduler_file)
-        else:
-            # Our semantics, not Dask's: a lost worker is our retry, never Dask's; tasks stay
-            # on the worker the core chose.
-            with dask.config.set(
-                {
-                    "distributed.scheduler.allowed-failures": 0,
-                    "distributed.scheduler.work-stealing": False,
-                }
-            ):
-                cluster = LocalCluster(
-                    n_workers=config.num_workers,
-                    threads_per_worker=1,
-                    processes=True,
-                    dashboard_address=None,
-                )
-            client = Client(cluster)
-    else:
-        check_security(str(client.scheduler_info()["address"]))
-    try:
+    with connect(target, config.num_workers) as (client, local):
         # A local cluster's workers are awaited before dispatching, as local agents are.
-        held = replace(config, local_workers=config.num_workers if cluster is not None else 0)
+        held = replace(config, local_workers=config.num_workers if local else 0)
         core = BrokerCore(graph, held, journal=journal, done=done)
         control = ControlEndpoint(control_endpoint) if control_endpoint else None
         try:
@@ -413,8 +408,3 @@ def run_on_dask(
             if control is not None:
                 control.close()
         return core
-    finally:
-        if target.client is None:
-            client.close()
-        if cluster is not None:
-            cluster.close()

@@ -92,7 +92,10 @@ class MPGraphExecutor:
     which runs in this process. Options: ``heartbeat_interval_s``, ``liveness``, ``retries``,
     ``run_dir``, ``resume`` (skip what an earlier run in ``run_dir`` finished),
     ``startup_timeout_s``, ``shutdown_grace_s``, ``prefetch``, ``progress`` (a
-    callable given a ``Progress`` snapshot every ``progress_interval_s``).
+    callable given a ``Progress`` snapshot every ``progress_interval_s``). ``engine="dask"``
+    runs on Dask distributed: ``dask_client`` (a ``Client``), or ``dask_scheduler`` /
+    ``dask_scheduler_file`` (with ``dask_security``, Dask's ``Security``), else a local
+    cluster of ``numProc`` single-threaded workers.
     """
 
     def __init__(
@@ -114,7 +117,7 @@ class MPGraphExecutor:
             raise ConfigError(f"engine must be 'local' or 'dask', not {self._engine!r}")
         self._dask = {
             k: options.pop(k, None)
-            for k in ("dask_client", "dask_scheduler", "dask_scheduler_file")
+            for k in ("dask_client", "dask_scheduler", "dask_scheduler_file", "dask_security")
         }
         if self._resume and run_dir is None:
             raise ConfigError("resume needs the run_dir of the run to continue")
@@ -253,7 +256,8 @@ class MPGraphExecutor:
     # ------------------------------------------------------------------ dask
     def _run_on_dask(self, run: _Run) -> BrokerCore:
         try:
-            from broker.dask_engine import DaskTarget, run_on_dask
+            from broker.dask_cluster import DaskTarget
+            from broker.dask_engine import run_on_dask
         except ImportError as e:
             raise ConfigError(f"the dask engine needs pip install -e '.[dask]' ({e})") from e
         preload = sorted({task.partition(":")[0] for _, task in run.graph.kinds})
@@ -262,6 +266,7 @@ class MPGraphExecutor:
             self._dask["dask_client"],
             self._dask["dask_scheduler"],
             self._dask["dask_scheduler_file"],
+            self._dask["dask_security"],
         )
 
         def keep(driver: Any) -> None:

@@ -19,7 +19,7 @@ from rich.console import Console
 from broker import MPGraphExecutor
 from broker.control import endpoint_of, request_cancel, request_status
 from common.butler import Butler
-from common.errors import MPGraphExecutorError, ZmpexecError
+from common.errors import ConfigError, MPGraphExecutorError, ZmpexecError
 from common.exits import ExitCode
 from common.graph import QuantumGraph
 from common.graphfile import SUFFIXES
@@ -94,20 +94,37 @@ def _add_dask_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--scheduler", default=None, metavar="ADDRESS", help="Dask scheduler")
     p.add_argument("--scheduler-file", default=None, metavar="FILE", help="Dask scheduler file")
+    tls = p.add_argument_group("TLS to a Dask scheduler (as dask scheduler/worker take them)")
+    tls.add_argument("--tls-ca-file", default=None, metavar="PEM", help="certificate authority")
+    tls.add_argument("--tls-cert", default=None, metavar="PEM", help="this client's certificate")
+    tls.add_argument("--tls-key", default=None, metavar="PEM", help="its key, if apart")
 
 
 def _dask_options(args: argparse.Namespace) -> dict[str, Any]:
     """The executor options of ``--engine`` and its scheduler."""
+    tls = (args.tls_ca_file, args.tls_cert, args.tls_key)
     if args.engine != "dask":
-        if args.scheduler or args.scheduler_file:
-            raise UsageError("--scheduler and --scheduler-file need --engine dask")
+        if args.scheduler or args.scheduler_file or any(tls):
+            raise UsageError("--scheduler, --scheduler-file and --tls-* need --engine dask")
         return {}
     if args.scheduler and args.scheduler_file:
         raise UsageError("give --scheduler or --scheduler-file, not both")
+    security = None
+    if any(tls):
+        if not (args.tls_ca_file and args.tls_cert):
+            raise UsageError("TLS needs --tls-ca-file and --tls-cert (and --tls-key)")
+        if not (args.scheduler or args.scheduler_file):
+            raise UsageError("--tls-* apply to --scheduler or --scheduler-file")
+        try:
+            from broker.dask_cluster import tls_security
+        except ImportError as e:
+            raise ConfigError(f"the dask engine needs pip install -e '.[dask]' ({e})") from e
+        security = tls_security(args.tls_ca_file, args.tls_cert, args.tls_key)
     return {
         "engine": "dask",
         "dask_scheduler": args.scheduler,
         "dask_scheduler_file": args.scheduler_file,
+        "dask_security": security,
     }
 
 

@@ -64,6 +64,11 @@ def hang_with_grandchild(*, pid_file: str, **inputs: Any) -> None:
     time.sleep(300)
 
 
+def nap(*, seconds: float = 0.3, **inputs: Any) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
 def hold_gil(*, seconds: float = 3.0, **inputs: Any) -> float:
     """Holds the GIL in C code (regex backtracking) for about ``seconds``."""
     t0 = time.monotonic()

@@ -35,7 +35,14 @@ from common.report import Reason
 from worker.lifecycle import describe_exit, kill_group
 from worker.runner import ended_without_result
 
-__all__ = ["PLUGIN_NAME", "ExecutorPlugin", "kill_running", "renew_lease", "run_assign"]
+__all__ = [
+    "PLUGIN_NAME",
+    "ExecutorPlugin",
+    "kill_running",
+    "renew_lease",
+    "revoke_assign",
+    "run_assign",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -83,33 +90,50 @@ class ExecutorPlugin(WorkerPlugin):
 
     name = PLUGIN_NAME
 
-    def __init__(self, boot: tuple[bytes, str, list[str]], lease_s: float) -> None:
-        self._boot = boot  # only these two travel to the workers (``__getstate__``)
+    def __init__(
+        self, boot: tuple[bytes, str, list[str]], lease_s: float, stream_interval_s: float
+    ) -> None:
+        # only these travel to the workers (``__getstate__``)
+        self._boot = boot
         self._lease_s = lease_s
+        self._interval = stream_interval_s
         self._reset()
 
     def _reset(self) -> None:
         self._free: list[_Child] = []
         self._busy: set[_Child] = set()
+        # Dask keys of tasks running here, and of queued ones taken back
+        self._entered: set[str] = set()
+        self._revoked: set[str] = set()
         self._lock = threading.Condition()
         self._lease = time.monotonic()
         self._closed = False
+        self._restore: float | None = None  # the worker's batching interval before ours
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"boot": self._boot, "lease_s": self._lease_s}
+        return {"boot": self._boot, "lease_s": self._lease_s, "interval": self._interval}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self._boot, self._lease_s = state["boot"], state["lease_s"]
+        self._interval = state["interval"]
         self._reset()
 
     # ------------------------------------------------------------------ plugin hooks
     # Both hooks run on the Dask worker's event loop: their blocking parts (starting children
     # and waiting for READY, reaping them) go to a thread, so the worker keeps answering.
+    # The worker's messages to the scheduler (a result among them) go out at most every
+    # ``interval`` while the run lasts (Dask's default, 2 ms, is a floor under a chain's hop).
     async def setup(self, worker: Any) -> None:
         await asyncio.to_thread(self._start_all, max(1, int(worker.state.nthreads)))
         threading.Thread(target=self._watch_lease, name="zmpexec-lease", daemon=True).start()
+        stream = getattr(worker, "batched_stream", None)
+        if stream is not None and hasattr(stream, "interval"):
+            self._restore = stream.interval
+            stream.interval = min(stream.interval, self._interval)
 
     async def teardown(self, worker: Any) -> None:
+        if self._restore is not None:
+            worker.batched_stream.interval = self._restore
         await asyncio.to_thread(self.close)
 
     def _start_all(self, n: int) -> None:
@@ -156,11 +180,33 @@ class ExecutorPlugin(WorkerPlugin):
                 self.close()
 
     # ------------------------------------------------------------------ one quantum
-    def run(self, frame: bytes) -> bytes:
+    def revoke(self, key: str) -> bool:
+        """Take back the task ``key`` unless it started (it will return at once)."""
+        with self._lock:
+            if key in self._entered:
+                return False
+            self._revoked.add(key)
+            return True
+
+    def run(self, frame: bytes, key: str) -> bytes | None:
+        """The RESULT frame of the quantum in ASSIGN ``frame`` (Dask task ``key``); None if
+        the task was revoked."""
         job = peek(frame)
         if job is None or job.kind is not MessageType.ASSIGN:
             raise ProtocolError("run_assign needs an ASSIGN frame", frame)
         self.renew()
+        with self._lock:
+            if key in self._revoked:
+                self._revoked.discard(key)
+                return None
+            self._entered.add(key)
+        try:
+            return self._run_job(job, frame)
+        finally:
+            with self._lock:
+                self._entered.discard(key)
+
+    def _run_job(self, job: Peek, frame: bytes) -> bytes:
         with self._lock:
             while not self._free and not self._closed:
                 self._lock.wait()
@@ -245,17 +291,25 @@ def _plugin(worker: Any = None) -> ExecutorPlugin:
     return plugin
 
 
-def run_assign(frame: bytes, topic: str) -> None:
+def run_assign(frame: bytes, topic: str, key: str) -> None:
     """The Dask task: run the quantum in ASSIGN ``frame`` on a warm executor child of this
     worker and publish its RESULT frame on the worker's event ``topic`` (pushed to the driver,
     which never fetches task results)."""
     worker = get_worker()
-    worker.log_event(topic, _plugin(worker).run(frame))
+    result = _plugin(worker).run(frame, key)
+    if result is not None:
+        worker.log_event(topic, result)
 
 
 def renew_lease(dask_worker: Any) -> None:
     """Called by the driver on every worker (``client.run``) while the run lives."""
     _plugin(dask_worker).renew()
+
+
+def revoke_assign(key: str, dask_worker: Any) -> bool:
+    """Called by the driver (``client.run`` on one worker): take back the queued task
+    ``key``; False if it has started (its RESULT will come)."""
+    return _plugin(dask_worker).revoke(key)
 
 
 def kill_running(dask_worker: Any) -> int:

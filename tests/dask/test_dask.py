@@ -3,6 +3,7 @@ scheduler`` + ``dask worker`` started from the command line. No mocks of Dask.""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -98,6 +99,32 @@ def test_quanta_run_on_dask_workers_and_their_outputs_are_stored(
     assert Report.from_json(report.to_json()) == report
     # the plugin is gone at the end: no executor children left on the workers
     wait_until(lambda: not _our_children(client), 10, "executor children to go")
+
+
+def _intervals(client: Any) -> dict[str, float]:
+    """Dask's batching intervals on the connections a run tunes (ms)."""
+
+    def scheduler(dask_scheduler: Any) -> dict[str, float]:
+        return {a: c.interval for a, c in dask_scheduler.stream_comms.items()}
+
+    out = {f"to {a}": v for a, v in client.run_on_scheduler(scheduler).items()}
+    for a, v in client.run(lambda dask_worker: dask_worker.batched_stream.interval).items():
+        out[f"from {a}"] = v
+    return out
+
+
+def test_a_run_lowers_dask_batching_intervals_while_it_lasts_and_restores_them(
+    client: Any, tmp_path: Path
+) -> None:
+    before = _intervals(client)
+    seen: list[dict[str, float]] = []
+    graph = QuantumGraph.from_quanta([quantum("a"), quantum("b", inputs=["a"])])
+    ex = _executor(client, tmp_path, progress=lambda _: seen or seen.append(_intervals(client)))
+    with Butler(tmp_path / "repo") as butler:
+        ex.execute(graph, butler)
+    assert seen and all(v <= 0.001 for v in seen[0].values()), seen
+    assert _intervals(client) == before
+    assert all(v > 0.001 for v in before.values())
 
 
 def test_keep_going_skips_only_descendants(client: Any, tmp_path: Path) -> None:
@@ -203,52 +230,30 @@ def test_a_plain_tcp_scheduler_beyond_loopback_is_refused(tmp_path: Path) -> Non
         ex.execute(chain(1), butler)
 
 
-@pytest.fixture
-def dask_cli_cluster(tmp_path: Path) -> Iterator[Path]:
-    """``dask scheduler`` and ``dask worker --nworkers 2 --nthreads 1`` as subprocesses."""
+@contextlib.contextmanager
+def _cli_cluster(tmp_path: Path, *options: str) -> Iterator[Path]:
+    """``dask scheduler`` and ``dask worker --nworkers 2 --nthreads 1`` as subprocesses (both
+    given ``options``); yields the scheduler file."""
     sched_file = tmp_path / "scheduler.json"
-    procs = [
-        subprocess.Popen(
-            [
-                "dask",
-                "scheduler",
-                "--scheduler-file",
-                str(sched_file),
-                "--port",
-                "0",
-                "--host",
-                "127.0.0.1",
-                "--no-dashboard",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env=dict(os.environ, PATH=str(Path(sys.executable).parent) + ":" + os.environ["PATH"]),
-        )
-    ]
+    env = dict(
+        os.environ,
+        PATH=str(Path(sys.executable).parent) + ":" + os.environ["PATH"],
+        PYTHONPATH=str(ROOT),
+    )
+    procs = []
     try:
-        wait_until(sched_file.exists, 30, "the scheduler file")
-        procs.append(
-            subprocess.Popen(
-                [
-                    "dask",
-                    "worker",
-                    "--scheduler-file",
-                    str(sched_file),
-                    "--nworkers",
-                    "2",
-                    "--nthreads",
-                    "1",
-                    "--no-dashboard",
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                env=dict(
-                    os.environ,
-                    PATH=str(Path(sys.executable).parent) + ":" + os.environ["PATH"],
-                    PYTHONPATH=str(ROOT),
-                ),
+        scheduler = ["--scheduler-file", str(sched_file), "--port", "0", "--host", "127.0.0.1"]
+        worker = ["--scheduler-file", str(sched_file), "--nworkers", "2", "--nthreads", "1"]
+        for argv in (["dask", "scheduler", *scheduler], ["dask", "worker", *worker]):
+            procs.append(
+                subprocess.Popen(
+                    [*argv, "--no-dashboard", *options],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    env=env,
+                )
             )
-        )
+            wait_until(sched_file.exists, 30, "the scheduler file")
         yield sched_file
     finally:
         for p in reversed(procs):
@@ -259,6 +264,12 @@ def dask_cli_cluster(tmp_path: Path) -> Iterator[Path]:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait(10)
+
+
+@pytest.fixture
+def dask_cli_cluster(tmp_path: Path) -> Iterator[Path]:
+    with _cli_cluster(tmp_path) as sched_file:
+        yield sched_file
 
 
 def _zmpexec_run(tmp: Path, graph: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -287,6 +298,31 @@ def test_zmpexec_run_on_a_cluster_started_from_the_command_line(
     assert report.counts()[ExecutionStatus.SUCCESS] == 3
     worker = report.details("a").worker
     assert worker is not None and worker.startswith("tcp://127.0.0.1:")
+
+
+def test_zmpexec_run_on_a_tls_cluster_with_certificates(tmp_path: Path) -> None:
+    # A self-signed certificate (its own authority) for scheduler, workers and client.
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    openssl = "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost -addext"
+    subprocess.run(
+        [*openssl.split(), "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )
+    tls = ["--tls-ca-file", str(cert), "--tls-cert", str(cert), "--tls-key", str(key)]
+    chain(3).save(tmp_path / "g.json")
+    with _cli_cluster(tmp_path, "--protocol", "tls", *tls) as sched_file:
+        assert '"tls://' in sched_file.read_text()
+        out = _zmpexec_run(tmp_path, "g.json", "--scheduler-file", str(sched_file), *tls)
+        assert out.returncode == 0, out.stderr
+        report = Report.from_json((tmp_path / "s.json").read_text())
+        assert report.counts()[ExecutionStatus.SUCCESS] == 3
+        assert str(report.details("c0").worker).startswith("tls://127.0.0.1:")
+        # Without the certificates: a one-line error naming the scheduler, not a hang
+        out = _zmpexec_run(tmp_path, "g.json", "--scheduler-file", str(sched_file))
+        assert out.returncode == 2, out.stderr
+        assert "Dask scheduler tls://127.0.0.1:" in out.stderr
+        assert "Traceback" not in out.stderr
 
 
 def test_zmpexec_run_with_a_local_dask_cluster(tmp_path: Path) -> None:
@@ -412,6 +448,34 @@ def test_a_task_holding_the_gil_does_not_cost_its_dask_worker(client: Any, tmp_p
         ex.execute(graph, butler)
     assert ex.getReport().details("gil").attempts == 1
     assert _workers(client) == before
+
+
+def test_an_idle_worker_takes_back_a_quantum_queued_behind_a_long_one(
+    client: Any, tmp_path: Path
+) -> None:
+    # "long" (with a child, so it goes first) lands on one worker; five short ones fill the
+    # other's 3 slots (2 per thread + 1 prefetch) and two wait behind "long" in its worker's
+    # Dask queue. Once the other worker is idle with nothing ready, the core revokes them one
+    # by one and runs them there: every short quantum ends long before "long" does.
+    shorts = [f"s{i}" for i in range(5)]
+    graph = QuantumGraph.from_quanta(
+        [
+            quantum("long", "nap", config={"seconds": 6.0}),
+            quantum("after", inputs=["long"]),
+            *(quantum(s, "nap", config={"seconds": 0.3}) for s in shorts),
+        ]
+    )
+    ex = _executor(client, tmp_path)
+    with Butler(tmp_path / "repo") as butler:
+        ex.execute(graph, butler)
+    report = ex.getReport()
+    long = report.details("long")
+    assert long.endTime is not None
+    for s in shorts:
+        d = report.details(s)
+        assert d.attempts == 1 and d.endTime is not None
+        assert d.endTime < long.endTime - 3.0, f"{s} waited behind the long quantum"
+        assert d.worker != long.worker
 
 
 def test_resume_after_zmpexec_run_was_killed_on_dask(
