@@ -225,6 +225,13 @@ def main() -> None:
     workloads = args.workloads.split(",")
     variants = [v for v in args.variants.split(",") if v]
     peers = [v for v in args.peers.split(",") if v]
+    unknown = [n for n in variants if n not in VARIANTS + OPTIONAL_VARIANTS]
+    unknown += [n for n in peers if n not in PEERS]
+    if unknown:
+        p.error(
+            f"unknown {', '.join(unknown)}: variants are {', '.join(VARIANTS + OPTIONAL_VARIANTS)};"
+            f" peers {', '.join(PEERS)} (--peers '' for none)"
+        )
     records: list[dict[str, Any]] = []
     for rep in range(args.reps):
         for w in workloads:

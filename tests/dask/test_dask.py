@@ -119,7 +119,12 @@ def test_a_run_lowers_dask_batching_intervals_while_it_lasts_and_restores_them(
     before = _intervals(client)
     seen: list[dict[str, float]] = []
     graph = QuantumGraph.from_quanta([quantum("a"), quantum("b", inputs=["a"])])
-    ex = _executor(client, tmp_path, progress=lambda _: seen or seen.append(_intervals(client)))
+
+    def look(_: Any) -> None:
+        if not seen:
+            seen.append(_intervals(client))
+
+    ex = _executor(client, tmp_path, progress=look)
     with Butler(tmp_path / "repo") as butler:
         ex.execute(graph, butler)
     assert seen and all(v <= 0.001 for v in seen[0].values()), seen
