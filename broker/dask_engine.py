@@ -12,7 +12,6 @@ core retries its quanta under a new attempt). Quanta run in warm executor childr
 from __future__ import annotations
 
 import logging
-import math
 import os
 import queue
 import threading
@@ -48,6 +47,7 @@ from broker.events import (
     WorkerReady,
 )
 from broker.journal import Journal
+from broker.registry import window
 from common.codec import decode, encode
 from common.config import ExecutionConfig
 from common.errors import ProtocolError
@@ -261,9 +261,8 @@ class _Driver:
 
     def _adapted_window(self) -> int:
         mean = self.core.scheduler.mean_duration_s()
-        if mean is None:
-            return self._window
-        return max(_WINDOW_MIN, min(_WINDOW_MAX, 1 + math.ceil(_TRIP_S / max(mean, 1e-6))))
+        adapted = window(mean, _TRIP_S, _WINDOW_MIN, _WINDOW_MAX)
+        return self._window if adapted is None else adapted
 
     # ------------------------------------------------------------------ actions
     def _carry_out(self, actions: list[Action]) -> None:

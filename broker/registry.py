@@ -4,10 +4,11 @@ which deadlines are due. Pure: takes an explicit ``now`` (monotonic seconds), no
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-__all__ = ["InFlight", "WorkerInfo", "WorkerRegistry"]
+__all__ = ["InFlight", "WorkerInfo", "WorkerRegistry", "window"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +38,16 @@ class WorkerInfo:
     @property
     def free_slots(self) -> int:
         return self.slots - len(self.in_flight)
+
+
+def window(mean_s: float | None, trip_s: float, lo: int, hi: int) -> int | None:
+    """How many quanta a worker (per thread) should hold: the running one and enough queued
+    behind it to keep it busy through a dispatch round trip of ``trip_s`` with quanta of
+    ``mean_s`` on average, within ``lo..hi``; None while no duration is known. Deep for short
+    quanta; shallow for long ones, which are then not pinned to a worker early."""
+    if mean_s is None:
+        return None
+    return max(lo, min(hi, 1 + math.ceil(trip_s / max(mean_s, 1e-6))))
 
 
 class WorkerRegistry:

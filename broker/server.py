@@ -34,6 +34,7 @@ from broker.events import (
     ShutdownWorker,
     StopRequested,
     StopRun,
+    WorkerCapacity,
     WorkerHeard,
     WorkerJoined,
     WorkerLeft,
@@ -41,6 +42,7 @@ from broker.events import (
 )
 from broker.journal import Journal
 from broker.pool import WorkerPool
+from broker.registry import window
 from broker.router import Router
 from common.config import ExecutionConfig
 from common.graph import QuantumGraph
@@ -67,6 +69,12 @@ from worker.lifecycle import describe_exit
 __all__ = ["BrokerServer", "ProgressCallback", "Serving"]
 
 logger = logging.getLogger(__name__)
+
+# Local agents queue up to this many quanta behind the running one; a dispatch round trip to
+# one is well under a millisecond, so quanta shorter than that are sent a few at a time.
+_LOCAL_PREFETCH_MAX = 8
+_LOCAL_TRIP_S = 0.001
+_ADAPT_EVERY_S = 0.25
 
 
 ProgressCallback = Callable[[RunStatus], None]
@@ -114,8 +122,13 @@ class BrokerServer:
             keys_dir=serving.keys_dir,
             log_level=logging.getLogger().getEffectiveLevel(),
             startup_timeout_s=config.startup_timeout_s,
-            prefetch=config.prefetch,
+            # A local agent accepts up to this many queued quanta; how many it is sent adapts
+            # to durations (``_adapt``), from ``config.prefetch`` up.
+            prefetch=max(config.prefetch, _LOCAL_PREFETCH_MAX),
         )
+        self._declared: dict[bytes, int] = {}  # slots each worker said it has (HELLO)
+        self._depth = 1 + config.prefetch  # quanta a worker is sent at most, for now
+        self._next_adapt = 0.0
         self._replacements_left = 2 * config.spawn_count + 2
         self._preload = sorted({task.partition(":")[0] for _, task in graph.kinds})
         self._on_progress = on_progress
@@ -202,6 +215,7 @@ class BrokerServer:
                 poller.unregister(fd)
                 self._worker_exited(fd, events)
             self._carry_out(self.core.step(events, now))
+            self._adapt(now)
             self._heartbeat(now)
             self._report_progress(now)
             current = set(self._pool.pidfds())
@@ -232,7 +246,8 @@ class BrokerServer:
         match msg:
             case Hello(pid=pid, host=host, slots=slots):
                 local = pid in self._pool.pids()
-                return WorkerJoined(identity, pid, host, slots, local)
+                self._declared[identity] = slots
+                return WorkerJoined(identity, pid, host, min(slots, self._depth), local)
             case Ready():
                 return WorkerReady(identity)
             case Result():
@@ -244,6 +259,7 @@ class BrokerServer:
             case Goodbye(reason=reason):
                 self._goodbyes.discard(identity)
                 self._router.forget(identity)
+                self._declared.pop(identity, None)
                 return WorkerLeft(identity, f"worker {self._name(identity)} left: {reason}")
             case StatusRequest():
                 self._router.send(identity, StatusReply(self.core.status(now).to_dict()))
@@ -268,6 +284,7 @@ class BrokerServer:
         if info is not None:
             why = f"worker {info.worker_id} (pid {pid}) {describe_exit(code)}"
             events.append(WorkerLeft(info.identity, why))
+            self._declared.pop(info.identity, None)
         elif killed:
             logger.info("lost worker process %d reaped (%s)", pid, describe_exit(code))
         else:
@@ -329,6 +346,24 @@ class BrokerServer:
                 max_rss_kb=None if c.max_rss_mb is None else c.max_rss_mb * 1024,
             ),
         )
+
+    def _adapt(self, now: float) -> None:
+        """Send workers as many quanta as keep them busy through a round trip: deeper queues
+        for short quanta (up to what each worker declared), 1 + ``prefetch`` for long ones."""
+        if now < self._next_adapt:
+            return
+        mean = self.core.scheduler.mean_duration_s()
+        lo = 1 + self.config.prefetch
+        depth = window(mean, _LOCAL_TRIP_S, lo, max(lo, 1 + _LOCAL_PREFETCH_MAX))
+        if depth is None:
+            return  # from the first durations learned on
+        self._next_adapt = now + _ADAPT_EVERY_S
+        if depth == self._depth:
+            return
+        self._depth = depth
+        for info in self.core.registry.workers():
+            declared = self._declared.get(info.identity, info.slots)
+            self._events.append(WorkerCapacity(info.identity, min(declared, depth)))
 
     def _heartbeat(self, now: float) -> None:
         workers = (info.identity for info in self.core.registry.workers())

@@ -17,6 +17,7 @@ from broker import MPGraphExecutor, MPGraphExecutorError, MPTimeoutError
 from common.butler import Butler
 from common.graph import QuantumGraph
 from common.report import ExecutionStatus, Reason, Report
+from common.status import RunStatus
 from tests.conftest import Background, wait_until
 from tests.graphs import independent, quantum
 from worker.executor import TaskQuantumExecutor
@@ -341,7 +342,6 @@ def test_pdb_post_mortem_runs_in_process_on_a_task_exception(butler: Butler) -> 
 
 
 def test_progress_snapshots_arrive_during_a_run(butler: Butler) -> None:
-    from common.status import RunStatus
 
     seen: list[RunStatus] = []
     graph = independent(6, "sleep", seconds=0.2)
@@ -354,6 +354,30 @@ def test_progress_snapshots_arrive_during_a_run(butler: Butler) -> None:
     assert any(p.eta_s is not None for p in seen)  # once a duration was learned
     elapsed = [p.elapsed_s for p in seen]
     assert elapsed == sorted(elapsed)
+
+
+def _most_held(snapshots: list[RunStatus]) -> int:
+    """The most quanta one worker held (running and queued) in any snapshot."""
+    counts = [
+        max(sum(1 for r in p.running if r.worker == w) for w in {r.worker for r in p.running})
+        for p in snapshots
+        if p.running
+    ]
+    return max(counts, default=0)
+
+
+def test_short_quanta_are_sent_several_at_a_time_and_long_ones_are_not(butler: Butler) -> None:
+    # Quanta far shorter than a dispatch round trip: a worker is sent a queue of them.
+    seen: list[RunStatus] = []
+    graph = QuantumGraph.from_quanta([quantum(f"q{i}", outputs=[]) for i in range(3000)])
+    make(2, progress=seen.append, progress_interval_s=0.02).execute(graph, butler)
+    assert _most_held(seen) > 2, "never more than the running quantum and one prefetched"
+    # Quanta longer than it: the running one and one prefetched (work is not pinned early).
+    seen.clear()
+    make(2, progress=seen.append, progress_interval_s=0.02).execute(
+        independent(8, "sleep", seconds=0.15), butler
+    )
+    assert 0 < _most_held(seen) <= 2
 
 
 @pytest.mark.parametrize("every", [1, 3])

@@ -487,3 +487,13 @@ def test_a_driver_can_change_how_many_quanta_a_worker_holds() -> None:
     h.step(WorkerCapacity(A, 1))
     h.step(ResultReceived(A, result(first)))
     assert h.dispatches() == []
+
+
+def test_a_workers_window_covers_a_round_trip_with_its_quanta() -> None:
+    from broker.registry import window
+
+    assert window(None, 0.001, 2, 9) is None  # nothing learned yet: the driver keeps its own
+    assert window(0.00005, 0.001, 2, 9) == 9  # 50 us quanta: as deep as allowed
+    assert window(0.0004, 0.001, 2, 9) == 4  # 1 running + 3 queued cover a 1 ms trip
+    assert window(0.2, 0.001, 2, 9) == 2  # long quanta: the running one and the minimum
+    assert window(0.0, 0.001, 2, 9) == 9  # a zero duration does not divide by zero
