@@ -497,3 +497,21 @@ def test_a_workers_window_covers_a_round_trip_with_its_quanta() -> None:
     assert window(0.0004, 0.001, 2, 9) == 4  # 1 running + 3 queued cover a 1 ms trip
     assert window(0.2, 0.001, 2, 9) == 2  # long quanta: the running one and the minimum
     assert window(0.0, 0.001, 2, 9) == 9  # a zero duration does not divide by zero
+
+
+def test_a_journal_write_that_fails_in_the_writer_thread_surfaces_at_the_next_flush(
+    tmp_path: Path,
+) -> None:
+    import sqlite3
+
+    journal = Journal(tmp_path / "j.sqlite3", resume=False)
+    journal.record("q0", 1, JournalState.RUNNING)
+    journal.flush()
+    with sqlite3.connect(tmp_path / "j.sqlite3") as other:
+        other.execute("DROP TABLE transitions")
+    journal.record("q0", 1, JournalState.SUCCESS)
+    journal.flush_if_due(1e9)  # handed to the writer: the loop does not wait, nor raise
+    with pytest.raises(sqlite3.OperationalError, match="transitions"):
+        journal.flush()
+    journal.flush()  # reported once
+    journal.close()
