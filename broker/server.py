@@ -64,15 +64,15 @@ from common.protocol import (
     Welcome,
 )
 from common.status import RunStatus
+from worker.launch import QUEUE_MAX
 from worker.lifecycle import describe_exit
 
 __all__ = ["BrokerServer", "ProgressCallback", "Serving"]
 
 logger = logging.getLogger(__name__)
 
-# Local agents queue up to this many quanta behind the running one; a dispatch round trip to
-# one is well under a millisecond, so quanta shorter than that are sent a few at a time.
-_LOCAL_PREFETCH_MAX = 8
+# A dispatch round trip to a local agent is well under a millisecond: quanta shorter than that
+# are sent a few at a time (up to what the agent accepts, ``QUEUE_MAX`` by default).
 _LOCAL_TRIP_S = 0.001
 _ADAPT_EVERY_S = 0.25
 
@@ -124,7 +124,7 @@ class BrokerServer:
             startup_timeout_s=config.startup_timeout_s,
             # A local agent accepts up to this many queued quanta; how many it is sent adapts
             # to durations (``_adapt``), from ``config.prefetch`` up.
-            prefetch=max(config.prefetch, _LOCAL_PREFETCH_MAX),
+            prefetch=max(config.prefetch, QUEUE_MAX),
         )
         self._declared: dict[bytes, int] = {}  # slots each worker said it has (HELLO)
         self._depth = 1 + config.prefetch  # quanta a worker is sent at most, for now
@@ -354,7 +354,7 @@ class BrokerServer:
             return
         mean = self.core.scheduler.mean_duration_s()
         lo = 1 + self.config.prefetch
-        depth = window(mean, _LOCAL_TRIP_S, lo, max(lo, 1 + _LOCAL_PREFETCH_MAX))
+        depth = window(mean, _LOCAL_TRIP_S, lo, max(lo, 1 + QUEUE_MAX))
         if depth is None:
             return  # from the first durations learned on
         self._next_adapt = now + _ADAPT_EVERY_S

@@ -16,7 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["AgentConfig", "agent_command", "agent_env"]
+__all__ = ["QUEUE_MAX", "AgentConfig", "agent_command", "agent_env"]
+
+
+QUEUE_MAX = 8  # quanta an agent queues at most by default
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +30,9 @@ class AgentConfig:
     parent_pid: int | None = None
     startup_timeout_s: float = 60.0
     log_level: int = logging.WARNING
-    prefetch: int = 1  # quanta queued here behind the running one, to hide the round trip
+    # The most quanta this agent accepts queued behind the running one (its HELLO declares
+    # 1 + this many slots); how many it is sent is the broker's call, by quantum durations.
+    prefetch: int = QUEUE_MAX
     keys_dir: Path | None = None  # CURVE keys for a tcp endpoint (RUN_DIR/curve)
 
     def to_argv(self) -> list[str]:
