@@ -282,7 +282,9 @@ class _Driver:
                     assert_never(action)
         for worker, batch in dispatches.items():
             self._held.setdefault(worker, []).extend(batch)
-        due = {w: b for w, b in self._held.items() if self._outstanding.get(w, 0) <= self._low(w)}
+        due = {
+            w: b for w, b in self._held.items() if b and self._outstanding.get(w, 0) <= self._low(w)
+        }
         for worker in due:
             del self._held[worker]
         self._submit(due)
@@ -344,6 +346,8 @@ class _Driver:
         for d in held:
             if (d.index, d.attempt) == tag:  # never sent: nothing to ask
                 held.remove(d)
+                if not held:
+                    del self._held[revoke.worker]
                 self._events.append(
                     QuantumRevoked(revoke.worker, revoke.quantum_id, revoke.attempt)
                 )

@@ -150,7 +150,9 @@ def _run_peer(anchors: Path, venvs: Path, peer: str, workload: str) -> dict[str,
     return rec
 
 
-def _run_variant(anchors: Path, variant: str, workload: str) -> dict[str, Any]:
+def _run_variant(anchors: Path, variant: str, workload: str) -> dict[str, Any] | None:
+    """One run of our own ``variant``; None (its error printed) if it failed, so one failure
+    does not cost the whole session's figures (``main`` exits 1 at the end)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(anchors), os.getcwd()]))
     out = subprocess.run(
         [sys.executable, "-m", "scripts.bench", "--one", variant, workload],
@@ -160,7 +162,8 @@ def _run_variant(anchors: Path, variant: str, workload: str) -> dict[str, Any]:
         timeout=600,
     )
     if out.returncode != 0:
-        raise RuntimeError(f"{variant} {workload} failed:\n{out.stderr[-3000:]}")
+        print(f"{variant} {workload} FAILED:\n{out.stderr[-3000:]}", file=sys.stderr)
+        return None
     rec: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     return rec
 
@@ -233,6 +236,7 @@ def main() -> None:
             f" peers {', '.join(PEERS)} (--peers '' for none)"
         )
     records: list[dict[str, Any]] = []
+    failed = 0
     for rep in range(args.reps):
         for w in workloads:
             for name in variants + peers:
@@ -242,6 +246,7 @@ def main() -> None:
                     else _run_peer(anchors, args.venvs, name, w)
                 )
                 if rec is None:
+                    failed += name in VARIANTS + OPTIONAL_VARIANTS
                     continue
                 rec["rep"] = rep
                 records.append(rec)
@@ -259,6 +264,8 @@ def main() -> None:
                     with args.out.open("a") as f:
                         f.write(json.dumps(rec) + "\n")
     print(_table(records, workloads))
+    if failed:
+        sys.exit(f"{failed} run(s) of zmpexec failed: see above")
 
 
 if __name__ == "__main__":
