@@ -107,7 +107,6 @@ class _Driver:
         self._topic = f"zmpexec-results-{self._run_id}"
         # (quantum index, attempt) -> (worker, future) of what Dask holds for us
         self._futures: dict[tuple[int, int], tuple[bytes, Future[None]]] = {}
-        self._outstanding: dict[bytes, int] = {}  # futures per worker
         # Dispatches waiting while their worker holds enough: sent together (one Dask graph
         # update) once it runs low, and never while it could go idle.
         self._held: dict[bytes, list[Dispatch]] = {}
@@ -205,7 +204,7 @@ class _Driver:
             return []
         if not isinstance(result, Result) or result.quantum_id not in self._graph:
             return []
-        entry = self._forget((self._graph.index(result.quantum_id), result.attempt))
+        entry = self._futures.pop((self._graph.index(result.quantum_id), result.attempt), None)
         if entry is None:
             return []  # cancelled or superseded meanwhile
         return [ResultReceived(entry[0], result)]
@@ -216,7 +215,7 @@ class _Driver:
         if entry is None or entry[1] is not future:
             return []  # cancelled, revoked or superseded
         worker = entry[0]
-        self._forget(tag)
+        self._futures.pop(tag)
         if future.status == "cancelled":
             return []
         # An error of Dask's own (the shim returns frames): the worker died under the task.
@@ -254,7 +253,6 @@ class _Driver:
             # Its tasks are pinned to it and would wait for it forever: the core retries them.
             lost = [k for k, (w, _) in self._futures.items() if w == identity]
             self._client.cancel([self._futures.pop(k)[1] for k in lost], force=True)
-            self._outstanding.pop(identity, None)
             self._held.pop(identity, None)
             events.append(WorkerLeft(identity, f"dask worker {address} left the cluster"))
         return events
@@ -282,23 +280,20 @@ class _Driver:
                     assert_never(action)
         for worker, batch in dispatches.items():
             self._held.setdefault(worker, []).extend(batch)
-        due = {
-            w: b for w, b in self._held.items() if b and self._outstanding.get(w, 0) <= self._low(w)
-        }
+        due = {w: b for w, b in self._held.items() if b and self._sent(w, len(b)) <= self._low(w)}
         for worker in due:
             del self._held[worker]
         self._submit(due)
+
+    def _sent(self, worker: bytes, held: int) -> int:
+        """Quanta of ``worker`` Dask holds: what the core has in flight there, less ours."""
+        info = self.core.registry.get(worker)
+        return 0 if info is None else len(info.in_flight) - held
 
     def _low(self, worker: bytes) -> int:
         """A worker holding this many quanta or fewer is sent what waits for it."""
         threads = self._threads.get(worker.decode(), 1)
         return max(threads, (threads * self._window + self._config.prefetch) // 2)
-
-    def _forget(self, tag: tuple[int, int]) -> tuple[bytes, Future[None]] | None:
-        entry = self._futures.pop(tag, None)
-        if entry is not None:
-            self._outstanding[entry[0]] -= 1
-        return entry
 
     def _key(self, i: int, attempt: int) -> str:
         """The Dask key of one dispatch of an attempt: never reused (an attempt dispatched
@@ -335,7 +330,6 @@ class _Driver:
             )
             for d, future in zip(batch, futures, strict=True):
                 self._futures[d.index, d.attempt] = (worker, future)
-                self._outstanding[worker] = self._outstanding.get(worker, 0) + 1
                 future.add_done_callback(self._on_done)
 
     def _revoke(self, revoke: RevokeQuantum) -> None:
@@ -363,7 +357,7 @@ class _Driver:
             return
         if answer.get(address) is True:
             future = entry[1]
-            self._forget(tag)
+            self._futures.pop(tag)
             self._retaken[tag] = self._retaken.get(tag, 0) + 1
             self._client.cancel([future])
             self._events.append(QuantumRevoked(revoke.worker, revoke.quantum_id, revoke.attempt))
@@ -395,7 +389,6 @@ class _Driver:
         our plugin kills the children), queued ones cancelled."""
         futures = [f for _, f in self._futures.values()]
         self._futures.clear()
-        self._outstanding.clear()
         self._held.clear()
         if futures:
             self._client.cancel(futures, force=True)
