@@ -27,6 +27,8 @@ from broker.events import (
     AdmitWorker,
     Dispatch,
     Event,
+    ExecutorGone,
+    ExecutorUnreachable,
     KillWorker,
     QuantumRevoked,
     RefuseWorker,
@@ -51,18 +53,28 @@ from broker.state import GraphState
 from common.config import ExecutionConfig
 from common.errors import MPGraphExecutorError
 from common.graph import QuantumGraph
-from common.protocol import Result, ResultStatus
+from common.protocol import ExecutorExited, Result, ResultStatus
 from common.report import Reason, Report
 from common.status import RunStatus
 from common.topology import as_numpy
 
-__all__ = ["BACKSTOP_GRACE_S", "STARTUP_HOLD_S", "STEAL_AFTER_S", "BrokerCore", "RunTimings"]
+__all__ = [
+    "BACKSTOP_GRACE_S",
+    "ORPHAN_GRACE_S",
+    "STARTUP_HOLD_S",
+    "STEAL_AFTER_S",
+    "BrokerCore",
+    "RunTimings",
+]
 
 logger = logging.getLogger(__name__)
 
 BACKSTOP_GRACE_S = 5.0  # beyond a quantum's timeout, before the broker kills the worker
 STARTUP_HOLD_S = 10.0  # wait this long at most for the expected workers before dispatching
 STEAL_AFTER_S = 0.05  # a prefetched quantum is taken back once the one ahead ran this long
+# A dead executor child's results travel on its own connection, its agent's report on
+# another: a result still on its way is awaited this long before the attempt counts as lost.
+ORPHAN_GRACE_S = 2.0
 
 
 @dataclass(slots=True)
@@ -195,7 +207,8 @@ class BrokerCore:
             return
         self.registry.seen(info, now)
         match event:
-            case WorkerReady():
+            case WorkerReady(generation=generation):
+                info.generation = generation
                 self.registry.mark_ready(info)
                 if self.timings.workers_ready is None and self._enough_ready():
                     self.timings.workers_ready = now
@@ -207,6 +220,11 @@ class BrokerCore:
                 self._on_result(info, result, now)
             case QuantumRevoked(quantum_id=qid, attempt=attempt):
                 self._on_revoked(info, qid, attempt)
+            case ExecutorGone(exited=exited):
+                self._executor_gone(info, exited, now)
+            case ExecutorUnreachable(generation=generation):
+                if info.generation == generation:
+                    self.registry.mark_unready(info)
             case WorkerLeft(why=why):
                 self._lose_worker(info, why, now, out)
             case _:
@@ -255,10 +273,12 @@ class BrokerCore:
         ahead = sum((d.backstop or now) - now for d in info.in_flight.values())
         backstop = None if timeout is None else now + ahead + timeout + BACKSTOP_GRACE_S
         self.state.start(i)
-        self.registry.assign(info, InFlight(qid, attempt, now, backstop, i))
+        info.sent += 1
+        d = InFlight(qid, attempt, now, backstop, i, info.sent, info.generation)
+        self.registry.assign(info, d)
         if self.timings.first_dispatch is None:
             self.timings.first_dispatch = now
-        return Dispatch(info.identity, qid, attempt, timeout, i)
+        return Dispatch(info.identity, qid, attempt, timeout, i, d.seq)
 
     def _undispatched(self, i: int) -> None:
         """RUNNING -> READY: a prefetched attempt was taken back before it started."""
@@ -355,6 +375,26 @@ class BrokerCore:
             out.append(KillWorker(info.identity, info.pid))
         logger.warning("%s", why)
 
+    def _executor_gone(self, info: WorkerInfo, exited: ExecutorExited, now: float) -> None:
+        """The worker's executor child died or was replaced. What was sent to it is settled
+        by how far it got (``last_seq``): the attempt it was running ended as reported; those
+        it never took go back to the ready queue (no attempt spent); the results of those it
+        finished are still on their way over its own connection, or were lost with it."""
+        if info.generation == exited.generation:
+            self.registry.mark_unready(info)  # until its replacement says READY
+        for d in list(info.in_flight.values()):
+            if d.generation != exited.generation:
+                continue
+            if d.seq > exited.last_seq:
+                self._revoking.discard((d.quantum_id, d.attempt))
+                self.registry.complete(info, d.quantum_id, d.attempt)
+                self._undispatched(d.index)
+            elif d.seq == exited.last_seq and exited.running:
+                self.registry.complete(info, d.quantum_id, d.attempt)
+                self._finished(d.index, _ended(d, exited), now)
+            elif not d.orphan:
+                self.registry.orphan(info, d, now + ORPHAN_GRACE_S)
+
     def _expire(self, now: float, out: list[Action]) -> None:
         limit = self.config.worker_silence_limit_s
         for info in self.registry.silent(now, limit):
@@ -365,6 +405,10 @@ class BrokerCore:
             self._lose_worker(info, why, now, out)
         for info, d in self.registry.overdue(now):
             self.registry.complete(info, d.quantum_id, d.attempt)
+            if d.orphan:
+                why = f"its result never arrived from the executor of {info.worker_id}, which died"
+                self._lost(d, why)
+                continue
             why = "no result within the timeout plus grace; its worker was killed"
             self._lost(d, why, Reason.TIMEOUT)
             why = f"worker {info.worker_id} did not enforce a timeout"
@@ -417,9 +461,9 @@ class BrokerCore:
         out = []
         for info in self.registry.workers():
             if len(info.in_flight) >= 2:
-                running, *queued = sorted(info.in_flight.values(), key=lambda d: d.sent_at)
+                running, *queued = sorted(info.in_flight.values(), key=lambda d: (d.seq, d.sent_at))
                 last = queued[-1]
-                if (last.quantum_id, last.attempt) not in self._revoking:
+                if (last.quantum_id, last.attempt) not in self._revoking and not last.orphan:
                     out.append((info, running, last))
         return out
 
@@ -429,7 +473,7 @@ class BrokerCore:
         for info, running, last in self._stealable():
             if now - running.sent_at >= STEAL_AFTER_S:
                 self._revoking.add((last.quantum_id, last.attempt))
-                out.append(RevokeQuantum(info.identity, last.quantum_id, last.attempt))
+                out.append(RevokeQuantum(info.identity, last.quantum_id, last.attempt, last.seq))
 
     def _next_steal(self, now: float) -> float | None:
         return min((r.sent_at + STEAL_AFTER_S for _, r, _ in self._stealable()), default=None)
@@ -461,3 +505,21 @@ class BrokerCore:
             out.append(ShutdownWorker(info.identity, reason, 0.0, final=True))
         out.append(StopRun(self._stop_reason, cancelled))
         self._over = True
+
+
+def _ended(d: InFlight, exited: ExecutorExited) -> Result:
+    """The result of the attempt ``d`` that an executor child died running."""
+    return Result(
+        quantum_id=d.quantum_id,
+        attempt=d.attempt,
+        status=exited.status,
+        exit_code=exited.exit_code,
+        exc_class=None,
+        exc_message=exited.detail,
+        reason=exited.reason,
+        start_time=exited.start_time,
+        end_time=exited.end_time,
+        duration_s=max(0.0, exited.end_time - exited.start_time),
+        max_rss_kb=None,
+        log_path=exited.log_path,
+    )

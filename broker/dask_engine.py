@@ -312,7 +312,7 @@ class _Driver:
         """One ``client.map`` per worker: a call costs more than the quanta it carries."""
         for worker, batch in dispatches.items():
             frames = [
-                encode(Assign(self._graph.quantum_at(d.index), d.attempt, d.timeout_s))
+                encode(Assign(self._graph.quantum_at(d.index), d.attempt, d.timeout_s, d.seq))
                 for d in batch
             ]
             keys = [self._key(d.index, d.attempt) for d in batch]

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from common.protocol import Result
+from common.protocol import ExecutorExited, Result
 
 __all__ = [
     "Action",
     "AdmitWorker",
     "Dispatch",
     "Event",
+    "ExecutorGone",
+    "ExecutorUnreachable",
     "KillWorker",
     "QuantumRevoked",
     "RefuseWorker",
@@ -48,9 +50,30 @@ class WorkerJoined:
 
 @dataclass(frozen=True, slots=True)
 class WorkerReady:
-    """The worker's executor is loaded: it can take quanta."""
+    """The worker's executor is loaded: it can take quanta. ``generation`` numbers the
+    worker's executor children (a replacement says READY again); 0 where there are none."""
 
     worker: bytes
+    generation: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutorGone:
+    """The worker's executor child ``exited.generation`` ended: the worker takes no quanta
+    until its replacement is READY, and what was sent to the old one is settled by
+    ``exited`` (failed if it was running, given back if never taken, awaited if finished)."""
+
+    worker: bytes
+    exited: ExecutorExited
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutorUnreachable:
+    """The worker's executor child ``generation`` cannot be sent to (it is gone): the worker
+    takes nothing new until its agent's report (``ExecutorGone``) and a READY from the next."""
+
+    worker: bytes
+    generation: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +128,8 @@ class StopRequested:
 Event = (
     WorkerJoined
     | WorkerReady
+    | ExecutorGone
+    | ExecutorUnreachable
     | WorkerCapacity
     | WorkerHeard
     | ResultReceived
@@ -140,6 +165,7 @@ class Dispatch:
     attempt: int
     timeout_s: float | None
     index: int  # the quantum's index in the graph (``graph.quantum_at``)
+    seq: int = 0  # the worker's dispatches, numbered in the order they are sent
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +175,7 @@ class RevokeQuantum:
     worker: bytes
     quantum_id: str
     attempt: int
+    seq: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,20 +6,26 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 __all__ = ["InFlight", "WorkerInfo", "WorkerRegistry", "window"]
 
 
 @dataclass(frozen=True, slots=True)
 class InFlight:
-    """One attempt of one quantum on one worker; ``backstop`` is when the broker gives up."""
+    """One attempt of one quantum on one worker; ``backstop`` is when the broker gives up.
+    ``seq`` numbers the worker's dispatches; ``generation`` is the executor child it went to.
+    An ``orphan`` was finished by a child that died since: its result is awaited until the
+    backstop, then the attempt counts as lost."""
 
     quantum_id: str
     attempt: int
     sent_at: float
     backstop: float | None
     index: int  # the quantum's index in the graph
+    seq: int = 0
+    generation: int = 0
+    orphan: bool = False
 
 
 @dataclass(slots=True)
@@ -34,6 +40,8 @@ class WorkerInfo:
     in_flight: dict[str, InFlight] = field(default_factory=dict)
     completed: int = 0
     ready: bool = False  # said READY: its executor is loaded and it can take work
+    generation: int = 0  # of the executor child that said READY last
+    sent: int = 0  # dispatches so far (the last one's ``seq``)
 
     @property
     def free_slots(self) -> int:
@@ -79,6 +87,12 @@ class WorkerRegistry:
         if not info.ready:
             info.ready = True
             self._idle[info.identity] = None
+
+    def mark_unready(self, info: WorkerInfo) -> None:
+        """The worker takes nothing new until it says READY again (its executor is being
+        replaced)."""
+        info.ready = False
+        self._idle.pop(info.identity, None)
 
     def ready_count(self) -> int:
         return sum(1 for w in self._by_identity.values() if w.ready)
@@ -129,10 +143,15 @@ class WorkerRegistry:
             return None
         del info.in_flight[quantum_id]
         info.completed += 1
-        if info.free_slots > 0:  # (after a resize it may still hold more than its slots)
+        # (after a resize it may still hold more than its slots)
+        if info.ready and info.free_slots > 0:
             self._idle[info.identity] = None
             self._idle.move_to_end(info.identity)
         return d
+
+    def orphan(self, info: WorkerInfo, d: InFlight, backstop: float) -> None:
+        """``d``'s executor died after finishing it: await its result until ``backstop``."""
+        info.in_flight[d.quantum_id] = replace(d, backstop=backstop, orphan=True)
 
     def remove(self, info: WorkerInfo) -> list[InFlight]:
         """Forget a worker; return what it had in flight."""

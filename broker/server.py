@@ -26,6 +26,8 @@ from broker.events import (
     AdmitWorker,
     Dispatch,
     Event,
+    ExecutorGone,
+    ExecutorUnreachable,
     KillWorker,
     QuantumRevoked,
     RefuseWorker,
@@ -49,6 +51,7 @@ from common.graph import QuantumGraph
 from common.protocol import (
     Assign,
     Cancel,
+    ExecutorExited,
     Goodbye,
     Heartbeat,
     Hello,
@@ -127,6 +130,11 @@ class BrokerServer:
             prefetch=max(config.prefetch, QUEUE_MAX),
         )
         self._declared: dict[bytes, int] = {}  # slots each worker said it has (HELLO)
+        # Executor children speak from their own sockets: the current child of each worker,
+        # and the worker (and child generation) behind every child socket seen. A dead
+        # child's socket stays known until its successor dies, for its last results.
+        self._child_of: dict[bytes, tuple[bytes, int]] = {}
+        self._owner: dict[bytes, tuple[bytes, int]] = {}
         self._depth = 1 + config.prefetch  # quanta a worker is sent at most, for now
         self._next_adapt = 0.0
         self._replacements_left = 2 * config.spawn_count + 2
@@ -243,13 +251,19 @@ class BrokerServer:
 
     def _event_for(self, identity: bytes, msg: Message, now: float) -> Event | None:
         """The core event a message stands for; control requests are answered here."""
+        owner = self._owner.get(identity)
+        if owner is not None:
+            return self._child_event(owner[0], identity, msg)
         match msg:
             case Hello(pid=pid, host=host, slots=slots):
                 local = pid in self._pool.pids()
                 self._declared[identity] = slots
                 return WorkerJoined(identity, pid, host, min(slots, self._depth), local)
             case Ready():
-                return WorkerReady(identity)
+                return self._child_ready(identity, msg)
+            case ExecutorExited():
+                self._forget_children(identity, older_than=msg.generation)
+                return ExecutorGone(identity, msg)
             case Result():
                 return ResultReceived(identity, msg)
             case Revoked(quantum_id=qid, attempt=attempt):
@@ -260,6 +274,7 @@ class BrokerServer:
                 self._goodbyes.discard(identity)
                 self._router.forget(identity)
                 self._declared.pop(identity, None)
+                self._forget_children(identity)
                 return WorkerLeft(identity, f"worker {self._name(identity)} left: {reason}")
             case StatusRequest():
                 self._router.send(identity, StatusReply(self.core.status(now).to_dict()))
@@ -275,6 +290,39 @@ class BrokerServer:
                 assert_never(msg)
         return None
 
+    def _child_event(self, worker: bytes, child: bytes, msg: Message) -> Event | None:
+        """What a message from an executor child's socket means for its worker."""
+        match msg:
+            case Result():
+                return ResultReceived(worker, msg)
+            case Revoked(quantum_id=qid, attempt=attempt):
+                return QuantumRevoked(worker, qid, attempt)
+            case _:
+                self._drops.warn(
+                    "dropping unexpected %s from an executor of %s", type(msg).__name__, worker
+                )
+        return None
+
+    def _child_ready(self, child: bytes, msg: Ready) -> Event | None:
+        """An executor child introduces itself on its own socket: its worker's quanta go
+        there from now on."""
+        info = next((w for w in self.core.registry.workers() if w.worker_id == msg.worker_id), None)
+        if info is None or info.pid != msg.pid:
+            self._router.refuse(child, f"no worker {msg.worker_id[:100]} with pid {msg.pid}")
+            return None
+        self._child_of[info.identity] = (child, msg.generation)
+        self._owner[child] = (info.identity, msg.generation)
+        return WorkerReady(info.identity, msg.generation)
+
+    def _forget_children(self, worker: bytes, older_than: int | None = None) -> None:
+        """Drop the sockets of ``worker``'s children older than generation ``older_than``
+        (all of them when None)."""
+        for child, (owner, generation) in list(self._owner.items()):
+            if owner == worker and (older_than is None or generation < older_than):
+                del self._owner[child]
+        if older_than is None:
+            self._child_of.pop(worker, None)
+
     def _worker_exited(self, pidfd: int, events: list[Event]) -> None:
         reaped = self._pool.reap(pidfd)
         if reaped is None:
@@ -285,6 +333,7 @@ class BrokerServer:
             why = f"worker {info.worker_id} (pid {pid}) {describe_exit(code)}"
             events.append(WorkerLeft(info.identity, why))
             self._declared.pop(info.identity, None)
+            self._forget_children(info.identity)
         elif killed:
             logger.info("lost worker process %d reaped (%s)", pid, describe_exit(code))
         else:
@@ -306,15 +355,13 @@ class BrokerServer:
                     self._admit(worker, worker_id)
                 case RefuseWorker(worker=worker, reason=reason):
                     self._router.refuse(worker, reason)
-                case Dispatch(worker=worker, attempt=attempt, timeout_s=timeout, index=i):
-                    assign = Assign(self.graph.quantum_at(i), attempt, timeout)
-                    if not self._router.send(worker, assign):
-                        why = f"worker {self._name(worker)} unreachable"
-                        self._events.append(WorkerLeft(worker, why))
-                case RevokeQuantum(worker=worker, quantum_id=qid, attempt=attempt):
-                    self._router.send(worker, Revoke(qid, attempt))
+                case Dispatch():
+                    self._send_assign(action)
+                case RevokeQuantum(worker=worker, quantum_id=qid, attempt=attempt, seq=seq):
+                    self._router.send(worker, Revoke(qid, attempt, seq))
                 case KillWorker(worker=worker, pid=pid):
                     self._router.forget(worker)
+                    self._forget_children(worker)
                     self._pool.kill(pid)
                 case ShutdownWorker(worker=worker, reason=reason, grace_s=grace, final=final):
                     info = self.core.registry.get(worker)
@@ -325,6 +372,16 @@ class BrokerServer:
                     pass
                 case _:
                     assert_never(action)
+
+    def _send_assign(self, d: Dispatch) -> None:
+        """To the worker's executor child; one that is gone never started it."""
+        child = self._child_of.get(d.worker)
+        assign = Assign(self.graph.quantum_at(d.index), d.attempt, d.timeout_s, d.seq)
+        if child is not None and self._router.send(child[0], assign):
+            return
+        self._events.append(QuantumRevoked(d.worker, d.quantum_id, d.attempt))
+        if child is not None:
+            self._events.append(ExecutorUnreachable(d.worker, child[1]))
 
     def _name(self, identity: bytes) -> str:
         info = self.core.registry.get(identity)

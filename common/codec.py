@@ -25,6 +25,7 @@ from common.protocol import (
     Assign,
     Bounds,
     Cancel,
+    ExecutorExited,
     Goodbye,
     Heartbeat,
     Hello,
@@ -63,6 +64,7 @@ _TYPE_OF: Final[dict[type[Any], MessageType]] = {
     Cancel: MessageType.CANCEL,
     Revoke: MessageType.REVOKE,
     Revoked: MessageType.REVOKED,
+    ExecutorExited: MessageType.EXECUTOR_EXITED,
 }
 _CLASS_OF: Final = {t: cls for cls, t in _TYPE_OF.items()}
 

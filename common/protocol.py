@@ -2,8 +2,10 @@
 
 Must not encode anything itself (that is ``common.codec``, the only msgpack user).
 
-    worker HELLO -> broker WELCOME (or REFUSE) -> worker READY -> broker ASSIGN
-    -> worker RESULT -> ... -> broker SHUTDOWN
+    agent HELLO -> broker WELCOME (or REFUSE) -> executor child READY (on its own socket)
+    -> broker ASSIGN (to the child) -> child RESULT -> ... -> broker SHUTDOWN (to the agent)
+    The agent supervises beside its child and never relays: it reports a child's end
+    (EXECUTOR_EXITED) and answers REVOKE.
     HEARTBEAT both ways; any message counts as a sign of life. A worker leaving says GOODBYE.
     Control clients (``zmpexec status`` / ``cancel``) send STATUS_REQUEST or CANCEL on the same
     socket without registering and get a STATUS_REPLY.
@@ -23,6 +25,7 @@ __all__ = [
     "Assign",
     "Bounds",
     "Cancel",
+    "ExecutorExited",
     "Goodbye",
     "Heartbeat",
     "Hello",
@@ -40,7 +43,7 @@ __all__ = [
     "Welcome",
 ]
 
-PROTOCOL_VERSION = 2  # 2: typed RESULT reason, bounded numbers
+PROTOCOL_VERSION = 3  # 2: typed RESULT reason, bounded numbers; 3: executor children direct
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +60,7 @@ Pid = Annotated[int, Bounds(1, 2**31 - 1)]
 Slots = Annotated[int, Bounds(1, 1024)]
 Attempt = Annotated[int, Bounds(1, 1_000_000)]
 Count = Annotated[int, Bounds(1, 2**53)]
+Seq = Annotated[int, Bounds(0, 2**53)]  # a worker's dispatch sequence number (0: none yet)
 Seconds = Annotated[float, Bounds(0.0, 1e9)]
 Interval = Annotated[float, Bounds(1e-3, 1e6)]
 Kibibytes = Annotated[int, Bounds(0, 2**53)]
@@ -79,6 +83,7 @@ class MessageType(enum.IntEnum):
     CANCEL = 12
     REVOKE = 13
     REVOKED = 14
+    EXECUTOR_EXITED = 15
 
 
 class ResultStatus(enum.StrEnum):
@@ -115,7 +120,13 @@ class Welcome:
 
 @dataclass(frozen=True, slots=True)
 class Ready:
-    """The worker's executor is loaded and its task modules imported: it can take work."""
+    """Sent by a worker's executor child on its own socket once it has loaded the executor and
+    imported the task modules: ASSIGNs for ``worker_id`` go to this socket from now on. A
+    replacement child (``generation`` + 1) says READY again."""
+
+    worker_id: str
+    pid: Pid  # the worker agent's pid, as in its HELLO
+    generation: Count
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,11 +138,13 @@ class Refuse:
 
 @dataclass(frozen=True, slots=True)
 class Assign:
-    """Run ``quantum``; ``attempt`` fences results of superseded dispatches."""
+    """Run ``quantum``; ``attempt`` fences results of superseded dispatches; ``seq`` numbers
+    the worker's dispatches in the order sent (its executor child takes them in that order)."""
 
     quantum: Quantum
     attempt: Attempt
     timeout_s: Interval | None
+    seq: Seq
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +197,7 @@ class Revoke:
 
     quantum_id: str
     attempt: Attempt
+    seq: Seq
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +206,25 @@ class Revoked:
 
     quantum_id: str
     attempt: Attempt
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutorExited:
+    """The agent's executor child ``generation`` ended (a crash, a timeout, recycling). It
+    had taken the worker's ASSIGNs up to ``last_seq``: later ones never started. If it died
+    running one (``running``), the other fields say how that attempt ended; the results of
+    those it finished may still be on their way from its socket."""
+
+    generation: Count
+    last_seq: Seq
+    running: bool
+    status: ResultStatus
+    exit_code: ExitStatus | None
+    reason: Reason | None
+    detail: str
+    start_time: Epoch
+    end_time: Epoch
+    log_path: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,4 +261,5 @@ Message = (
     | Cancel
     | Revoke
     | Revoked
+    | ExecutorExited
 )

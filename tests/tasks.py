@@ -64,6 +64,12 @@ def hang_with_grandchild(*, pid_file: str, **inputs: Any) -> None:
     time.sleep(300)
 
 
+def hang_ignoring_alarm(**inputs: Any) -> None:
+    """Takes SIGALRM over (as a task using ``signal.alarm`` for itself would), then hangs."""
+    signal.signal(signal.SIGALRM, signal.SIG_IGN)
+    time.sleep(300)
+
+
 def nap(*, seconds: float = 0.3, **inputs: Any) -> float:
     time.sleep(seconds)
     return seconds

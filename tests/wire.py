@@ -14,6 +14,7 @@ from common.codec import encode
 from common.protocol import (
     Assign,
     Cancel,
+    ExecutorExited,
     Goodbye,
     Heartbeat,
     Hello,
@@ -57,10 +58,10 @@ EVERY_MESSAGE: list[Message] = [
         max_quanta_per_executor=None,
         max_rss_kb=1024,
     ),
-    Ready(),
+    Ready(worker_id="w1", pid=12, generation=1),
     Refuse(reason="version"),
-    Assign(quantum=Q, attempt=2, timeout_s=None),
-    Assign(quantum=Q, attempt=1, timeout_s=1.5),
+    Assign(quantum=Q, attempt=2, timeout_s=None, seq=0),
+    Assign(quantum=Q, attempt=1, timeout_s=1.5, seq=7),
     Result(
         "isr-1",
         1,
@@ -96,9 +97,22 @@ EVERY_MESSAGE: list[Message] = [
     StatusRequest(),
     StatusReply(status={"total": 3, "by_label": {"a": {"running": 1}}, "eta_s": None}),
     Cancel(abort=True),
-    Revoke("q1", 2),
+    Revoke("q1", 2, 5),
     Revoked("q1", 2),
     Goodbye(reason="SIGTERM"),
+    ExecutorExited(
+        generation=2,
+        last_seq=9,
+        running=True,
+        status=ResultStatus.TIMEOUT,
+        exit_code=-14,
+        reason=Reason.TIMEOUT,
+        detail="timed out after 1s",
+        start_time=1.0,
+        end_time=2.0,
+        log_path=None,
+    ),
+    ExecutorExited(2, 0, False, ResultStatus.FAILURE, 0, None, "", 1.0, 1.0, None),
 ]
 
 

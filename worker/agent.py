@@ -18,8 +18,8 @@ import zmq
 from common.codec import decode, encode
 from common.errors import ProtocolError
 from common.exits import ExitCode
-from common.keys import load_client_keys
 from common.protocol import Hello, Refuse, Shutdown, Welcome
+from worker.dealer import connect_dealer
 from worker.launch import AgentConfig
 from worker.lifecycle import die_with_parent
 from worker.session import AgentSession
@@ -38,8 +38,7 @@ class WorkerAgent:
         self.config = config
         self._stop_reason: str | None = None
         self._session: AgentSession | None = None
-        self._ctx = zmq.Context()
-        self._sock = self._ctx.socket(zmq.DEALER)
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self._poller = zmq.Poller()
 
     def request_stop(self, reason: str) -> None:
@@ -49,47 +48,36 @@ class WorkerAgent:
             self._session.request_stop(reason)
 
     def run(self) -> ExitCode:
+        sock: zmq.Socket[bytes] | None = None
         try:
-            self._connect()
-            welcome = self._handshake()
+            sock = connect_dealer(self._ctx, self.config.endpoint, self.config.keys_dir)
+            self._poller.register(sock, zmq.POLLIN)
+            welcome = self._handshake(sock)
             if not isinstance(welcome, Welcome):
                 return welcome
-            self._session = AgentSession(self.config, welcome, self._sock, self._poller)
+            self._session = AgentSession(self.config, welcome, sock, self._poller)
             if self._stop_reason is not None:
                 self._session.request_stop(self._stop_reason)
             return self._session.run()
         finally:
-            self._sock.close(linger=0)
+            if sock is not None:
+                sock.close(linger=0)
             self._ctx.term()
-
-    def _connect(self) -> None:
-        s = self._sock
-        s.setsockopt(zmq.LINGER, 0)
-        s.setsockopt(zmq.IMMEDIATE, 1)
-        s.setsockopt(zmq.RECONNECT_IVL, 20)
-        s.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)  # exponential backoff while no broker is up
-        if self.config.keys_dir is not None:
-            keys = load_client_keys(self.config.keys_dir)
-            s.setsockopt(zmq.CURVE_PUBLICKEY, keys.public)
-            s.setsockopt(zmq.CURVE_SECRETKEY, keys.secret)
-            s.setsockopt(zmq.CURVE_SERVERKEY, keys.server_public)
-        s.connect(self.config.endpoint)
-        self._poller.register(s, zmq.POLLIN)
 
     def _parent_gone(self) -> bool:
         parent = self.config.parent_pid
         return parent is not None and os.getppid() != parent
 
-    def _handshake(self) -> Welcome | ExitCode:
+    def _handshake(self, sock: zmq.Socket[bytes]) -> Welcome | ExitCode:
         """The broker's WELCOME, or the exit code that says why there is none."""
         deadline = time.monotonic() + self.config.startup_timeout_s
         slots = 1 + self.config.prefetch
         hello = encode(Hello(pid=os.getpid(), host=socket.gethostname(), slots=slots))
         # IMMEDIATE: the HELLO waits until a connection exists, so it is never queued to nowhere.
-        self._sock.setsockopt(zmq.SNDTIMEO, _HELLO_STEP_MS)
+        sock.setsockopt(zmq.SNDTIMEO, _HELLO_STEP_MS)
         while True:
             try:
-                self._sock.send(hello)
+                sock.send(hello)
                 break
             except zmq.Again:
                 if self._parent_gone():
@@ -103,14 +91,14 @@ class WorkerAgent:
                         self.config.startup_timeout_s,
                     )
                     return ExitCode.NO_BROKER
-        self._sock.setsockopt(zmq.SNDTIMEO, -1)
+        sock.setsockopt(zmq.SNDTIMEO, -1)
         while (left := deadline - time.monotonic()) > 0 and self._stop_reason is None:
             if self._parent_gone():
                 return ExitCode.PARENT_GONE
-            if not self._sock.poll(int(min(left, 0.5) * 1000)):
+            if not sock.poll(int(min(left, 0.5) * 1000)):
                 continue
             try:
-                msg = decode(self._sock.recv())
+                msg = decode(sock.recv())
             except ProtocolError as e:
                 logger.error("dropping bad frame from broker: %s", e)
                 continue

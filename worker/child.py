@@ -1,5 +1,11 @@
-"""The executor child: a persistent process, forked from a preloaded forkserver, that runs the
-quanta its agent hands it one at a time. Runs user code; never touches a socket.
+"""The executor child: a persistent process, forked from a preloaded forkserver, that runs
+quanta one at a time. Runs user code.
+
+A worker agent's child (``direct_main``) takes its ASSIGNs from its own DEALER socket and
+sends RESULTs on it, so no other process is woken per quantum; it records what it runs in
+memory shared with its agent (``SharedRecord``), which supervises beside it, and arms its own
+deadline (SIGALRM, whose default action ends the process even while a task holds the GIL).
+On Dask workers (``child_main``) it is handed ASSIGN frames over a pipe instead.
 
 It leads its own process group so a timeout kill takes the task's own children with it.
 """
@@ -14,19 +20,45 @@ import select
 import signal
 import sys
 import threading
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 
+import zmq
+
 from common.butler import Butler
 from common.codec import decode, encode
-from common.protocol import Assign, Ready, Result, ResultStatus
+from common.errors import ProtocolError
+from common.protocol import Assign, Ready, Refuse, Result, ResultStatus, Revoked
 from common.report import Reason
 from worker.capture import LogCapture
+from worker.dealer import connect_dealer
 from worker.executor import QuantumExecutor
-from worker.lifecycle import die_with_parent
-from worker.runner import peak_rss_kb, run_quantum
+from worker.lifecycle import die_with_parent, rss_kb
+from worker.record import SharedRecord
+from worker.runner import log_path_for, peak_rss_kb, run_quantum
 
-__all__ = ["child_main"]
+__all__ = ["ChildConfig", "child_main", "direct_main"]
+
+_FLUSH_S = 5.0  # a child that leaves on its own waits this long at most for its last RESULT
+
+
+@dataclass(frozen=True, slots=True)
+class ChildConfig:
+    """What a worker agent's child needs: where its broker is, who it works for, when to
+    leave (after ``max_quanta`` or past ``max_rss_kb``) for a fresh replacement."""
+
+    endpoint: str
+    keys_dir: Path | None
+    worker_id: str
+    agent_pid: int
+    generation: int
+    executor_blob: bytes
+    log_dir: str
+    preload: list[str]
+    max_quanta: int | None
+    max_rss_kb: int | None
+
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +96,15 @@ def _preload(modules: list[str]) -> None:
             logger.warning("cannot preload task module %s: %s", name, e)
 
 
+def _start(agent_pid: int) -> None:
+    """Lead a process group of our own and die with the agent."""
+    os.setpgid(0, 0)
+    die_with_parent()
+    _die_with_agent(agent_pid)
+    # This process is ours: task logging at INFO is captured without per-quantum level changes.
+    logging.getLogger().setLevel(logging.INFO)
+
+
 def _die_with_agent(agent_pid: int) -> None:
     """Kill this process group (the task's children too) as soon as the agent is gone.
 
@@ -92,14 +133,10 @@ def child_main(
 ) -> None:
     """Load the executor and task modules, say READY, then serve ASSIGN frames from ``conn``
     until EOF (the agent recycles a child by closing or killing it)."""
-    os.setpgid(0, 0)
-    die_with_parent()
-    _die_with_agent(agent_pid)
-    # This process is ours: task logging at INFO is captured without per-quantum level changes.
-    logging.getLogger().setLevel(logging.INFO)
+    _start(agent_pid)
     loaded = _load(executor_blob)
     _preload(preload)
-    conn.send_bytes(encode(Ready()))
+    conn.send_bytes(encode(Ready(worker_id="", pid=agent_pid, generation=1)))
     capture = LogCapture(Path(log_dir))
     while True:
         try:
@@ -117,6 +154,66 @@ def child_main(
             result = run_quantum(executor, butler, assign.quantum, assign.attempt, capture)
         conn.send_bytes(encode(result))
     capture.close()
+
+
+def direct_main(config: ChildConfig, record: SharedRecord) -> None:
+    """Load the executor and task modules, say READY on a socket of our own, then run the
+    ASSIGNs that arrive on it until killed, or leave on our own once recycling is due."""
+    _start(config.agent_pid)
+    loaded = _load(config.executor_blob)
+    _preload(config.preload)
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    sock = connect_dealer(ctx, config.endpoint, config.keys_dir)
+    sock.send(encode(Ready(config.worker_id, config.agent_pid, config.generation)))
+    log_dir = Path(config.log_dir)
+    capture = LogCapture(log_dir)
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)  # our deadline: the alarm ends us
+    done = 0
+    while not _recycle_due(config, done):
+        try:
+            assign = decode(sock.recv())
+        except ProtocolError as e:
+            logger.error("executor child dropped a bad frame: %s", e)
+            continue
+        if isinstance(assign, Refuse):
+            logger.error("broker refused this executor: %s", assign.reason)
+            break
+        if not isinstance(assign, Assign):
+            logger.error("executor child got %s, expected ASSIGN", type(assign).__name__)
+            continue
+        qid, attempt = assign.quantum.id, assign.attempt
+        log = str(log_path_for(log_dir, qid, attempt))
+        refused = record.take(assign.seq, attempt, assign.timeout_s, log)
+        if refused == "draining":
+            sock.send(encode(Revoked(qid, attempt)))
+        if refused is not None:
+            continue
+        if assign.timeout_s is not None:
+            signal.setitimer(signal.ITIMER_REAL, assign.timeout_s)
+        if isinstance(loaded, str):
+            result = _refusal(assign, loaded)
+        else:
+            result = run_quantum(loaded[0], loaded[1], assign.quantum, attempt, capture)
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        # Marked finished before it is sent: dying in between loses a result (the attempt is
+        # retried), never reports a finished quantum as crashed.
+        record.finished()
+        sock.send(encode(result))
+        done += 1
+    capture.close()
+    sock.close(linger=int(_FLUSH_S * 1000))  # the last RESULT must leave before we do
+    ctx.term()
+
+
+def _recycle_due(config: ChildConfig, done: int) -> bool:
+    if config.max_quanta is not None and done >= config.max_quanta:
+        return True
+    if config.max_rss_kb is not None and done:
+        rss = rss_kb(os.getpid())
+        if rss is not None and rss > config.max_rss_kb:
+            logger.info("executor child uses %d KiB > %d KiB: leaving", rss, config.max_rss_kb)
+            return True
+    return False
 
 
 def main(argv: list[str] | None = None) -> None:

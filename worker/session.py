@@ -1,9 +1,14 @@
-"""A worker's session with its broker, after WELCOME: relay ASSIGN frames to the executor
-child and RESULT frames back, heartbeat, and enforce the running quantum's deadline. Never
-runs user code, so its heartbeats never stall behind a busy task.
+"""A worker's session with its broker, after WELCOME: heartbeat, keep an executor child
+running, and supervise it. Never runs user code, so its heartbeats never stall behind a busy
+task, and never relays: the child takes its quanta from its own socket.
 
-Loop: poll (socket, child pipe, child exit) until the nearest deadline -> handle broker frames
--> handle the child's result or death -> enforce deadlines (timeout, broker silence, parent).
+What the child does is in the record it shares with the agent (``SharedRecord``). The agent
+reads it when the child dies (which attempt it was running, how far it got: EXECUTOR_EXITED),
+on REVOKE (a quantum the child has not taken yet is taken back), on SHUTDOWN with a grace
+(the child starts nothing new) and to enforce a deadline the child's own alarm did not.
+
+Loop: poll (socket, child exit) until the nearest deadline -> handle broker frames -> handle
+the child's death -> enforce deadlines (a running quantum's, broker silence, parent).
 """
 
 from __future__ import annotations
@@ -12,24 +17,22 @@ import logging
 import os
 import signal
 import time
-from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 from typing import assert_never
 
 import zmq
 
-from common.codec import Peek, decode, encode, peek
+from common.codec import decode, encode
 from common.errors import ProtocolError
 from common.exits import ExitCode
 from common.protocol import (
     Assign,
     Cancel,
+    ExecutorExited,
     Goodbye,
     Heartbeat,
     Hello,
     Message,
-    MessageType,
     Ready,
     Refuse,
     Result,
@@ -42,24 +45,19 @@ from common.protocol import (
     Welcome,
 )
 from common.report import Reason
-from worker.capture import scratch_path
+from worker.capture import keep_scratch, scratch_path
 from worker.launch import AgentConfig
 from worker.lifecycle import describe_exit
-from worker.runner import ended_without_result
+from worker.record import Running
 from worker.supervisor import ExecutorSupervisor
 
 __all__ = ["AgentSession"]
 
 logger = logging.getLogger(__name__)
 
-_TIMEOUT_EXIT_CODE = -signal.SIGKILL
-
-
-@dataclass(slots=True)
-class _Running:
-    job: Peek
-    deadline: float | None
-    started: float  # wall clock, for the report
+# The child's alarm ends a quantum at its deadline; the agent kills it this much later if a
+# task took the alarm over (its own SIGALRM handler, ``signal.alarm``).
+_ALARM_SLACK_S = 0.05
 
 
 class AgentSession:
@@ -74,11 +72,8 @@ class AgentSession:
         self._log_dir = Path(welcome.log_dir)
         self._interval_s = welcome.heartbeat_interval_s
         self._silence_limit_s = welcome.heartbeat_interval_s * welcome.liveness
-        self._child = ExecutorSupervisor(welcome, poller)
+        self._child = ExecutorSupervisor(welcome, poller, config.endpoint, config.keys_dir)
         self._poller = poller
-        self._running: _Running | None = None
-        self._queued: deque[tuple[Peek, bytes]] = deque()
-        self._ready_sent = False
         self._draining_until: float | None = None  # stopping once the running quantum ends
         self._stop: tuple[str, ExitCode] | None = None
         self._last_broker = self._next_heartbeat = time.monotonic()
@@ -110,35 +105,36 @@ class AgentSession:
             now = time.monotonic()
             wake = min(self._next_heartbeat, self._last_broker + self._silence_limit_s)
             wake = min(wake, now + self._interval_s)
-            if self._running is not None and self._running.deadline is not None:
-                wake = min(wake, self._running.deadline)
+            running = self._running()
+            if running is not None and running.deadline is not None:
+                wake = min(wake, running.deadline + _ALARM_SLACK_S)
             if self._draining_until is not None:
                 wake = min(wake, self._draining_until)
             events = dict(self._poller.poll(int(max(0.0, wake - now) * 1000)))
             if self._sock in events:
                 self._drain_socket()
-            # A child replaced while handling these events frees fds that a new child may
-            # reuse: its events belong to the old one, so they are not looked at again.
-            generation = self._child.generation
-            if self._child.readable(events):
-                self._read_child()
-            if generation == self._child.generation and self._child.exited(events):
+            if self._child.exited(events):
                 self._child_exited()
             now = time.monotonic()
             self._enforce_deadlines(now)
             if now >= self._next_heartbeat:
                 self._send(Heartbeat())
 
+    def _running(self) -> Running | None:
+        record = self._child.record
+        return record.running() if record is not None and self._child.alive else None
+
     def _enforce_deadlines(self, now: float) -> None:
         if self._draining_until is not None and now >= self._draining_until:
             self.request_stop("shutdown")  # the running quantum is killed on the way out
-        r = self._running
-        if r is not None and r.deadline is not None and now >= r.deadline:
-            pid = self._child.pid
-            self._child.stop()  # kills its process group: the task's own children too
-            message = f"timed out after {r.job.timeout_s:g}s; executor killed"
-            self._report_end(ResultStatus.TIMEOUT, _TIMEOUT_EXIT_CODE, Reason.TIMEOUT, message, pid)
-            self._replace_child()
+        running = self._running()
+        if (
+            running is not None
+            and running.deadline is not None
+            and now >= running.deadline + _ALARM_SLACK_S
+        ):
+            # The alarm did not end it (the task took SIGALRM over): kill it from here.
+            self._child_ended(-signal.SIGKILL, running, timed_out=True)
         if now - self._last_broker > self._silence_limit_s:
             logger.error("broker silent for %.1fs: exiting", now - self._last_broker)
             self.request_stop("broker lost", ExitCode.BROKER_LOST)
@@ -154,32 +150,26 @@ class AgentSession:
             frame = self._sock.recv(zmq.NOBLOCK)
             self._last_broker = time.monotonic()
             try:
-                # ASSIGN is relayed verbatim; only the executor child decodes it fully.
-                job = peek(frame)
-                msg = None if job is not None else decode(frame)
+                msg = decode(frame)
             except ProtocolError as e:
                 logger.error("dropping bad frame from broker: %s", e)
                 continue
-            if job is not None:
-                if job.kind is MessageType.ASSIGN:
-                    self._start_quantum(job, frame)
-                else:
-                    logger.warning("unexpected RESULT from broker, dropped")
-                continue
-            assert msg is not None
             self._on_message(msg)
 
     def _on_message(self, msg: Message) -> None:
         match msg:
             case Shutdown(reason=reason, grace_s=grace):
                 logger.info("broker asked to shut down (%s), grace %.1fs", reason, grace)
-                self._queued.clear()
-                if grace > 0 and self._running is not None:
+                record = self._child.record
+                running = record is not None and self._child.alive and record.drain()
+                if grace > 0 and running:
                     self._draining_until = time.monotonic() + grace
                 else:
                     self.request_stop("shutdown")
-            case Revoke(quantum_id=qid, attempt=attempt):
-                self._revoke(qid, attempt)
+            case Revoke(quantum_id=qid, attempt=attempt, seq=seq):
+                record = self._child.record
+                if record is None or record.revoke(seq):
+                    self._send(Revoked(quantum_id=qid, attempt=attempt))
             case Heartbeat():
                 pass
             case Refuse(reason=reason):
@@ -196,140 +186,74 @@ class AgentSession:
                 | StatusReply()
                 | Cancel()
                 | Revoked()
+                | ExecutorExited()
             ):
                 logger.warning("unexpected %s from broker, dropped", type(msg).__name__)
             case _:
                 assert_never(msg)
 
-    def _revoke(self, quantum_id: str, attempt: int) -> None:
-        """Drop a queued quantum the broker takes back; a started one runs on (no answer)."""
-        for entry in list(self._queued):
-            job = entry[0]
-            if (job.quantum_id, job.attempt) == (quantum_id, attempt):
-                self._queued.remove(entry)
-                self._send(Revoked(quantum_id=quantum_id, attempt=attempt))
-                return
-
-    def _start_quantum(self, job: Peek, frame: bytes) -> None:
-        """Hand a quantum to the child, or queue it (prefetch) while another runs."""
-        if self._running is not None or not self._child.alive:
-            if len(self._queued) < self.config.prefetch:
-                self._queued.append((job, frame))
-                return
-            logger.error("ASSIGN %s beyond this worker's slots: refusing", job.quantum_id)
-            message = "worker was busy"
-            self._send_result(job, ResultStatus.FAILURE, None, Reason.WORKER_LOST, message)
-            return
-        now = time.monotonic()
-        deadline = now + job.timeout_s if job.timeout_s is not None else None
-        self._running = _Running(job, deadline, time.time())
-        self._child.send(frame)
-
-    def _start_next(self) -> None:
-        if self._queued and self._running is None and self._child.alive:
-            self._start_quantum(*self._queued.popleft())
-
     # ------------------------------------------------------------------ the child
-    def _replace_child(self) -> None:
-        self._child.stop()
-        if self._stop is None:
-            self._child.start()
-            self._start_next()
-
-    def _read_child(self) -> bool:
-        """Relay one result from the child; False once the child is gone or replaced."""
-        frame = self._child.recv()
-        if frame is None:
-            return False  # the child died; its sentinel reports how
-        try:
-            result = peek(frame)
-            if result is None and isinstance(decode(frame), Ready):
-                if not self._ready_sent:  # a replacement child needs no new announcement
-                    self._ready_sent = True
-                    self._send_frame(frame)
-                return True
-        except ProtocolError as e:
-            logger.error("executor child sent a bad frame: %s", e)
-            return True
-        r = self._running
-        if (
-            result is None
-            or result.kind is not MessageType.RESULT
-            or r is None
-            or (result.quantum_id, result.attempt) != (r.job.quantum_id, r.job.attempt)
-        ):
-            logger.warning("dropping stale result from executor child: %r", result)
-            return True
-        self._running = None
-        self._child.quanta += 1
-        if self._draining_until is not None:
-            self._send_frame(frame)
-            self.request_stop("shutdown")
-            return False
-        if self._child.should_recycle():
-            self._send_frame(frame)
-            self._replace_child()  # starts the next queued quantum on the fresh child
-            return False
-        self._start_next()  # the child starts the next quantum before the broker hears back
-        self._send_frame(frame)
-        return True
-
     def _child_exited(self) -> None:
-        generation = self._child.generation
-        # A result written just before exiting still counts.
-        while self._child.pending() and self._read_child():
-            pass
-        if self._child.generation != generation:
-            return  # that result recycled the child already
         code = self._child.exit_code()
-        if self._running is not None:
-            reason = Reason.SIGNAL if code < 0 else Reason.EXIT_CODE
-            message = f"executor process {describe_exit(code)}"
-            if code == -signal.SIGKILL and self._child.oom_killed():
-                reason = Reason.OUT_OF_MEMORY
-                message += " by the kernel's out-of-memory killer"
-            self._report_end(ResultStatus.FAILURE, code, reason, message, self._child.pid)
-        elif code != 0:
+        record = self._child.record
+        running = record.running() if record is not None else None
+        timed_out = (
+            running is not None
+            and running.deadline is not None
+            and time.monotonic() >= running.deadline - 0.01
+            and code == -signal.SIGALRM
+        )
+        if running is None and code != 0:
             logger.warning("idle executor child %s; replacing it", describe_exit(code))
-        self._replace_child()
+        self._child_ended(code, running, timed_out=timed_out)
 
-    # ------------------------------------------------------------------ sending
-    def _report_end(
-        self,
-        status: ResultStatus,
-        code: int | None,
-        reason: Reason,
-        message: str,
-        child_pid: int | None,
-    ) -> None:
-        """The running quantum ended without a result of its own (timeout, crash)."""
-        r = self._running
-        assert r is not None
-        self._running = None
-        self._send_result(r.job, status, code, reason, message, r.started, child_pid)
-
-    def _send_result(
-        self,
-        job: Peek,
-        status: ResultStatus,
-        code: int | None,
-        reason: Reason,
-        message: str,
-        started: float | None = None,
-        child_pid: int | None = None,
-    ) -> None:
+    def _child_ended(self, code: int, running: Running | None, *, timed_out: bool) -> None:
+        """Kill what is left of the child (its process group), tell the broker how far it got
+        and how the attempt it was running ended, and start a fresh one."""
+        pid, record = self._child.pid, self._child.record
+        oom = code == -signal.SIGKILL and not timed_out and self._child.oom_killed()
+        self._child.stop()
+        last_seq = record.last_seq if record is not None else 0
+        now = time.time()
+        status, reason, log = ResultStatus.FAILURE, None, None
+        detail = f"executor process {describe_exit(code)}"
+        if running is not None:
+            log = running.log_path
+            if timed_out:
+                status, reason = ResultStatus.TIMEOUT, Reason.TIMEOUT
+                detail = f"timed out after {running.timeout_s or 0:g}s; executor killed"
+            elif oom:
+                reason = Reason.OUT_OF_MEMORY
+                detail += " by the kernel's out-of-memory killer"
+            else:
+                reason = Reason.SIGNAL if code < 0 else Reason.EXIT_CODE
+            if pid is None or not keep_scratch(scratch_path(self._log_dir, pid), Path(log)):
+                log = log if Path(log).exists() else None
+        elif pid is not None:
+            scratch_path(self._log_dir, pid).unlink(missing_ok=True)
         self._send(
-            ended_without_result(
-                job, status, code, reason, message, started, self._log_dir, child_pid
+            ExecutorExited(
+                generation=self._child.generation,
+                last_seq=last_seq,
+                running=running is not None,
+                status=status,
+                exit_code=code,
+                reason=reason,
+                detail=detail,
+                start_time=running.start_time if running is not None else now,
+                end_time=now,
+                log_path=log,
             )
         )
+        if self._draining_until is not None:
+            self.request_stop("shutdown")
+        elif self._stop is None:
+            self._child.start()
 
+    # ------------------------------------------------------------------ sending
     def _send(self, msg: Message) -> None:
-        self._send_frame(encode(msg))
-
-    def _send_frame(self, frame: bytes) -> None:
         try:
-            self._sock.send(frame, zmq.NOBLOCK)
+            self._sock.send(encode(msg), zmq.NOBLOCK)
         except zmq.Again:
             logger.warning("broker unreachable; message dropped")
         self._next_heartbeat = time.monotonic() + self._interval_s

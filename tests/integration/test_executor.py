@@ -193,6 +193,31 @@ def test_timeout_kills_the_task_and_its_children(
         assert report.counts()[ExecutionStatus.SUCCESS] == 3
 
 
+@pytest.mark.parametrize(
+    ("task", "config", "late_s"),
+    [("hold_gil", {"seconds": 60.0}, 0.5), ("hang_ignoring_alarm", {}, 1.5)],
+    ids=["holds-the-gil", "takes-sigalrm-over"],
+)
+def test_timeout_ends_a_task_whatever_it_does(
+    task: str, config: dict[str, object], late_s: float, butler: Butler
+) -> None:
+    # Given a quantum that never ends on its own, a 1 s timeout, and quanta beside it
+    qs = [quantum("stuck", task, config=config)]
+    qs += [quantum(f"after{i}", "nap", config={"seconds": 0.2}) for i in range(4)]
+    ex = make(2, timeout=1.0)
+    # When it runs holding the GIL in C code (the executor's own alarm ends it), or ignoring
+    # SIGALRM (its agent, which reads what it runs, kills it within a heartbeat interval)
+    with pytest.raises(MPTimeoutError):
+        ex.execute(QuantumGraph.from_quanta(qs), butler)
+    # Then it timed out soon after its deadline, and the rest ran
+    report = ex.getReport()
+    details = report.details("stuck")
+    assert details.reason is Reason.TIMEOUT
+    assert details.endTime is not None and details.startTime is not None
+    assert 1.0 <= details.endTime - details.startTime < 1.0 + late_s
+    assert report.counts()[ExecutionStatus.SUCCESS] == 4
+
+
 def test_huge_exception_message_is_a_prompt_failure(butler: Butler) -> None:
     graph = QuantumGraph.from_quanta([quantum("big", "big_failure", config={"size": 200_000})])
     ex = make(3, timeout=60.0)

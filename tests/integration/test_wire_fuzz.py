@@ -116,7 +116,7 @@ def test_handshaken_worker_sending_garbage_never_crashes_the_broker(
     fake.send(encode(Hello(pid=99999, host="fuzzer", slots=1)))
     welcome = receive(Welcome)
     assert isinstance(welcome, Welcome)
-    fake.send(encode(Ready()))
+    fake.send(encode(Ready(worker_id=welcome.worker_id, pid=99999, generation=1)))
     assign = receive(Assign)
     assert isinstance(assign, Assign)
     taken = assign.quantum.id

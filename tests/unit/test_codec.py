@@ -14,6 +14,7 @@ from common.protocol import (
     PROTOCOL_VERSION,
     Assign,
     Cancel,
+    ExecutorExited,
     Goodbye,
     Heartbeat,
     Hello,
@@ -50,8 +51,9 @@ def test_every_message_type_has_a_round_trip_case() -> None:
         Cancel,
         Revoke,
         Revoked,
+        ExecutorExited,
     }
-    assert len(MessageType) == 14
+    assert len(MessageType) == 15
 
 
 @pytest.mark.parametrize("message", EVERY_MESSAGE, ids=lambda m: type(m).__name__)
@@ -157,7 +159,8 @@ def test_result_numbers_outside_their_bounds_are_protocol_errors(field: str, val
         (Hello(pid=1, host="h", slots=1), "slots", 0),
         (Hello(pid=1, host="h", slots=1), "pid", -1),
         (Shutdown(reason="x", grace_s=1.0), "grace_s", math.nan),
-        (Revoke("q", 1), "attempt", 0),
+        (Revoke("q", 1, 1), "attempt", 0),
+        (Revoke("q", 1, 1), "seq", -1),
     ],
 )
 def test_other_numbers_outside_their_bounds_are_protocol_errors(
@@ -175,7 +178,7 @@ def test_every_field_of_every_message_rejects_wrong_types(message: Message) -> N
 
 
 def test_peek_reads_routing_fields_from_the_dataclass_layout() -> None:
-    assign = Assign(quantum=Q, attempt=3, timeout_s=2.5)
+    assign = Assign(quantum=Q, attempt=3, timeout_s=2.5, seq=4)
     got = peek(encode(assign))
     assert got == Peek(MessageType.ASSIGN, Q.id, 3, 2.5)
     assert peek(encode(RESULT)) == Peek(MessageType.RESULT, RESULT.quantum_id, RESULT.attempt, None)

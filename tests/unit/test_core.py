@@ -13,12 +13,20 @@ from typing import Any
 
 import pytest
 
-from broker.core import BACKSTOP_GRACE_S, STARTUP_HOLD_S, STEAL_AFTER_S, BrokerCore
+from broker.core import (
+    BACKSTOP_GRACE_S,
+    ORPHAN_GRACE_S,
+    STARTUP_HOLD_S,
+    STEAL_AFTER_S,
+    BrokerCore,
+)
 from broker.events import (
     Action,
     AdmitWorker,
     Dispatch,
     Event,
+    ExecutorGone,
+    ExecutorUnreachable,
     KillWorker,
     QuantumRevoked,
     RefuseWorker,
@@ -37,7 +45,7 @@ from broker.journal import Journal, JournalState
 from broker.state import QState
 from common.config import ExecutionConfig
 from common.graph import QuantumGraph
-from common.protocol import Result, ResultStatus
+from common.protocol import ExecutorExited, Result, ResultStatus
 from common.report import ExecutionStatus, Reason
 from tests.graphs import chain, independent, quantum
 
@@ -515,3 +523,69 @@ def test_a_journal_write_that_fails_in_the_writer_thread_surfaces_at_the_next_fl
         journal.flush()
     journal.flush()  # reported once
     journal.close()
+
+
+def exited(generation: int, last_seq: int, running: bool, code: int = -11) -> ExecutorExited:
+    status = ResultStatus.FAILURE
+    reason = Reason.SIGNAL if running else None
+    detail = "executor process killed by signal 11 (SIGSEGV)"
+    return ExecutorExited(
+        generation, last_seq, running, status, code, reason, detail, 5.0, 6.0, None
+    )
+
+
+def test_a_dead_executor_child_settles_what_was_sent_to_it_by_how_far_it_got() -> None:
+    # Given worker A (child generation 1) holding four quanta, dispatched in order 1..4
+    h = Harness(independent(4), workers=1)
+    h.step(WorkerJoined(A, 11, "host", 4, True), WorkerReady(A, 1))
+    sent = h.dispatches(A)
+    assert [d.seq for d in sent] == [1, 2, 3, 4]
+    q2, q3, q4 = (d.quantum_id for d in sent[1:])
+    h.step(ResultReceived(A, result(sent[0])), at=1.0)  # q1's result arrived
+    # When its child dies running q3 (it took dispatches up to 3; q2's result is in transit)
+    h.step(ExecutorGone(A, exited(1, 3, True)), at=2.0)
+    # Then q3 failed with the child's death, q4 (never taken) is ready again with its attempt
+    # given back, q2 is still awaited, and A takes nothing until its next child is READY
+    assert h.state(q3) is QState.FAILED and h.reason(q3) is Reason.SIGNAL
+    assert h.state(q4) is QState.READY and h.attempts(q4) == 0
+    assert h.state(q2) is QState.RUNNING
+    assert h.dispatches() == []
+    # When q2's result arrives late, it is applied; the next child takes q4
+    h.step(ResultReceived(A, result(sent[1])), at=2.5)
+    assert h.state(q2) is QState.SUCCEEDED
+    h.step(WorkerReady(A, 2), at=3.0)
+    (again,) = h.dispatches(A)
+    assert (again.quantum_id, again.attempt, again.seq) == (q4, 1, 5)
+
+
+def test_a_result_lost_with_its_executor_child_is_retried_after_a_grace() -> None:
+    # Given q0 finished by a child that died before its RESULT reached the broker
+    h = Harness(independent(1), workers=1, retries=1)
+    h.step(WorkerJoined(A, 11, "host", 1, True), WorkerReady(A, 1))
+    (d,) = h.dispatches(A)
+    h.step(ExecutorGone(A, exited(1, d.seq, False, code=0)), at=1.0)
+    h.step(WorkerReady(A, 2), at=1.1)
+    assert h.state("q0") is QState.RUNNING and h.dispatches() == []  # awaited, not re-sent
+    assert h.core.next_deadline(1.1) == pytest.approx(1.0 + ORPHAN_GRACE_S)
+    # When no result comes within the grace, the attempt counts as lost: attempt 2, same worker
+    h.step(at=1.0 + ORPHAN_GRACE_S)
+    (retry,) = h.dispatches(A)
+    assert (retry.quantum_id, retry.attempt) == ("q0", 2)
+    assert h.of(KillWorker) == []  # the worker itself is fine
+    # And the first attempt's result, should it come after all, is fenced off
+    h.step(ResultReceived(A, result(d)), at=4.0)
+    assert h.state("q0") is QState.RUNNING
+
+
+def test_an_unreachable_executor_child_pauses_its_worker_until_the_next_one() -> None:
+    h = Harness(independent(3), workers=1)
+    h.step(WorkerJoined(A, 11, "host", 1, True), WorkerReady(A, 1))
+    (d,) = h.dispatches(A)
+    # When the send to its child fails, the quantum is given back and A is not sent more
+    h.step(QuantumRevoked(A, d.quantum_id, d.attempt), ExecutorUnreachable(A, 1), at=1.0)
+    assert h.dispatches() == [] and h.state(d.quantum_id) is QState.READY
+    # A report about an older generation does not pause the current one
+    h.step(WorkerReady(A, 2), at=2.0)
+    (d2,) = h.dispatches(A)
+    h.step(ExecutorUnreachable(A, 1), ResultReceived(A, result(d2)), at=3.0)
+    assert len(h.dispatches(A)) == 1
