@@ -43,10 +43,13 @@ from broker.events import (
     WorkerReady,
 )
 from broker.journal import Journal
+from broker.links import Link, LinkHub
 from broker.pool import WorkerPool
 from broker.registry import window
 from broker.router import Router
+from common.codec import decode, encode
 from common.config import ExecutionConfig
+from common.errors import ProtocolError
 from common.graph import QuantumGraph
 from common.protocol import (
     Assign,
@@ -81,6 +84,7 @@ _ADAPT_EVERY_S = 0.25
 
 
 ProgressCallback = Callable[[RunStatus], None]
+Route = bytes | Link  # where an executor child is reached
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,8 +137,11 @@ class BrokerServer:
         # Executor children speak from their own sockets: the current child of each worker,
         # and the worker (and child generation) behind every child socket seen. A dead
         # child's socket stays known until its successor dies, for its last results.
-        self._child_of: dict[bytes, tuple[bytes, int]] = {}
-        self._owner: dict[bytes, tuple[bytes, int]] = {}
+        # A local worker's child speaks over a link (``LinkHub``), an attached one's over its
+        # own ZeroMQ socket (a routing identity).
+        self._child_of: dict[bytes, tuple[Route, int]] = {}
+        self._owner: dict[Route, tuple[bytes, int]] = {}
+        self._links: LinkHub | None = None
         self._depth = 1 + config.prefetch  # quanta a worker is sent at most, for now
         self._next_adapt = 0.0
         self._replacements_left = 2 * config.spawn_count + 2
@@ -179,6 +186,7 @@ class BrokerServer:
         self._pool.spawn(self.config.spawn_count)
         router: Router | None = None
         try:
+            self._links = LinkHub()
             router = self._router = Router(
                 self._serving.endpoint, self._serving.keys_dir, self._drops
             )
@@ -195,6 +203,8 @@ class BrokerServer:
             self.core.timings.workers_started = self._pool.started
             if router is not None:
                 router.close(min(1.0, self.config.shutdown_grace_s))
+            if self._links is not None:
+                self._links.close()
             self._close_wake_pipe()
 
     # ------------------------------------------------------------------ loop
@@ -203,6 +213,8 @@ class BrokerServer:
         poller = zmq.Poller()
         poller.register(self._router.sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
+        assert self._links is not None
+        self._links.attach(poller)
         pidfds = set(self._pool.pidfds())
         for fd in pidfds:
             poller.register(fd, zmq.POLLIN)
@@ -215,6 +227,7 @@ class BrokerServer:
             events, self._events = self._events, []
             if self._router.sock in ready:
                 self._read_frames(now, events)
+            self._read_links(ready, events)
             if self._wake_r in ready:
                 os.read(self._wake_r, 4096)
             while self._requests:
@@ -248,6 +261,39 @@ class BrokerServer:
             event = self._event_for(identity, msg, now)
             if event is not None:
                 events.append(event)
+
+    def _read_links(self, ready: dict[object, int], events: list[Event]) -> None:
+        assert self._links is not None
+        for link, frames, alive in self._links.service(ready):
+            for frame in frames:
+                try:
+                    msg = decode(frame)
+                except ProtocolError as e:
+                    self._drops.warn("dropping bad frame from %r: %s", link, e)
+                    continue
+                owner = self._owner.get(link)
+                event = (
+                    self._child_event(owner[0], link, msg)
+                    if owner is not None
+                    else self._child_ready(link, msg)
+                    if isinstance(msg, Ready)
+                    else None
+                )
+                if event is not None:
+                    events.append(event)
+            if not alive:
+                self._link_closed(link, events)
+
+    def _link_closed(self, link: Link, events: list[Event]) -> None:
+        """A child's link ended (it died or left): its worker is sent nothing more until the
+        next child says READY; what it had is settled by its agent's report."""
+        owner = self._owner.pop(link, None)
+        if owner is None:
+            return
+        worker, generation = owner
+        current = self._child_of.get(worker)
+        if current is not None and current[0] is link:
+            events.append(ExecutorUnreachable(worker, generation))
 
     def _event_for(self, identity: bytes, msg: Message, now: float) -> Event | None:
         """The core event a message stands for; control requests are answered here."""
@@ -290,7 +336,7 @@ class BrokerServer:
                 assert_never(msg)
         return None
 
-    def _child_event(self, worker: bytes, child: bytes, msg: Message) -> Event | None:
+    def _child_event(self, worker: bytes, child: Route, msg: Message) -> Event | None:
         """What a message from an executor child's socket means for its worker."""
         match msg:
             case Result():
@@ -303,15 +349,21 @@ class BrokerServer:
                 )
         return None
 
-    def _child_ready(self, child: bytes, msg: Ready) -> Event | None:
-        """An executor child introduces itself on its own socket: its worker's quanta go
-        there from now on."""
+    def _child_ready(self, child: Route, msg: Ready) -> Event | None:
+        """An executor child introduces itself on its link or socket: its worker's quanta
+        go there from now on. (A worker serving quanta on its own socket is its own child.)"""
         info = next((w for w in self.core.registry.workers() if w.worker_id == msg.worker_id), None)
         if info is None or info.pid != msg.pid:
-            self._router.refuse(child, f"no worker {msg.worker_id[:100]} with pid {msg.pid}")
+            why = f"no worker {msg.worker_id[:100]} with pid {msg.pid}"
+            if isinstance(child, Link):
+                self._drops.warn("closing %r: %s", child, why)
+                self._send_to(child, Refuse(why))
+            else:
+                self._router.refuse(child, why)
             return None
         self._child_of[info.identity] = (child, msg.generation)
-        self._owner[child] = (info.identity, msg.generation)
+        if child != info.identity:
+            self._owner[child] = (info.identity, msg.generation)
         return WorkerReady(info.identity, msg.generation)
 
     def _forget_children(self, worker: bytes, older_than: int | None = None) -> None:
@@ -373,11 +425,17 @@ class BrokerServer:
                 case _:
                     assert_never(action)
 
+    def _send_to(self, route: Route, msg: Message) -> bool:
+        if isinstance(route, Link):
+            assert self._links is not None
+            return self._links.send(route, encode(msg))
+        return self._router.send(route, msg)
+
     def _send_assign(self, d: Dispatch) -> None:
         """To the worker's executor child; one that is gone never started it."""
         child = self._child_of.get(d.worker)
         assign = Assign(self.graph.quantum_at(d.index), d.attempt, d.timeout_s, d.seq)
-        if child is not None and self._router.send(child[0], assign):
+        if child is not None and self._send_to(child[0], assign):
             return
         self._events.append(QuantumRevoked(d.worker, d.quantum_id, d.attempt))
         if child is not None:
@@ -389,6 +447,8 @@ class BrokerServer:
 
     def _admit(self, worker: bytes, worker_id: str) -> None:
         c = self.config
+        info = self.core.registry.get(worker)
+        local = info is not None and info.local
         self._router.track(worker, time.monotonic())
         self._router.send(
             worker,
@@ -401,6 +461,7 @@ class BrokerServer:
                 preload=self._preload,
                 max_quanta_per_executor=c.max_quanta_per_executor,
                 max_rss_kb=None if c.max_rss_mb is None else c.max_rss_mb * 1024,
+                executor_link=self._links.path if local and self._links is not None else None,
             ),
         )
 

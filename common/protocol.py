@@ -106,7 +106,9 @@ class Welcome:
     """The broker accepts a worker. ``executor`` is the pickled quantum executor, opaque to
     the agent, unpickled only in the executor child; ``preload`` names the task modules the
     child imports before it says READY. The agent replaces its executor child after
-    ``max_quanta_per_executor`` quanta or once it uses more than ``max_rss_kb``."""
+    ``max_quanta_per_executor`` quanta or once it uses more than ``max_rss_kb``. Its children
+    connect to ``executor_link`` (a Unix socket, for workers on the broker's host), else to the
+    broker's endpoint with a socket of their own."""
 
     worker_id: str
     heartbeat_interval_s: Interval
@@ -116,6 +118,7 @@ class Welcome:
     preload: list[str]
     max_quanta_per_executor: Count | None
     max_rss_kb: Count | None
+    executor_link: str | None
 
 
 @dataclass(frozen=True, slots=True)

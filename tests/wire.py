@@ -57,6 +57,7 @@ EVERY_MESSAGE: list[Message] = [
         preload=["pkg.tasks", "other"],
         max_quanta_per_executor=None,
         max_rss_kb=1024,
+        executor_link="/tmp/zl1/exec.sock",
     ),
     Ready(worker_id="w1", pid=12, generation=1),
     Refuse(reason="version"),

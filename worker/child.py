@@ -24,15 +24,13 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-import zmq
-
 from common.butler import Butler
 from common.codec import decode, encode
 from common.errors import ProtocolError
 from common.protocol import Assign, Ready, Refuse, Result, ResultStatus, Revoked
 from common.report import Reason
 from worker.capture import LogCapture
-from worker.dealer import connect_dealer
+from worker.channel import open_channel
 from worker.executor import QuantumExecutor
 from worker.lifecycle import die_with_parent, rss_kb
 from worker.record import SharedRecord
@@ -40,14 +38,14 @@ from worker.runner import log_path_for, peak_rss_kb, run_quantum
 
 __all__ = ["ChildConfig", "child_main", "direct_main"]
 
-_FLUSH_S = 5.0  # a child that leaves on its own waits this long at most for its last RESULT
-
 
 @dataclass(frozen=True, slots=True)
 class ChildConfig:
-    """What a worker agent's child needs: where its broker is, who it works for, when to
-    leave (after ``max_quanta`` or past ``max_rss_kb``) for a fresh replacement."""
+    """What a worker agent's child needs: where its broker is (``link``, else ``endpoint``),
+    who it works for, when to leave (after ``max_quanta`` or past ``max_rss_kb``) for a fresh
+    replacement."""
 
+    link: str | None
     endpoint: str
     keys_dir: Path | None
     worker_id: str
@@ -157,21 +155,22 @@ def child_main(
 
 
 def direct_main(config: ChildConfig, record: SharedRecord) -> None:
-    """Load the executor and task modules, say READY on a socket of our own, then run the
+    """Load the executor and task modules, say READY on a channel of our own, then run the
     ASSIGNs that arrive on it until killed, or leave on our own once recycling is due."""
     _start(config.agent_pid)
     loaded = _load(config.executor_blob)
     _preload(config.preload)
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    sock = connect_dealer(ctx, config.endpoint, config.keys_dir)
-    sock.send(encode(Ready(config.worker_id, config.agent_pid, config.generation)))
+    channel = open_channel(config.link, config.endpoint, config.keys_dir)
+    channel.send(encode(Ready(config.worker_id, config.agent_pid, config.generation)))
     log_dir = Path(config.log_dir)
     capture = LogCapture(log_dir)
     signal.signal(signal.SIGALRM, signal.SIG_DFL)  # our deadline: the alarm ends us
     done = 0
     while not _recycle_due(config, done):
         try:
-            assign = decode(sock.recv())
+            assign = decode(channel.recv())
+        except EOFError:
+            break  # the broker is gone: our agent ends us soon
         except ProtocolError as e:
             logger.error("executor child dropped a bad frame: %s", e)
             continue
@@ -185,7 +184,7 @@ def direct_main(config: ChildConfig, record: SharedRecord) -> None:
         log = str(log_path_for(log_dir, qid, attempt))
         refused = record.take(assign.seq, attempt, assign.timeout_s, log)
         if refused == "draining":
-            sock.send(encode(Revoked(qid, attempt)))
+            channel.send(encode(Revoked(qid, attempt)))
         if refused is not None:
             continue
         if assign.timeout_s is not None:
@@ -198,11 +197,10 @@ def direct_main(config: ChildConfig, record: SharedRecord) -> None:
         # Marked finished before it is sent: dying in between loses a result (the attempt is
         # retried), never reports a finished quantum as crashed.
         record.finished()
-        sock.send(encode(result))
+        channel.send(encode(result))
         done += 1
     capture.close()
-    sock.close(linger=int(_FLUSH_S * 1000))  # the last RESULT must leave before we do
-    ctx.term()
+    channel.close()
 
 
 def _recycle_due(config: ChildConfig, done: int) -> bool:

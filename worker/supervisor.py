@@ -63,6 +63,7 @@ class ExecutorSupervisor:
         w = self._welcome
         self.generation += 1
         config = ChildConfig(
+            link=w.executor_link,
             endpoint=self._endpoint,
             keys_dir=self._keys_dir,
             worker_id=w.worker_id,

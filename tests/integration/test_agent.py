@@ -70,7 +70,7 @@ def test_agent_refused_after_welcome_exits_with_the_refused_code(
     agent = start(AgentConfig(endpoint))
     identity = _recv(sock, Hello)
     blob = pickle.dumps((TaskQuantumExecutor(), Butler(tmp_path / "repo")))
-    welcome = Welcome("w1", 0.5, 10, blob, str(tmp_path), [], None, None)
+    welcome = Welcome("w1", 0.5, 10, blob, str(tmp_path), [], None, None, None)
     sock.send_multipart([identity, encode(welcome)])
     _recv(sock, Ready)
     # When the broker refuses it (it was written off)

@@ -1,0 +1,194 @@
+"""Links to the executor children of local workers: a Unix stream socket in a private (0700)
+directory, length-prefixed frames, never blocking the broker. A message between broker and
+child wakes one thread on each side; over ZeroMQ it also passes an I/O thread on each side.
+
+``LinkHub.service(events)`` accepts new links, reads what arrived, writes what waited; a link
+whose peer is gone (or broke framing) is closed and reported once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import socket
+import tempfile
+from pathlib import Path
+
+import zmq
+
+from common.framing import HEADER, FramingError, split_frames
+
+__all__ = ["Link", "LinkHub"]
+
+logger = logging.getLogger(__name__)
+
+_CHUNK = 1 << 18
+
+
+class Link:
+    """One child's connection. ``send`` never blocks: what the socket does not take now
+    waits in ``_out`` until it is writable."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self.fd = sock.fileno()
+        self._in = bytearray()
+        self._out = bytearray()
+        self.closed = False
+
+    def __repr__(self) -> str:
+        return f"<link fd {self.fd}>"
+
+    @property
+    def wants_write(self) -> bool:
+        return bool(self._out)
+
+    def read(self) -> tuple[list[bytes], bool]:
+        """The frames complete now, and whether the peer is still there (its last frames
+        come before the False)."""
+        alive = True
+        while True:
+            try:
+                chunk = self.sock.recv(_CHUNK)
+            except BlockingIOError:
+                break
+            except OSError:
+                alive = False
+                break
+            if not chunk:
+                alive = False
+                break
+            self._in += chunk
+            if len(chunk) < _CHUNK:
+                break  # drained; an end of stream shows as readable again
+        try:
+            frames = split_frames(self._in)
+        except FramingError as e:
+            logger.error("closing %r: %s", self, e)
+            return [], False
+        return frames, alive
+
+    def send(self, frame: bytes) -> bool:
+        """Queue ``frame``; False once the link is closed."""
+        if self.closed:
+            return False
+        data = HEADER.pack(len(frame)) + frame
+        if self._out:
+            self._out += data
+            return True
+        try:
+            sent = self.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            return False
+        if sent < len(data):
+            self._out += data[sent:]
+        return True
+
+    def flush(self) -> bool:
+        """Write what waited; False if the peer is gone."""
+        try:
+            sent = self.sock.send(self._out)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        del self._out[:sent]
+        return True
+
+    def close(self) -> None:
+        self.closed = True
+        self._out.clear()
+        self.sock.close()
+
+
+class LinkHub:
+    """The listening socket and its links, registered in the broker's poller."""
+
+    def __init__(self) -> None:
+        self._dir = Path(tempfile.mkdtemp(prefix="zl", dir="/tmp"))  # mode 0700
+        self.path = str(self._dir / "exec.sock")
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener.bind(self.path)
+        self._listener.listen(128)
+        self._listener.setblocking(False)
+        self._links: dict[int, Link] = {}
+        self._poller: zmq.Poller | None = None
+        self._writing: set[int] = set()
+
+    def attach(self, poller: zmq.Poller) -> None:
+        self._poller = poller
+        poller.register(self._listener.fileno(), zmq.POLLIN)
+
+    def service(self, events: dict[object, int]) -> list[tuple[Link, list[bytes], bool]]:
+        """(link, frames that arrived, still open) for each link with news; links whose
+        peer is gone are closed (and reported once)."""
+        if self._listener.fileno() in events:
+            self._accept()
+        out = []
+        for fd in [fd for fd in self._links if fd in events]:
+            link = self._links[fd]
+            flags = events[fd]
+            alive = True
+            if flags & zmq.POLLOUT:
+                alive = link.flush()
+            frames: list[bytes] = []
+            if flags & (zmq.POLLIN | zmq.POLLERR) or not alive:
+                frames, open_ = link.read()
+                alive = alive and open_
+            if not alive:
+                self._drop(link)
+            out.append((link, frames, alive))
+        self._update_writes()
+        return out
+
+    def send(self, link: Link, frame: bytes) -> bool:
+        ok = link.send(frame)
+        if ok and link.wants_write and link.fd not in self._writing:
+            self._set_writing(link, True)
+        return ok
+
+    def close(self) -> None:
+        for link in list(self._links.values()):
+            self._drop(link)
+        if self._poller is not None:
+            with contextlib.suppress(KeyError):
+                self._poller.unregister(self._listener.fileno())
+        self._listener.close()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:  # out of file descriptors: the child retries or dies
+                logger.error("cannot accept an executor link: %s", e)
+                return
+            link = Link(sock)
+            self._links[link.fd] = link
+            if self._poller is not None:
+                self._poller.register(link.fd, zmq.POLLIN)
+
+    def _drop(self, link: Link) -> None:
+        self._links.pop(link.fd, None)
+        self._writing.discard(link.fd)
+        if self._poller is not None:
+            with contextlib.suppress(KeyError):
+                self._poller.unregister(link.fd)
+        link.close()
+
+    def _set_writing(self, link: Link, on: bool) -> None:
+        if self._poller is not None:
+            self._poller.modify(link.fd, zmq.POLLIN | (zmq.POLLOUT if on else 0))
+        (self._writing.add if on else self._writing.discard)(link.fd)
+
+    def _update_writes(self) -> None:
+        for fd in list(self._writing):
+            link = self._links.get(fd)
+            if link is not None and not link.wants_write:
+                self._set_writing(link, False)
