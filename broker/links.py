@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
 import socket
 import tempfile
@@ -19,7 +20,7 @@ import zmq
 
 from common.framing import HEADER, FramingError, split_frames
 
-__all__ = ["Link", "LinkHub"]
+__all__ = ["Link", "LinkHub", "link_path_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -105,13 +106,31 @@ class Link:
         self.sock.close()
 
 
-class LinkHub:
-    """The listening socket and its links, registered in the broker's poller."""
+_PATH_LIMIT = 107  # bytes in sun_path
 
-    def __init__(self) -> None:
-        self._dir = Path(tempfile.mkdtemp(prefix="zl", dir="/tmp"))  # mode 0700
-        self.path = str(self._dir / "exec.sock")
+
+def link_path_for(endpoint: str) -> Path | None:
+    """Beside an ipc endpoint's socket (in its directory, private to the run), if the name
+    fits; None for other endpoints."""
+    if not endpoint.startswith("ipc://"):
+        return None
+    path = Path(endpoint.removeprefix("ipc://") + ".exec")
+    return path if len(str(path).encode()) <= _PATH_LIMIT else None
+
+
+class LinkHub:
+    """The listening socket and its links, registered in the broker's poller. It listens at
+    ``path`` if given, else in a private directory of its own."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self._dir: Path | None = None
+        if path is None:
+            self._dir = Path(tempfile.mkdtemp(prefix="zl", dir="/tmp"))  # mode 0700
+            path = self._dir / "exec.sock"
+        self.path = str(path)
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)  # left by a broker that was killed
         self._listener.bind(self.path)
         self._listener.listen(128)
         self._listener.setblocking(False)
@@ -140,7 +159,7 @@ class LinkHub:
                 frames, open_ = link.read()
                 alive = alive and open_
             if not alive:
-                self._drop(link)
+                self.drop(link)
             out.append((link, frames, alive))
         self._update_writes()
         return out
@@ -153,12 +172,16 @@ class LinkHub:
 
     def close(self) -> None:
         for link in list(self._links.values()):
-            self._drop(link)
+            self.drop(link)
         if self._poller is not None:
             with contextlib.suppress(KeyError):
                 self._poller.unregister(self._listener.fileno())
         self._listener.close()
-        shutil.rmtree(self._dir, ignore_errors=True)
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
 
     def _accept(self) -> None:
         while True:
@@ -174,7 +197,7 @@ class LinkHub:
             if self._poller is not None:
                 self._poller.register(link.fd, zmq.POLLIN)
 
-    def _drop(self, link: Link) -> None:
+    def drop(self, link: Link) -> None:
         self._links.pop(link.fd, None)
         self._writing.discard(link.fd)
         if self._poller is not None:

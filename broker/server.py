@@ -43,7 +43,7 @@ from broker.events import (
     WorkerReady,
 )
 from broker.journal import Journal
-from broker.links import Link, LinkHub
+from broker.links import Link, LinkHub, link_path_for
 from broker.pool import WorkerPool
 from broker.registry import window
 from broker.router import Router
@@ -186,7 +186,7 @@ class BrokerServer:
         self._pool.spawn(self.config.spawn_count)
         router: Router | None = None
         try:
-            self._links = LinkHub()
+            self._links = LinkHub(link_path_for(self._serving.endpoint))
             router = self._router = Router(
                 self._serving.endpoint, self._serving.keys_dir, self._drops
             )
@@ -272,13 +272,14 @@ class BrokerServer:
                     self._drops.warn("dropping bad frame from %r: %s", link, e)
                     continue
                 owner = self._owner.get(link)
-                event = (
-                    self._child_event(owner[0], link, msg)
-                    if owner is not None
-                    else self._child_ready(link, msg)
-                    if isinstance(msg, Ready)
-                    else None
-                )
+                if owner is not None:
+                    event = self._child_event(owner[0], link, msg)
+                elif isinstance(msg, Ready):
+                    event = self._child_ready(link, msg)
+                else:
+                    self._drops.warn("closing %r: %s before READY", link, type(msg).__name__)
+                    self._links.drop(link)
+                    break
                 if event is not None:
                     events.append(event)
             if not alive:
@@ -358,6 +359,8 @@ class BrokerServer:
             if isinstance(child, Link):
                 self._drops.warn("closing %r: %s", child, why)
                 self._send_to(child, Refuse(why))
+                assert self._links is not None
+                self._links.drop(child)
             else:
                 self._router.refuse(child, why)
             return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,16 @@ from common.butler import Butler
 from common.codec import decode, encode
 from common.config import ExecutionConfig
 from common.errors import ZmpexecError
-from common.protocol import PROTOCOL_VERSION, Heartbeat, Hello, Refuse, Result, ResultStatus
+from common.framing import HEADER
+from common.protocol import (
+    PROTOCOL_VERSION,
+    Heartbeat,
+    Hello,
+    Ready,
+    Refuse,
+    Result,
+    ResultStatus,
+)
 from common.report import ExecutionStatus
 from tests.conftest import wait_until
 from tests.graphs import independent
@@ -93,6 +103,43 @@ def test_junk_frames_and_unknown_workers_are_dropped_while_the_run_completes(
     assert "dropping a message of 3 frames" in caplog.text
     # the stray result was not applied: q0 ran on a real worker
     assert run.executor.getReport().details("q0").worker in {"w1", "w2"}
+
+
+def test_garbage_and_strangers_on_the_executor_link_are_dropped_while_the_run_completes(
+    butler: Butler, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="broker")
+    run = _Run(butler, n=12)
+    path = run.endpoint.removeprefix("ipc://") + ".exec"
+    wait_until(lambda: Path(path).exists(), 30, "the executor link to listen")
+    rng = random.Random(11)
+
+    def stranger(payload: bytes) -> None:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(path)
+            s.sendall(payload)
+
+    # Random bytes, a length far beyond the limit, undecodable frames, a READY naming a
+    # worker with the wrong pid, a result from a link that never said READY, a cut frame
+    for _ in range(50):
+        stranger(rng.randbytes(rng.randrange(1, 300)))
+    stranger(HEADER.pack(2**31) + b"x" * 10)
+    stranger(b"".join(HEADER.pack(20) + rng.randbytes(20) for _ in range(20)))
+    stranger(_framed(encode(Ready(worker_id="w1", pid=1, generation=9))))
+    stray = Result("q0", 1, ResultStatus.SUCCESS, 0, None, None, None, 0.0, 0.0, 0.0, None, None)
+    stranger(_framed(encode(stray)))
+    stranger(_framed(encode(Heartbeat()))[:-1])
+    run.join()
+    assert "announced" in caplog.text
+    assert "dropping bad frame" in caplog.text
+    assert "no worker w1 with pid 1" in caplog.text
+    assert "Result before READY" in caplog.text
+    # the stray result was not applied: q0 ran on a real worker
+    assert run.executor.getReport().details("q0").worker in {"w1", "w2"}
+
+
+def _framed(frame: bytes) -> bytes:
+    return HEADER.pack(len(frame)) + frame
 
 
 def test_worker_of_another_protocol_version_is_refused_with_a_reason(
