@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -216,6 +217,41 @@ def test_timeout_ends_a_task_whatever_it_does(
     assert details.endTime is not None and details.startTime is not None
     assert 1.0 <= details.endTime - details.startTime < 1.0 + late_s
     assert report.counts()[ExecutionStatus.SUCCESS] == 4
+
+
+def _agents() -> list[psutil.Process]:
+    return [
+        p
+        for p in psutil.Process().children()
+        if any("worker.agent" in part for part in p.cmdline())
+    ]
+
+
+def test_the_agent_is_not_woken_per_quantum(butler: Butler) -> None:
+    # Given two workers running 400 quanta of 5 ms, a second and more of work each
+    graph = independent(400, "nap", seconds=0.005)
+    ex = make(2, prefetch=1)
+    run = Background(ex, graph, butler)
+    wait_until(lambda: len(_agents()) == 2, 30, "two agents")
+    agents = _agents()
+    first = {a.pid: a.num_ctx_switches().voluntary for a in agents}
+    t0, last = time.monotonic(), dict(first)
+    # When the quanta run, sampled until the agents are gone
+    while _alive(agents):
+        for a in agents:
+            with contextlib.suppress(psutil.Error):
+                last[a.pid] = a.num_ctx_switches().voluntary
+        time.sleep(0.02)
+    assert run.join() is None
+    # Then over that second and more, each agent woke for heartbeats and little else: it
+    # relays nothing (with relaying it woke at least twice per quantum, 400 times here)
+    assert time.monotonic() - t0 > 1.0
+    for pid in first:
+        assert last[pid] - first[pid] < 40, f"agent {pid} woke {last[pid] - first[pid]} times"
+
+
+def _alive(agents: list[psutil.Process]) -> bool:
+    return any(a.is_running() and a.status() != psutil.STATUS_ZOMBIE for a in agents)
 
 
 def test_huge_exception_message_is_a_prompt_failure(butler: Butler) -> None:
