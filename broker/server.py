@@ -134,11 +134,11 @@ class BrokerServer:
             prefetch=max(config.prefetch, QUEUE_MAX),
         )
         self._declared: dict[bytes, int] = {}  # slots each worker said it has (HELLO)
-        # Executor children speak from their own sockets: the current child of each worker,
-        # and the worker (and child generation) behind every child socket seen. A dead
-        # child's socket stays known until its successor dies, for its last results.
-        # A local worker's child speaks over a link (``LinkHub``), an attached one's over its
-        # own ZeroMQ socket (a routing identity).
+        # Executor children speak for themselves: a local worker's over a link (``LinkHub``),
+        # an attached one's over a ZeroMQ socket of its own (a routing identity). The current
+        # child of each worker, and the worker (and child generation) behind every child
+        # route seen: a dead child's ZeroMQ route stays known until its successor dies, for
+        # its last results.
         self._child_of: dict[bytes, tuple[Route, int]] = {}
         self._owner: dict[Route, tuple[bytes, int]] = {}
         self._links: LinkHub | None = None
