@@ -18,7 +18,8 @@ from pathlib import Path
 
 import zmq
 
-from common.framing import HEADER, FramingError, split_frames
+from common.errors import ProtocolError
+from common.framing import HEADER, split_frames
 
 __all__ = ["Link", "LinkHub", "link_path_for"]
 
@@ -66,7 +67,7 @@ class Link:
                 break  # drained; an end of stream shows as readable again
         try:
             frames = split_frames(self._in)
-        except FramingError as e:
+        except ProtocolError as e:
             logger.error("closing %r: %s", self, e)
             return [], False
         return frames, alive

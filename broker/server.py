@@ -47,6 +47,7 @@ from broker.links import Link, LinkHub, link_path_for
 from broker.pool import WorkerPool
 from broker.registry import window
 from broker.router import Router
+from broker.routes import ChildRoutes, Route
 from common.codec import decode, encode
 from common.config import ExecutionConfig
 from common.errors import ProtocolError
@@ -84,7 +85,6 @@ _ADAPT_EVERY_S = 0.25
 
 
 ProgressCallback = Callable[[RunStatus], None]
-Route = bytes | Link  # where an executor child is reached
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,12 +135,8 @@ class BrokerServer:
         )
         self._declared: dict[bytes, int] = {}  # slots each worker said it has (HELLO)
         # Executor children speak for themselves: a local worker's over a link (``LinkHub``),
-        # an attached one's over a ZeroMQ socket of its own (a routing identity). The current
-        # child of each worker, and the worker (and child generation) behind every child
-        # route seen: a dead child's ZeroMQ route stays known until its successor dies, for
-        # its last results.
-        self._child_of: dict[bytes, tuple[Route, int]] = {}
-        self._owner: dict[Route, tuple[bytes, int]] = {}
+        # an attached one's over a ZeroMQ socket of its own.
+        self._children = ChildRoutes()
         self._links: LinkHub | None = None
         self._depth = 1 + config.prefetch  # quanta a worker is sent at most, for now
         self._next_adapt = 0.0
@@ -271,9 +267,9 @@ class BrokerServer:
                 except ProtocolError as e:
                     self._drops.warn("dropping bad frame from %r: %s", link, e)
                     continue
-                owner = self._owner.get(link)
+                owner = self._children.owner(link)
                 if owner is not None:
-                    event = self._child_event(owner[0], link, msg)
+                    event = self._child_event(owner, msg)
                 elif isinstance(msg, Ready):
                     event = self._child_ready(link, msg)
                 else:
@@ -288,19 +284,15 @@ class BrokerServer:
     def _link_closed(self, link: Link, events: list[Event]) -> None:
         """A child's link ended (it died or left): its worker is sent nothing more until the
         next child says READY; what it had is settled by its agent's report."""
-        owner = self._owner.pop(link, None)
-        if owner is None:
-            return
-        worker, generation = owner
-        current = self._child_of.get(worker)
-        if current is not None and current[0] is link:
-            events.append(ExecutorUnreachable(worker, generation))
+        current = self._children.closed(link)
+        if current is not None:
+            events.append(ExecutorUnreachable(*current))
 
     def _event_for(self, identity: bytes, msg: Message, now: float) -> Event | None:
         """The core event a message stands for; control requests are answered here."""
-        owner = self._owner.get(identity)
+        owner = self._children.owner(identity)
         if owner is not None:
-            return self._child_event(owner[0], identity, msg)
+            return self._child_event(owner, msg)
         match msg:
             case Hello(pid=pid, host=host, slots=slots):
                 local = pid in self._pool.pids()
@@ -309,7 +301,7 @@ class BrokerServer:
             case Ready():
                 return self._child_ready(identity, msg)
             case ExecutorExited():
-                self._forget_children(identity, older_than=msg.generation)
+                self._children.forget(identity, older_than=msg.generation)
                 return ExecutorGone(identity, msg)
             case Result():
                 return ResultReceived(identity, msg)
@@ -321,7 +313,7 @@ class BrokerServer:
                 self._goodbyes.discard(identity)
                 self._router.forget(identity)
                 self._declared.pop(identity, None)
-                self._forget_children(identity)
+                self._children.forget(identity)
                 return WorkerLeft(identity, f"worker {self._name(identity)} left: {reason}")
             case StatusRequest():
                 self._router.send(identity, StatusReply(self.core.status(now).to_dict()))
@@ -337,7 +329,7 @@ class BrokerServer:
                 assert_never(msg)
         return None
 
-    def _child_event(self, worker: bytes, child: Route, msg: Message) -> Event | None:
+    def _child_event(self, worker: bytes, msg: Message) -> Event | None:
         """What a message from an executor child's socket means for its worker."""
         match msg:
             case Result():
@@ -352,7 +344,7 @@ class BrokerServer:
 
     def _child_ready(self, child: Route, msg: Ready) -> Event | None:
         """An executor child introduces itself on its link or socket: its worker's quanta
-        go there from now on. (A worker serving quanta on its own socket is its own child.)"""
+        go there from now on."""
         info = next((w for w in self.core.registry.workers() if w.worker_id == msg.worker_id), None)
         if info is None or info.pid != msg.pid:
             why = f"no worker {msg.worker_id[:100]} with pid {msg.pid}"
@@ -364,19 +356,8 @@ class BrokerServer:
             else:
                 self._router.refuse(child, why)
             return None
-        self._child_of[info.identity] = (child, msg.generation)
-        if child != info.identity:
-            self._owner[child] = (info.identity, msg.generation)
+        self._children.attach(info.identity, child, msg.generation)
         return WorkerReady(info.identity, msg.generation)
-
-    def _forget_children(self, worker: bytes, older_than: int | None = None) -> None:
-        """Drop the sockets of ``worker``'s children older than generation ``older_than``
-        (all of them when None)."""
-        for child, (owner, generation) in list(self._owner.items()):
-            if owner == worker and (older_than is None or generation < older_than):
-                del self._owner[child]
-        if older_than is None:
-            self._child_of.pop(worker, None)
 
     def _worker_exited(self, pidfd: int, events: list[Event]) -> None:
         reaped = self._pool.reap(pidfd)
@@ -388,7 +369,7 @@ class BrokerServer:
             why = f"worker {info.worker_id} (pid {pid}) {describe_exit(code)}"
             events.append(WorkerLeft(info.identity, why))
             self._declared.pop(info.identity, None)
-            self._forget_children(info.identity)
+            self._children.forget(info.identity)
         elif killed:
             logger.info("lost worker process %d reaped (%s)", pid, describe_exit(code))
         else:
@@ -416,7 +397,7 @@ class BrokerServer:
                     self._router.send(worker, Revoke(qid, attempt, seq))
                 case KillWorker(worker=worker, pid=pid):
                     self._router.forget(worker)
-                    self._forget_children(worker)
+                    self._children.forget(worker)
                     self._pool.kill(pid)
                 case ShutdownWorker(worker=worker, reason=reason, grace_s=grace, final=final):
                     info = self.core.registry.get(worker)
@@ -436,7 +417,7 @@ class BrokerServer:
 
     def _send_assign(self, d: Dispatch) -> None:
         """To the worker's executor child; one that is gone never started it."""
-        child = self._child_of.get(d.worker)
+        child = self._children.current(d.worker)
         assign = Assign(self.graph.quantum_at(d.index), d.attempt, d.timeout_s, d.seq)
         if child is not None and self._send_to(child[0], assign):
             return

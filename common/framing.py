@@ -7,23 +7,23 @@ import struct
 from typing import Final
 
 from common.codec import MAX_FRAME_BYTES
+from common.errors import ProtocolError
 
-__all__ = ["HEADER", "FramingError", "split_frames"]
+__all__ = ["HEADER", "split_frames"]
 
 HEADER: Final = struct.Struct("<I")
 
 
-class FramingError(Exception):
-    """The stream announced a frame longer than ``MAX_FRAME_BYTES``: it is not ours."""
-
-
 def split_frames(buf: bytearray) -> list[bytes]:
-    """The complete frames at the start of ``buf``, removed from it."""
+    """The complete frames at the start of ``buf``, removed from it. ProtocolError if the
+    stream announces a frame longer than ``MAX_FRAME_BYTES`` (it is not one of ours)."""
     frames, pos, end = [], 0, len(buf)
     while end - pos >= HEADER.size:
         (n,) = HEADER.unpack_from(buf, pos)
         if n > MAX_FRAME_BYTES:
-            raise FramingError(f"a frame of {n} bytes announced (limit {MAX_FRAME_BYTES})")
+            raise ProtocolError(
+                f"a frame of {n} bytes announced (limit {MAX_FRAME_BYTES})", bytes(buf[:64])
+            )
         if end - pos - HEADER.size < n:
             break
         start = pos + HEADER.size

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from common.codec import MAX_FRAME_BYTES
-from common.framing import HEADER, FramingError, split_frames
+from common.errors import ProtocolError
+from common.framing import HEADER, split_frames
 
 
 def framed(*frames: bytes) -> bytes:
@@ -34,5 +35,5 @@ def test_a_stream_cut_anywhere_yields_the_same_frames() -> None:
 
 def test_a_length_beyond_the_frame_limit_is_a_framing_error() -> None:
     buf = bytearray(HEADER.pack(MAX_FRAME_BYTES + 1) + b"x")
-    with pytest.raises(FramingError, match="announced"):
+    with pytest.raises(ProtocolError, match="announced"):
         split_frames(buf)
