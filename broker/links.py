@@ -29,8 +29,8 @@ _CHUNK = 1 << 18
 
 
 class Link:
-    """One child's connection. ``send`` never blocks: what the socket does not take now
-    waits in ``_out`` until it is writable."""
+    """One child's connection. Frames are queued (``queue``) and written together
+    (``flush``), never blocking: what the socket does not take waits until it is writable."""
 
     def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(False)
@@ -72,26 +72,18 @@ class Link:
             return [], False
         return frames, alive
 
-    def send(self, frame: bytes) -> bool:
+    def queue(self, frame: bytes) -> bool:
         """Queue ``frame``; False once the link is closed."""
         if self.closed:
             return False
-        data = HEADER.pack(len(frame)) + frame
-        if self._out:
-            self._out += data
-            return True
-        try:
-            sent = self.sock.send(data)
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            return False
-        if sent < len(data):
-            self._out += data[sent:]
+        self._out += HEADER.pack(len(frame))
+        self._out += frame
         return True
 
     def flush(self) -> bool:
-        """Write what waited; False if the peer is gone."""
+        """Write what is queued (as much as the socket takes); False if the peer is gone."""
+        if not self._out:
+            return True
         try:
             sent = self.sock.send(self._out)
         except BlockingIOError:
@@ -138,6 +130,7 @@ class LinkHub:
         self._links: dict[int, Link] = {}
         self._poller: zmq.Poller | None = None
         self._writing: set[int] = set()
+        self._queued: dict[int, Link] = {}
 
     def attach(self, poller: zmq.Poller) -> None:
         self._poller = poller
@@ -166,10 +159,19 @@ class LinkHub:
         return out
 
     def send(self, link: Link, frame: bytes) -> bool:
-        ok = link.send(frame)
-        if ok and link.wants_write and link.fd not in self._writing:
-            self._set_writing(link, True)
-        return ok
+        """Queue ``frame`` for ``link`` until ``flush``; False if the link is closed."""
+        if not link.queue(frame):
+            return False
+        self._queued[link.fd] = link
+        return True
+
+    def flush(self) -> None:
+        """Write what was queued since the last flush: one write per link, however many
+        frames. A link whose peer is gone shows as readable (end of stream) at the next poll."""
+        for link in self._queued.values():
+            if link.flush() and link.wants_write and link.fd not in self._writing:
+                self._set_writing(link, True)
+        self._queued.clear()
 
     def close(self) -> None:
         for link in list(self._links.values()):
@@ -200,6 +202,7 @@ class LinkHub:
 
     def drop(self, link: Link) -> None:
         self._links.pop(link.fd, None)
+        self._queued.pop(link.fd, None)
         self._writing.discard(link.fd)
         if self._poller is not None:
             with contextlib.suppress(KeyError):

@@ -215,6 +215,7 @@ class BrokerServer:
         for fd in pidfds:
             poller.register(fd, zmq.POLLIN)
         self._carry_out(actions)
+        self._links.flush()
         while not self.core.over:
             now = time.monotonic()
             timeout_s = max(0.0, self._next_wakeup(now) - now)
@@ -232,6 +233,7 @@ class BrokerServer:
                 poller.unregister(fd)
                 self._worker_exited(fd, events)
             self._carry_out(self.core.step(events, now))
+            self._links.flush()  # the ASSIGNs of this step, one write per child
             self._adapt(now)
             self._heartbeat(now)
             self._report_progress(now)
@@ -351,6 +353,7 @@ class BrokerServer:
             if isinstance(child, Link):
                 self._drops.warn("closing %r: %s", child, why)
                 self._send_to(child, Refuse(why))
+                child.flush()
                 assert self._links is not None
                 self._links.drop(child)
             else:
