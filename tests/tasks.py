@@ -105,6 +105,13 @@ def record(*, path: str, tag: str, **inputs: Any) -> str:
     return tag
 
 
+def record_then_nap(*, path: str, tag: str, seconds: float = 1.0, **inputs: Any) -> str:
+    """Appends ``tag`` to a file when it starts (tests see what runs), then sleeps."""
+    record(path=path, tag=tag)
+    time.sleep(seconds)
+    return tag
+
+
 _HELD: list[bytes] = []
 
 

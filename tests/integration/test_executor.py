@@ -464,20 +464,25 @@ def test_executor_child_over_the_rss_limit_is_replaced(butler: Butler) -> None:
     assert hog_pid not in pids
 
 
-def test_graceful_stop_lets_running_quanta_finish_and_cancels_the_rest(butler: Butler) -> None:
-
-    from tests.conftest import wait_until
-
+def test_graceful_stop_lets_running_quanta_finish_and_cancels_the_rest(
+    butler: Butler, tmp_path: Path
+) -> None:
+    # Given two workers that have started one 1 s quantum each, six more waiting
+    started = tmp_path / "started"
     graph = QuantumGraph.from_quanta(
-        [quantum(f"s{i}", "sleep", config={"seconds": 1.0}) for i in range(8)]
+        [
+            quantum(f"s{i}", "record_then_nap", config={"path": str(started), "tag": f"s{i}"})
+            for i in range(8)
+        ]
     )
     ex = make(2, shutdown_grace_s=10.0, prefetch=1)
     run = Background(ex, graph, butler)
     wait_until(
-        lambda: ex._server is not None and ex._server.timings.first_dispatch is not None,
+        lambda: started.exists() and len(started.read_text().split()) == 2,
         30,
-        "the first dispatch",
+        "two quanta to start",
     )
+    # When the run is stopped gracefully
     ex.request_stop("test stop")
     assert isinstance(run.join(30), MPGraphExecutorError)
     report = ex.getReport()
