@@ -223,8 +223,7 @@ class BrokerCore:
             case ExecutorGone(exited=exited):
                 self._executor_gone(info, exited, now)
             case ExecutorUnreachable(generation=generation):
-                if info.generation == generation:
-                    self.registry.mark_unready(info)
+                self._executor_unreachable(info, generation, now)
             case WorkerLeft(why=why):
                 self._lose_worker(info, why, now, out)
             case _:
@@ -392,8 +391,19 @@ class BrokerCore:
             elif d.seq == exited.last_seq and exited.running:
                 self.registry.complete(info, d.quantum_id, d.attempt)
                 self._finished(d.index, _ended(d, exited), now)
-            elif not d.orphan:
+            elif not d.orphan or d.backstop is None or d.backstop > now + ORPHAN_GRACE_S:
                 self.registry.orphan(info, d, now + ORPHAN_GRACE_S)
+
+    def _executor_unreachable(self, info: WorkerInfo, generation: int, now: float) -> None:
+        """The worker's child ``generation`` is gone and its agent has not said how far it
+        got: the worker is paused, and what the child had is awaited for as long as a silent
+        worker would be, then lost (retried) - unless the agent's report settles it first."""
+        if info.generation == generation:
+            self.registry.mark_unready(info)
+        limit = now + self.config.worker_silence_limit_s
+        for d in list(info.in_flight.values()):
+            if d.generation == generation and not d.orphan:
+                self.registry.orphan(info, d, limit)
 
     def _expire(self, now: float, out: list[Action]) -> None:
         limit = self.config.worker_silence_limit_s

@@ -58,6 +58,10 @@ logger = logging.getLogger(__name__)
 # The child's alarm ends a quantum at its deadline; the agent kills it this much later if a
 # task took the alarm over (its own SIGALRM handler, ``signal.alarm``).
 _ALARM_SLACK_S = 0.05
+# A child that dies at start (it cannot reach the broker, say) is restarted after a delay
+# doubling from this, up to the maximum, so a broken set-up does not fork in a loop.
+_RESTART_DELAY_S, _RESTART_MAX_S = 0.05, 5.0
+_QUICK_DEATH_S = 1.0
 
 
 class AgentSession:
@@ -75,6 +79,8 @@ class AgentSession:
         self._child = ExecutorSupervisor(welcome, poller, config.endpoint, config.keys_dir)
         self._poller = poller
         self._draining_until: float | None = None  # stopping once the running quantum ends
+        self._restart_at: float | None = None  # when to start a child that died at start
+        self._quick_deaths = 0
         self._stop: tuple[str, ExitCode] | None = None
         self._last_broker = self._next_heartbeat = time.monotonic()
 
@@ -110,12 +116,17 @@ class AgentSession:
                 wake = min(wake, running.deadline + _ALARM_SLACK_S)
             if self._draining_until is not None:
                 wake = min(wake, self._draining_until)
+            if self._restart_at is not None:
+                wake = min(wake, self._restart_at)
             events = dict(self._poller.poll(int(max(0.0, wake - now) * 1000)))
             if self._sock in events:
                 self._drain_socket()
             if self._child.exited(events):
                 self._child_exited()
             now = time.monotonic()
+            if self._restart_at is not None and now >= self._restart_at and self._stop is None:
+                self._restart_at = None
+                self._child.start()
             self._enforce_deadlines(now)
             if now >= self._next_heartbeat:
                 self._send(Heartbeat())
@@ -212,6 +223,7 @@ class AgentSession:
         and how the attempt it was running ended, and start a fresh one."""
         pid, record = self._child.pid, self._child.record
         oom = code == -signal.SIGKILL and not timed_out and self._child.oom_killed()
+        died_at_start = self._child.age_s() < _QUICK_DEATH_S and code != 0
         self._child.stop()
         last_seq = record.last_seq if record is not None else 0
         now = time.time()
@@ -248,7 +260,17 @@ class AgentSession:
         if self._draining_until is not None:
             self.request_stop("shutdown")
         elif self._stop is None:
+            self._restart(died_at_start and running is None and last_seq == 0)
+
+    def _restart(self, died_at_start: bool) -> None:
+        """A fresh child now, or after a growing delay if they keep dying at start."""
+        self._quick_deaths = self._quick_deaths + 1 if died_at_start else 0
+        if not self._quick_deaths:
             self._child.start()
+            return
+        delay = min(_RESTART_MAX_S, _RESTART_DELAY_S * 2 ** (self._quick_deaths - 1))
+        logger.warning("executor child died at start; the next one in %.2fs", delay)
+        self._restart_at = time.monotonic() + delay
 
     # ------------------------------------------------------------------ sending
     def _send(self, msg: Message) -> None:

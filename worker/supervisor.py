@@ -9,6 +9,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import time
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
@@ -46,6 +47,7 @@ class ExecutorSupervisor:
         self._child: BaseProcess | None = None
         self.record: SharedRecord | None = None
         self._oom_baseline: int | None = None
+        self._started_at = 0.0
         self.generation = 0
 
     @property
@@ -81,6 +83,7 @@ class ExecutorSupervisor:
         )
         child.start()
         self._child = child
+        self._started_at = time.monotonic()
         self._oom_baseline = oom_kills(os.getpid())  # the child shares our memory cgroup
         self._poller.register(child.sentinel, zmq.POLLIN)
 
@@ -96,6 +99,10 @@ class ExecutorSupervisor:
             kill_group(child.pid)
         child.join(5.0)
         child.close()
+
+    def age_s(self) -> float:
+        """Seconds since the current child was started."""
+        return time.monotonic() - self._started_at
 
     def exit_code(self) -> int:
         """How the (exited) child ended; a child that cannot be reaped counts as SIGKILLed."""

@@ -589,3 +589,24 @@ def test_an_unreachable_executor_child_pauses_its_worker_until_the_next_one() ->
     (d2,) = h.dispatches(A)
     h.step(ExecutorUnreachable(A, 1), ResultReceived(A, result(d2)), at=3.0)
     assert len(h.dispatches(A)) == 1
+
+
+def test_a_dead_child_without_its_agents_report_is_retried_after_the_silence_limit() -> None:
+    # Given q0 sent to A's child, whose link then closed; the agent's report never comes
+    h = Harness(independent(1), workers=1, retries=1, heartbeat_interval_s=1.0, liveness=3)
+    h.step(WorkerJoined(A, 11, "host", 1, True), WorkerReady(A, 1))
+    assert len(h.dispatches(A)) == 1
+    h.step(ExecutorUnreachable(A, 1), at=1.0)
+    assert h.state("q0") is QState.RUNNING and h.dispatches() == []
+    # When the worker's next child is up and the silence limit passes, q0 is retried there
+    h.step(WorkerReady(A, 2), WorkerHeard(A), at=3.9)
+    assert h.dispatches() == []
+    h.step(WorkerHeard(A), at=4.0)
+    (retry,) = h.dispatches(A)
+    assert (retry.quantum_id, retry.attempt) == ("q0", 2)
+    # And had the report come, it would have settled q0 at once (a fresh run shows it)
+    h2 = Harness(independent(1), workers=1, retries=1, heartbeat_interval_s=1.0, liveness=3)
+    h2.step(WorkerJoined(A, 11, "host", 1, True), WorkerReady(A, 1))
+    assert len(h2.dispatches(A)) == 1
+    h2.step(ExecutorUnreachable(A, 1), ExecutorGone(A, exited(1, 0, False)), at=1.0)
+    assert h2.state("q0") is QState.READY and h2.attempts("q0") == 0  # never taken: no attempt
