@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
+from typing import Protocol
 
 import zmq
 
@@ -17,19 +18,17 @@ __all__ = ["Channel", "DealerChannel", "LinkChannel", "open_channel"]
 _FLUSH_S = 5.0  # a child that leaves on its own waits this long at most for its last frame
 
 
-class Channel:
-    def send(self, frame: bytes) -> None:
-        raise NotImplementedError
+class Channel(Protocol):
+    def send(self, frame: bytes) -> None: ...
 
     def recv(self) -> bytes:
         """The next frame; EOFError once the broker is gone."""
-        raise NotImplementedError
+        ...
 
-    def close(self) -> None:
-        raise NotImplementedError
+    def close(self) -> None: ...
 
 
-class LinkChannel(Channel):
+class LinkChannel:
     def __init__(self, path: str) -> None:
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.connect(path)
@@ -52,7 +51,7 @@ class LinkChannel(Channel):
         self._sock.close()  # what was sent is in the broker's socket buffer already
 
 
-class DealerChannel(Channel):
+class DealerChannel:
     def __init__(self, endpoint: str, keys_dir: Path | None) -> None:
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self._sock = connect_dealer(self._ctx, endpoint, keys_dir)

@@ -30,7 +30,7 @@ from common.errors import ProtocolError
 from common.protocol import Assign, Ready, Refuse, Result, ResultStatus, Revoked
 from common.report import Reason
 from worker.capture import LogCapture
-from worker.channel import open_channel
+from worker.channel import Channel, open_channel
 from worker.executor import QuantumExecutor
 from worker.lifecycle import die_with_parent, rss_kb
 from worker.record import SharedRecord
@@ -166,20 +166,7 @@ def direct_main(config: ChildConfig, record: SharedRecord) -> None:
     capture = LogCapture(log_dir)
     signal.signal(signal.SIGALRM, signal.SIG_DFL)  # our deadline: the alarm ends us
     done = 0
-    while not _recycle_due(config, done):
-        try:
-            assign = decode(channel.recv())
-        except EOFError:
-            break  # the broker is gone: our agent ends us soon
-        except ProtocolError as e:
-            logger.error("executor child dropped a bad frame: %s", e)
-            continue
-        if isinstance(assign, Refuse):
-            logger.error("broker refused this executor: %s", assign.reason)
-            break
-        if not isinstance(assign, Assign):
-            logger.error("executor child got %s, expected ASSIGN", type(assign).__name__)
-            continue
+    while not _recycle_due(config, done) and (assign := _next_assign(channel)) is not None:
         qid, attempt = assign.quantum.id, assign.attempt
         log = str(log_path_for(log_dir, qid, attempt))
         refused = record.take(assign.seq, attempt, assign.timeout_s, log)
@@ -201,6 +188,25 @@ def direct_main(config: ChildConfig, record: SharedRecord) -> None:
         done += 1
     capture.close()
     channel.close()
+
+
+def _next_assign(channel: Channel) -> Assign | None:
+    """The next ASSIGN on ``channel``; None when it is time to leave (the broker is gone or
+    refused us). Other frames are logged and skipped."""
+    while True:
+        try:
+            msg = decode(channel.recv())
+        except EOFError:
+            return None  # the broker is gone: our agent ends us soon
+        except ProtocolError as e:
+            logger.error("executor child dropped a bad frame: %s", e)
+            continue
+        if isinstance(msg, Assign):
+            return msg
+        if isinstance(msg, Refuse):
+            logger.error("broker refused this executor: %s", msg.reason)
+            return None
+        logger.error("executor child got %s, expected ASSIGN", type(msg).__name__)
 
 
 def _recycle_due(config: ChildConfig, done: int) -> bool:
