@@ -72,6 +72,9 @@ logger = logging.getLogger(__name__)
 BACKSTOP_GRACE_S = 5.0  # beyond a quantum's timeout, before the broker kills the worker
 STARTUP_HOLD_S = 10.0  # wait this long at most for the expected workers before dispatching
 STEAL_AFTER_S = 0.05  # a prefetched quantum is taken back once the one ahead ran this long
+# How fast the estimate of how often a quantum just released outranks the one queued ahead
+# of it (``prefetch_cost_s``) follows new completions.
+_INVERSION_WEIGHT = 0.05
 # A dead executor child's results travel on its own connection, its agent's report on
 # another: a result still on its way is awaited this long before the attempt counts as lost.
 ORPHAN_GRACE_S = 2.0
@@ -129,6 +132,8 @@ class BrokerCore:
         self._holding = self._expected_workers > 0
         self._revoking: set[tuple[str, int]] = set()
         self._released: list[int] = []  # children made ready since the last dispatch
+        self._inversions = 0.0  # how often a released child outranks what was queued
+        self._samples = 0
         self._stop_reason: str | None = None
         self._stop_now = False
         self._drain_deadline: float | None = None
@@ -159,6 +164,14 @@ class BrokerCore:
         report = self.ledger.report(self.state, error)
         report.figures["peakIntermediates"] = self.footprint.peak
         return report
+
+    def prefetch_cost_s(self) -> float:
+        """What queueing a quantum behind the running one costs per completion, in seconds:
+        how often a child that a finishing quantum releases outranks the quantum queued on
+        that worker (which then runs first), times the mean duration. Drivers queue nothing
+        ahead where this exceeds the dispatch round trip that queueing hides."""
+        mean = self.scheduler.mean_duration_s()
+        return 0.0 if mean is None else self._inversions * mean
 
     def next_deadline(self, now: float) -> float | None:
         """The earliest moment ``step`` has something to do without a new event."""
@@ -296,7 +309,22 @@ class BrokerCore:
                 now=now,
             )
             return
+        # Does a child this result releases become the most critical quantum there is, while
+        # the quantum queued next on this worker (or, none queued, the best one ready, which
+        # would have been) runs ahead of it?
+        rest = info.in_flight.values()
+        rival = self.scheduler.top_priority()
+        if rest:
+            queued = self.scheduler.priority(min(rest, key=lambda q: q.seq).index)
+            rival = queued if rival is None else max(rival, queued)
+        before = len(self._released)
         self._finished(d.index, result, now)
+        released = self._released[before:]
+        if rival is not None and released:
+            outranked = max(self.scheduler.priority(c) for c in released) > rival
+            self._samples += 1  # a plain mean at first, then a moving one
+            weight = max(_INVERSION_WEIGHT, 1.0 / self._samples)
+            self._inversions += weight * (outranked - self._inversions)
 
     def _finished(self, i: int, result: Result, now: float) -> None:
         """RUNNING -> SUCCEEDED (children may become ready) or FAILED / TIMED_OUT."""

@@ -102,6 +102,19 @@ class Scheduler:
         self._queued_count += 1
         self._staged.append(i)
 
+    def top_priority(self) -> float | None:
+        """The priority of the quantum ``pop`` would return (None when nothing is ready)."""
+        if self._dirty:
+            self._rank()
+        heap, queued, prio = self._heap, self._queued, self._priority
+        while heap and not queued[heap[0][1]]:
+            heapq.heappop(heap)  # taken since it was pushed
+        best = -heap[0][0] if heap else None
+        for i in self._staged:
+            if queued[i] and (best is None or prio[i] > best):
+                best = prio[i]
+        return best
+
     def pop(self) -> int | None:
         """The most critical ready quantum (longest path below it, then graph order)."""
         if self._dirty:

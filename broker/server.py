@@ -81,7 +81,7 @@ logger = logging.getLogger(__name__)
 # A dispatch round trip to a local agent is well under a millisecond: quanta shorter than that
 # are sent a few at a time (up to what the agent accepts, ``QUEUE_MAX`` by default).
 _LOCAL_TRIP_S = 0.001
-_ADAPT_EVERY_S = 0.25
+_ADAPT_EVERY_S = 0.1
 
 
 ProgressCallback = Callable[[RunStatus], None]
@@ -454,12 +454,15 @@ class BrokerServer:
 
     def _adapt(self, now: float) -> None:
         """Send workers as many quanta as keep them busy through a round trip: deeper queues
-        for short quanta (up to what each worker declared), 1 + ``prefetch`` for long ones."""
+        for short quanta (up to what each worker declared), 1 + ``prefetch`` for long ones,
+        and none queued while that costs more than it hides (``core.prefetch_cost_s``)."""
         if now < self._next_adapt:
             return
         mean = self.core.scheduler.mean_duration_s()
         lo = 1 + self.config.prefetch
         depth = window(mean, _LOCAL_TRIP_S, lo, max(lo, 1 + QUEUE_MAX))
+        if depth is not None and self.core.prefetch_cost_s() > _LOCAL_TRIP_S:
+            depth = 1  # what finishing quanta release keeps outranking what was queued
         if depth is None:
             return  # from the first durations learned on
         self._next_adapt = now + _ADAPT_EVERY_S

@@ -610,3 +610,32 @@ def test_a_dead_child_without_its_agents_report_is_retried_after_the_silence_lim
     assert len(h2.dispatches(A)) == 1
     h2.step(ExecutorUnreachable(A, 1), ExecutorGone(A, exited(1, 0, False)), at=1.0)
     assert h2.state("q0") is QState.READY and h2.attempts("q0") == 0  # never taken: no attempt
+
+
+def test_prefetching_is_judged_by_how_often_released_quanta_outrank_the_queued_one() -> None:
+    # Given one worker holding two quanta: a chain (s0 -> s1 -> ...) beside independent ones
+    spine = [quantum(f"s{i}", inputs=[f"s{i - 1}"] if i else []) for i in range(6)]
+    side = [quantum(f"x{i}") for i in range(12)]
+    h = Harness(QuantumGraph.from_quanta(spine + side), workers=1)
+    h.join(A, slots=2)
+    assert h.core.prefetch_cost_s() == 0.0
+    # When each chain quantum finishes, the next one (a longer path below it than any other)
+    # is released while an independent quantum queued on the worker runs first
+    held = {d.quantum_id: d for d in h.dispatches(A)}
+    for _ in range(4):
+        for prefix in ("s", "x"):
+            d = next(d for qid, d in held.items() if qid.startswith(prefix))
+            h.step(ResultReceived(A, result(d, duration_s=0.5)), at=h.now + 1)
+            del held[d.quantum_id]
+            held.update({d.quantum_id: d for d in h.dispatches(A)})
+    # Then queueing costs about the mean duration per completion (drivers stop queueing)
+    assert h.core.prefetch_cost_s() == pytest.approx(0.5)
+
+
+def test_prefetching_costs_nothing_where_nothing_is_released() -> None:
+    h = Harness(independent(20), workers=1)
+    h.join(A, slots=2)
+    for _ in range(10):
+        d = h.dispatches()[0]
+        h.step(ResultReceived(A, result(d)), at=h.now + 1)
+    assert h.core.prefetch_cost_s() == 0.0
