@@ -221,6 +221,8 @@ class BrokerCore:
         self.registry.seen(info, now)
         match event:
             case WorkerReady(generation=generation):
+                if generation and generation <= info.gone:
+                    return  # that executor child is known to be dead already
                 info.generation = generation
                 self.registry.mark_ready(info)
                 if self.timings.workers_ready is None and self._enough_ready():
@@ -407,6 +409,7 @@ class BrokerCore:
         by how far it got (``last_seq``): the attempt it was running ended as reported; those
         it never took go back to the ready queue (no attempt spent); the results of those it
         finished are still on their way over its own connection, or were lost with it."""
+        info.gone = max(info.gone, exited.generation)
         if info.generation == exited.generation:
             self.registry.mark_unready(info)  # until its replacement says READY
         for d in list(info.in_flight.values()):

@@ -41,6 +41,7 @@ class WorkerInfo:
     completed: int = 0
     ready: bool = False  # said READY: its executor is loaded and it can take work
     generation: int = 0  # of the executor child that said READY last
+    gone: int = 0  # the newest executor child generation reported dead
     sent: int = 0  # dispatches so far (the last one's ``seq``)
 
     @property

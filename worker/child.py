@@ -180,7 +180,8 @@ def direct_main(config: ChildConfig, record: SharedRecord) -> None:
             result = _refusal(assign, loaded)
         else:
             result = run_quantum(loaded[0], loaded[1], assign.quantum, attempt, capture)
-        signal.setitimer(signal.ITIMER_REAL, 0)
+        if assign.timeout_s is not None:
+            signal.setitimer(signal.ITIMER_REAL, 0)
         # Marked finished before it is sent: dying in between loses a result (the attempt is
         # retried), never reports a finished quantum as crashed.
         record.finished()

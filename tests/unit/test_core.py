@@ -639,3 +639,15 @@ def test_prefetching_costs_nothing_where_nothing_is_released() -> None:
         d = h.dispatches()[0]
         h.step(ResultReceived(A, result(d)), at=h.now + 1)
     assert h.core.prefetch_cost_s() == 0.0
+
+
+def test_a_ready_from_an_executor_child_already_reported_dead_is_ignored() -> None:
+    h = Harness(independent(2), workers=1)
+    h.step(WorkerJoined(A, 11, "host", 1, True), WorkerReady(A, 1))
+    (d,) = h.dispatches(A)
+    # The agent's report of child 2's death overtakes child 2's own READY
+    h.step(ExecutorGone(A, exited(1, d.seq, True)), ExecutorGone(A, exited(2, 0, False)))
+    h.step(WorkerReady(A, 2), at=1.0)
+    assert h.dispatches() == []  # nothing goes to a dead child
+    h.step(WorkerReady(A, 3), at=2.0)
+    assert len(h.dispatches(A)) == 1
