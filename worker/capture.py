@@ -2,8 +2,9 @@
 go to one file, at the file-descriptor level and at the Python level (``sys.stdout`` may be
 something else, e.g. under pytest). Must not decide where logs live.
 
-Each process captures into one reusable scratch file, truncated per quantum; only a quantum
-that wrote something gets a log file (the scratch is renamed to it). Creating a file per
+Each process captures into one reusable scratch file, reused while it stays empty; only a
+quantum that wrote something gets a log file (the scratch is renamed to it, and the next
+quantum gets a fresh one). Creating a file per
 quantum costs up to 0.6 ms on some file systems, more than running a small quantum.
 """
 
@@ -47,19 +48,20 @@ class LogCapture:
         self._fd: int | None = None
         self._text: TextIO | None = None
         self._handler: logging.Handler | None = None
+        self._saved_fds: tuple[int, int] | None = None
 
     def _scratch(self) -> tuple[int, TextIO, logging.Handler]:
         """The open scratch file (created on first use and after each kept log), emptied."""
         if self._fd is None or self._text is None or self._handler is None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             path = scratch_path(self.log_dir, os.getpid())
-            self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+            self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
             self._text = open(  # noqa: SIM115 - lives until the scratch is kept or closed
                 os.dup(self._fd), "a", buffering=1, encoding="utf-8", errors="replace"
             )
             self._handler = logging.StreamHandler(self._text)
             self._handler.setFormatter(logging.Formatter(_FORMAT))
-        os.ftruncate(self._fd, 0)
+        # Reused only while empty: a quantum that wrote something had its scratch renamed.
         return self._fd, self._text, self._handler
 
     def _release(self) -> None:
@@ -73,6 +75,10 @@ class LogCapture:
         self._fd = self._text = self._handler = None
 
     def close(self) -> None:
+        if self._saved_fds is not None:
+            for f in self._saved_fds:
+                os.close(f)
+            self._saved_fds = None
         if self._fd is not None:
             self._release()
             scratch_path(self.log_dir, os.getpid()).unlink(missing_ok=True)
@@ -88,7 +94,9 @@ class LogCapture:
             except (OSError, ValueError):
                 pass  # a broken stream must not stop the capture
         fd, text, handler = self._scratch()
-        saved_fds = [os.dup(1), os.dup(2)]
+        if self._saved_fds is None:  # where fds 1 and 2 go between quanta, kept for good
+            self._saved_fds = (os.dup(1), os.dup(2))
+        saved_fds = self._saved_fds
         saved_streams = sys.stdout, sys.stderr
         root = logging.getLogger()
         old_level = root.level
@@ -114,8 +122,6 @@ class LogCapture:
                 broken = True  # the task closed or broke the stream: start afresh next time
             os.dup2(saved_fds[0], 1)
             os.dup2(saved_fds[1], 2)
-            for f in saved_fds:
-                os.close(f)
             if os.fstat(fd).st_size > 0:
                 os.replace(scratch_path(self.log_dir, os.getpid()), final)
                 self._release()
