@@ -227,18 +227,10 @@ class AgentSession:
         self._child.stop()
         last_seq = record.last_seq if record is not None else 0
         now = time.time()
-        status, reason, log = ResultStatus.FAILURE, None, None
-        detail = f"executor process {describe_exit(code)}"
+        status, reason, detail = _outcome(code, running, timed_out=timed_out, oom=oom)
+        log = None
         if running is not None:
             log = running.log_path
-            if timed_out:
-                status, reason = ResultStatus.TIMEOUT, Reason.TIMEOUT
-                detail = f"timed out after {running.timeout_s or 0:g}s; executor killed"
-            elif oom:
-                reason = Reason.OUT_OF_MEMORY
-                detail += " by the kernel's out-of-memory killer"
-            else:
-                reason = Reason.SIGNAL if code < 0 else Reason.EXIT_CODE
             if pid is None or not keep_scratch(scratch_path(self._log_dir, pid), Path(log)):
                 log = log if Path(log).exists() else None
         elif pid is not None:
@@ -279,3 +271,19 @@ class AgentSession:
         except zmq.Again:
             logger.warning("broker unreachable; message dropped")
         self._next_heartbeat = time.monotonic() + self._interval_s
+
+
+def _outcome(
+    code: int, running: Running | None, *, timed_out: bool, oom: bool
+) -> tuple[ResultStatus, Reason | None, str]:
+    """Status, reason and message of the attempt a child ended with ``code`` was running."""
+    detail = f"executor process {describe_exit(code)}"
+    if running is None:
+        return ResultStatus.FAILURE, None, detail
+    if timed_out:
+        message = f"timed out after {running.timeout_s or 0:g}s; executor killed"
+        return ResultStatus.TIMEOUT, Reason.TIMEOUT, message
+    if oom:
+        detail += " by the kernel's out-of-memory killer"
+        return ResultStatus.FAILURE, Reason.OUT_OF_MEMORY, detail
+    return ResultStatus.FAILURE, Reason.SIGNAL if code < 0 else Reason.EXIT_CODE, detail
