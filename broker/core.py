@@ -311,22 +311,34 @@ class BrokerCore:
                 now=now,
             )
             return
-        # Does a child this result releases become the most critical quantum there is, while
-        # the quantum queued next on this worker (or, none queued, the best one ready, which
-        # would have been) runs ahead of it?
-        rest = info.in_flight.values()
+        t = self.graph.topology
+        # Only a success with children can release any: nothing to measure for the rest.
+        releases = (
+            result.status is ResultStatus.SUCCESS and t.succ_ptr[d.index + 1] > t.succ_ptr[d.index]
+        )
+        rival = self._rival(info) if releases else None
+        before = len(self._released)
+        self._finished(d.index, result, now)
+        if rival is not None and len(self._released) > before:
+            self._note_inversion(rival, self._released[before:])
+
+    def _rival(self, info: WorkerInfo) -> float | None:
+        """The priority a child released now would have to beat: the quantum queued next on
+        ``info``, or (none queued) the best one ready, which would have been queued."""
         rival = self.scheduler.top_priority()
+        rest = info.in_flight.values()
         if rest:
             queued = self.scheduler.priority(min(rest, key=lambda q: q.seq).index)
             rival = queued if rival is None else max(rival, queued)
-        before = len(self._released)
-        self._finished(d.index, result, now)
-        released = self._released[before:]
-        if rival is not None and released:
-            outranked = max(self.scheduler.priority(c) for c in released) > rival
-            self._samples += 1  # a plain mean at first, then a moving one
-            weight = max(_INVERSION_WEIGHT, 1.0 / self._samples)
-            self._inversions += weight * (outranked - self._inversions)
+        return rival
+
+    def _note_inversion(self, rival: float, released: list[int]) -> None:
+        """Did a child just released become the most critical quantum there is while
+        ``rival`` runs ahead of it? Folded into ``prefetch_cost_s``."""
+        outranked = max(self.scheduler.priority(c) for c in released) > rival
+        self._samples += 1  # a plain mean at first, then a moving one
+        weight = max(_INVERSION_WEIGHT, 1.0 / self._samples)
+        self._inversions += weight * (outranked - self._inversions)
 
     def _finished(self, i: int, result: Result, now: float) -> None:
         """RUNNING -> SUCCEEDED (children may become ready) or FAILED / TIMED_OUT."""
@@ -502,7 +514,7 @@ class BrokerCore:
         out = []
         for info in self.registry.workers():
             if len(info.in_flight) >= 2:
-                running, *queued = sorted(info.in_flight.values(), key=lambda d: (d.seq, d.sent_at))
+                running, *queued = sorted(info.in_flight.values(), key=lambda d: d.seq)
                 last = queued[-1]
                 if (last.quantum_id, last.attempt) not in self._revoking and not last.orphan:
                     out.append((info, running, last))

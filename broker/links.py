@@ -142,9 +142,10 @@ class LinkHub:
         if self._listener.fileno() in events:
             self._accept()
         out = []
-        for fd in [fd for fd in self._links if fd in events]:
-            link = self._links[fd]
-            flags = events[fd]
+        for fd, flags in events.items():
+            link = self._links.get(fd) if isinstance(fd, int) else None
+            if link is None:
+                continue
             alive = True
             if flags & zmq.POLLOUT:
                 alive = link.flush()

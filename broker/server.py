@@ -264,6 +264,8 @@ class BrokerServer:
         assert self._links is not None
         for link, frames, alive in self._links.service(ready):
             for frame in frames:
+                if link.closed:
+                    break  # refused: what else it sent is not read
                 try:
                     msg = decode(frame)
                 except ProtocolError as e:
@@ -275,9 +277,8 @@ class BrokerServer:
                 elif isinstance(msg, Ready):
                     event = self._child_ready(link, msg)
                 else:
-                    self._drops.warn("closing %r: %s before READY", link, type(msg).__name__)
-                    self._links.drop(link)
-                    break
+                    self._refuse(link, f"{type(msg).__name__} before READY")
+                    continue
                 if event is not None:
                     events.append(event)
             if not alive:
@@ -349,15 +350,7 @@ class BrokerServer:
         go there from now on."""
         info = next((w for w in self.core.registry.workers() if w.worker_id == msg.worker_id), None)
         if info is None or info.pid != msg.pid:
-            why = f"no worker {msg.worker_id[:100]} with pid {msg.pid}"
-            if isinstance(child, Link):
-                self._drops.warn("closing %r: %s", child, why)
-                self._send_to(child, Refuse(why))
-                child.flush()
-                assert self._links is not None
-                self._links.drop(child)
-            else:
-                self._router.refuse(child, why)
+            self._refuse(child, f"no worker {msg.worker_id[:100]} with pid {msg.pid}")
             return None
         self._children.attach(info.identity, child, msg.generation)
         return WorkerReady(info.identity, msg.generation)
@@ -411,6 +404,17 @@ class BrokerServer:
                     pass
                 case _:
                     assert_never(action)
+
+    def _refuse(self, child: Route, why: str) -> None:
+        """Tell a would-be executor child why not; a link is closed after."""
+        if not isinstance(child, Link):
+            self._router.refuse(child, why)
+            return
+        self._drops.warn("closing %r: %s", child, why)
+        self._send_to(child, Refuse(why))
+        child.flush()
+        assert self._links is not None
+        self._links.drop(child)
 
     def _send_to(self, route: Route, msg: Message) -> bool:
         if isinstance(route, Link):

@@ -1,11 +1,12 @@
 """The executor child: a persistent process, forked from a preloaded forkserver, that runs
 quanta one at a time. Runs user code.
 
-A worker agent's child (``direct_main``) takes its ASSIGNs from its own DEALER socket and
-sends RESULTs on it, so no other process is woken per quantum; it records what it runs in
-memory shared with its agent (``SharedRecord``), which supervises beside it, and arms its own
-deadline (SIGALRM, whose default action ends the process even while a task holds the GIL).
-On Dask workers (``child_main``) it is handed ASSIGN frames over a pipe instead.
+A worker agent's child (``direct_main``) takes its ASSIGNs from a channel of its own (a
+link to a broker on the same host, else a DEALER socket) and sends RESULTs on it, so no other
+process is woken per quantum; it records what it runs in memory shared with its agent
+(``SharedRecord``), which supervises beside it, and arms its own deadline (SIGALRM, whose
+default action ends the process even while a task holds the GIL). On Dask workers
+(``child_main``) it is handed ASSIGN frames over a pipe instead.
 
 It leads its own process group so a timeout kill takes the task's own children with it.
 """
@@ -168,8 +169,8 @@ def direct_main(config: ChildConfig, record: SharedRecord) -> None:
     done = 0
     while not _recycle_due(config, done) and (assign := _next_assign(channel)) is not None:
         qid, attempt = assign.quantum.id, assign.attempt
-        log = str(log_path_for(log_dir, qid, attempt))
-        refused = record.take(assign.seq, attempt, assign.timeout_s, log)
+        log = log_path_for(log_dir, qid, attempt)
+        refused = record.take(assign.seq, assign.timeout_s, str(log))
         if refused == "draining":
             channel.send(encode(Revoked(qid, attempt)))
         if refused is not None:
@@ -179,7 +180,8 @@ def direct_main(config: ChildConfig, record: SharedRecord) -> None:
         if isinstance(loaded, str):
             result = _refusal(assign, loaded)
         else:
-            result = run_quantum(loaded[0], loaded[1], assign.quantum, attempt, capture)
+            executor, butler = loaded
+            result = run_quantum(executor, butler, assign.quantum, attempt, capture, log=log)
         if assign.timeout_s is not None:
             signal.setitimer(signal.ITIMER_REAL, 0)
         # Marked finished before it is sent: dying in between loses a result (the attempt is

@@ -28,7 +28,6 @@ class _Fields(ctypes.Structure):
         ("last_seq", ctypes.c_uint64),  # the last ASSIGN taken off the socket
         ("running", ctypes.c_uint32),  # 1 while that one runs
         ("draining", ctypes.c_uint32),  # the worker is shutting down: start nothing new
-        ("attempt", ctypes.c_uint32),
         ("start_time", ctypes.c_double),  # wall clock, for the report
         ("deadline", ctypes.c_double),  # monotonic; NaN when it has no timeout
         ("timeout_s", ctypes.c_double),
@@ -42,8 +41,6 @@ class _Fields(ctypes.Structure):
 class Running:
     """The attempt a child is running, as its record says."""
 
-    seq: int
-    attempt: int
     start_time: float
     deadline: float | None
     timeout_s: float | None
@@ -70,7 +67,7 @@ class SharedRecord:
         self._seen, self._revoked = 0, set()
 
     # ------------------------------------------------------------------ child side
-    def take(self, seq: int, attempt: int, timeout_s: float | None, log: str) -> str | None:
+    def take(self, seq: int, timeout_s: float | None, log: str) -> str | None:
         """Take dispatch ``seq`` off the socket; None if it may run (it is now recorded as
         running, its deadline from now), else why not: "revoked" (the agent answered the
         broker already) or "draining"."""
@@ -84,7 +81,7 @@ class SharedRecord:
                 return "revoked"
             if f.draining:
                 return "draining"
-            f.running, f.attempt, f.start_time = 1, attempt, time.time()
+            f.running, f.start_time = 1, time.time()
             f.timeout_s = math.nan if timeout_s is None else timeout_s
             f.deadline = math.nan if timeout_s is None else time.monotonic() + timeout_s
             f.log_path = log.encode()[:MAX_LOG_PATH]
@@ -138,8 +135,6 @@ class SharedRecord:
             return None
         deadline = None if math.isnan(f.deadline) else float(f.deadline)
         return Running(
-            seq=int(f.last_seq),
-            attempt=int(f.attempt),
             start_time=float(f.start_time),
             deadline=deadline,
             timeout_s=None if math.isnan(f.timeout_s) else float(f.timeout_s),

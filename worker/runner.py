@@ -68,8 +68,10 @@ def run_quantum(
     *,
     in_process: bool = False,
     on_exception: Callable[[TracebackType | None], object] | None = None,
+    log: Path | None = None,
 ) -> Result:
-    """Execute and describe the outcome; only KeyboardInterrupt escapes."""
+    """Execute and describe the outcome; only KeyboardInterrupt escapes. ``log`` is where a
+    captured quantum's log goes (``log_path_for`` unless the caller worked it out already)."""
     kept: list[Path] = []
     start, t0 = time.time(), time.monotonic()
     status, exit_code = ResultStatus.SUCCESS, (None if in_process else 0)
@@ -79,7 +81,8 @@ def run_quantum(
         if capture is None:
             executor.execute(quantum, butler)
         else:
-            with capture.capture(log_path_for(capture.log_dir, quantum.id, attempt), kept):
+            final = log or log_path_for(capture.log_dir, quantum.id, attempt)
+            with capture.capture(final, kept):
                 try:
                     executor.execute(quantum, butler)
                 except BaseException:

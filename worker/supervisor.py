@@ -30,8 +30,7 @@ _PRELOAD = ["worker.child", "worker.executor", "common.butler", "common.codec", 
 class ExecutorSupervisor:
     """One executor child at a time, its exit sentinel registered in ``poller``.
 
-    ``generation`` counts the children: events read before a replacement belong to the old
-    one (its fds may be reused by the new one), and the broker tells them apart by it.
+    ``generation`` counts the children: the broker tells their reports apart by it.
     """
 
     def __init__(
