@@ -302,11 +302,13 @@ class MPGraphExecutor:
     def _run_with_broker(self, run: _Run) -> BrokerCore:
         blob = self._executor_blob(run)
         run_dir = run.log_dir.parent
-        with _published(self._config.endpoint, run_dir) as endpoint:
-            keys_dir = None
-            if endpoint.startswith("tcp://"):
-                keys_dir = run_dir / "curve"
-                create_keys(keys_dir)
+        keys_dir = None
+        requested = self._config.endpoint
+        if requested is not None and requested.startswith("tcp://"):
+            # Before the endpoint is published: a worker that finds it finds the keys whole.
+            keys_dir = run_dir / "curve"
+            create_keys(keys_dir)
+        with _published(requested, run_dir) as endpoint:
             serving = Serving(endpoint, run.log_dir, blob, keys_dir)
             server = self._server = BrokerServer(
                 run.graph,
