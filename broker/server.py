@@ -277,7 +277,7 @@ class BrokerServer:
                 elif isinstance(msg, Ready):
                     event = self._child_ready(link, msg)
                 else:
-                    self._refuse(link, f"{type(msg).__name__} before READY")
+                    self._refuse(link, "%s before READY", type(msg).__name__)
                     continue
                 if event is not None:
                     events.append(event)
@@ -350,7 +350,7 @@ class BrokerServer:
         go there from now on."""
         info = next((w for w in self.core.registry.workers() if w.worker_id == msg.worker_id), None)
         if info is None or info.pid != msg.pid:
-            self._refuse(child, f"no worker {msg.worker_id[:100]} with pid {msg.pid}")
+            self._refuse(child, "no worker %s with pid %d", msg.worker_id[:100], msg.pid)
             return None
         self._children.attach(info.identity, child, msg.generation)
         return WorkerReady(info.identity, msg.generation)
@@ -405,13 +405,14 @@ class BrokerServer:
                 case _:
                     assert_never(action)
 
-    def _refuse(self, child: Route, why: str) -> None:
-        """Tell a would-be executor child why not; a link is closed after."""
+    def _refuse(self, child: Route, why: str, *args: object) -> None:
+        """Tell a would-be executor child why not (``why % args``; each ``why`` is a kind of
+        its own in the rate-limited log); a link is closed after."""
         if not isinstance(child, Link):
-            self._router.refuse(child, why)
+            self._router.refuse(child, why % args)
             return
-        self._drops.warn("closing %r: %s", child, why)
-        self._send_to(child, Refuse(why))
+        self._drops.warn("closing %r: " + why, child, *args)
+        self._send_to(child, Refuse(why % args))
         child.flush()
         assert self._links is not None
         self._links.drop(child)
