@@ -49,7 +49,7 @@ from broker.ledger import Ledger
 from broker.monitor import Monitor
 from broker.registry import InFlight, WorkerInfo, WorkerRegistry
 from broker.scheduler import Scheduler
-from broker.state import GraphState
+from broker.state import GraphState, QState
 from common.config import ExecutionConfig
 from common.errors import MPGraphExecutorError
 from common.graph import QuantumGraph
@@ -75,6 +75,9 @@ STEAL_AFTER_S = 0.05  # a prefetched quantum is taken back once the one ahead ra
 # How fast the estimate of how often a quantum just released outranks the one queued ahead
 # of it (``prefetch_cost_s``) follows new completions.
 _INVERSION_WEIGHT = 0.05
+# A follow-on is looked for among at most this many children of the quantum it would follow
+# (a quantum read by thousands is no chain link; the decision stays a small constant).
+_FOLLOW_SCAN = 16
 # A dead executor child's results travel on its own connection, its agent's report on
 # another: a result still on its way is awaited this long before the attempt counts as lost.
 ORPHAN_GRACE_S = 2.0
@@ -106,9 +109,11 @@ class BrokerCore:
         journal: Journal | None = None,
         done: Collection[int] = (),
         in_process: bool = False,
+        follow_ons: bool = False,
         wall: Callable[[], float] = time.time,
     ) -> None:
         self.graph = graph
+        self._follow_ons = follow_ons
         self.config = config
         self._wall = wall
         self._ids = graph.ids
@@ -132,6 +137,7 @@ class BrokerCore:
         self._holding = self._expected_workers > 0
         self._revoking: set[tuple[str, int]] = set()
         self._released: list[int] = []  # children made ready since the last dispatch
+        self._touched: set[bytes] = set()  # workers whose last dispatch changed (follow-ons)
         self._inversions = 0.0  # how often a released child outranks what was queued
         self._samples = 0
         self._stop_reason: str | None = None
@@ -225,10 +231,12 @@ class BrokerCore:
                     return  # that executor child is known to be dead already
                 info.generation = generation
                 self.registry.mark_ready(info)
+                self._touched.add(info.identity)
                 if self.timings.workers_ready is None and self._enough_ready():
                     self.timings.workers_ready = now
             case WorkerCapacity(slots=slots):
                 self.registry.resize(info, slots)
+                self._touched.add(info.identity)
             case WorkerHeard():
                 pass
             case ResultReceived(result=result):
@@ -277,8 +285,9 @@ class BrokerCore:
             grace = max(0.0, self._drain_deadline - now)
             out.append(ShutdownWorker(info.identity, self._stop_reason, grace))
 
-    def _dispatched(self, info: WorkerInfo, i: int, now: float) -> Dispatch:
-        """READY -> RUNNING on ``info``: a new attempt, journaled, with its backstop."""
+    def _dispatched(self, info: WorkerInfo, i: int, now: float, after: int = 0) -> Dispatch:
+        """READY -> RUNNING on ``info`` (PENDING -> RUNNING for a follow-on of dispatch
+        ``after``): a new attempt, journaled, with its backstop."""
         qid = self._ids[i]
         attempt = self.ledger.dispatched(i, info.worker_id, self._wall())
         self._record(i, attempt, JournalState.RUNNING)
@@ -286,19 +295,36 @@ class BrokerCore:
         # A prefetched quantum starts after those ahead of it on the worker.
         ahead = sum((d.backstop or now) - now for d in info.in_flight.values())
         backstop = None if timeout is None else now + ahead + timeout + BACKSTOP_GRACE_S
-        self.state.start(i)
+        if after:
+            self.state.follow(i)
+        else:
+            self.state.start(i)
         info.sent += 1
-        d = InFlight(qid, attempt, now, backstop, i, info.sent, info.generation)
+        d = InFlight(qid, attempt, now, backstop, i, info.sent, info.generation, after=after)
         self.registry.assign(info, d)
+        self._touched.add(info.identity)
         if self.timings.first_dispatch is None:
             self.timings.first_dispatch = now
-        return Dispatch(info.identity, qid, attempt, timeout, i, d.seq)
+        return Dispatch(info.identity, qid, attempt, timeout, i, d.seq, after)
 
     def _undispatched(self, i: int) -> None:
-        """RUNNING -> READY: a prefetched attempt was taken back before it started."""
+        """RUNNING -> READY (PENDING for a follow-on whose parent did not succeed): an attempt
+        was taken back before it started."""
         self.ledger.undispatched(i)
-        self.state.requeue(i)
-        self.scheduler.push(i)
+        if self.state.requeue(i):
+            self.scheduler.push(i)
+
+    def _drop_followers(self, info: WorkerInfo, seq: int) -> None:
+        """Dispatch ``seq`` on ``info`` ended without succeeding: its follow-on (and theirs)
+        will not run there (the child drops them); they wait for their parents again."""
+        while seq:
+            f = next((d for d in info.in_flight.values() if d.after == seq), None)
+            if f is None:
+                return
+            self._revoking.discard((f.quantum_id, f.attempt))
+            self.registry.complete(info, f.quantum_id, f.attempt)
+            self._undispatched(f.index)
+            seq = f.seq
 
     def _on_result(self, info: WorkerInfo, result: Result, now: float) -> None:
         d = self.registry.complete(info, result.quantum_id, result.attempt)
@@ -311,6 +337,10 @@ class BrokerCore:
                 now=now,
             )
             return
+        if result.status is not ResultStatus.SUCCESS:
+            self._drop_followers(info, d.seq)
+        else:
+            self._touched.add(info.identity)  # its follow-on, if any, is a plain one now
         t = self.graph.topology
         # Only a success with children can release any: nothing to measure for the rest.
         releases = (
@@ -379,8 +409,8 @@ class BrokerCore:
         if reason is Reason.WORKER_LOST and d.attempt <= self.config.retries:
             logger.warning("re-dispatching %s (attempt %d lost: %s)", d.quantum_id, d.attempt, why)
             self._record(d.index, d.attempt, JournalState.RETRY)
-            self.state.requeue(d.index)
-            self.scheduler.push(d.index)
+            if self.state.requeue(d.index):
+                self.scheduler.push(d.index)
             return
         timed_out = reason is Reason.TIMEOUT
         self.ledger.lost(d.index, reason, why, self._wall())
@@ -409,9 +439,14 @@ class BrokerCore:
     def _lose_worker(self, info: WorkerInfo, why: str, now: float, out: list[Action]) -> None:
         """Forget a worker: retry or fail what it ran; a local one is killed."""
         self.timings.worker_losses.append((now, info.pid, why))
-        for d in self.registry.remove(info):
+        lost = self.registry.remove(info)
+        seqs = {d.seq for d in lost}
+        for d in sorted(lost, key=lambda d: d.seq, reverse=True):  # follow-ons first
             self._revoking.discard((d.quantum_id, d.attempt))
-            self._lost(d, why)
+            if d.after in seqs:
+                self._undispatched(d.index)  # its parent did not succeed: it never ran
+            else:
+                self._lost(d, why)
         if info.local:
             out.append(KillWorker(info.identity, info.pid))
         logger.warning("%s", why)
@@ -424,7 +459,8 @@ class BrokerCore:
         info.gone = max(info.gone, exited.generation)
         if info.generation == exited.generation:
             self.registry.mark_unready(info)  # until its replacement says READY
-        for d in list(info.in_flight.values()):
+        # Latest first: follow-ons go back before the attempt they follow is settled.
+        for d in sorted(info.in_flight.values(), key=lambda d: d.seq, reverse=True):
             if d.generation != exited.generation:
                 continue
             if d.seq > exited.last_seq:
@@ -457,7 +493,9 @@ class BrokerCore:
             why = f"worker {info.worker_id} (pid {info.pid}) silent for {silent_s:.1f}s"
             self._lose_worker(info, why, now, out)
         for info, d in self.registry.overdue(now):
-            self.registry.complete(info, d.quantum_id, d.attempt)
+            if self.registry.complete(info, d.quantum_id, d.attempt) is None:
+                continue  # settled as a follow-on of one before it
+            self._drop_followers(info, d.seq)
             if d.orphan:
                 why = f"its result never arrived from the executor of {info.worker_id}, which died"
                 self._lost(d, why)
@@ -471,6 +509,7 @@ class BrokerCore:
         self._revoking.discard((qid, attempt))
         d = self.registry.complete(info, qid, attempt)
         if d is not None:
+            self._drop_followers(info, d.seq)
             self._undispatched(d.index)
 
     def _enough_ready(self) -> bool:
@@ -487,6 +526,7 @@ class BrokerCore:
                 return
             self._holding = False
         self._steal(now, out)
+        self._follow(now, out)
         # Children just released go first, most critical first, to the most recently used
         # worker (where their parent ran): chains finish before new ones start, so
         # intermediates are read soon after they are written. Then critical-path order.
@@ -495,14 +535,59 @@ class BrokerCore:
         for child in released:
             info = self.registry.next_free()
             if info is None:
-                return
+                break
             if self.scheduler.take(child):
                 out.append(self._dispatched(info, child, now))
         while len(self.scheduler) and (info := self.registry.next_free()) is not None:
             i = self.scheduler.pop()
             if i is None:
-                return
+                break
             out.append(self._dispatched(info, i, now))
+        self._follow(now, out)
+
+    def _follow(self, now: float, out: list[Action]) -> None:
+        """Send follow-ons: where a worker's last dispatch is the one unfinished parent of a
+        child that would be the most critical quantum ready once it succeeds, that child is
+        sent behind it now (one beyond the worker's slots) and starts there without waiting
+        for a round trip through the broker."""
+        if not self._follow_ons:
+            return
+        touched, self._touched = self._touched, set()
+        for identity in touched:
+            info = self.registry.get(identity)
+            while info is not None and info.ready and len(info.in_flight) <= info.slots:
+                last = self._last_sent(info)
+                child = None if last is None else self._follower(last.index)
+                if last is None or child is None:
+                    break
+                out.append(self._dispatched(info, child, now, after=last.seq))
+
+    def _last_sent(self, info: WorkerInfo) -> InFlight | None:
+        """The worker's last dispatch, if its current child still holds it (a follow-on may
+        go behind it)."""
+        for d in info.in_flight.values():
+            if d.seq == info.sent:
+                ok = d.generation == info.generation and not d.orphan
+                return d if ok and (d.quantum_id, d.attempt) not in self._revoking else None
+        return None
+
+    def _follower(self, i: int) -> int | None:
+        """The most critical child whose one unfinished parent is ``i``, if it outranks
+        everything ready."""
+        t, state, priority = self.graph.topology, self.state, self.scheduler.priority
+        lo, hi = t.succ_ptr[i], t.succ_ptr[i + 1]
+        if hi - lo > _FOLLOW_SCAN:
+            return None
+        best: int | None = None
+        for c in t.succ[lo:hi]:
+            if state.waiting(c) != 1 or state.state(c) is not QState.PENDING:
+                continue
+            if best is None or priority(c) > priority(best):
+                best = c
+        if best is None:
+            return None
+        top = self.scheduler.top_priority()
+        return best if top is None or priority(best) >= top else None
 
     def _stealable(self) -> list[tuple[WorkerInfo, InFlight, InFlight]]:
         """(worker, running, last queued) where a prefetched quantum waits behind another,
@@ -516,6 +601,8 @@ class BrokerCore:
             if len(info.in_flight) >= 2:
                 running, *queued = sorted(info.in_flight.values(), key=lambda d: d.seq)
                 last = queued[-1]
+                if last.after and any(d.seq == last.after for d in info.in_flight.values()):
+                    continue  # a follow-on cannot run elsewhere before its parent ends
                 if (last.quantum_id, last.attempt) not in self._revoking and not last.orphan:
                     out.append((info, running, last))
         return out

@@ -158,7 +158,10 @@ class RefuseWorker:
 
 @dataclass(frozen=True, slots=True)
 class Dispatch:
-    """Send attempt ``attempt`` of quantum ``quantum_id`` to ``worker``."""
+    """Send attempt ``attempt`` of quantum ``quantum_id`` to ``worker``. A follow-on
+    (``after``) is sent while its last unfinished parent runs there, to start without a round
+    trip once that parent succeeds; a driver that cannot honour ``after`` must not ask for
+    follow-ons (``BrokerCore(follow_ons=False)``)."""
 
     worker: bytes
     quantum_id: str
@@ -166,6 +169,7 @@ class Dispatch:
     timeout_s: float | None
     index: int  # the quantum's index in the graph (``graph.quantum_at``)
     seq: int = 0  # the worker's dispatches, numbered in the order they are sent
+    after: int = 0  # a follow-on: run only if dispatch ``after`` succeeded there (0: none)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,8 +15,9 @@ __all__ = ["InFlight", "WorkerInfo", "WorkerRegistry", "window"]
 class InFlight:
     """One attempt of one quantum on one worker; ``backstop`` is when the broker gives up.
     ``seq`` numbers the worker's dispatches; ``generation`` is the executor child it went to.
-    An ``orphan`` was finished by a child that died since: its result is awaited until the
-    backstop, then the attempt counts as lost."""
+    A follow-on (``after``, a seq) runs only if that dispatch, sent just before it to the same
+    child, succeeded there. An ``orphan`` was finished by a child that died since: its result
+    is awaited until the backstop, then the attempt counts as lost."""
 
     quantum_id: str
     attempt: int
@@ -26,6 +27,7 @@ class InFlight:
     seq: int = 0
     generation: int = 0
     orphan: bool = False
+    after: int = 0
 
 
 @dataclass(slots=True)

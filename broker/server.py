@@ -114,7 +114,7 @@ class BrokerServer:
     ) -> None:
         self.graph = graph
         self.config = config
-        self.core = BrokerCore(graph, config, journal=journal, done=done)
+        self.core = BrokerCore(graph, config, journal=journal, done=done, follow_ons=True)
         self._serving = serving
         self._drops = DropLog(logger)
         self._requests: deque[Event] = deque()  # from signal handlers and other threads
@@ -426,7 +426,7 @@ class BrokerServer:
     def _send_assign(self, d: Dispatch) -> None:
         """To the worker's executor child; one that is gone never started it."""
         child = self._children.current(d.worker)
-        assign = Assign(self.graph.quantum_at(d.index), d.attempt, d.timeout_s, d.seq)
+        assign = Assign(self.graph.quantum_at(d.index), d.attempt, d.timeout_s, d.seq, d.after)
         if child is not None and self._send_to(child[0], assign):
             return
         self._events.append(QuantumRevoked(d.worker, d.quantum_id, d.attempt))

@@ -4,8 +4,9 @@ Pure: plain values in, plain values out; no clock, sockets or processes. Quanta 
 graph's indices; state is one byte each, so a million quanta cost a few megabytes.
 
     PENDING --(parents done)--> READY --start--> RUNNING --succeed--> SUCCEEDED
-                                  ^                 |--fail/time out--> FAILED / TIMED_OUT
-                                  +----requeue------+         (descendants -> SKIPPED, blocked_by)
+       |                          ^                 |--fail/time out--> FAILED / TIMED_OUT
+       +--follow (its last parent runs, it is sent behind it)-->     (descendants -> SKIPPED)
+                                  +----requeue------+  (to PENDING while a parent is unfinished)
     any non-terminal --cancel--> CANCELLED
 """
 
@@ -133,10 +134,24 @@ class GraphState:
         self._expect(i, QState.READY)
         self._set(i, QState.RUNNING)
 
-    def requeue(self, i: int) -> None:
-        """A running quantum goes back to READY (its worker was lost and it may retry)."""
+    def follow(self, i: int) -> None:
+        """Sent to run right after its last unfinished parent, on the worker running that
+        parent (a follow-on): PENDING -> RUNNING."""
+        self._expect(i, QState.PENDING)
+        self._set(i, QState.RUNNING)
+
+    def waiting(self, i: int) -> int:
+        """How many of ``i``'s parents have not succeeded."""
+        return self._waiting[i]
+
+    def requeue(self, i: int) -> bool:
+        """A running quantum goes back (its worker was lost, or it never started): READY if
+        its parents are done, else PENDING (a follow-on whose parent did not succeed).
+        True if it is ready."""
         self._expect(i, QState.RUNNING)
-        self._set(i, QState.READY)
+        ready = self._waiting[i] == 0
+        self._set(i, QState.READY if ready else QState.PENDING)
+        return ready
 
     def succeed(self, i: int) -> list[int]:
         """Mark done; return the children that became ready."""

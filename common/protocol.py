@@ -43,7 +43,8 @@ __all__ = [
     "Welcome",
 ]
 
-PROTOCOL_VERSION = 3  # 2: typed RESULT reason, bounded numbers; 3: executor children direct
+# 2: typed RESULT reason, bounded numbers; 3: executor children direct; 4: follow-ons
+PROTOCOL_VERSION = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,12 +143,16 @@ class Refuse:
 @dataclass(frozen=True, slots=True)
 class Assign:
     """Run ``quantum``; ``attempt`` fences results of superseded dispatches; ``seq`` numbers
-    the worker's dispatches in the order sent (its executor child takes them in that order)."""
+    the worker's dispatches in the order sent (its executor child takes them in that order).
+    A follow-on names the dispatch it follows (``after``, the one sent just before it): the
+    child runs it only if that one succeeded there, and drops it silently otherwise (the
+    broker, told how that one ended, settles it)."""
 
     quantum: Quantum
     attempt: Attempt
     timeout_s: Interval | None
     seq: Seq
+    after: Seq = 0
 
 
 @dataclass(frozen=True, slots=True)

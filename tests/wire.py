@@ -63,6 +63,7 @@ EVERY_MESSAGE: list[Message] = [
     Refuse(reason="version"),
     Assign(quantum=Q, attempt=2, timeout_s=None, seq=0),
     Assign(quantum=Q, attempt=1, timeout_s=1.5, seq=7),
+    Assign(quantum=Q, attempt=1, timeout_s=None, seq=8, after=7),
     Result(
         "isr-1",
         1,

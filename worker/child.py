@@ -167,8 +167,12 @@ def direct_main(config: ChildConfig, record: SharedRecord) -> None:
     capture = LogCapture(log_dir)
     signal.signal(signal.SIGALRM, signal.SIG_DFL)  # our deadline: the alarm ends us
     done = 0
+    succeeded = 0  # the seq of the last dispatch that succeeded here, if it was the last run
     while not _recycle_due(config, done) and (assign := _next_assign(channel)) is not None:
         qid, attempt = assign.quantum.id, assign.attempt
+        if assign.after and assign.after != succeeded:
+            continue  # a follow-on of a dispatch that did not succeed here: never runs
+        succeeded = 0
         log = log_path_for(log_dir, qid, attempt)
         refused = record.take(assign.seq, assign.timeout_s, str(log))
         if refused == "draining":
@@ -188,6 +192,8 @@ def direct_main(config: ChildConfig, record: SharedRecord) -> None:
         # retried), never reports a finished quantum as crashed.
         record.finished()
         channel.send(encode(result))
+        if result.status is ResultStatus.SUCCESS:
+            succeeded = assign.seq
         done += 1
     capture.close()
     channel.close()
