@@ -7,6 +7,7 @@ import itertools
 import json
 import os
 import signal
+import sqlite3
 import time
 from pathlib import Path
 
@@ -510,3 +511,46 @@ def test_quantum_prefetched_behind_a_long_one_is_taken_back_by_an_idle_worker(
         d = report.details(f"short{i}")
         assert d.endTime is not None and d.endTime < long_end - 2.0, d
         assert d.attempts == 1  # a taken-back dispatch does not count as an attempt
+
+
+def _recorded_chain(path: Path, bad: int, task: str, **config: object) -> QuantumGraph:
+    """c0 -> c1 -> ... (ordering edges: no link reads another's output, so only the
+    executor's rules keep a link from running); each records its tag in ``path``, but
+    ``c<bad>`` runs ``task`` instead."""
+    qs = [
+        quantum(f"c{i}", task, config=dict(config))
+        if i == bad
+        else quantum(f"c{i}", "record", config={"path": str(path), "tag": f"c{i}"})
+        for i in range(8)
+    ]
+    return QuantumGraph.from_quanta(qs, [(f"c{i - 1}", f"c{i}") for i in range(1, 8)])
+
+
+@pytest.mark.parametrize(
+    ("task", "config"),
+    [
+        pytest.param("fail", {}, id="task-fails"),
+        pytest.param("crash", {"sig": int(signal.SIGKILL)}, id="executor-killed"),
+    ],
+)
+def test_a_chain_runs_where_it_started_and_nothing_after_a_failed_link_runs(
+    task: str, config: dict[str, object], butler: Butler, tmp_path: Path
+) -> None:
+    # Given a chain whose links are sent ahead to the worker running the link before them
+    ex = make(2, run_dir=tmp_path / "run")
+    path = tmp_path / "ran"
+    with pytest.raises(MPGraphExecutorError):
+        ex.execute(_recorded_chain(path, 4, task, **config), butler)
+    report = ex.getReport()
+    # (c5 was sent while c4 ran)
+    with contextlib.closing(sqlite3.connect(tmp_path / "run" / "journal.sqlite3")) as db:
+        rows = db.execute("SELECT state FROM transitions WHERE quantum_id = 'c5' ORDER BY seq")
+        assert [state for (state,) in rows] == ["running", "skipped"]
+    # Then the links before the failed one ran in order, on one worker; none after it ran
+    assert path.read_text().split() == ["c0", "c1", "c2", "c3"]
+    assert len({report.details(f"c{i}").worker for i in range(5)}) == 1
+    assert report.report_for("c4").status is ExecutionStatus.FAILURE
+    for i in range(5, 8):
+        assert report.report_for(f"c{i}").status is ExecutionStatus.SKIPPED
+        assert report.details(f"c{i}").attempts == 0
+        assert report.details(f"c{i}").blockedBy == ("c4",)
