@@ -94,18 +94,29 @@ class Journal:
     def _write(self) -> None:
         while (rows := self._batches.get()) is not None:
             try:
-                with self._lock, self._db:
-                    self._db.executemany(
-                        "INSERT INTO transitions (quantum_id, attempt, state, time) "
-                        "VALUES (?, ?, ?, ?)",
-                        rows,
-                    )
+                with self._lock:
+                    self._insert(rows)
             except Exception as e:  # surfaced by the next flush (the run's end at the latest)
                 logger.error("cannot write the journal %s: %s", self.path, e)
                 self._error = e
             finally:
                 self._batches.task_done()
         self._batches.task_done()
+
+    def _insert(self, rows: list[tuple[str, int, str, float]]) -> None:
+        """One transaction per batch (the connection autocommits otherwise: a transaction,
+        file locks and WAL writes per row, ~15 us of CPU each, against ~1.5 here)."""
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            db.executemany(
+                "INSERT INTO transitions (quantum_id, attempt, state, time) VALUES (?, ?, ?, ?)",
+                rows,
+            )
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
 
     def last_states(self) -> dict[str, JournalState]:
         """The latest recorded state of every quantum seen so far (unknown words skipped)."""

@@ -6,6 +6,7 @@ dispatch into a result when a test says so.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
@@ -516,8 +517,6 @@ def test_a_workers_window_covers_a_round_trip_with_its_quanta() -> None:
 def test_a_journal_write_that_fails_in_the_writer_thread_surfaces_at_the_next_flush(
     tmp_path: Path,
 ) -> None:
-    import sqlite3
-
     journal = Journal(tmp_path / "j.sqlite3", resume=False)
     journal.record("q0", 1, JournalState.RUNNING)
     journal.flush()
@@ -528,6 +527,20 @@ def test_a_journal_write_that_fails_in_the_writer_thread_surfaces_at_the_next_fl
     with pytest.raises(sqlite3.OperationalError, match="transitions"):
         journal.flush()
     journal.flush()  # reported once
+    journal.close()
+
+
+def test_a_journal_batch_is_committed_whole_or_not_at_all(tmp_path: Path) -> None:
+    # (one transaction per batch: committing each row on its own cost ~15 us of CPU a row)
+    journal = Journal(tmp_path / "j.sqlite3", resume=False)
+    journal.record("q0", 1, JournalState.RUNNING)
+    journal.record(None, 1, JournalState.SUCCESS)  # type: ignore[arg-type]  # breaks NOT NULL
+    with pytest.raises(sqlite3.IntegrityError):
+        journal.flush()
+    assert journal.last_states() == {}
+    journal.record("q0", 1, JournalState.SUCCESS)
+    journal.flush()
+    assert journal.last_states() == {"q0": JournalState.SUCCESS}
     journal.close()
 
 
