@@ -550,9 +550,9 @@ class BrokerCore:
         child that would be the most critical quantum ready once it succeeds, that child is
         sent behind it now (one beyond the worker's slots) and starts there without waiting
         for a round trip through the broker."""
+        touched, self._touched = self._touched, set()
         if not self._follow_ons:
             return
-        touched, self._touched = self._touched, set()
         for identity in touched:
             info = self.registry.get(identity)
             while info is not None and info.ready and len(info.in_flight) <= info.slots:

@@ -30,7 +30,7 @@ from common.codec import decode, encode
 from common.errors import ProtocolError
 from common.protocol import Assign, Ready, Refuse, Result, ResultStatus, Revoked
 from common.report import Reason
-from worker.capture import LogCapture
+from worker.capture import StandingCapture
 from worker.channel import Channel, open_channel
 from worker.executor import QuantumExecutor
 from worker.lifecycle import die_with_parent, rss_kb
@@ -123,6 +123,15 @@ def _die_with_agent(agent_pid: int) -> None:
     threading.Thread(target=watch, name="agent-watch", daemon=True).start()
 
 
+def _standing_capture(log_dir: Path) -> StandingCapture:
+    """This process's output goes to the quantum scratch for good; its own messages go to its
+    stderr as it was (never into a quantum's log)."""
+    capture = StandingCapture(log_dir)
+    logger.addHandler(capture.own_handler())
+    logger.propagate = False
+    return capture
+
+
 def child_main(
     conn: Connection,
     executor_blob: bytes,
@@ -136,7 +145,7 @@ def child_main(
     loaded = _load(executor_blob)
     _preload(preload)
     conn.send_bytes(encode(Ready(worker_id="", pid=agent_pid, generation=1)))
-    capture = LogCapture(Path(log_dir))
+    capture = _standing_capture(Path(log_dir))
     while True:
         try:
             frame = conn.recv_bytes()
@@ -164,7 +173,7 @@ def direct_main(config: ChildConfig, record: SharedRecord) -> None:
     channel = open_channel(config.link, config.endpoint, config.keys_dir)
     channel.send(encode(Ready(config.worker_id, config.agent_pid, config.generation)))
     log_dir = Path(config.log_dir)
-    capture = LogCapture(log_dir)
+    capture = _standing_capture(log_dir)
     signal.signal(signal.SIGALRM, signal.SIG_DFL)  # our deadline: the alarm ends us
     done = 0
     succeeded = 0  # the seq of the last dispatch that succeeded here, if it was the last run

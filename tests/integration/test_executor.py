@@ -554,3 +554,32 @@ def test_a_chain_runs_where_it_started_and_nothing_after_a_failed_link_runs(
         assert report.report_for(f"c{i}").status is ExecutionStatus.SKIPPED
         assert report.details(f"c{i}").attempts == 0
         assert report.details(f"c{i}").blockedBy == ("c4",)
+
+
+def test_each_quantum_of_an_executor_gets_its_own_output_and_only_its_own(
+    butler: Butler,
+) -> None:
+    # Given quanta run one after another on one executor: some write, some do not
+    names = ["a", "quiet1", "b", "quiet2", "bad"]
+    qs = [
+        quantum("a", "chatty", config={"text": "from-a"}),
+        quantum("quiet1"),
+        quantum("b", "chatty", config={"text": "from-b"}),
+        quantum("quiet2"),
+        quantum("bad", "fail", config={"message": "bad-failed"}),
+    ]
+    edges = list(itertools.pairwise(names))
+    ex = make(2)
+    with pytest.raises(MPGraphExecutorError):
+        ex.execute(QuantumGraph.from_quanta(qs, edges), butler)
+    report = ex.getReport()
+    assert len({report.details(n).worker for n in names}) == 1
+    # Then quiet quanta have no log, and each log holds its quantum's output once, no other's
+    assert report.details("quiet1").logPath is None
+    assert report.details("quiet2").logPath is None
+    logs = {n: Path(report.details(n).logPath or "").read_text() for n in ("a", "b", "bad")}
+    for line in ("stdout: from-a", "stderr: from-a", "logging: from-a", "subprocess: from-a"):
+        assert logs["a"].count(line) == 1
+    assert "from-b" not in logs["a"] and "from-a" not in logs["b"]
+    assert logs["b"].count("stdout: from-b") == 1
+    assert "bad-failed" in logs["bad"] and "from-" not in logs["bad"]
