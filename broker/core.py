@@ -13,6 +13,7 @@ report only, comes from an injectable function).
 from __future__ import annotations
 
 import logging
+import math
 import time
 from array import array
 from collections.abc import Callable, Collection, Iterable
@@ -138,6 +139,9 @@ class BrokerCore:
         self._revoking: set[tuple[str, int]] = set()
         self._released: list[int] = []  # children made ready since the last dispatch
         self._touched: set[bytes] = set()  # workers whose last dispatch changed (follow-ons)
+        # Nothing can be silent or overdue before this (a lower bound: checks are not paid per
+        # step, only when one could find something).
+        self._expire_at = -math.inf
         self._inversions = 0.0  # how often a released child outranks what was queued
         self._samples = 0
         self._stop_reason: str | None = None
@@ -181,7 +185,7 @@ class BrokerCore:
 
     def next_deadline(self, now: float) -> float | None:
         """The earliest moment ``step`` has something to do without a new event."""
-        times = [self.registry.next_deadline(self.config.worker_silence_limit_s)]
+        times = [self._expire_at if math.isfinite(self._expire_at) else None]
         times.append(self._drain_deadline)
         if self._holding:
             times.append(self.timings.started + STARTUP_HOLD_S)
@@ -280,6 +284,7 @@ class BrokerCore:
             event.host[:100],
             "local" if event.local else "attached",
         )
+        self._expire_at = min(self._expire_at, now + self.config.worker_silence_limit_s)
         out.append(AdmitWorker(event.worker, info.worker_id))
         if self._stop_reason is not None and self._drain_deadline is not None:
             grace = max(0.0, self._drain_deadline - now)
@@ -302,6 +307,8 @@ class BrokerCore:
         info.sent += 1
         d = InFlight(qid, attempt, now, backstop, i, info.sent, info.generation, after=after)
         self.registry.assign(info, d)
+        if backstop is not None:
+            self._expire_at = min(self._expire_at, backstop)
         self._touched.add(info.identity)
         if self.timings.first_dispatch is None:
             self.timings.first_dispatch = now
@@ -472,6 +479,7 @@ class BrokerCore:
                 self._finished(d.index, _ended(d, exited), now)
             elif not d.orphan or d.backstop is None or d.backstop > now + ORPHAN_GRACE_S:
                 self.registry.orphan(info, d, now + ORPHAN_GRACE_S)
+                self._expire_at = min(self._expire_at, now + ORPHAN_GRACE_S)
 
     def _executor_unreachable(self, info: WorkerInfo, generation: int, now: float) -> None:
         """The worker's child ``generation`` is gone and its agent has not said how far it
@@ -483,8 +491,11 @@ class BrokerCore:
         for d in list(info.in_flight.values()):
             if d.generation == generation and not d.orphan:
                 self.registry.orphan(info, d, limit)
+                self._expire_at = min(self._expire_at, limit)
 
     def _expire(self, now: float, out: list[Action]) -> None:
+        if now < self._expire_at:
+            return
         limit = self.config.worker_silence_limit_s
         for info in self.registry.silent(now, limit):
             if not info.ready and now - info.last_seen < self.config.startup_timeout_s:
@@ -504,6 +515,8 @@ class BrokerCore:
             self._lost(d, why, Reason.TIMEOUT)
             why = f"worker {info.worker_id} did not enforce a timeout"
             self._lose_worker(info, why, now, out)
+        due = self.registry.next_deadline(limit)
+        self._expire_at = math.inf if due is None else due
 
     def _on_revoked(self, info: WorkerInfo, qid: str, attempt: int) -> None:
         self._revoking.discard((qid, attempt))
