@@ -191,8 +191,9 @@ class MPGraphExecutor:
         finally:
             journal.close()
         error = core.error()
-        if error is None and self._server is not None and self._server.fatal:
-            error = MPGraphExecutorError(self._server.fatal)
+        fatal = self._server.fatal if self._server is not None else None
+        if fatal:  # why the run could not go on comes first (then what it left undone)
+            error = MPGraphExecutorError(fatal if error is None else f"{fatal}: {error}")
         self._report = core.report(error)
         if error is not None:
             raise error

@@ -229,9 +229,12 @@ class BrokerServer:
                 os.read(self._wake_r, 4096)
             while self._requests:
                 events.append(self._requests.popleft())
-            for fd in pidfds & ready.keys():
+            exited = pidfds & ready.keys()
+            for fd in exited:
                 poller.unregister(fd)
                 self._worker_exited(fd, events)
+            # (a replacement's pidfd may reuse an exited one's number: it must be registered)
+            pidfds -= exited
             self._carry_out(self.core.step(events, now))
             self._links.flush()  # the ASSIGNs of this step, one write per child
             self._adapt(now)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 
 import psutil
 import pytest
 
-from broker import MPGraphExecutor
+from broker import MPGraphExecutor, MPGraphExecutorError, pool
 from common.butler import Butler
 from common.report import ExecutionStatus, Reason
 from scripts.procs import gone, worker_agents
@@ -93,3 +94,19 @@ def test_stopped_worker_is_lost_by_heartbeat_and_killed(butler: Butler, tmp_path
     assert report.counts()[ExecutionStatus.SUCCESS] == 4
     assert sorted(d.attempts for d in report.quantaDetails.values()) == [1, 1, 1, 2]
     wait_until(lambda: gone(victim), 5, "the stopped worker to be killed")
+
+
+def test_workers_that_die_before_registering_end_the_run_with_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, butler: Butler
+) -> None:
+    # Given local workers that exit at once, every time (a broken install, say); each
+    # replacement may reuse the file descriptor number of the one it replaces
+    monkeypatch.setattr(
+        pool, "agent_command", lambda config: [sys.executable, "-c", "raise SystemExit(3)"]
+    )
+    ex = MPGraphExecutor(2, 30.0, TaskQuantumExecutor())
+    # Then the run ends once the replacements are spent, saying why (it used to wait forever
+    # for a replacement whose exit it never saw)
+    error = Background(ex, independent(4), butler).join(60.0)
+    assert isinstance(error, MPGraphExecutorError)
+    assert "every local worker died" in str(error)
