@@ -113,10 +113,11 @@ class Journal:
                 "INSERT INTO transitions (quantum_id, attempt, state, time) VALUES (?, ?, ?, ?)",
                 rows,
             )
+            db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:  # (a failed COMMIT leaves it open)
+                db.execute("ROLLBACK")
             raise
-        db.execute("COMMIT")
 
     def last_states(self) -> dict[str, JournalState]:
         """The latest recorded state of every quantum seen so far (unknown words skipped)."""
