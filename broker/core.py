@@ -236,6 +236,9 @@ class BrokerCore:
                 info.generation = generation
                 self.registry.mark_ready(info)
                 self._touched.add(info.identity)
+                # Up: its silence counts from now, maybe before the end of its startup time.
+                limit = self.config.worker_silence_limit_s
+                self._expire_at = min(self._expire_at, now + limit)
                 if self.timings.workers_ready is None and self._enough_ready():
                     self.timings.workers_ready = now
             case WorkerCapacity(slots=slots):
@@ -515,7 +518,7 @@ class BrokerCore:
             self._lost(d, why, Reason.TIMEOUT)
             why = f"worker {info.worker_id} did not enforce a timeout"
             self._lose_worker(info, why, now, out)
-        due = self.registry.next_deadline(limit)
+        due = self.registry.next_deadline(limit, self.config.startup_timeout_s)
         self._expire_at = math.inf if due is None else due
 
     def _on_revoked(self, info: WorkerInfo, qid: str, attempt: int) -> None:

@@ -181,9 +181,13 @@ class WorkerRegistry:
             if d.backstop is not None and now >= d.backstop
         ]
 
-    def next_deadline(self, limit_s: float) -> float | None:
-        """The earliest moment a worker could be declared silent or a backstop expire."""
-        times = [w.last_seen + limit_s for w in self._by_identity.values()]
+    def next_deadline(self, limit_s: float, startup_s: float = 0.0) -> float | None:
+        """The earliest moment a worker could be declared silent (one not READY yet gets
+        ``startup_s`` at least) or a backstop expire."""
+        starting = max(limit_s, startup_s)
+        times = [
+            w.last_seen + (limit_s if w.ready else starting) for w in self._by_identity.values()
+        ]
         times += [
             d.backstop
             for w in self._by_identity.values()

@@ -213,7 +213,21 @@ def test_a_worker_still_starting_is_not_declared_silent() -> None:
     h.step(WorkerJoined(A, 5, "host", 1, True))
     h.step(at=30.0)  # not READY, within startup_timeout_s (60 s)
     assert h.core.registry.get(A) is not None
+    # (nothing is due before its startup ends: the driver need not wake until then)
+    assert h.core.next_deadline(30.0) == pytest.approx(60.0)
     h.step(at=61.0)
+    assert h.core.registry.get(A) is None and h.of(KillWorker)
+
+
+def test_a_worker_that_went_silent_after_starting_is_lost_at_the_silence_limit() -> None:
+    h = Harness(independent(1), workers=1, heartbeat_interval_s=1.0, liveness=2)
+    h.step(WorkerJoined(A, 5, "host", 1, True))
+    h.step(at=3.0)  # still starting (past the silence limit, within its startup time)
+    due = h.core.next_deadline(3.0)
+    assert due is not None and due > 3.0  # (not past: the driver would poll without pause)
+    h.step(WorkerReady(A), at=5.0)  # up after 5 s; then nothing more from it
+    assert h.core.next_deadline(5.0) == pytest.approx(7.0)
+    h.step(at=7.1)
     assert h.core.registry.get(A) is None and h.of(KillWorker)
 
 
