@@ -18,6 +18,7 @@ from pathlib import Path
 
 import zmq
 
+from broker.droplog import DropLog
 from common.errors import ProtocolError
 from common.framing import HEADER, split_frames
 
@@ -34,8 +35,9 @@ class Link:
     """One child's connection. Frames are queued (``queue``) and written together
     (``flush``), never blocking: what the socket does not take waits until it is writable."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, drops: DropLog) -> None:
         sock.setblocking(False)
+        self._drops = drops
         self.sock = sock
         self.fd = sock.fileno()
         self._in = bytearray()
@@ -70,7 +72,7 @@ class Link:
         try:
             frames = split_frames(self._in)
         except ProtocolError as e:
-            logger.error("closing %r: %s", self, e)
+            self._drops.warn("closing %r: %s", self, e)
             return [], False
         return frames, alive
 
@@ -115,9 +117,11 @@ def link_path_for(endpoint: str) -> Path | None:
 
 class LinkHub:
     """The listening socket and its links, registered in the broker's poller. It listens at
-    ``path`` if given, else in a private directory of its own."""
+    ``path`` if given, else in a private directory of its own; what links drop is logged
+    through ``drops`` (rate-limited per kind)."""
 
-    def __init__(self, path: Path | None = None) -> None:
+    def __init__(self, path: Path | None = None, drops: DropLog | None = None) -> None:
+        self._drops = drops if drops is not None else DropLog(logger)
         self._dir: Path | None = None
         if path is None:
             self._dir = Path(tempfile.mkdtemp(prefix="zl", dir="/tmp"))  # mode 0700
@@ -199,7 +203,7 @@ class LinkHub:
             except OSError as e:  # out of file descriptors: the child retries or dies
                 logger.error("cannot accept an executor link: %s", e)
                 return
-            link = Link(sock)
+            link = Link(sock, self._drops)
             self._links[link.fd] = link
             if self._poller is not None:
                 self._poller.register(link.fd, zmq.POLLIN)

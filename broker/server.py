@@ -182,7 +182,7 @@ class BrokerServer:
         self._pool.spawn(self.config.spawn_count)
         router: Router | None = None
         try:
-            self._links = LinkHub(link_path_for(self._serving.endpoint))
+            self._links = LinkHub(link_path_for(self._serving.endpoint), self._drops)
             router = self._router = Router(
                 self._serving.endpoint, self._serving.keys_dir, self._drops
             )

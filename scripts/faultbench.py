@@ -5,21 +5,25 @@ well runs survive them. Real processes throughout.
 
 Prints: detection latency of a SIGKILLed and of a SIGSTOPped worker, how late timeout kills
 land, how long until the last process is gone after the run is SIGKILLed, frames of garbage
-survived, and quanta lost or run twice over random kill-and-resume cycles.
+survived (on the ZeroMQ socket, and strangers on the executor link), and quanta lost or run
+twice over random kill-and-resume cycles.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +31,12 @@ import psutil
 import zmq
 
 from broker import MPGraphExecutor, MPGraphExecutorError
+from broker.links import link_path_for
 from common.butler import Butler
 from common.codec import encode
+from common.framing import HEADER
 from common.graph import QuantumGraph
-from common.protocol import Heartbeat
+from common.protocol import Heartbeat, Ready
 from common.quantum import Quantum
 from scripts.procs import gone, worker_agents
 from worker.executor import TaskQuantumExecutor
@@ -137,9 +143,9 @@ def last_exit_after_kill(reps: int) -> list[float]:
     return out
 
 
-def fuzz(frames: int) -> tuple[int, bool]:
-    """Garbage frames thrown at a running broker; whether the run still succeeded."""
-    rng = random.Random(7)
+def _under_fire(attack: Callable[[str], None]) -> bool:
+    """Run 20 short quanta while ``attack(endpoint)`` throws things at the broker; whether the
+    run still succeeded."""
     with tempfile.TemporaryDirectory() as tmp:
         ex = MPGraphExecutor(2, 60.0, TaskQuantumExecutor(), run_dir=Path(tmp) / "run")
         errors: list[BaseException] = []
@@ -154,10 +160,20 @@ def fuzz(frames: int) -> tuple[int, bool]:
         t.start()
         while ex.endpoint is None:
             time.sleep(0.01)
+        attack(ex.endpoint)
+        t.join(120)
+        return not errors
+
+
+def fuzz(frames: int) -> tuple[int, bool]:
+    """Garbage frames thrown at a running broker's ZeroMQ socket; whether the run succeeded."""
+    rng = random.Random(7)
+
+    def attack(endpoint: str) -> None:
         ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         s = ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.LINGER, 0)
-        s.connect(ex.endpoint)
+        s.connect(endpoint)
         for i in range(frames):
             kind = i % 3
             frame = (
@@ -170,8 +186,43 @@ def fuzz(frames: int) -> tuple[int, bool]:
             s.send(frame)
         s.close()
         ctx.term()
-        t.join(120)
-        return frames, not errors
+
+    return frames, _under_fire(attack)
+
+
+def link_fuzz(connections: int) -> tuple[int, bool]:
+    """Strangers on the executor link (raw bytes, framed garbage, oversized lengths, a READY
+    naming no worker, a message before READY), each on a connection of its own; whether the
+    run still succeeded."""
+    rng = random.Random(11)
+    ready = encode(Ready("nobody", 4242, 1))
+    early = encode(Heartbeat())
+
+    def attack(endpoint: str) -> None:
+        path = link_path_for(endpoint)
+        assert path is not None
+        for i in range(connections):
+            kind = i % 5
+            data = (
+                rng.randbytes(rng.randrange(1, 300))
+                if kind == 0
+                else _framed(rng.randbytes(rng.randrange(1, 300)))
+                if kind == 1
+                else HEADER.pack(0xFFFFFFFF) + b"x"
+                if kind == 2
+                else _framed(ready)
+                if kind == 3
+                else _framed(early)
+            )
+            with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as sock:
+                sock.connect(str(path))
+                sock.sendall(data)
+
+    return connections, _under_fire(attack)
+
+
+def _framed(frame: bytes) -> bytes:
+    return HEADER.pack(len(frame)) + frame
 
 
 def kill_resume(cycles: int) -> tuple[int, int, int]:
@@ -240,6 +291,8 @@ def main() -> None:
     _show("last process gone after SIGKILL of zmpexec run", last_exit_after_kill(args.reps))
     frames, ok = fuzz(20000)
     print(f"fuzz: {frames} garbage frames, run {'completed correctly' if ok else 'FAILED'}")
+    links, ok = link_fuzz(2000)
+    print(f"link fuzz: {links} strangers, run {'completed correctly' if ok else 'FAILED'}")
     kills, lost, twice = kill_resume(args.cycles)
     print(f"kill-and-resume: {kills} SIGKILLs, {lost} quanta lost, {twice} run twice")
 
