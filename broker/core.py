@@ -499,10 +499,8 @@ class BrokerCore:
     def _expire(self, now: float, out: list[Action]) -> None:
         if now < self._expire_at:
             return
-        limit = self.config.worker_silence_limit_s
-        for info in self.registry.silent(now, limit):
-            if not info.ready and now - info.last_seen < self.config.startup_timeout_s:
-                continue  # still importing its task modules: it heartbeats once it is up
+        limit, startup = self.config.worker_silence_limit_s, self.config.startup_timeout_s
+        for info in self.registry.silent(now, limit, startup):
             silent_s = now - info.last_seen
             why = f"worker {info.worker_id} (pid {info.pid}) silent for {silent_s:.1f}s"
             self._lose_worker(info, why, now, out)
@@ -518,7 +516,7 @@ class BrokerCore:
             self._lost(d, why, Reason.TIMEOUT)
             why = f"worker {info.worker_id} did not enforce a timeout"
             self._lose_worker(info, why, now, out)
-        due = self.registry.next_deadline(limit, self.config.startup_timeout_s)
+        due = self.registry.next_deadline(limit, startup)
         self._expire_at = math.inf if due is None else due
 
     def _on_revoked(self, info: WorkerInfo, qid: str, attempt: int) -> None:

@@ -170,8 +170,15 @@ class WorkerRegistry:
                 return info
         return None
 
-    def silent(self, now: float, limit_s: float) -> list[WorkerInfo]:
-        return [w for w in self._by_identity.values() if now - w.last_seen > limit_s]
+    def silent(self, now: float, limit_s: float, startup_s: float = 0.0) -> list[WorkerInfo]:
+        """Workers not heard from for ``limit_s`` (for ``startup_s`` at least while one has
+        not said READY: it is importing its task modules and heartbeats once it is up)."""
+        starting = max(limit_s, startup_s)
+        return [
+            w
+            for w in self._by_identity.values()
+            if now - w.last_seen > (limit_s if w.ready else starting)
+        ]
 
     def overdue(self, now: float) -> list[tuple[WorkerInfo, InFlight]]:
         return [
