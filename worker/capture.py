@@ -119,19 +119,24 @@ class LogCapture:
             if raise_level:
                 root.setLevel(old_level)
             sys.stdout, sys.stderr = saved_streams
-            broken = False
-            try:
-                text.flush()
-            except (OSError, ValueError):
-                broken = True  # the task closed or broke the stream: start afresh next time
             os.dup2(saved_fds[0], 1)
             os.dup2(saved_fds[1], 2)
-            if os.fstat(fd).st_size > 0:
-                os.replace(scratch_path(self.log_dir, os.getpid()), final)
+            if self._settle(fd, text, final, kept):
                 self._release()
-                kept.append(final)
-            elif broken:
-                self._release()
+
+    def _settle(self, fd: int, text: TextIO, final: Path, kept: list[Path]) -> bool:
+        """After a quantum: its output, if any, becomes ``final`` (appended to ``kept``).
+        True if the scratch must be let go (kept, or its stream broken by the task)."""
+        broken = False
+        try:
+            text.flush()
+        except (OSError, ValueError):
+            broken = True  # the task closed or broke the stream: start afresh next time
+        if os.fstat(fd).st_size > 0:
+            os.replace(scratch_path(self.log_dir, os.getpid()), final)
+            kept.append(final)
+            return True
+        return broken
 
 
 class StandingCapture(LogCapture):
@@ -168,16 +173,7 @@ class StandingCapture(LogCapture):
         try:
             yield
         finally:
-            broken = False
-            try:
-                text.flush()
-            except (OSError, ValueError):
-                broken = True  # the task closed or broke the stream: start afresh next time
-            if os.fstat(fd).st_size > 0:
-                os.replace(scratch_path(self.log_dir, os.getpid()), final)
-                kept.append(final)
-                self._drop(root, handler)
-            elif broken:
+            if self._settle(fd, text, final, kept):
                 self._drop(root, handler)
 
     def _drop(self, root: logging.Logger, handler: logging.Handler) -> None:
