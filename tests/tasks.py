@@ -98,6 +98,11 @@ def pid(**inputs: Any) -> int:
     return os.getpid()
 
 
+def thread_env(*, names: list[str], **inputs: Any) -> dict[str, str | None]:
+    """The task's view of the thread-count variables ``names`` (None where unset)."""
+    return {name: os.environ.get(name) for name in names}
+
+
 def record(*, path: str, tag: str, **inputs: Any) -> str:
     """Appends ``tag`` to a file: lets tests see execution order."""
     with open(path, "a") as f:

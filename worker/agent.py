@@ -21,7 +21,7 @@ from common.exits import ExitCode
 from common.protocol import Hello, Refuse, Shutdown, Welcome
 from worker.dealer import connect_dealer
 from worker.launch import AgentConfig
-from worker.lifecycle import die_with_parent
+from worker.lifecycle import die_with_parent, single_threaded_libraries
 from worker.session import AgentSession
 
 __all__ = ["WorkerAgent", "agent_main"]
@@ -125,6 +125,7 @@ def agent_main(config: AgentConfig) -> None:
     die_with_parent()
     if config.parent_pid is not None and os.getppid() != config.parent_pid:
         sys.exit(ExitCode.PARENT_GONE)  # the parent died before the death signal was armed
+    single_threaded_libraries(os.environ)  # before the forkserver that loads task modules
     logging.basicConfig(
         level=config.log_level, format="%(asctime)s worker[%(process)d] %(levelname)s %(message)s"
     )

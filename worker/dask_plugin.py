@@ -32,7 +32,7 @@ from common.codec import Peek, decode, encode, peek
 from common.errors import ProtocolError
 from common.protocol import MessageType, Ready, ResultStatus
 from common.report import Reason
-from worker.lifecycle import describe_exit, kill_group
+from worker.lifecycle import describe_exit, kill_group, single_threaded_libraries
 from worker.runner import ended_without_result
 
 __all__ = [
@@ -55,11 +55,14 @@ class _Child:
 
     def __init__(self, boot: bytes) -> None:
         ours, theirs = socket.socketpair()
+        env = dict(os.environ)
+        single_threaded_libraries(env)
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "worker.child", str(theirs.fileno())],
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL,
+                env=env,
             )
         finally:
             theirs.close()

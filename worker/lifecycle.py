@@ -11,11 +11,32 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import MutableMapping
 from pathlib import Path
 
 import psutil
 
-__all__ = ["describe_exit", "die_with_parent", "kill_group", "oom_kills", "rss_kb"]
+__all__ = [
+    "describe_exit",
+    "die_with_parent",
+    "kill_group",
+    "oom_kills",
+    "rss_kb",
+    "single_threaded_libraries",
+]
+
+# Thread-pool sizes of the numerical libraries a task may load (BLAS, OpenMP, numexpr...),
+# read when each library loads.
+THREAD_COUNT_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "GOTO_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "BLIS_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+    "NUMBA_NUM_THREADS",
+)
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +53,17 @@ def die_with_parent(sig: int = signal.SIGKILL) -> None:
             logger.warning("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
     except OSError as e:
         logger.warning("cannot set parent-death signal: %s", e)
+
+
+def single_threaded_libraries(env: MutableMapping[str, str]) -> None:
+    """One thread per numerical library in ``env`` wherever the user did not choose a count.
+
+    Executors run one quantum per core: a BLAS or OpenMP pool per core in each of them
+    oversubscribes the host (an idle OpenBLAS pool even spins beside the task). As LSST's
+    executor and Dask's nanny do; a count set in the environment is kept.
+    """
+    for name in THREAD_COUNT_VARIABLES:
+        env.setdefault(name, "1")
 
 
 def kill_group(pid: int) -> None:

@@ -101,6 +101,20 @@ def test_quanta_run_on_dask_workers_and_their_outputs_are_stored(
     wait_until(lambda: not _our_children(client), 10, "executor children to go")
 
 
+def test_executor_children_on_dask_run_single_threaded_libraries(
+    client: Any, tmp_path: Path
+) -> None:
+    """As on local workers (Dask's nanny sets only OMP, MKL and OpenBLAS counts itself)."""
+    name = "BLIS_NUM_THREADS"
+    assert set(client.run(os.environ.get, name).values()) == {None}
+    ex = _executor(client, tmp_path)
+    with Butler(tmp_path / "repo") as butler:
+        ex.execute(
+            QuantumGraph.from_quanta([quantum("t", "thread_env", config={"names": [name]})]), butler
+        )
+        assert butler.get("t") == {name: "1"}
+
+
 def _intervals(client: Any) -> dict[str, float]:
     """Dask's batching intervals on the connections a run tunes (ms)."""
 

@@ -52,6 +52,20 @@ def test_all_quanta_succeed_and_outputs_are_stored(num_proc: int, butler: Butler
     assert report.taskCounts == {"add": 4}
 
 
+def test_executor_children_run_single_threaded_libraries_unless_told_otherwise(
+    butler: Butler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two workers on two cores must not each start a BLAS thread per core (an OpenBLAS pool
+    spins beside the task): thread counts default to 1; a count the user set is kept."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    names = ["OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"]
+    make(2).execute(independent(2, "thread_env", names=names), butler)
+    seen = {"OMP_NUM_THREADS": "3", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    assert [butler.get(f"q{i}") for i in range(2)] == [seen, seen]
+
+
 @pytest.mark.parametrize("num_proc", MODES)
 def test_one_failure_of_four_raises_and_is_reported(num_proc: int, butler: Butler) -> None:
     graph = QuantumGraph.from_quanta(
