@@ -131,6 +131,7 @@ class BrokerCore:
         self.footprint = Footprint(graph, self.state)
         for i in done:
             self.footprint.produced(i)
+        self.scheduler.resumed(done)
         self._journal = journal
         self._monitor = Monitor(graph, self.state, self.scheduler, self.registry, self.ledger)
         self.timings = RunTimings()
@@ -391,7 +392,7 @@ class BrokerCore:
                 for child in self.state.succeed(i):
                     self.scheduler.release(child)
                     self._released.append(child)
-                self.footprint.ended(i)
+                self._ended(i)
                 self.footprint.produced(i)
             case ResultStatus.TIMEOUT:
                 self._failed(i, f"timed out: {result.exc_message}", timed_out=True)
@@ -403,10 +404,10 @@ class BrokerCore:
     def _failed(self, i: int, what: str, *, timed_out: bool = False) -> None:
         """The quantum failed: its unfinished descendants are skipped (``blockedBy`` it)."""
         skipped = self.state.fail(i, timed_out=timed_out)
-        self.footprint.ended(i)
+        self._ended(i)
         for s in skipped:
             self.scheduler.discard(s)
-            self.footprint.ended(s)
+            self._ended(s)
             self._record(s, self.ledger.attempts[s], JournalState.SKIPPED)
         logger.warning("quantum %s; %d descendant(s) skipped", what, len(skipped))
         if self.config.fail_fast:
@@ -435,11 +436,16 @@ class BrokerCore:
         cancelled = self.state.cancel()
         for i in cancelled:
             self.scheduler.discard(i)
-            self.footprint.ended(i)
+            self._ended(i)
             self._record(i, self.ledger.attempts[i], JournalState.CANCELLED)
         if cancelled:
             logger.warning("%d quanta cancelled (%s)", len(cancelled), self._stop_reason)
         return len(cancelled)
+
+    def _ended(self, i: int) -> None:
+        """``i`` ended, however: it reads nothing more and its work no longer remains."""
+        self.footprint.ended(i)
+        self.scheduler.ended(i)
 
     def _record(self, i: int, attempt: int, state: JournalState) -> None:
         if self._journal is not None:
@@ -543,9 +549,12 @@ class BrokerCore:
         self._follow(now, out)
         # Children just released go first, most critical first, to the most recently used
         # worker (where their parent ran): chains finish before new ones start, so
-        # intermediates are read soon after they are written. Then critical-path order.
+        # intermediates are read soon after they are written. Then critical-path order; only
+        # that once the order can lengthen the run (its end, or a narrow graph).
         released = sorted(self._released, key=self.scheduler.priority, reverse=True)
         self._released.clear()
+        if released and self.scheduler.endgame(self.registry.ready_count()):
+            released.clear()
         for child in released:
             info = self.registry.next_free()
             if info is None:

@@ -1,7 +1,8 @@
 """Scheduling policy: which ready quantum runs next. Longest remaining path to a sink first
 (critical path), weighted by durations learned per task label; ties by graph order. The
 driver may ``take`` a particular ready quantum instead (a child its parent just released:
-chains continue where they ran, depth-first).
+chains continue where they ran, depth-first) until the ``endgame``, where the order of what
+is ready can still lengthen the run.
 
 Pure: no clock, sockets or processes; durations come in as plain numbers. Quanta are graph
 indices; ranks are computed a depth level at a time with numpy, so re-ranking a million
@@ -22,6 +23,9 @@ __all__ = ["Scheduler"]
 _DEFAULT_ESTIMATE_S = 1.0  # before anything is learned, every quantum weighs the same
 _RELATIVE_CHANGE = 0.25  # re-rank when a label's estimate moved this much ...
 _ABSOLUTE_CHANGE_S = 0.001  # ... and by at least this many seconds
+# How much more the remaining work per worker must be than what the order can still cost
+# for the order to be left to other concerns (``endgame``).
+_ENDGAME_SLACK = 8
 
 
 class Scheduler:
@@ -40,6 +44,10 @@ class Scheduler:
         self._queued = bytearray(topology.size)
         self._queued_count = 0
         self._levels = _levels(topology)
+        # unfinished quanta per label, and their estimated work summed (``endgame``)
+        per_label = np.bincount(as_numpy(labels), minlength=label_count) if len(labels) else None
+        self._unfinished: list[int] = [0] * label_count if per_label is None else per_label.tolist()
+        self._remaining_s = _DEFAULT_ESTIMATE_S * len(labels)
         self._rank()
 
     def learned(self, label: int) -> bool:
@@ -80,10 +88,41 @@ class Scheduler:
         total, n = total + duration_s, n + 1
         self._sums[label] = (total, n)
         new = total / n
+        self._remaining_s += self._unfinished[label] * (new - self.estimate(label))
         self._estimates[label] = new
         old = self._ranked_with[label]
         if abs(new - old) > max(_ABSOLUTE_CHANGE_S, _RELATIVE_CHANGE * old):
             self._dirty = True
+
+    @property
+    def work_left_s(self) -> float:
+        """The estimated durations of the quanta that have not ended, summed."""
+        return self._remaining_s
+
+    def ended(self, i: int) -> None:
+        """``i`` ended (however): its work no longer remains."""
+        label = self._labels[i]
+        self._unfinished[label] -= 1
+        self._remaining_s = max(0.0, self._remaining_s - self.estimate(label))
+
+    def resumed(self, done: list[int]) -> None:
+        """``done`` ended in an earlier run."""
+        if not done:
+            return
+        labels = as_numpy(self._labels)[np.asarray(done, dtype=np.int64)]
+        for label, count in enumerate(np.bincount(labels, minlength=len(self._unfinished))):
+            self._unfinished[label] -= int(count)
+            self._remaining_s -= int(count) * self.estimate(label)
+        self._remaining_s = max(0.0, self._remaining_s)
+
+    def endgame(self, workers: int) -> bool:
+        """Whether the order of what is ready can still lengthen the run noticeably: a list
+        schedule ends at most (remaining critical path) x (1 - 1/workers) after the remaining
+        work spread over the workers (Graham), so while that is a small fraction of the work
+        left, any order finishes about as soon and other concerns may choose; near the end
+        (and on a narrow graph), the critical path must go first."""
+        top = self.top_priority()
+        return top is not None and top * (workers - 1) * _ENDGAME_SLACK >= self._remaining_s
 
     def push(self, i: int) -> None:
         if self._queued[i]:

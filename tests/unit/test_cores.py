@@ -168,3 +168,20 @@ def test_a_released_quantum_taken_at_once_never_enters_the_heap() -> None:
     s.release(g.i("cal2"))  # not taken: popped in its turn
     assert [g.n(s.pop()) for _ in range(3)] == ["isr0", "cal2", None]
     assert s._heap == []
+
+
+def test_the_endgame_begins_when_the_critical_path_weighs_against_the_work_left() -> None:
+    # Given a chain a -> b -> c of 1 s quanta beside 40 independent 1 s ones
+    g = Named([("a", "b"), ("b", "c")], nodes=[f"x{i}" for i in range(40)])
+    s = g.scheduler()
+    s.learn(0, 1.0)
+    s.push(g.i("a"))
+    # Then with 43 s of work left a 3 s path costs little on 2 workers; on 1 never anything
+    assert not s.endgame(2) and not s.endgame(1)
+    # And once most of the work has ended (here: resumed as done) the path decides
+    s.resumed([g.i(f"x{i}") for i in range(30)])
+    assert s.endgame(2) and not s.endgame(1)
+    # and every end counts, learned estimates too: 12 quanta left, now of 2 s each
+    s.ended(g.i("x30"))
+    s.learn(0, 3.0)
+    assert s.work_left_s == pytest.approx(12 * 2.0)
