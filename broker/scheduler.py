@@ -15,6 +15,7 @@ import heapq
 from array import array
 
 import numpy as np
+import numpy.typing as npt
 
 from common.topology import Topology, as_numpy
 
@@ -23,6 +24,11 @@ __all__ = ["Scheduler"]
 _DEFAULT_ESTIMATE_S = 1.0  # before anything is learned, every quantum weighs the same
 _RELATIVE_CHANGE = 0.25  # re-rank when a label's estimate moved this much ...
 _ABSOLUTE_CHANGE_S = 0.001  # ... and by at least this many seconds
+# ... but no sooner than after this many results per edge and quantum since the last re-rank:
+# a re-rank walks the whole graph (~20 ms a million quanta), so on a big graph its cost is
+# spread over the results that led to it; on a small one it follows every move (stale
+# priorities cost a W4-like graph more than its re-ranks do)
+_RESULTS_PER_RERANK_ITEM = 1 / 4096
 # How much more the remaining work per worker must be than what the order can still cost
 # for the order to be left to other concerns (``endgame``).
 _ENDGAME_SLACK = 8
@@ -32,18 +38,19 @@ class Scheduler:
     """A priority queue of ready quanta keyed by (critical path, index)."""
 
     def __init__(self, topology: Topology, labels: array[int], label_count: int) -> None:
-        self._t = topology
         self._labels = labels  # label number per quantum
         self._estimates: list[float | None] = [None] * label_count
         self._sums = [(0.0, 0)] * label_count
         self._ranked_with: list[float] = [_DEFAULT_ESTIMATE_S] * label_count
         self._dirty = False
+        self._since_rank = 0  # durations learned since the last re-rank
+        self._rank_every = 1 + int((topology.size + topology.edge_count) * _RESULTS_PER_RERANK_ITEM)
         self._priority: array[float] = array("d")
         self._heap: list[tuple[float, int]] = []
         self._staged: list[int] = []  # released, not yet in the heap (``release``)
         self._queued = bytearray(topology.size)
         self._queued_count = 0
-        self._levels = _levels(topology)
+        self._plan = _plan(topology)
         # unfinished quanta per label, and their estimated work summed (``endgame``)
         per_label = np.bincount(as_numpy(labels), minlength=label_count) if len(labels) else None
         self._unfinished: list[int] = [0] * label_count if per_label is None else per_label.tolist()
@@ -73,9 +80,10 @@ class Scheduler:
         """Bottom levels: own estimate plus the heaviest path below."""
         weights = np.array([self.estimate(n) for n in range(len(self._estimates))])
         own = weights[as_numpy(self._labels)] if len(self._labels) else np.zeros(0)
-        self._priority = array("d", _bottom_levels(self._t, own, self._levels).tobytes())
+        self._priority = array("d", _bottom_levels(self._plan, own).tobytes())
         self._ranked_with = [self.estimate(n) for n in range(len(self._estimates))]
         self._dirty = False
+        self._since_rank = 0
         prio = self._priority
         queued = np.flatnonzero(np.frombuffer(self._queued, np.uint8)).tolist()
         self._heap = [(-prio[i], i) for i in queued]
@@ -88,6 +96,7 @@ class Scheduler:
         total, n = total + duration_s, n + 1
         self._sums[label] = (total, n)
         new = total / n
+        self._since_rank += 1
         self._remaining_s += self._unfinished[label] * (new - self.estimate(label))
         self._estimates[label] = new
         old = self._ranked_with[label]
@@ -143,7 +152,7 @@ class Scheduler:
 
     def top_priority(self) -> float | None:
         """The priority of the quantum ``pop`` would return (None when nothing is ready)."""
-        if self._dirty:
+        if self._dirty and self._since_rank >= self._rank_every:
             self._rank()
         heap, queued, prio = self._heap, self._queued, self._priority
         while heap and not queued[heap[0][1]]:
@@ -156,7 +165,7 @@ class Scheduler:
 
     def pop(self) -> int | None:
         """The most critical ready quantum (longest path below it, then graph order)."""
-        if self._dirty:
+        if self._dirty and self._since_rank >= self._rank_every:
             self._rank()
         for i in self._staged:
             if self._queued[i]:
@@ -185,30 +194,40 @@ class Scheduler:
         return self._queued_count
 
 
-def _levels(t: Topology) -> list[np.ndarray]:
-    """Quanta grouped by depth, deepest first (children always sit deeper than parents)."""
+# a level's quanta with successors, those successors back to back, where each one's run starts
+_Level = tuple[npt.NDArray[np.int32], npt.NDArray[np.int32], npt.NDArray[np.int32]]
+
+
+def _plan(t: Topology) -> list[_Level]:
+    """The bottom-level recurrence as a fixed plan, deepest level first (children always sit
+    deeper than parents). Worked out once (4 bytes per edge and 8 per quantum with
+    successors), so a re-rank is three numpy calls per level, not a dozen."""
     depth = as_numpy(t.depth)
     if not len(depth):
         return []
+    ptr = np.asarray(as_numpy(t.succ_ptr), dtype=np.int64)  # (a view: already int64)
+    succ = as_numpy(t.succ)
     order = np.argsort(depth, kind="stable")
     bounds = np.flatnonzero(np.diff(depth[order])) + 1
-    return list(reversed(np.split(order, bounds)))
-
-
-def _bottom_levels(t: Topology, own: np.ndarray, levels: list[np.ndarray]) -> np.ndarray:
-    """own[i] + the heaviest bottom level among i's successors, level by level."""
-    prio = own.astype(np.float64).copy()
-    ptr, succ = as_numpy(t.succ_ptr), as_numpy(t.succ)
-    for level in levels:
+    plan = []
+    for level in reversed(np.split(order, bounds)):
         starts, ends = ptr[level], ptr[level + 1]
         counts = ends - starts
         has = counts > 0
         if not has.any():
             continue
         nodes, starts, counts = level[has], starts[has], counts[has]
-        # the successors of every node in this level, back to back
         offsets = np.cumsum(counts) - counts
         gather = np.repeat(starts - offsets, counts) + np.arange(int(counts.sum()))
-        below = np.maximum.reduceat(prio[succ[gather]], offsets)
-        prio[nodes] += below
+        plan.append(
+            (nodes.astype(np.int32), succ[gather].astype(np.int32), offsets.astype(np.int32))
+        )
+    return plan
+
+
+def _bottom_levels(plan: list[_Level], own: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """own[i] + the heaviest bottom level among i's successors, level by level."""
+    prio = own.astype(np.float64).copy()
+    for nodes, below, offsets in plan:
+        prio[nodes] += np.maximum.reduceat(prio[below], offsets)
     return prio

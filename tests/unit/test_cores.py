@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from array import array
 from collections.abc import Iterable, Sequence
 
@@ -185,3 +186,36 @@ def test_the_endgame_begins_when_the_critical_path_weighs_against_the_work_left(
     s.ended(g.i("x30"))
     s.learn(0, 3.0)
     assert s.work_left_s == pytest.approx(12 * 2.0)
+
+
+def test_bottom_levels_match_the_recurrence_on_a_random_graph() -> None:
+    rng = random.Random(7)
+    n = 300
+    edges = {(a, b) for b in range(1, n) for a in rng.sample(range(b), min(b, rng.randint(0, 3)))}
+    names = [f"q{i}" for i in range(n)]
+    g = Named([(names[a], names[b]) for a, b in sorted(edges)], nodes=names)
+    sched = g.scheduler()
+    sched.learn(0, 2.0)  # one label: every quantum weighs 2 s
+    sched.push(0)
+    sched.pop()  # a re-rank happens on the next decision
+    expected: dict[int, float] = {}
+    for i in reversed(range(n)):
+        below = [expected[b] for a, b in edges if a == i]
+        expected[i] = 2.0 + max(below, default=0.0)
+    assert [sched.priority(g.i(f"q{i}")) for i in range(n)] == [expected[i] for i in range(n)]
+
+
+def test_re_ranking_a_big_graph_is_paced_by_the_results_that_pay_for_it() -> None:
+    # Given 12,288 independent quanta of two labels (a re-rank is paid for by 4 results)
+    names = [f"a{i}" for i in range(6144)] + [f"b{i}" for i in range(6144)]
+    g = Named([], nodes=names, labels=[n[0] for n in names])
+    s = g.scheduler()
+    a = g.label_names.index("a")
+    # When label a turns out to take 2 s (1 s assumed), the order follows after 4 results
+    for _ in range(3):
+        s.learn(a, 2.0)
+        assert s.top_priority() is None and s.priority(g.i("a0")) == 1.0  # not yet
+    s.learn(a, 2.0)
+    s.top_priority()
+    assert s.priority(g.i("a0")) == 2.0 and s.priority(g.i("b0")) == 1.0
+    assert s.work_left_s == pytest.approx(6144 * 2.0 + 6144 * 1.0)
