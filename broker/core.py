@@ -50,7 +50,7 @@ from broker.ledger import Ledger
 from broker.monitor import Monitor
 from broker.registry import InFlight, WorkerInfo, WorkerRegistry
 from broker.scheduler import Scheduler
-from broker.state import GraphState, QState
+from broker.state import GraphState
 from common.config import ExecutionConfig
 from common.errors import MPGraphExecutorError
 from common.graph import QuantumGraph
@@ -597,18 +597,15 @@ class BrokerCore:
     def _follower(self, i: int) -> int | None:
         """The most critical child whose one unfinished parent is ``i``, if it outranks
         everything ready."""
-        t, state, priority = self.graph.topology, self.state, self.scheduler.priority
+        t = self.graph.topology
         lo, hi = t.succ_ptr[i], t.succ_ptr[i + 1]
         if hi - lo > _FOLLOW_SCAN:
             return None
-        best: int | None = None
-        for c in t.succ[lo:hi]:
-            if state.waiting(c) != 1 or state.state(c) is not QState.PENDING:
-                continue
-            if best is None or priority(c) > priority(best):
-                best = c
-        if best is None:
+        waiting = self.state.one_parent_left(t.succ[lo:hi])
+        if not waiting:
             return None
+        priority = self.scheduler.priority
+        best = max(waiting, key=priority)  # the first of equals: graph order
         top = self.scheduler.top_priority()
         return best if top is None or priority(best) >= top else None
 

@@ -43,6 +43,7 @@ class QState(enum.IntEnum):
 
 
 _STATES = list(QState)
+_PENDING = int(QState.PENDING)  # (a plain int: compared per child on the hot path)
 
 
 class GraphState:
@@ -140,9 +141,10 @@ class GraphState:
         self._expect(i, QState.PENDING)
         self._set(i, QState.RUNNING)
 
-    def waiting(self, i: int) -> int:
-        """How many of ``i``'s parents have not succeeded."""
-        return self._waiting[i]
+    def one_parent_left(self, quanta: Iterable[int]) -> list[int]:
+        """Those of ``quanta`` still PENDING on a single parent that has not succeeded."""
+        waiting, state = self._waiting, self._state
+        return [i for i in quanta if waiting[i] == 1 and state[i] == _PENDING]
 
     def requeue(self, i: int) -> bool:
         """A running quantum goes back (its worker was lost, or it never started): READY if

@@ -4,6 +4,10 @@ A frame is ``[version, type, *fields]``, the fields in dataclass order. Each mes
 is derived from its dataclass's type hints (one definition, nothing restated here): closed sets
 decode into their enums, numbers are checked against their ``Bounds`` and must be finite, and
 anything malformed raises one error type (``ProtocolError``).
+
+Two derivations of the same hints: a msgspec decoder per type checks a well-formed frame in C
+(a RESULT in ~1 us, not ~5: a broker decodes one per quantum); a frame it rejects goes through
+the checked path, which names what is wrong.
 """
 
 from __future__ import annotations
@@ -11,13 +15,15 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
+import operator
 import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
 import msgpack
+import msgspec
 
 from common.errors import ProtocolError, ProtocolVersionError
 from common.protocol import (
@@ -168,6 +174,65 @@ _NAMES: Final = {cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in 
 _STR: Final = _exact(str)
 
 
+# ---------------------------------------------------------------------- the fast path
+_FINITE: Final = msgspec.Meta(ge=-1.7976931348623157e308, le=1.7976931348623157e308)
+
+
+def _fast_type(hint: Any) -> Any:
+    """The msgspec type accepting what ``_decoder_for(hint)`` accepts (a quantum as a mapping:
+    ``Quantum.from_dict`` checks it after)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Annotated:
+        bounds = [m for m in hint.__metadata__ if isinstance(m, Bounds)]
+        if not bounds:
+            return _fast_type(args[0])
+        return Annotated[args[0], msgspec.Meta(ge=bounds[0].lo, le=bounds[0].hi)]  # finite too
+    if origin in (typing.Union, types.UnionType):
+        (rest,) = [a for a in args if a is not type(None)]
+        return _fast_type(rest) | None
+    if origin is list:
+        return list[_fast_type(args[0])]  # type: ignore[misc]
+    if origin is dict:
+        return dict[str, Any]
+    if hint is float:
+        return Annotated[float, _FINITE]
+    if hint is Quantum:
+        return dict[str, Any]
+    return hint  # int, str, bytes, bool, an enum: msgspec checks them as the checked path does
+
+
+def _fast_decoder(cls: type[Any]) -> msgspec.msgpack.Decoder[Any]:
+    hints = typing.get_type_hints(cls, include_extras=True)
+    fields = tuple(_fast_type(hints[f.name]) for f in dataclasses.fields(cls))
+    frame: Any = tuple.__class_getitem__((int, int, *fields))  # [version, type, *fields]
+    return msgspec.msgpack.Decoder(frame)
+
+
+_FAST: Final = {int(t): (cls, _fast_decoder(cls)) for cls, t in _TYPE_OF.items()}
+_GET: Final = {cls: operator.attrgetter(*_NAMES[cls]) for cls in _TYPE_OF if _NAMES[cls]}
+_ENCODER: Final = msgspec.msgpack.Encoder()
+
+
+def _fast_decode(data: bytes) -> Message | None:
+    """The message of a well-formed frame of this version; None where the checked path must
+    look (anything else, or a problem to name)."""
+    # [version, type, ...] with up to 15 items starts with a fixarray byte and two fixints
+    if len(data) < 3 or data[0] & 0xF0 != 0x90 or data[1] != PROTOCOL_VERSION:
+        return None
+    fast = _FAST.get(data[2])
+    if fast is None:
+        return None
+    cls, decoder = fast
+    try:
+        fields = decoder.decode(data)[2:]
+        if cls is Assign:
+            fields = (Quantum.from_dict(fields[0]), *fields[1:])
+    except (msgspec.MsgspecError, ValueError, RecursionError):  # (nesting too deep)
+        return None
+    message: Message = cls(*fields)
+    return message
+
+
 def _index(cls: type[Any], name: str) -> int:
     """Where field ``name`` of ``cls`` sits in a frame (after version and type)."""
     return 2 + _NAMES[cls].index(name)
@@ -182,9 +247,17 @@ def _plain(value: Any) -> Any:
 
 def encode(message: Message, version: int = PROTOCOL_VERSION) -> bytes:
     """One frame for ``message`` (``version`` is overridable only to test refusal)."""
-    fields = [_plain(getattr(message, f.name)) for f in dataclasses.fields(message)]
-    data: bytes = msgpack.packb([version, int(_TYPE_OF[type(message)]), *fields], use_bin_type=True)
-    return data
+    cls = type(message)
+    get = _GET.get(cls)
+    if get is None:
+        fields: tuple[Any, ...] = ()
+    elif len(_NAMES[cls]) == 1:
+        fields = (get(message),)
+    else:
+        fields = get(message)
+    if cls is Assign:
+        fields = (_plain(fields[0]), *fields[1:])
+    return _ENCODER.encode((version, int(_TYPE_OF[cls]), *fields))
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,6 +336,8 @@ def _unpack(data: bytes) -> list[Any]:
 
 def decode(data: bytes) -> Message:
     """The message in ``data``; ProtocolError (or ProtocolVersionError) if it is not one."""
+    if len(data) <= MAX_FRAME_BYTES and (fast := _fast_decode(data)) is not None:
+        return fast
     raw = _unpack(data)
     cls, fields = _CLASS_OF[MessageType(raw[1])], raw[2:]
     decoders = _FIELDS[cls]
