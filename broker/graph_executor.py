@@ -261,7 +261,7 @@ class MPGraphExecutor:
             from broker.dask_engine import run_on_dask
         except ImportError as e:
             raise ConfigError(f"the dask engine needs pip install -e '.[dask]' ({e})") from e
-        preload = sorted({task.partition(":")[0] for _, task in run.graph.kinds})
+        preload = sorted(run.graph.task_modules() | set(self._executor_modules(run)))
         boot = (self._executor_blob(run), str(run.log_dir), preload)
         target = DaskTarget(
             self._dask["dask_client"],
@@ -293,6 +293,13 @@ class MPGraphExecutor:
         self.timings = core.timings
         return core
 
+    def _executor_modules(self, run: _Run) -> tuple[str, ...]:
+        """Where the executor's and the butler's classes live: executor children import them
+        in their forkserver too, so a replacement child (after a timeout, a crash or
+        recycling) does not import them again before it can run anything."""
+        modules = {type(self._executor).__module__, type(run.butler).__module__}
+        return tuple(sorted(m for m in modules if m not in ("__main__", "builtins")))
+
     def _executor_blob(self, run: _Run) -> bytes:
         try:
             return pickle.dumps((self._executor, run.butler))
@@ -310,7 +317,7 @@ class MPGraphExecutor:
             keys_dir = run_dir / "curve"
             create_keys(keys_dir)
         with _published(requested, run_dir) as endpoint:
-            serving = Serving(endpoint, run.log_dir, blob, keys_dir)
+            serving = Serving(endpoint, run.log_dir, blob, keys_dir, self._executor_modules(run))
             server = self._server = BrokerServer(
                 run.graph,
                 self._config,

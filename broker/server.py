@@ -90,12 +90,14 @@ ProgressCallback = Callable[[RunStatus], None]
 @dataclass(frozen=True, slots=True)
 class Serving:
     """Where and with what the broker serves: its endpoint, the workers' log directory, the
-    pickled (executor, butler) pair, and for tcp the CURVE key directory."""
+    pickled (executor, butler) pair, for tcp the CURVE key directory, and the modules that
+    pair's classes live in (preloaded with the task modules)."""
 
     endpoint: str
     log_dir: Path
     executor_blob: bytes
     keys_dir: Path | None = None
+    preload: tuple[str, ...] = ()
 
 
 class BrokerServer:
@@ -141,7 +143,7 @@ class BrokerServer:
         self._depth = 1 + config.prefetch  # quanta a worker is sent at most, for now
         self._next_adapt = 0.0
         self._replacements_left = 2 * config.spawn_count + 2
-        self._preload = sorted({task.partition(":")[0] for _, task in graph.kinds})
+        self._preload = sorted(graph.task_modules() | set(serving.preload))
         self._on_progress = on_progress
         self._next_progress = 0.0
 

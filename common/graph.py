@@ -220,6 +220,10 @@ class QuantumGraph:
     def edge_count(self) -> int:
         return self.topology.edge_count
 
+    def task_modules(self) -> set[str]:
+        """The modules the graph's tasks live in (workers import them before they start)."""
+        return {task.partition(":")[0] for _, task in self.kinds}
+
     def task_counts(self) -> dict[str, int]:
         counts = np.bincount(as_numpy(self.kind), minlength=len(self.kinds)).tolist()
         out: dict[str, int] = {}

@@ -146,3 +146,27 @@ def test_handshaken_worker_sending_garbage_never_crashes_the_broker(
     drops = [r for r in caplog.records if r.name.startswith("broker")]
     assert drops and len(drops) < sent / 4
     assert Reason.WORKER_LOST not in {report.details(f"q{i}").reason for i in range(N)}
+
+
+def test_workers_preload_the_executors_and_butlers_modules_with_the_tasks(
+    tmp_path: Path, zctx: zmq.Context[zmq.Socket[bytes]]
+) -> None:
+    """A replacement executor child (after a timeout, a crash, recycling) is forked with them
+    imported, instead of importing them again before it can run anything."""
+    ex = MPGraphExecutor(2, 30.0, TaskQuantumExecutor())
+    graph = QuantumGraph.from_quanta(
+        [quantum(f"n{i}", "nap", config={"seconds": 0.3}) for i in range(4)]
+    )
+    run = Background(ex, graph, Butler(tmp_path / "repo"))
+    wait_until(lambda: ex.endpoint is not None, 30, "the broker to serve")
+    assert ex.endpoint is not None
+    fake = zctx.socket(zmq.DEALER)
+    fake.setsockopt(zmq.LINGER, 0)
+    fake.connect(ex.endpoint)
+    fake.send(encode(Hello(pid=99999, host="probe", slots=1)))
+    assert fake.poll(20_000), "no WELCOME from the broker"
+    welcome = decode(fake.recv())
+    assert isinstance(welcome, Welcome)
+    assert {"tests.tasks", "worker.executor", "common.butler"} <= set(welcome.preload)
+    fake.close()
+    assert run.join() is None
