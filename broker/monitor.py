@@ -75,17 +75,10 @@ class Monitor:
     def _eta(self, busy_s: float) -> float | None:
         """Remaining work at the rate work has been done so far. Work is quanta weighted by
         their label's mean duration (a label not seen yet: the mean over the labels seen,
-        refined as they run); the rate is work done per second of the run, so dispatch
-        overhead and idle workers count as they have so far. None until a quantum finished."""
-        left = self.state.unfinished_by_label()
-        sched = self.scheduler
-        learned = [n for n in range(len(left)) if sched.learned(n)]
-        done = sched.observed_s()
-        if not learned or busy_s <= 0 or done <= 0:
+        refined as they run: ``Scheduler.work_left_s``); the rate is work done per second of
+        the run, so dispatch overhead and idle workers count as they have so far. None until a
+        quantum finished."""
+        done = self.scheduler.observed_s()
+        if busy_s <= 0 or done <= 0:
             return None
-        guess = sum(sched.estimate(n) for n in learned) / len(learned)
-        work = sum(
-            count * (sched.estimate(n) if sched.learned(n) else guess)
-            for n, count in enumerate(left.values())
-        )
-        return work * busy_s / done
+        return self.scheduler.work_left_s * busy_s / done

@@ -41,6 +41,8 @@ class Scheduler:
         self._labels = labels  # label number per quantum
         self._estimates: list[float | None] = [None] * label_count
         self._sums = [(0.0, 0)] * label_count
+        # A label not learned yet weighs the mean of those learned (as long as they, if none)
+        self._learned_sum, self._learned_count = 0.0, 0
         self._ranked_with: list[float] = [_DEFAULT_ESTIMATE_S] * label_count
         self._dirty = False
         self._since_rank = 0  # durations learned since the last re-rank
@@ -51,10 +53,12 @@ class Scheduler:
         self._queued = bytearray(topology.size)
         self._queued_count = 0
         self._plan = _plan(topology)
-        # unfinished quanta per label, and their estimated work summed (``endgame``)
+        # Unfinished quanta per label; the work of those of learned labels, and how many of the
+        # others are left (``work_left_s``: constant time per result).
         per_label = np.bincount(as_numpy(labels), minlength=label_count) if len(labels) else None
         self._unfinished: list[int] = [0] * label_count if per_label is None else per_label.tolist()
-        self._remaining_s = _DEFAULT_ESTIMATE_S * len(labels)
+        self._learned_left_s = 0.0
+        self._unlearned_left = len(labels)
         self._rank()
 
     def learned(self, label: int) -> bool:
@@ -62,7 +66,12 @@ class Scheduler:
 
     def estimate(self, label: int) -> float:
         est = self._estimates[label]
-        return _DEFAULT_ESTIMATE_S if est is None else est
+        return self._guess() if est is None else est
+
+    def _guess(self) -> float:
+        """What a label not learned yet weighs: the mean of the labels learned."""
+        n = self._learned_count
+        return self._learned_sum / n if n else _DEFAULT_ESTIMATE_S
 
     def observed_s(self) -> float:
         """The durations learned so far, summed."""
@@ -82,6 +91,7 @@ class Scheduler:
         own = weights[as_numpy(self._labels)] if len(self._labels) else np.zeros(0)
         self._priority = array("d", _bottom_levels(self._plan, own).tobytes())
         self._ranked_with = [self.estimate(n) for n in range(len(self._estimates))]
+        self._ranked_guess = self._guess()
         self._dirty = False
         self._since_rank = 0
         prio = self._priority
@@ -97,22 +107,35 @@ class Scheduler:
         self._sums[label] = (total, n)
         new = total / n
         self._since_rank += 1
-        self._remaining_s += self._unfinished[label] * (new - self.estimate(label))
+        est = self._estimates[label]
+        if est is None:
+            self._learned_count += 1
+            self._unlearned_left -= self._unfinished[label]
+            est = 0.0
+        else:
+            self._learned_left_s -= self._unfinished[label] * est
+        self._learned_sum += new - est
+        self._learned_left_s += self._unfinished[label] * new
         self._estimates[label] = new
-        old = self._ranked_with[label]
-        if abs(new - old) > max(_ABSOLUTE_CHANGE_S, _RELATIVE_CHANGE * old):
+        if _moved(self._ranked_with[label], new) or (
+            self._unlearned_left and _moved(self._ranked_guess, self._guess())
+        ):
             self._dirty = True
 
     @property
     def work_left_s(self) -> float:
         """The estimated durations of the quanta that have not ended, summed."""
-        return self._remaining_s
+        return max(0.0, self._learned_left_s) + self._unlearned_left * self._guess()
 
     def ended(self, i: int) -> None:
         """``i`` ended (however): its work no longer remains."""
         label = self._labels[i]
         self._unfinished[label] -= 1
-        self._remaining_s = max(0.0, self._remaining_s - self.estimate(label))
+        est = self._estimates[label]
+        if est is None:
+            self._unlearned_left -= 1
+        else:
+            self._learned_left_s -= est
 
     def resumed(self, done: list[int]) -> None:
         """``done`` ended in an earlier run."""
@@ -121,8 +144,11 @@ class Scheduler:
         labels = as_numpy(self._labels)[np.asarray(done, dtype=np.int64)]
         for label, count in enumerate(np.bincount(labels, minlength=len(self._unfinished))):
             self._unfinished[label] -= int(count)
-            self._remaining_s -= int(count) * self.estimate(label)
-        self._remaining_s = max(0.0, self._remaining_s)
+            est = self._estimates[label]
+            if est is None:
+                self._unlearned_left -= int(count)
+            else:
+                self._learned_left_s -= int(count) * est
 
     def endgame(self, workers: int) -> bool:
         """Whether the order of what is ready can still lengthen the run noticeably: a list
@@ -131,7 +157,7 @@ class Scheduler:
         left, any order finishes about as soon and other concerns may choose; near the end
         (and on a narrow graph), the critical path must go first."""
         top = self.top_priority()
-        return top is not None and top * (workers - 1) * _ENDGAME_SLACK >= self._remaining_s
+        return top is not None and top * (workers - 1) * _ENDGAME_SLACK >= self.work_left_s
 
     def push(self, i: int) -> None:
         if self._queued[i]:
@@ -192,6 +218,11 @@ class Scheduler:
 
     def __len__(self) -> int:
         return self._queued_count
+
+
+def _moved(ranked: float, now: float) -> bool:
+    """Whether an estimate moved enough since the ranks were computed to compute them again."""
+    return abs(now - ranked) > max(_ABSOLUTE_CHANGE_S, _RELATIVE_CHANGE * ranked)
 
 
 # a level's quanta with successors, those successors back to back, where each one's run starts

@@ -80,12 +80,6 @@ class GraphState:
             for name, counts in zip(self.label_names, self._by_label, strict=True)
         }
 
-    def unfinished_by_label(self) -> dict[str, int]:
-        return {
-            name: sum(counts[: QState.SUCCEEDED])
-            for name, counts in zip(self.label_names, self._by_label, strict=True)
-        }
-
     def preset_succeeded(self, done: Iterable[int]) -> None:
         """Quanta finished by an earlier run (resume): call before ``initial_ready``."""
         for i in done:

@@ -509,18 +509,18 @@ def _pipeline(visits: int, group: int) -> QuantumGraph:
     return QuantumGraph.from_quanta(quanta)
 
 
-def _simulate(h: Harness, workers: list[bytes]) -> float:
-    """Play ``workers`` (one slot each) in simulated time, every quantum taking 1 s; the
-    makespan."""
+def _simulate(h: Harness, workers: list[bytes], seconds: float = 1.0) -> float:
+    """Play ``workers`` (one slot each) in simulated time, every quantum taking ``seconds``;
+    the makespan."""
     for w in workers:
         h.join(w)
-    running = sorted((h.now + 1, n, d) for n, d in enumerate(h.dispatches()))
+    running = sorted((h.now + seconds, n, d) for n, d in enumerate(h.dispatches()))
     n = len(running)
     while not h.core.over:
         end, _, d = running.pop(0)
-        h.step(ResultReceived(d.worker, result(d, duration_s=1.0)), at=end)
+        h.step(ResultReceived(d.worker, result(d, duration_s=seconds)), at=end)
         for d in h.dispatches():
-            running.append((end + 1, n, d))
+            running.append((end + seconds, n, d))
             n += 1
         running.sort()
     return h.now
@@ -536,6 +536,15 @@ def test_the_end_of_a_run_goes_by_critical_path_and_the_rest_depth_first() -> No
     assert makespan == (len(graph) + 1) / 2
     # and the intermediates stay few: chains still finish before new ones start but in the
     # last few (critical-path order throughout keeps 100 alive, one per visit)
+    assert h.core.report(None).figures["peakIntermediates"] <= 30
+
+
+def test_a_label_not_seen_yet_does_not_end_depth_first_order_early() -> None:
+    # Given the same graph of 1 ms quanta: the coadd and final labels are not learned until
+    # late, and weighed at a 1 s guess they made the path look like most of the work left
+    h = Harness(_pipeline(100, 10), workers=2)
+    _simulate(h, [A, B], seconds=0.001)
+    # Then chains still finish before new ones start until the real end (this peaked at 100)
     assert h.core.report(None).figures["peakIntermediates"] <= 30
 
 
