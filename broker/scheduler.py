@@ -30,8 +30,14 @@ _ABSOLUTE_CHANGE_S = 0.001  # ... and by at least this many seconds
 # priorities cost a W4-like graph more than its re-ranks do)
 _RESULTS_PER_RERANK_ITEM = 1 / 4096
 # How much more the remaining work per worker must be than what the order can still cost
-# for the order to be left to other concerns (``endgame``).
+# for the order to be left to other concerns (``endgame``) ...
 _ENDGAME_SLACK = 8
+# ... and how many unfinished quanta per worker there may be left at most: a path all the
+# rest leads to (slow coadds, a long final quantum) makes that bound look close from the
+# start, where the order hardly matters and critical-path order would open every chain at
+# once. (48: over W3 variants of 90-110 visits in a simulation of the core, the best mean
+# of the caps tried from 32 to 128, and as good as none.)
+_ENDGAME_QUANTA_PER_WORKER = 48
 
 
 class Scheduler:
@@ -41,7 +47,7 @@ class Scheduler:
         self._labels = labels  # label number per quantum
         self._estimates: list[float | None] = [None] * label_count
         self._sums = [(0.0, 0)] * label_count
-        # A label not learned yet weighs the mean of those learned (as long as they, if none)
+        # In the work left, a label not learned yet weighs the mean of those learned
         self._learned_sum, self._learned_count = 0.0, 0
         self._ranked_with: list[float] = [_DEFAULT_ESTIMATE_S] * label_count
         self._dirty = False
@@ -59,6 +65,7 @@ class Scheduler:
         self._unfinished: list[int] = [0] * label_count if per_label is None else per_label.tolist()
         self._learned_left_s = 0.0
         self._unlearned_left = len(labels)
+        self._left = len(labels)
         self._rank()
 
     def learned(self, label: int) -> bool:
@@ -67,6 +74,12 @@ class Scheduler:
     def estimate(self, label: int) -> float:
         est = self._estimates[label]
         return self._guess() if est is None else est
+
+    def _weight(self, label: int) -> float:
+        """What a label weighs in the ranks: a task not seen yet ranks as if long, so paths
+        through unseen tasks go first (and their durations are learned early)."""
+        est = self._estimates[label]
+        return _DEFAULT_ESTIMATE_S if est is None else est
 
     def _guess(self) -> float:
         """What a label not learned yet weighs: the mean of the labels learned."""
@@ -87,11 +100,10 @@ class Scheduler:
 
     def _rank(self) -> None:
         """Bottom levels: own estimate plus the heaviest path below."""
-        weights = np.array([self.estimate(n) for n in range(len(self._estimates))])
+        weights = np.array([self._weight(n) for n in range(len(self._estimates))])
         own = weights[as_numpy(self._labels)] if len(self._labels) else np.zeros(0)
         self._priority = array("d", _bottom_levels(self._plan, own).tobytes())
-        self._ranked_with = [self.estimate(n) for n in range(len(self._estimates))]
-        self._ranked_guess = self._guess()
+        self._ranked_with = [self._weight(n) for n in range(len(self._estimates))]
         self._dirty = False
         self._since_rank = 0
         prio = self._priority
@@ -117,9 +129,7 @@ class Scheduler:
         self._learned_sum += new - est
         self._learned_left_s += self._unfinished[label] * new
         self._estimates[label] = new
-        if _moved(self._ranked_with[label], new) or (
-            self._unlearned_left and _moved(self._ranked_guess, self._guess())
-        ):
+        if _moved(self._ranked_with[label], new):
             self._dirty = True
 
     @property
@@ -131,6 +141,7 @@ class Scheduler:
         """``i`` ended (however): its work no longer remains."""
         label = self._labels[i]
         self._unfinished[label] -= 1
+        self._left -= 1
         est = self._estimates[label]
         if est is None:
             self._unlearned_left -= 1
@@ -141,6 +152,7 @@ class Scheduler:
         """``done`` ended in an earlier run."""
         if not done:
             return
+        self._left -= len(done)
         labels = as_numpy(self._labels)[np.asarray(done, dtype=np.int64)]
         for label, count in enumerate(np.bincount(labels, minlength=len(self._unfinished))):
             self._unfinished[label] -= int(count)
@@ -155,7 +167,10 @@ class Scheduler:
         schedule ends at most (remaining critical path) x (1 - 1/workers) after the remaining
         work spread over the workers (Graham), so while that is a small fraction of the work
         left, any order finishes about as soon and other concerns may choose; near the end
-        (and on a narrow graph), the critical path must go first."""
+        (the last ``_ENDGAME_QUANTA_PER_WORKER`` quanta a worker at most), the critical path
+        must go first."""
+        if self._left > _ENDGAME_QUANTA_PER_WORKER * workers:
+            return False
         top = self.top_priority()
         return top is not None and top * (workers - 1) * _ENDGAME_SLACK >= self.work_left_s
 

@@ -216,6 +216,6 @@ def test_re_ranking_a_big_graph_is_paced_by_the_results_that_pay_for_it() -> Non
         assert s.top_priority() is None and s.priority(g.i("a0")) == 1.0  # not yet
     s.learn(a, 2.0)
     s.top_priority()
-    # (b, not learned yet, weighs what the labels learned weigh on average)
-    assert s.priority(g.i("a0")) == 2.0 and s.priority(g.i("b0")) == 2.0
+    # (b, not seen yet, ranks as if long; in the work left it weighs what those seen weigh)
+    assert s.priority(g.i("a0")) == 2.0 and s.priority(g.i("b0")) == 1.0
     assert s.work_left_s == pytest.approx(12_288 * 2.0)
