@@ -550,7 +550,7 @@ class BrokerCore:
         # Children just released go first, most critical first, to the most recently used
         # worker (where their parent ran): chains finish before new ones start, so
         # intermediates are read soon after they are written. Then critical-path order; only
-        # that once the order can lengthen the run (its end, or a narrow graph).
+        # that at the end of the run, where the order can still lengthen it (``endgame``).
         released = sorted(self._released, key=self.scheduler.priority, reverse=True)
         self._released.clear()
         if released and self.scheduler.endgame(self.registry.ready_count()):
