@@ -61,6 +61,13 @@ def window(mean_s: float | None, trip_s: float, lo: int, hi: int) -> int | None:
     return max(lo, min(hi, 1 + math.ceil(trip_s / max(mean_s, 1e-6))))
 
 
+def _silence_ends(w: WorkerInfo, limit_s: float, startup_s: float) -> float:
+    """When ``w`` is silent for too long: ``limit_s`` after it was last heard from, or
+    ``startup_s`` at least while it has not said READY (it is importing its task modules and
+    heartbeats once it is up)."""
+    return w.last_seen + (limit_s if w.ready else max(limit_s, startup_s))
+
+
 class WorkerRegistry:
     """Workers by ZeroMQ identity; an idle queue (least recently used first) for dispatch."""
 
@@ -171,14 +178,8 @@ class WorkerRegistry:
         return None
 
     def silent(self, now: float, limit_s: float, startup_s: float = 0.0) -> list[WorkerInfo]:
-        """Workers not heard from for ``limit_s`` (for ``startup_s`` at least while one has
-        not said READY: it is importing its task modules and heartbeats once it is up)."""
-        starting = max(limit_s, startup_s)
-        return [
-            w
-            for w in self._by_identity.values()
-            if now - w.last_seen > (limit_s if w.ready else starting)
-        ]
+        """Workers not heard from for as long as they may be silent (``_silence_ends``)."""
+        return [w for w in self._by_identity.values() if now > _silence_ends(w, limit_s, startup_s)]
 
     def overdue(self, now: float) -> list[tuple[WorkerInfo, InFlight]]:
         return [
@@ -189,12 +190,8 @@ class WorkerRegistry:
         ]
 
     def next_deadline(self, limit_s: float, startup_s: float = 0.0) -> float | None:
-        """The earliest moment a worker could be declared silent (one not READY yet gets
-        ``startup_s`` at least) or a backstop expire."""
-        starting = max(limit_s, startup_s)
-        times = [
-            w.last_seen + (limit_s if w.ready else starting) for w in self._by_identity.values()
-        ]
+        """The earliest moment a worker could be declared silent or a backstop expire."""
+        times = [_silence_ends(w, limit_s, startup_s) for w in self._by_identity.values()]
         times += [
             d.backstop
             for w in self._by_identity.values()
