@@ -553,7 +553,7 @@ class BrokerCore:
         # that at the end of the run, where the order can still lengthen it (``endgame``).
         released = sorted(self._released, key=self.scheduler.priority, reverse=True)
         self._released.clear()
-        if released and self.scheduler.endgame(self.registry.ready_count()):
+        if released and self.scheduler.endgame(self.registry.ready_count(), self.state.unfinished):
             released.clear()
         for child in released:
             info = self.registry.next_free()

@@ -65,7 +65,6 @@ class Scheduler:
         self._unfinished: list[int] = [0] * label_count if per_label is None else per_label.tolist()
         self._learned_left_s = 0.0
         self._unlearned_left = len(labels)
-        self._left = len(labels)
         self._rank()
 
     def learned(self, label: int) -> bool:
@@ -141,7 +140,6 @@ class Scheduler:
         """``i`` ended (however): its work no longer remains."""
         label = self._labels[i]
         self._unfinished[label] -= 1
-        self._left -= 1
         est = self._estimates[label]
         if est is None:
             self._unlearned_left -= 1
@@ -152,7 +150,6 @@ class Scheduler:
         """``done`` ended in an earlier run."""
         if not done:
             return
-        self._left -= len(done)
         labels = as_numpy(self._labels)[np.asarray(done, dtype=np.int64)]
         for label, count in enumerate(np.bincount(labels, minlength=len(self._unfinished))):
             self._unfinished[label] -= int(count)
@@ -162,14 +159,14 @@ class Scheduler:
             else:
                 self._learned_left_s -= int(count) * est
 
-    def endgame(self, workers: int) -> bool:
+    def endgame(self, workers: int, unfinished: int) -> bool:
         """Whether the order of what is ready can still lengthen the run noticeably: a list
         schedule ends at most (remaining critical path) x (1 - 1/workers) after the remaining
         work spread over the workers (Graham), so while that is a small fraction of the work
         left, any order finishes about as soon and other concerns may choose; near the end
-        (the last ``_ENDGAME_QUANTA_PER_WORKER`` quanta a worker at most), the critical path
-        must go first."""
-        if self._left > _ENDGAME_QUANTA_PER_WORKER * workers:
+        (the last ``_ENDGAME_QUANTA_PER_WORKER`` quanta a worker at most, of ``unfinished``),
+        the critical path must go first."""
+        if unfinished > _ENDGAME_QUANTA_PER_WORKER * workers:
             return False
         top = self.top_priority()
         return top is not None and top * (workers - 1) * _ENDGAME_SLACK >= self.work_left_s

@@ -100,6 +100,11 @@ class GraphState:
     def finished(self) -> bool:
         return self._open == 0
 
+    @property
+    def unfinished(self) -> int:
+        """Quanta not ended yet (running ones included)."""
+        return self._open
+
     def count(self, state: QState) -> int:
         return self._counts[state]
 

@@ -177,10 +177,10 @@ def test_the_endgame_begins_when_the_critical_path_weighs_against_the_work_left(
     s.learn(0, 1.0)
     s.push(g.i("a"))
     # Then with 43 s of work left a 3 s path costs little on 2 workers; on 1 never anything
-    assert not s.endgame(2) and not s.endgame(1)
+    assert not s.endgame(2, 43) and not s.endgame(1, 43)
     # And once most of the work has ended (here: resumed as done) the path decides
     s.resumed([g.i(f"x{i}") for i in range(30)])
-    assert s.endgame(2) and not s.endgame(1)
+    assert s.endgame(2, 13) and not s.endgame(1, 13)
     # and every end counts, learned estimates too: 12 quanta left, now of 2 s each
     s.ended(g.i("x30"))
     s.learn(0, 3.0)
