@@ -20,13 +20,12 @@ import zmq
 
 from broker.droplog import DropLog
 from common.errors import ProtocolError
-from common.framing import HEADER, split_frames
+from common.framing import HEADER, RECV_CHUNK, split_frames
 
 __all__ = ["Link", "LinkHub", "link_path_for"]
 
 logger = logging.getLogger(__name__)
 
-_CHUNK = 1 << 18
 # Plain ints: the poller's flags come back as ints, and IntFlag arithmetic costs a microsecond.
 _IN, _OUT, _ERR = int(zmq.POLLIN), int(zmq.POLLOUT), int(zmq.POLLERR)
 
@@ -57,7 +56,7 @@ class Link:
         alive = True
         while True:
             try:
-                chunk = self.sock.recv(_CHUNK)
+                chunk = self.sock.recv(RECV_CHUNK)
             except BlockingIOError:
                 break
             except OSError:
@@ -67,7 +66,7 @@ class Link:
                 alive = False
                 break
             self._in += chunk
-            if len(chunk) < _CHUNK:
+            if len(chunk) < RECV_CHUNK:
                 break  # drained; an end of stream shows as readable again
         try:
             frames = split_frames(self._in)

@@ -163,7 +163,7 @@ def checked_fields(raw: object) -> Fields:
         raise ValueError(f"quantum {qid!r}: config must be a mapping with string keys")
     timeout = raw.get("timeout")
     if timeout is not None and (
-        isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
+        isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0
     ):
         raise ValueError(f"quantum {qid!r}: timeout must be a positive number of seconds")
     try:

@@ -10,7 +10,7 @@ from typing import Protocol
 
 import zmq
 
-from common.framing import HEADER, split_frames
+from common.framing import HEADER, RECV_CHUNK, split_frames
 from worker.dealer import connect_dealer
 
 __all__ = ["Channel", "DealerChannel", "LinkChannel", "open_channel"]
@@ -40,7 +40,7 @@ class LinkChannel:
 
     def recv(self) -> bytes:
         while not self._frames:
-            chunk = self._sock.recv(1 << 18)
+            chunk = self._sock.recv(RECV_CHUNK)
             if not chunk:
                 raise EOFError("the broker closed the link")
             self._buf += chunk

@@ -35,7 +35,7 @@ from worker.channel import Channel, open_channel
 from worker.executor import QuantumExecutor
 from worker.lifecycle import die_with_parent, rss_kb
 from worker.record import SharedRecord
-from worker.runner import log_path_for, peak_rss_kb, run_quantum
+from worker.runner import log_file, peak_rss_kb, run_quantum
 
 __all__ = ["ChildConfig", "child_main", "direct_main"]
 
@@ -172,8 +172,7 @@ def direct_main(config: ChildConfig, record: SharedRecord) -> None:
     _preload(config.preload)
     channel = open_channel(config.link, config.endpoint, config.keys_dir)
     channel.send(encode(Ready(config.worker_id, config.agent_pid, config.generation)))
-    log_dir = Path(config.log_dir)
-    capture = _standing_capture(log_dir)
+    capture = _standing_capture(Path(config.log_dir))
     signal.signal(signal.SIGALRM, signal.SIG_DFL)  # our deadline: the alarm ends us
     done = 0
     succeeded = 0  # the seq of the last dispatch that succeeded here, if it was the last run
@@ -182,8 +181,8 @@ def direct_main(config: ChildConfig, record: SharedRecord) -> None:
         if assign.after and assign.after != succeeded:
             continue  # a follow-on of a dispatch that did not succeed here: never runs
         succeeded = 0
-        log = log_path_for(log_dir, qid, attempt)
-        refused = record.take(assign.seq, assign.timeout_s, str(log))
+        log = log_file(config.log_dir, qid, attempt)
+        refused = record.take(assign.seq, assign.timeout_s, log)
         if refused == "draining":
             channel.send(encode(Revoked(qid, attempt)))
         if refused is not None:

@@ -82,6 +82,7 @@ def test_files_round_trip(tmp_path: Path, suffix: str) -> None:
         ("g.yaml", "quanta:\n- {id: a}", "quanta\\[0\\].*task must be"),
         ("g.yaml", "quanta:\n- {id: a, task: 'm:f', colour: red}", "unknown quantum field"),
         ("g.yaml", "quanta:\n- {id: a, task: 'm:f', timeout: -1}", "timeout must be a positive"),
+        ("g.yaml", "quanta:\n- {id: a, task: 'm:f', timeout: .nan}", "timeout must be a positive"),
         ("g.yaml", "quanta: []\nedges: [[a]]", "'edges' must be"),
     ],
 )
