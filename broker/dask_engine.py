@@ -48,11 +48,11 @@ from broker.events import (
 )
 from broker.journal import Journal
 from broker.registry import window
-from common.codec import decode, encode
+from common.codec import AssignFrames, decode
 from common.config import ExecutionConfig
 from common.errors import ProtocolError
 from common.graph import QuantumGraph
-from common.protocol import Assign, Result
+from common.protocol import Result
 from common.status import RunStatus
 from worker.dask_plugin import (
     PLUGIN_NAME,
@@ -98,6 +98,7 @@ class _Driver:
         if control is not None:
             self._poller.register(control.socket, zmq.POLLIN)
         self._graph = core.graph
+        self._assigns = AssignFrames(core.graph)
         self._client = client
         self._config = config
         self._boot = boot
@@ -311,10 +312,7 @@ class _Driver:
     def _submit(self, dispatches: dict[bytes, list[Dispatch]]) -> None:
         """One ``client.map`` per worker: a call costs more than the quanta it carries."""
         for worker, batch in dispatches.items():
-            frames = [
-                encode(Assign(self._graph.quantum_at(d.index), d.attempt, d.timeout_s, d.seq))
-                for d in batch
-            ]
+            frames = [self._assigns.frame(d.index, d.attempt, d.timeout_s, d.seq) for d in batch]
             keys = [self._key(d.index, d.attempt) for d in batch]
             futures = self._client.map(
                 run_assign,

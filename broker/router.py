@@ -87,10 +87,14 @@ class Router:
 
     def send(self, identity: bytes, msg: Message) -> bool:
         """False when the peer cannot be reached (gone, or its pipe is full)."""
+        return self.send_frame(identity, encode(msg), type(msg).__name__)
+
+    def send_frame(self, identity: bytes, frame: bytes, what: str) -> bool:
+        """``send`` for a message encoded already (``what`` names it in a warning)."""
         try:
-            self.sock.send_multipart([identity, encode(msg)], zmq.NOBLOCK)
+            self.sock.send_multipart([identity, frame], zmq.NOBLOCK)
         except zmq.ZMQError as e:  # EHOSTUNREACH (ROUTER_MANDATORY) or a full pipe
-            self._drops.warn("cannot send %s to %r: %s", type(msg).__name__, identity[:16], e)
+            self._drops.warn("cannot send %s to %r: %s", what, identity[:16], e)
             return False
         if identity in self._last_sent:
             self._last_sent[identity] = time.monotonic()

@@ -48,7 +48,7 @@ from broker.pool import WorkerPool
 from broker.registry import window
 from broker.router import Router
 from broker.routes import ChildRoutes, Route
-from common.codec import decode, encode
+from common.codec import AssignFrames, decode, encode
 from common.config import ExecutionConfig
 from common.errors import ProtocolError
 from common.graph import QuantumGraph
@@ -115,6 +115,7 @@ class BrokerServer:
         done: Collection[int] = (),
     ) -> None:
         self.graph = graph
+        self._assigns = AssignFrames(graph)
         self.config = config
         self.core = BrokerCore(graph, config, journal=journal, done=done, follow_ons=True)
         self._serving = serving
@@ -423,17 +424,21 @@ class BrokerServer:
         self._links.drop(child)
 
     def _send_to(self, route: Route, msg: Message) -> bool:
+        return self._send_frame(route, encode(msg), type(msg).__name__)
+
+    def _send_frame(self, route: Route, frame: bytes, what: str) -> bool:
         if isinstance(route, Link):
             assert self._links is not None
-            return self._links.send(route, encode(msg))
-        return self._router.send(route, msg)
+            return self._links.send(route, frame)
+        return self._router.send_frame(route, frame, what)
 
     def _send_assign(self, d: Dispatch) -> None:
         """To the worker's executor child; one that is gone never started it."""
         child = self._children.current(d.worker)
-        assign = Assign(self.graph.quantum_at(d.index), d.attempt, d.timeout_s, d.seq, d.after)
-        if child is not None and self._send_to(child[0], assign):
-            return
+        if child is not None:
+            frame = self._assigns.frame(d.index, d.attempt, d.timeout_s, d.seq, d.after)
+            if self._send_frame(child[0], frame, "Assign"):
+                return
         self._events.append(QuantumRevoked(d.worker, d.quantum_id, d.attempt))
         if child is not None:
             self._events.append(ExecutorUnreachable(d.worker, child[1]))

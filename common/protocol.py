@@ -43,8 +43,9 @@ __all__ = [
     "Welcome",
 ]
 
-# 2: typed RESULT reason, bounded numbers; 3: executor children direct; 4: follow-ons
-PROTOCOL_VERSION = 4
+# 2: typed RESULT reason, bounded numbers; 3: executor children direct; 4: follow-ons;
+# 5: a quantum travels as an array
+PROTOCOL_VERSION = 5
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,7 @@ from common.protocol import (
     StatusRequest,
     Welcome,
 )
+from common.graph import QuantumGraph
 from common.quantum import Quantum
 from common.report import Reason
 from tests.wire import EVERY_MESSAGE, Q, frame_with, wrong_type_frames
@@ -105,26 +106,29 @@ _QUANTUM_VARIANTS: list[tuple[str, object]] = [
     ("timeout", math.nan),
     ("timeout", None),
     ("timeout", 2),
-    ("extra", 1),
 ]
 
 
-@pytest.mark.parametrize(("key", "value"), [*_QUANTUM_VARIANTS, ("task_label", ...)])
+@pytest.mark.parametrize(
+    ("key", "value"), [*_QUANTUM_VARIANTS, ("extra field", 1), ("missing field", None)]
+)
 def test_the_fast_path_never_accepts_a_quantum_the_checked_one_refuses(
     key: str, value: object
 ) -> None:
     """The fast path states the quantum's rules a second time (in msgspec, for speed): what it
     accepts must be what ``Quantum.from_dict`` accepts, and decode to the same quantum."""
-    raw = Q.to_dict()
-    if value is ...:
-        del raw[key]
+    fields = codec._wire_quantum(Q)
+    if key == "extra field":
+        fields.append(value)
+    elif key == "missing field":
+        fields.pop()
     else:
-        raw[key] = value
-    frame = frame_with(Assign(Q, 1, None, 1, 0), quantum=raw)
+        fields[codec._QUANTUM_FIELDS.index(key)] = value
+    frame = frame_with(Assign(Q, 1, None, 1, 0), quantum=fields)
     fast = codec._fast_decode(frame)
     try:
-        checked = Quantum.from_dict(raw)
-    except ValueError:
+        checked = codec._checked_quantum(fields)
+    except (TypeError, ValueError):
         assert fast is None
         with pytest.raises(ProtocolError):
             decode(frame)
@@ -132,6 +136,26 @@ def test_the_fast_path_never_accepts_a_quantum_the_checked_one_refuses(
     # (None: a form only graph files use, such as inputs as a list)
     assert fast is None or fast == Assign(checked, 1, None, 1, 0)
     assert decode(frame) == Assign(checked, 1, None, 1, 0)
+
+
+def test_assign_frames_spliced_from_a_graph_are_the_encoded_assigns() -> None:
+    quanta = [
+        Q,
+        Quantum("b", "calib", "pkg.mod:calib", {}, ["raw-1"], {}, {}, None),
+        Quantum(
+            "détecteur/1 ☃", "t", "m:f", {"v": "x" * 300}, {}, {"o": "d"}, {"n": [1, {"k": None}]}
+        ),
+        Quantum(
+            "c" * 40, "isr", "pkg.mod:isr", {"visit": 2**40}, {}, {}, {"big": "y" * 70000}, 0.5
+        ),
+    ]
+    graph = QuantumGraph.from_quanta(quanta, [("isr-1", "b")])
+    frames = codec.AssignFrames(graph)
+    for i, q in enumerate(graph.quanta()):
+        for attempt, timeout_s, seq, after in ((1, None, 1, 0), (3, 2.5, 2**40, 7)):
+            frame = frames.frame(i, attempt, timeout_s, seq, after)
+            assert frame == encode(Assign(q, attempt, timeout_s, seq, after))
+            assert decode(frame) == Assign(q, attempt, timeout_s, seq, after)
 
 
 def test_other_version_is_refused_with_the_version_named() -> None:
