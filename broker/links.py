@@ -16,9 +16,8 @@ import socket
 import tempfile
 from pathlib import Path
 
-import zmq
-
 from broker.droplog import DropLog
+from broker.poller import POLLERR, POLLIN, POLLOUT, Poller, Waitable
 from common.errors import ProtocolError
 from common.framing import HEADER, RECV_CHUNK, split_frames
 
@@ -27,7 +26,7 @@ __all__ = ["Link", "LinkHub", "link_path_for"]
 logger = logging.getLogger(__name__)
 
 # Plain ints: the poller's flags come back as ints, and IntFlag arithmetic costs a microsecond.
-_IN, _OUT, _ERR = int(zmq.POLLIN), int(zmq.POLLOUT), int(zmq.POLLERR)
+_IN, _OUT, _ERR = int(POLLIN), int(POLLOUT), int(POLLERR)
 
 
 class Link:
@@ -133,15 +132,15 @@ class LinkHub:
         self._listener.listen(128)
         self._listener.setblocking(False)
         self._links: dict[int, Link] = {}
-        self._poller: zmq.Poller | None = None
+        self._poller: Poller | None = None
         self._writing: set[int] = set()
         self._queued: dict[int, Link] = {}
 
-    def attach(self, poller: zmq.Poller) -> None:
+    def attach(self, poller: Poller) -> None:
         self._poller = poller
-        poller.register(self._listener.fileno(), zmq.POLLIN)
+        poller.register(self._listener.fileno(), POLLIN)
 
-    def service(self, events: dict[object, int]) -> list[tuple[Link, list[bytes], bool]]:
+    def service(self, events: dict[Waitable, int]) -> list[tuple[Link, list[bytes], bool]]:
         """(link, frames that arrived, still open) for each link with news; links whose
         peer is gone are closed (and reported once)."""
         if self._listener.fileno() in events:
@@ -184,8 +183,7 @@ class LinkHub:
         for link in list(self._links.values()):
             self.drop(link)
         if self._poller is not None:
-            with contextlib.suppress(KeyError):
-                self._poller.unregister(self._listener.fileno())
+            self._poller.unregister(self._listener.fileno())
         self._listener.close()
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
@@ -205,20 +203,19 @@ class LinkHub:
             link = Link(sock, self._drops)
             self._links[link.fd] = link
             if self._poller is not None:
-                self._poller.register(link.fd, zmq.POLLIN)
+                self._poller.register(link.fd, POLLIN)
 
     def drop(self, link: Link) -> None:
         self._links.pop(link.fd, None)
         self._queued.pop(link.fd, None)
         self._writing.discard(link.fd)
         if self._poller is not None:
-            with contextlib.suppress(KeyError):
-                self._poller.unregister(link.fd)
+            self._poller.unregister(link.fd)
         link.close()
 
     def _set_writing(self, link: Link, on: bool) -> None:
         if self._poller is not None:
-            self._poller.modify(link.fd, zmq.POLLIN | (zmq.POLLOUT if on else 0))
+            self._poller.modify(link.fd, POLLIN | (POLLOUT if on else 0))
         (self._writing.add if on else self._writing.discard)(link.fd)
 
     def _update_writes(self) -> None:

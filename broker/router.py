@@ -33,6 +33,7 @@ class Router:
     def __init__(self, endpoint: str, keys_dir: Path | None, drops: DropLog) -> None:
         self._drops = drops
         self._last_sent: dict[bytes, float] = {}
+        self._used = True  # sent on or read from since ``take_used`` (see broker.poller)
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self._auth: ThreadAuthenticator | None = None
         self.sock = self._ctx.socket(zmq.ROUTER)
@@ -66,6 +67,7 @@ class Router:
     def messages(self) -> Iterator[tuple[bytes, Message]]:
         """(identity, message) for the frames waiting now, at most a batch."""
         sock = self.sock
+        self._used = True
         for _ in range(_BATCH):
             # EVENTS, not recv-until-EAGAIN: an exception per wake-up costs more than the check.
             if not int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
@@ -91,6 +93,7 @@ class Router:
 
     def send_frame(self, identity: bytes, frame: bytes, what: str) -> bool:
         """``send`` for a message encoded already (``what`` names it in a warning)."""
+        self._used = True
         try:
             self.sock.send_multipart([identity, frame], zmq.NOBLOCK)
         except zmq.ZMQError as e:  # EHOSTUNREACH (ROUTER_MANDATORY) or a full pipe
@@ -99,6 +102,11 @@ class Router:
         if identity in self._last_sent:
             self._last_sent[identity] = time.monotonic()
         return True
+
+    def take_used(self) -> bool:
+        """Whether the socket was sent on or read from since the last call."""
+        used, self._used = self._used, False
+        return used
 
     def refuse(self, identity: bytes, reason: str) -> None:
         self._drops.warn("refusing %r: %s", identity[:16], reason)

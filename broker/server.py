@@ -17,8 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import assert_never
 
-import zmq
-
 from broker.core import BrokerCore, RunTimings
 from broker.droplog import DropLog
 from broker.events import (
@@ -44,6 +42,7 @@ from broker.events import (
 )
 from broker.journal import Journal
 from broker.links import Link, LinkHub, link_path_for
+from broker.poller import POLLIN, Poller, Waitable
 from broker.pool import WorkerPool
 from broker.registry import window
 from broker.router import Router
@@ -209,19 +208,27 @@ class BrokerServer:
     # ------------------------------------------------------------------ loop
     def _loop(self, actions: list[Action]) -> None:
         """Serve, starting with ``actions`` (the core's first decisions)."""
-        poller = zmq.Poller()
-        poller.register(self._router.sock, zmq.POLLIN)
-        poller.register(self._wake_r, zmq.POLLIN)
+        poller = Poller()
+        try:
+            self._serve(poller, actions)
+        finally:
+            poller.close()
+
+    def _serve(self, poller: Poller, actions: list[Action]) -> None:
+        poller.register(self._router.sock, POLLIN)
+        poller.register(self._wake_r, POLLIN)
         assert self._links is not None
         self._links.attach(poller)
         pidfds = set(self._pool.pidfds())
         for fd in pidfds:
-            poller.register(fd, zmq.POLLIN)
+            poller.register(fd, POLLIN)
         self._carry_out(actions)
         self._links.flush()
         while not self.core.over:
             now = time.monotonic()
             timeout_s = max(0.0, self._next_wakeup(now) - now)
+            if self._router.take_used():
+                poller.used(self._router.sock)
             ready = dict(poller.poll(int(timeout_s * 1000) + 1))
             now = time.monotonic()
             events, self._events = self._events, []
@@ -245,7 +252,7 @@ class BrokerServer:
             self._report_progress(now)
             current = set(self._pool.pidfds())
             for fd in current - pidfds:
-                poller.register(fd, zmq.POLLIN)
+                poller.register(fd, POLLIN)
             pidfds = current
 
     def _next_wakeup(self, now: float) -> float:
@@ -266,7 +273,7 @@ class BrokerServer:
             if event is not None:
                 events.append(event)
 
-    def _read_links(self, ready: dict[object, int], events: list[Event]) -> None:
+    def _read_links(self, ready: dict[Waitable, int], events: list[Event]) -> None:
         assert self._links is not None
         for link, frames, alive in self._links.service(ready):
             for frame in frames:

@@ -11,6 +11,7 @@ import pytest
 from common import codec
 from common.codec import MAX_FRAME_BYTES, Peek, decode, encode, peek
 from common.errors import ProtocolError, ProtocolVersionError
+from common.graph import QuantumGraph
 from common.protocol import (
     PROTOCOL_VERSION,
     Assign,
@@ -32,7 +33,6 @@ from common.protocol import (
     StatusRequest,
     Welcome,
 )
-from common.graph import QuantumGraph
 from common.quantum import Quantum
 from common.report import Reason
 from tests.wire import EVERY_MESSAGE, Q, frame_with, wrong_type_frames
@@ -141,7 +141,7 @@ def test_the_fast_path_never_accepts_a_quantum_the_checked_one_refuses(
 def test_assign_frames_spliced_from_a_graph_are_the_encoded_assigns() -> None:
     quanta = [
         Q,
-        Quantum("b", "calib", "pkg.mod:calib", {}, ["raw-1"], {}, {}, None),
+        Quantum("b", "calib", "pkg.mod:calib", {}, {"raw": "raw-1"}, {}, {}, None),
         Quantum(
             "détecteur/1 ☃", "t", "m:f", {"v": "x" * 300}, {}, {"o": "d"}, {"n": [1, {"k": None}]}
         ),

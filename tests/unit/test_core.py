@@ -722,15 +722,15 @@ def test_a_dead_child_without_its_agents_report_is_retried_after_the_silence_lim
 
 def test_prefetching_is_judged_by_how_often_released_quanta_outrank_the_queued_one() -> None:
     # Given one worker holding two quanta: a chain (s0 -> s1 -> ...) beside independent ones
-    spine = [quantum(f"s{i}", inputs=[f"s{i - 1}"] if i else []) for i in range(6)]
-    side = [quantum(f"x{i}") for i in range(12)]
+    spine = [quantum(f"s{i}", inputs=[f"s{i - 1}"] if i else []) for i in range(20)]
+    side = [quantum(f"x{i}") for i in range(40)]
     h = Harness(QuantumGraph.from_quanta(spine + side), workers=1)
     h.join(A, slots=2)
     assert h.core.prefetch_cost_s() == 0.0
     # When each chain quantum finishes, the next one (a longer path below it than any other)
     # is released while an independent quantum queued on the worker runs first
     held = {d.quantum_id: d for d in h.dispatches(A)}
-    for _ in range(4):
+    for _ in range(17):  # (one release in eight is looked at: three are)
         for prefix in ("s", "x"):
             d = next(d for qid, d in held.items() if qid.startswith(prefix))
             h.step(ResultReceived(A, result(d, duration_s=0.5)), at=h.now + 1)
@@ -738,6 +738,7 @@ def test_prefetching_is_judged_by_how_often_released_quanta_outrank_the_queued_o
             held.update({d.quantum_id: d for d in h.dispatches(A)})
     # Then queueing costs about the mean duration per completion (drivers stop queueing)
     assert h.core.prefetch_cost_s() == pytest.approx(0.5)
+    assert h.core._samples == 3
 
 
 def test_prefetching_costs_nothing_where_nothing_is_released() -> None:
