@@ -617,21 +617,23 @@ class BrokerCore:
         return best if top is None or priority(best) >= top else None
 
     def _stealable(self) -> list[tuple[WorkerInfo, InFlight, InFlight]]:
-        """(worker, running, last queued) where a prefetched quantum waits behind another,
-        when a ready worker sits idle and nothing else is ready."""
+        """(worker, running, queued) where a prefetched quantum waits behind another, when a
+        ready worker sits idle and nothing else is ready: the last one queued that is not a
+        follow-on of another one there (taking a quantum back drops its follow-ons too)."""
         if len(self.scheduler) or not any(
             w.ready and not w.in_flight for w in self.registry.workers()
         ):
             return []
         out = []
         for info in self.registry.workers():
-            if len(info.in_flight) >= 2:
-                running, *queued = sorted(info.in_flight.values(), key=lambda d: d.seq)
-                last = queued[-1]
-                if last.after and any(d.seq == last.after for d in info.in_flight.values()):
-                    continue  # a follow-on cannot run elsewhere before its parent ends
-                if (last.quantum_id, last.attempt) not in self._revoking and not last.orphan:
-                    out.append((info, running, last))
+            if len(info.in_flight) < 2:
+                continue
+            running, *queued = sorted(info.in_flight.values(), key=lambda d: d.seq)
+            seqs = {d.seq for d in info.in_flight.values()}
+            head = next((d for d in reversed(queued) if d.after not in seqs), None)
+            if head is None or head.orphan or (head.quantum_id, head.attempt) in self._revoking:
+                continue
+            out.append((info, running, head))
         return out
 
     def _steal(self, now: float, out: list[Action]) -> None:

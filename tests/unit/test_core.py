@@ -261,6 +261,29 @@ def test_idle_worker_steals_a_quantum_prefetched_behind_a_long_one() -> None:
     assert h.attempts(d.quantum_id) == 1
 
 
+def test_a_prefetched_quantum_with_its_follow_on_behind_it_is_still_taken_back() -> None:
+    # Given A runs a with b prefetched behind it and b1 sent as b's follow-on (a chain's next
+    # link goes behind it), and B joins with nothing else to do
+    g = QuantumGraph.from_quanta(
+        [quantum("a"), quantum("a1", inputs=["a"]), quantum("b"), quantum("b1", inputs=["b"])]
+    )
+    h = Harness(g, workers=1, follow_ons=True)
+    h.join(A, slots=2)
+    sent = [(d.quantum_id, d.after) for d in h.dispatches(A)]
+    b = next(d for d in h.dispatches(A) if d.quantum_id == "b")
+    assert sent == [("a", 0), ("b", 0), ("b1", b.seq)]
+    h.step(WorkerJoined(B, 9, "host", 2, True), WorkerReady(B))
+    # When a has run STEAL_AFTER_S, b is taken back (b1 cannot run before it, but b can)
+    h.step(at=STEAL_AFTER_S)
+    (revoke,) = h.of(RevokeQuantum)
+    assert (revoke.worker, revoke.quantum_id) == (A, "b")
+    # Then A gives it back (its follow-on with it): B runs b, with b1 behind it there
+    h.step(QuantumRevoked(A, "b", revoke.attempt))
+    on_b = h.dispatches(B)
+    assert [(d.quantum_id, d.after) for d in on_b] == [("b", 0), ("b1", on_b[0].seq)]
+    assert h.attempts("b") == 1 and h.attempts("b1") == 1
+
+
 def test_fail_fast_cancels_running_and_queued_quanta_and_shuts_workers_down() -> None:
     h = Harness(independent(6), workers=2, fail_fast=True)
     h.join(A, slots=2)
