@@ -71,9 +71,6 @@ class Scheduler:
         self._unlearned_left = len(labels)
         self._rank()
 
-    def learned(self, label: int) -> bool:
-        return self._estimates[label] is not None
-
     def estimate(self, label: int) -> float:
         est = self._estimates[label]
         return self._guess() if est is None else est
@@ -142,13 +139,16 @@ class Scheduler:
 
     def ended(self, i: int) -> None:
         """``i`` ended (however): its work no longer remains."""
-        label = self._labels[i]
-        self._unfinished[label] -= 1
+        self._forget(self._labels[i], 1)
+
+    def _forget(self, label: int, count: int) -> None:
+        """``count`` quanta of ``label`` ended: out of the unfinished and the work left."""
+        self._unfinished[label] -= count
         est = self._estimates[label]
         if est is None:
-            self._unlearned_left -= 1
+            self._unlearned_left -= count
         else:
-            self._learned_left_s -= est
+            self._learned_left_s -= count * est
 
     def resumed(self, done: list[int]) -> None:
         """``done`` ended in an earlier run."""
@@ -156,12 +156,7 @@ class Scheduler:
             return
         labels = as_numpy(self._labels)[np.asarray(done, dtype=np.int64)]
         for label, count in enumerate(np.bincount(labels, minlength=len(self._unfinished))):
-            self._unfinished[label] -= int(count)
-            est = self._estimates[label]
-            if est is None:
-                self._unlearned_left -= int(count)
-            else:
-                self._learned_left_s -= int(count) * est
+            self._forget(label, int(count))
 
     def endgame(self, workers: int, unfinished: int) -> bool:
         """Whether the order of what is ready can still lengthen the run noticeably: a list

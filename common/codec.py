@@ -102,7 +102,6 @@ class _WireQuantum(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
 
 _QUANTUM_FIELDS: Final = _WireQuantum.__struct_fields__
 _PAYLOAD_FIELDS: Final = ("data_id", "inputs", "outputs", "config")  # a graph's stored payload
-_PAYLOAD_AT: Final = slice(3, 7)  # ... sits here
 
 
 def _quantum(w: _WireQuantum) -> Quantum:
@@ -317,8 +316,7 @@ _ASSIGN_HEAD: Final = bytes(
 )
 if (
     _NAMES[Assign] != ("quantum", "attempt", "timeout_s", "seq", "after")
-    or _QUANTUM_FIELDS[_PAYLOAD_AT] != _PAYLOAD_FIELDS
-    or _QUANTUM_FIELDS[-1] != "timeout"
+    or ("id", "task_label", "task", *_PAYLOAD_FIELDS, "timeout") != _QUANTUM_FIELDS
 ):
     raise TypeError(
         "AssignFrames splices an ASSIGN laid out as [quantum, attempt, timeout_s, seq, after] "
