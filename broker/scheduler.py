@@ -12,6 +12,7 @@ quanta costs a fraction of a second.
 from __future__ import annotations
 
 import heapq
+import math
 from array import array
 
 import numpy as np
@@ -51,6 +52,7 @@ class Scheduler:
         self._labels = labels  # label number per quantum
         self._estimates: list[float | None] = [None] * label_count
         self._sums = [(0.0, 0)] * label_count
+        self._squares = [0.0] * label_count  # durations squared, summed per label (``spread``)
         # In the work left, a label not learned yet weighs the mean of those learned
         self._learned_sum, self._learned_count = 0.0, 0
         self._ranked_with: list[float] = [_DEFAULT_ESTIMATE_S] * label_count
@@ -95,6 +97,18 @@ class Scheduler:
         n = sum(count for _, count in self._sums)
         return self.observed_s() / n if n else None
 
+    def spread(self) -> float | None:
+        """How far durations stray from their label's mean: the deviation from it pooled over
+        the labels, against the mean of all (None before anything is learned). The ranks are
+        built from label means; where this is large they cannot tell which quanta are long."""
+        count, total, within = 0, 0.0, 0.0
+        for (s, n), squares in zip(self._sums, self._squares, strict=True):
+            if n:
+                count, total, within = count + n, total + s, within + squares - s * s / n
+        if not count or total <= 0.0:
+            return None
+        return math.sqrt(max(0.0, within) / count) / (total / count)
+
     def priority(self, i: int) -> float:
         return self._priority[i]
 
@@ -117,6 +131,7 @@ class Scheduler:
         total, n = self._sums[label]
         total, n = total + duration_s, n + 1
         self._sums[label] = (total, n)
+        self._squares[label] += duration_s * duration_s
         new = total / n
         self._since_rank += 1
         est = self._estimates[label]

@@ -626,6 +626,19 @@ def test_a_workers_window_covers_a_round_trip_with_its_quanta() -> None:
     assert window(0.0, 0.001, 2, 9) == 9  # a zero duration does not divide by zero
 
 
+def test_nothing_is_queued_where_durations_stray_far_from_their_labels_means() -> None:
+    from broker.registry import window
+
+    # Durations within a label spread wider than their mean (a hidden long one among short
+    # ones): the ranks cannot tell which quanta are long, so none waits behind another ...
+    assert window(0.0074, 0.001, 2, 9, spread=1.8) == 1
+    # ... unless quanta are so short that a round trip per quantum would cost more
+    assert window(0.002, 0.001, 2, 9, spread=1.8) == 2
+    assert window(0.00005, 0.001, 2, 9, spread=1.8) == 9
+    # Durations close to their label's mean keep the window
+    assert window(0.005, 0.001, 2, 9, spread=0.3) == 2
+
+
 def test_a_journal_write_that_fails_in_the_writer_thread_surfaces_at_the_next_flush(
     tmp_path: Path,
 ) -> None:

@@ -116,6 +116,22 @@ def test_learned_durations_change_the_order() -> None:
     assert sched.priority(g.i("c1")) == pytest.approx(0.02)
 
 
+def test_spread_is_how_far_durations_stray_from_their_labels_means() -> None:
+    g = Named([("a", "b")], nodes=["c", "d"], labels=["x", "x", "y", "y"])
+    sched = g.scheduler()
+    x, y = g.label_names.index("x"), g.label_names.index("y")
+    assert sched.spread() is None  # nothing learned
+    # Labels of different means, each quantum at its label's mean: no spread
+    for label, d in ((x, 1.0), (x, 1.0), (y, 3.0), (y, 3.0)):
+        sched.learn(label, d)
+    assert sched.spread() == pytest.approx(0.0)
+    # One long among short ones of the same label: the pooled deviation against the mean
+    sched = g.scheduler()
+    for d in (0.001, 0.001, 0.001, 0.045):
+        sched.learn(x, d)
+    assert sched.spread() == pytest.approx(0.019053 / 0.012, rel=1e-3)
+
+
 def test_bottom_levels_take_the_heaviest_branch_below() -> None:
     # a -> b -> d and a -> c: a weighs its own 1 + b's 1 + d's 1
     g = Named([("a", "b"), ("b", "d"), ("a", "c")])
