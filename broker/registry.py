@@ -60,19 +60,34 @@ class WorkerInfo:
 
 
 def window(
-    mean_s: float | None, trip_s: float, lo: int, hi: int, spread: float | None = None
+    mean_s: float | None,
+    trip_s: float,
+    lo: int,
+    hi: int,
+    *,
+    spread: float | None = None,
+    inversion_s: float = 0.0,
+    alone: bool = False,
 ) -> int | None:
     """How many quanta a worker (per thread) should hold: the running one and enough queued
     behind it to keep it busy through a dispatch round trip of ``trip_s`` with quanta of
     ``mean_s`` on average, within ``lo..hi``; None while no duration is known. Deep for short
-    quanta; shallow for long ones, which are then not pinned to a worker early. Where
-    durations stray from their label's mean by more than the mean (``spread``, as
-    ``Scheduler.spread``) and quanta are long against the trip, only the running one: the
-    ranks cannot tell which quanta are long, and one queued behind a long one waits for all
-    of it while what it was ranked against may turn out more critical."""
+    quanta; shallow for long ones, which are then not pinned to a worker early.
+
+    Only the running one where a queued quantum costs more than it hides: while what
+    finishing quanta release keeps outranking what was queued by more than a round trip
+    (``inversion_s``, as ``BrokerCore.prefetch_cost_s``), or where durations stray from their
+    label's mean by more than the mean (``spread``, as ``Scheduler.spread``) and quanta are
+    long against the trip: the ranks cannot tell which quanta are long, and one queued
+    behind a long one waits for all of it while what it was ranked against may turn out more
+    critical. Neither applies to a worker ``alone``: it runs quanta one at a time, so their
+    order cannot change the makespan, and no other worker could take a queued one."""
     if mean_s is None:
         return None
-    if spread is not None and spread > _MAX_SPREAD and mean_s >= _COMMIT_TRIPS * trip_s:
+    if not alone and (
+        inversion_s > trip_s
+        or (spread is not None and spread > _MAX_SPREAD and mean_s >= _COMMIT_TRIPS * trip_s)
+    ):
         return 1
     return max(lo, min(hi, 1 + math.ceil(trip_s / max(mean_s, 1e-6))))
 

@@ -477,17 +477,20 @@ class BrokerServer:
     def _adapt(self, now: float) -> None:
         """Send workers as many quanta as keep them busy through a round trip: deeper queues
         for short quanta (up to what each worker declared), 1 + ``prefetch`` for long ones,
-        and none queued while that costs more than it hides (``core.prefetch_cost_s``) or
-        while durations stray too far from their label's mean for the ranks to see which
-        quanta are long (``window``'s ``spread``)."""
+        and none queued where that costs more than it hides (``window``)."""
         if now < self._next_adapt:
             return
         mean = self.core.scheduler.mean_duration_s()
         lo = 1 + self.config.prefetch
-        spread = self.core.scheduler.spread()
-        depth = window(mean, _LOCAL_TRIP_S, lo, max(lo, 1 + QUEUE_MAX), spread)
-        if depth is not None and self.core.prefetch_cost_s() > _LOCAL_TRIP_S:
-            depth = 1  # what finishing quanta release keeps outranking what was queued
+        depth = window(
+            mean,
+            _LOCAL_TRIP_S,
+            lo,
+            max(lo, 1 + QUEUE_MAX),
+            spread=self.core.scheduler.spread(),
+            inversion_s=self.core.prefetch_cost_s(),
+            alone=len(self.core.registry) <= 1,
+        )
         if depth is None:
             return  # from the first durations learned on
         self._next_adapt = now + _ADAPT_EVERY_S

@@ -639,6 +639,24 @@ def test_nothing_is_queued_where_durations_stray_far_from_their_labels_means() -
     assert window(0.005, 0.001, 2, 9, spread=0.3) == 2
 
 
+def test_nothing_is_queued_while_what_finishing_quanta_release_outranks_it() -> None:
+    from broker.registry import window
+
+    # Inversions cost more than the round trip a queued quantum hides: none queued
+    assert window(0.005, 0.001, 2, 9, inversion_s=0.002) == 1
+    assert window(0.005, 0.001, 2, 9, inversion_s=0.0005) == 2
+
+
+def test_a_lone_worker_keeps_its_queue_whatever_the_durations() -> None:
+    from broker.registry import window
+
+    # One worker runs quanta one at a time: their order cannot change the makespan and no
+    # other worker could take a queued one, so a round trip per quantum would buy nothing
+    assert window(0.0074, 0.001, 2, 9, spread=1.8, alone=True) == 2
+    assert window(0.005, 0.001, 2, 9, inversion_s=0.002, alone=True) == 2
+    assert window(None, 0.001, 2, 9, spread=1.8, alone=True) is None
+
+
 def test_a_journal_write_that_fails_in_the_writer_thread_surfaces_at_the_next_flush(
     tmp_path: Path,
 ) -> None:
