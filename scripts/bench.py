@@ -8,6 +8,10 @@ Metrics as in the anchors: W1 quanta/s, W2 us/hop, W3/W4 makespan over the lower
 timed region is first dispatch to last result; worker start-up is reported separately.
 Variants: ``zmpexec`` calls the workload body directly (like the peers); ``zmpexec-butler``
 goes through TaskQuantumExecutor and stores every output in the embedded butler.
+
+``--workers N`` runs every executor with N workers instead of the anchors' 2 (the lower bound
+follows): with 1 on this 2-vCPU host the broker has a core of its own, which tells its CPU
+apart from its latency. zmpexec then still runs a broker and a worker process (not in-process).
 """
 
 from __future__ import annotations
@@ -78,22 +82,34 @@ def to_graph(wl: Any) -> QuantumGraph:
     return QuantumGraph.from_quanta(quanta, edges)
 
 
-def run_one(variant: str, workload: str) -> dict[str, Any]:
+def with_workers(workloads: Any, n: int | None) -> None:
+    """Make the anchors' workload module use ``n`` workers (their runners read
+    ``NUM_WORKERS``; the lower bound's default is bound at import, so it is re-bound)."""
+    if n is None:
+        return
+    workloads.NUM_WORKERS = n
+    bound = workloads.Workload.lower_bound
+    workloads.Workload.lower_bound = lambda self, workers=n: bound(self, workers)
+
+
+def run_one(variant: str, workload: str, workers: int | None = None) -> dict[str, Any]:
     """One measurement in this (fresh) process."""
     from broker import MPGraphExecutor
     from scripts.bench import WorkloadExecutor as Importable  # not __main__'s: workers import it
     from worker.executor import TaskQuantumExecutor
 
     workloads = importlib.import_module("workloads")
+    with_workers(workloads, workers)
     wl = workloads.build(workload)
     graph = to_graph(wl)
     executor: Any = TaskQuantumExecutor() if variant == "zmpexec-butler" else Importable()
+    n = workloads.NUM_WORKERS
+    # (one local worker through the broker, as ``zmpexec run -j 1``, not in this process)
     engine: dict[str, Any] = {"engine": "dask"} if variant == "zmpexec-dask" else {}
+    engine.update({"local_workers": n} if n == 1 and not engine else {})
     with tempfile.TemporaryDirectory(prefix="zmpbench-") as tmp:
         butler = Butler(Path(tmp) / "repo")
-        ex = MPGraphExecutor(
-            workloads.NUM_WORKERS, None, executor, run_dir=Path(tmp) / "run", **engine
-        )
+        ex = MPGraphExecutor(n, None, executor, run_dir=Path(tmp) / "run", **engine)
         t0 = time.perf_counter()
         ex.execute(graph, butler)
         wall = time.perf_counter() - t0
@@ -107,13 +123,28 @@ def run_one(variant: str, workload: str) -> dict[str, Any]:
         "anchor": variant,
         "workload": workload,
         "ok": True,
+        "workers": n,
         "startup_s": t.first_dispatch - t.started,
         "wall_s": wall,
         **workloads.metrics(wl, makespan),
     }
 
 
-def _run_peer(anchors: Path, venvs: Path, peer: str, workload: str) -> dict[str, Any] | None:
+# Runs an anchor script with the workload module set to N workers (``with_workers``); the
+# anchors themselves are shared and not edited.
+_WITH_WORKERS = """\
+import runpy, sys, workloads
+bound = workloads.Workload.lower_bound
+workloads.NUM_WORKERS = n = int(sys.argv.pop(1))
+workloads.Workload.lower_bound = lambda self, workers=n: bound(self, workers)
+sys.argv.pop(0)
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def _run_peer(
+    anchors: Path, venvs: Path, peer: str, workload: str, workers: int | None = None
+) -> dict[str, Any] | None:
     venv, script, extra = PEERS[peer]
     python = sys.executable if venv is None else str(venvs / venv / "bin" / "python")
     if venv == "dask" and not Path(python).exists() and importlib.util.find_spec("distributed"):
@@ -130,8 +161,9 @@ def _run_peer(anchors: Path, venvs: Path, peer: str, workload: str) -> dict[str,
         if (peer, workload) in _SUBSETS:
             args += ["--subset", str(_SUBSETS[peer, workload])]
     env = dict(os.environ, PYTHONPATH=str(anchors))
+    wrap = [] if workers is None else ["-c", _WITH_WORKERS, str(workers)]
     out = subprocess.run(
-        [python, str(anchors / script), *args],
+        [python, *wrap, str(anchors / script), *args],
         env=env,
         cwd="/tmp",
         capture_output=True,
@@ -155,12 +187,15 @@ def _run_peer(anchors: Path, venvs: Path, peer: str, workload: str) -> dict[str,
     return rec
 
 
-def _run_variant(anchors: Path, variant: str, workload: str) -> dict[str, Any] | None:
+def _run_variant(
+    anchors: Path, variant: str, workload: str, workers: int | None = None
+) -> dict[str, Any] | None:
     """One run of our own ``variant``; None (its error printed) if it failed, so one failure
     does not cost the whole session's figures (``main`` exits 1 at the end)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(anchors), os.getcwd()]))
+    more = [] if workers is None else ["--workers", str(workers)]
     out = subprocess.run(
-        [sys.executable, "-m", "scripts.bench", "--one", variant, workload],
+        [sys.executable, "-m", "scripts.bench", "--one", variant, workload, *more],
         env=env,
         capture_output=True,
         text=True,
@@ -223,12 +258,18 @@ def main() -> None:
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--peers", default=",".join(PEERS))
     p.add_argument("--reps", type=int, default=3)
+    p.add_argument(
+        "--workers", type=int, default=None, help="workers per executor (default: the anchors' 2)"
+    )
     p.add_argument("--out", type=Path, default=None, help="append JSON lines here")
     p.add_argument("--one", nargs=2, metavar=("VARIANT", "WORKLOAD"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
-        print(json.dumps(run_one(*args.one)))
+        variant, workload = args.one
+        print(json.dumps(run_one(variant, workload, args.workers)))
         return
+    if args.workers is not None and args.workers < 1:
+        p.error("--workers must be at least 1")
     anchors = args.anchors.resolve()
     workloads = args.workloads.split(",")
     variants = [v for v in args.variants.split(",") if v]
@@ -246,9 +287,9 @@ def main() -> None:
         for w in workloads:
             for name in variants + peers:
                 rec = (
-                    _run_variant(anchors, name, w)
+                    _run_variant(anchors, name, w, args.workers)
                     if name in VARIANTS + OPTIONAL_VARIANTS
-                    else _run_peer(anchors, args.venvs, name, w)
+                    else _run_peer(anchors, args.venvs, name, w, args.workers)
                 )
                 if rec is None:
                     failed += name in VARIANTS + OPTIONAL_VARIANTS
