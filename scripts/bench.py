@@ -33,6 +33,7 @@ from typing import Any
 from common.butler import Butler
 from common.graph import QuantumGraph
 from common.quantum import Quantum
+from scripts.anchor_workers import with_workers
 
 # peer -> (anchor venv or None for this interpreter, runner script, extra arguments)
 PEERS: dict[str, tuple[str | None, str, list[str]]] = {
@@ -82,16 +83,6 @@ def to_graph(wl: Any) -> QuantumGraph:
     return QuantumGraph.from_quanta(quanta, edges)
 
 
-def with_workers(workloads: Any, n: int | None) -> None:
-    """Make the anchors' workload module use ``n`` workers (their runners read
-    ``NUM_WORKERS``; the lower bound's default is bound at import, so it is re-bound)."""
-    if n is None:
-        return
-    workloads.NUM_WORKERS = n
-    bound = workloads.Workload.lower_bound
-    workloads.Workload.lower_bound = lambda self, workers=n: bound(self, workers)
-
-
 def run_one(variant: str, workload: str, workers: int | None = None) -> dict[str, Any]:
     """One measurement in this (fresh) process."""
     from broker import MPGraphExecutor
@@ -99,7 +90,8 @@ def run_one(variant: str, workload: str, workers: int | None = None) -> dict[str
     from worker.executor import TaskQuantumExecutor
 
     workloads = importlib.import_module("workloads")
-    with_workers(workloads, workers)
+    if workers is not None:
+        with_workers(workloads, workers)
     wl = workloads.build(workload)
     graph = to_graph(wl)
     executor: Any = TaskQuantumExecutor() if variant == "zmpexec-butler" else Importable()
@@ -130,18 +122,6 @@ def run_one(variant: str, workload: str, workers: int | None = None) -> dict[str
     }
 
 
-# Runs an anchor script with the workload module set to N workers (``with_workers``); the
-# anchors themselves are shared and not edited.
-_WITH_WORKERS = """\
-import runpy, sys, workloads
-bound = workloads.Workload.lower_bound
-workloads.NUM_WORKERS = n = int(sys.argv.pop(1))
-workloads.Workload.lower_bound = lambda self, workers=n: bound(self, workers)
-sys.argv.pop(0)
-runpy.run_path(sys.argv[0], run_name="__main__")
-"""
-
-
 def _run_peer(
     anchors: Path, venvs: Path, peer: str, workload: str, workers: int | None = None
 ) -> dict[str, Any] | None:
@@ -161,9 +141,11 @@ def _run_peer(
         if (peer, workload) in _SUBSETS:
             args += ["--subset", str(_SUBSETS[peer, workload])]
     env = dict(os.environ, PYTHONPATH=str(anchors))
-    wrap = [] if workers is None else ["-c", _WITH_WORKERS, str(workers)]
+    command = [python, str(anchors / script), *args]
+    if workers is not None:  # by path: the peer's venv has nothing of ours
+        command[1:1] = [str(Path(__file__).with_name("anchor_workers.py")), str(workers)]
     out = subprocess.run(
-        [python, *wrap, str(anchors / script), *args],
+        command,
         env=env,
         cwd="/tmp",
         capture_output=True,
