@@ -8,11 +8,14 @@ label's mean duration, as zmpexec learns them) with ``--depth`` quanta per worke
 running one only), and counts down each quantum's parents as results come back. No journal,
 ledger, validation, log capture, timeouts, heartbeats or follow-ons. ``--shared K`` queues
 quanta in one ``SOCK_SEQPACKET`` socket that both workers read instead (ProcessPool's way: K
-beyond the running ones, committed to no worker).
+beyond the running ones, committed to no worker). ``--self`` adds workers that schedule
+themselves, with no broker at all: a ready heap and the parents' countdown in shared memory
+under one lock, a semaphore counting what is ready (the ceiling of a design without a broker
+wake-up per quantum).
 
     PYTHONPATH=../shared/anchors python -m scripts.sched_floor --workloads W3,W4 --depth 1,2
     PYTHONPATH=../shared/anchors python -m scripts.sched_floor --workloads W4 --ranks label \
-        --depth 1 --shared 0,1
+        --depth 1 --shared 0,1 --self
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import heapq
 import importlib
+import multiprocessing
 import os
 import selectors
 import socket
@@ -170,6 +174,97 @@ def run(name: str, depth: int, *, shared: int | None = None, ranks: str = "true"
     return float(makespan / wl.lower_bound())
 
 
+class _SharedHeap:
+    """A binary heap of quantum indices by rank in shared memory (callers hold the lock)."""
+
+    def __init__(self, keys: list[tuple[float, int]]) -> None:
+        self._keys = keys  # (-rank, index) per quantum: a min-heap pops the most critical
+        self._heap = multiprocessing.RawArray("i", len(keys))
+        self._size = multiprocessing.RawValue("i", 0)
+
+    def __len__(self) -> int:
+        return int(self._size.value)
+
+    def push(self, q: int) -> None:
+        heap, keys = self._heap, self._keys
+        i = self._size.value
+        self._size.value = i + 1
+        while i:
+            parent = (i - 1) >> 1
+            if keys[heap[parent]] <= keys[q]:
+                break
+            heap[i] = heap[parent]
+            i = parent
+        heap[i] = q
+
+    def pop(self) -> int:
+        heap, keys = self._heap, self._keys
+        top, last = heap[0], self._size.value - 1
+        self._size.value = last
+        if last:
+            q, i = heap[last], 0
+            while (c := 2 * i + 1) < last:
+                if c + 1 < last and keys[heap[c + 1]] < keys[heap[c]]:
+                    c += 1
+                if keys[heap[c]] >= keys[q]:
+                    break
+                heap[i] = heap[c]
+                i = c
+            heap[i] = q
+        return int(top)
+
+
+def run_self(name: str, *, ranks: str = "true", workers: int = 2) -> float:
+    """One run of workload ``name`` by workers that take their next quantum themselves:
+    makespan (from forking them) over the lower bound."""
+    workloads = importlib.import_module("workloads")
+    wl = workloads.build(name)
+    graph, n = wl.graph, wl.n
+    rank = wl.bottom_levels() if ranks == "true" else _label_ranks(wl)
+    successors = [list(graph.successors(q)) for q in range(n)]
+    durations = [wl.duration(q) for q in range(n)]
+    waiting = multiprocessing.RawArray("i", [graph.in_degree(q) for q in range(n)])
+    done = multiprocessing.RawValue("i", 0)
+    heap = _SharedHeap([(-rank[q], q) for q in range(n)])
+    lock, ready = multiprocessing.Lock(), multiprocessing.Semaphore(0)
+    for q in range(n):
+        if waiting[q] == 0:
+            heap.push(q)
+            ready.release()
+
+    def work() -> None:
+        while True:
+            ready.acquire()
+            with lock:
+                q = heap.pop() if done.value < n else -1
+            if q < 0:  # the last one woke us to leave (never leave holding the lock)
+                ready.release()
+                return
+            workloads.quantum(q, durations[q])
+            released = 0
+            with lock:
+                for child in successors[q]:
+                    waiting[child] -= 1
+                    if waiting[child] == 0:
+                        heap.push(child)
+                        released += 1
+                done.value += 1
+                last = done.value >= n
+            for _ in range(released + last):
+                ready.release()
+
+    start = time.monotonic()
+    for _ in range(workers):
+        if os.fork() == 0:
+            try:
+                work()
+            finally:
+                os._exit(0)
+    for _ in range(workers):
+        os.wait()
+    return float((time.monotonic() - start) / wl.lower_bound())
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workloads", default="W3,W4")
@@ -178,17 +273,22 @@ def main(argv: list[str] | None = None) -> None:
         "--shared", default="", help="quanta queued for both workers at once, comma-separated"
     )
     parser.add_argument("--ranks", choices=("true", "label"), default="true")
+    parser.add_argument("--self", action="store_true", help="and workers scheduling themselves")
     parser.add_argument("--reps", type=int, default=5)
     args = parser.parse_args(argv)
     modes: list[tuple[int, int | None]] = [(int(d), None) for d in args.depth.split(",") if d]
     modes += [(1, int(k)) for k in args.shared.split(",") if k]
     for name in args.workloads.split(","):
-        results: dict[tuple[int, int | None], list[float]] = {mode: [] for mode in modes}
+        results: dict[str, list[float]] = {}
         for _ in range(args.reps):  # interleaved: the host's swings hit every mode alike
             for depth, shared in modes:
-                results[depth, shared].append(run(name, depth, shared=shared, ranks=args.ranks))
-        for (depth, shared), ratios in results.items():
-            mode = f"depth {depth}" if shared is None else f"shared queue of {shared}"
+                mode = f"depth {depth}" if shared is None else f"shared queue of {shared}"
+                ratio = run(name, depth, shared=shared, ranks=args.ranks)
+                results.setdefault(mode, []).append(ratio)
+            if args.self:
+                ratio = run_self(name, ranks=args.ranks)
+                results.setdefault("self-scheduling", []).append(ratio)
+        for mode, ratios in results.items():
             print(
                 f"{name} {mode} ({args.ranks} ranks): makespan / LB median "
                 f"{statistics.median(ratios):.3f} "
