@@ -96,9 +96,9 @@ def run_one(variant: str, workload: str, workers: int | None = None) -> dict[str
     graph = to_graph(wl)
     executor: Any = TaskQuantumExecutor() if variant == "zmpexec-butler" else Importable()
     n = workloads.NUM_WORKERS
-    # (one local worker through the broker, as ``zmpexec run -j 1``, not in this process)
     engine: dict[str, Any] = {"engine": "dask"} if variant == "zmpexec-dask" else {}
-    engine.update({"local_workers": n} if n == 1 and not engine else {})
+    if n == 1 and not engine:  # one local worker through the broker, as ``zmpexec run -j 1``
+        engine["local_workers"] = 1
     with tempfile.TemporaryDirectory(prefix="zmpbench-") as tmp:
         butler = Butler(Path(tmp) / "repo")
         ex = MPGraphExecutor(n, None, executor, run_dir=Path(tmp) / "run", **engine)
