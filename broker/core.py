@@ -6,7 +6,8 @@ carries out the actions it returns. Owns graph state, scheduler, worker registry
 journal; never touches a socket, a process or the monotonic clock (wall-clock time, for the
 report only, comes from an injectable function).
 
-    step(events, now): apply events -> expire silent workers and overdue quanta
+    step(events, now): apply events -> expire silent and stuck workers, overdue quanta
+                       -> keep the local workers supplied (or give up: none can be had)
                        -> finish (stopping, or every quantum ended) or dispatch -> actions
 """
 
@@ -31,11 +32,15 @@ from broker.events import (
     ExecutorGone,
     ExecutorUnreachable,
     KillWorker,
+    ProcessExited,
+    ProcessStarted,
     QuantumRevoked,
     RefuseWorker,
     ResultReceived,
     RevokeQuantum,
     ShutdownWorker,
+    SpawnFailed,
+    SpawnWorkers,
     StopRequested,
     StopRun,
     WorkerCapacity,
@@ -51,6 +56,7 @@ from broker.monitor import Monitor
 from broker.registry import InFlight, WorkerInfo, WorkerRegistry
 from broker.scheduler import Scheduler
 from broker.state import GraphState
+from broker.supply import MAX_START_FAILURES, WorkerSupply
 from common.config import ExecutionConfig
 from common.errors import MPGraphExecutorError
 from common.graph import QuantumGraph
@@ -103,7 +109,9 @@ class RunTimings:
 class BrokerCore:
     """One run of ``graph``: ``start(now)`` once, then ``step(events, now)`` until it returns
     ``StopRun``. ``done`` holds (the indices of) quanta an earlier run finished (resume).
-    Quanta are graph indices inside; ids only at the edges (events, actions, journal)."""
+    Quanta are graph indices inside; ids only at the edges (events, actions, journal).
+    ``spawns``: the driver starts local worker processes when asked (``SpawnWorkers``) and
+    reports their starts and exits; the core keeps ``config.spawn_count`` of them."""
 
     def __init__(
         self,
@@ -114,6 +122,7 @@ class BrokerCore:
         done: Collection[int] = (),
         in_process: bool = False,
         follow_ons: bool = False,
+        spawns: bool = False,
         wall: Callable[[], float] = time.time,
     ) -> None:
         self.graph = graph
@@ -149,6 +158,11 @@ class BrokerCore:
         self._inversions = 0.0  # how often a released child outranks what was queued
         self._samples = 0
         self._releases = 0  # successes with children (one in _INVERSION_SAMPLE_EVERY sampled)
+        self._supply = (
+            WorkerSupply(config.spawn_count, config.startup_timeout_s) if spawns else None
+        )
+        self._supply_at = -math.inf  # nothing for the supply to do before this
+        self._fatal: str | None = None
         self._stop_reason: str | None = None
         self._stop_now = False
         self._drain_deadline: float | None = None
@@ -159,6 +173,11 @@ class BrokerCore:
     @property
     def stop_reason(self) -> str | None:
         return self._stop_reason
+
+    @property
+    def fatal(self) -> str | None:
+        """Why the run could not go on (no workers could be had), if that stopped it."""
+        return self._fatal
 
     @property
     def over(self) -> bool:
@@ -192,6 +211,8 @@ class BrokerCore:
         """The earliest moment ``step`` has something to do without a new event."""
         times = [self._expire_at if math.isfinite(self._expire_at) else None]
         times.append(self._drain_deadline)
+        if self._supply is not None and self._stop_reason is None:
+            times.append(self._supply.next_deadline())
         if self._holding:
             times.append(self.timings.started + STARTUP_HOLD_S)
         times.append(self._next_steal(now))
@@ -213,6 +234,7 @@ class BrokerCore:
         for event in events:
             self._apply(event, now, out)
         self._expire(now, out)
+        self._keep_supplied(now, out)
         if self._should_finish(now, out):
             self._finish(out)
         else:
@@ -228,29 +250,34 @@ class BrokerCore:
         if isinstance(event, StopRequested):
             self._request_stop(event.reason, graceful=event.graceful)
             return
+        if isinstance(event, ProcessStarted | SpawnFailed | ProcessExited):
+            self._process_event(event, now, out)
+            return
         info = self.registry.get(event.worker)
         if info is None:
             if not isinstance(event, WorkerLeft):
                 out.append(RefuseWorker(event.worker, "not a registered worker of this run"))
             return
-        self.registry.seen(info, now)
         match event:
             case WorkerReady(generation=generation):
                 if generation and generation <= info.gone:
                     return  # that executor child is known to be dead already
                 info.generation = generation
-                self.registry.mark_ready(info)
+                self.registry.mark_ready(info, now)
                 self._touched.add(info.identity)
-                # Up: its silence counts from now, maybe before the end of its startup time.
+                if info.local and self._supply is not None:
+                    self._supply.ready(info.pid)
+                    self._supply_at = -math.inf  # the failures in a row are over
+                # Up: its silence counts by the heartbeat window from now on.
                 limit = self.config.worker_silence_limit_s
-                self._expire_at = min(self._expire_at, now + limit)
+                self._expire_at = min(self._expire_at, info.last_seen + limit)
                 if self.timings.workers_ready is None and self._enough_ready():
                     self.timings.workers_ready = now
             case WorkerCapacity(slots=slots):
                 self.registry.resize(info, slots)
                 self._touched.add(info.identity)
             case WorkerHeard():
-                pass
+                self.registry.seen(info, now)
             case ResultReceived(result=result):
                 self._on_result(info, result, now)
             case QuantumRevoked(quantum_id=qid, attempt=attempt):
@@ -292,7 +319,11 @@ class BrokerCore:
             event.host[:100],
             "local" if event.local else "attached",
         )
-        self._expire_at = min(self._expire_at, now + self.config.worker_silence_limit_s)
+        if event.local and self._supply is not None:
+            self._supply.registered(event.pid)
+        c = self.config
+        soonest = now + min(c.worker_silence_limit_s, c.startup_timeout_s)
+        self._expire_at = min(self._expire_at, soonest)
         out.append(AdmitWorker(event.worker, info.worker_id))
         if self._stop_reason is not None and self._drain_deadline is not None:
             grace = max(0.0, self._drain_deadline - now)
@@ -459,8 +490,11 @@ class BrokerCore:
             self._journal.record(self._ids[i], attempt, state)
 
     # ------------------------------------------------------------------ workers
-    def _lose_worker(self, info: WorkerInfo, why: str, now: float, out: list[Action]) -> None:
-        """Forget a worker: retry or fail what it ran; a local one is killed."""
+    def _lose_worker(
+        self, info: WorkerInfo, why: str, now: float, out: list[Action], *, kill: bool = True
+    ) -> None:
+        """Forget a worker: retry or fail what it ran; a local one is killed (unless its
+        process is known to have ended)."""
         self.timings.worker_losses.append((now, info.pid, why))
         lost = self.registry.remove(info)
         seqs = {d.seq for d in lost}
@@ -470,9 +504,61 @@ class BrokerCore:
                 self._undispatched(d.index)  # its parent did not succeed: it never ran
             else:
                 self._lost(d, why)
-        if info.local:
+        if info.local and kill:
             out.append(KillWorker(info.identity, info.pid))
         logger.warning("%s", why)
+
+    def _process_event(
+        self, event: ProcessStarted | SpawnFailed | ProcessExited, now: float, out: list[Action]
+    ) -> None:
+        """A local worker process started, failed to start or ended: the supply counts it; a
+        registered one that ended is lost (its quanta retried or failed)."""
+        self._supply_at = -math.inf
+        supply = self._supply
+        match event:
+            case ProcessStarted(pid=pid):
+                if supply is not None:
+                    supply.started(pid, now)
+            case SpawnFailed(why=why):
+                logger.warning("cannot start a worker process: %s", why)
+                if supply is not None:
+                    supply.start_failed(f"cannot start a worker process: {why}", now)
+            case ProcessExited(pid=pid, why=why):
+                info = self.registry.by_pid(pid)
+                if info is not None:
+                    what = f"worker {info.worker_id} (pid {pid}) {why}"
+                    self._lose_worker(info, what, now, out, kill=False)
+                registered = supply is not None and supply.exited(pid, f"process {pid} {why}", now)
+                if info is None and not registered and self._stop_reason is None:
+                    logger.warning("worker process %d %s before registering", pid, why)
+
+    def _keep_supplied(self, now: float, out: list[Action]) -> None:
+        """Kill local processes that never registered, start replacements for those gone,
+        and stop the run when no worker can be had (``WorkerSupply``'s rules)."""
+        supply = self._supply
+        if supply is None or self._stop_reason is not None or now < self._supply_at:
+            return
+        for pid in supply.overdue(now):
+            logger.warning(
+                "worker process %d did not register within %.0fs: killing it",
+                pid,
+                self.config.startup_timeout_s,
+            )
+            out.append(KillWorker(None, pid))
+        if supply.exhausted(self.registry.ready_count()):
+            self._fatal = (
+                f"no workers: {supply.failures} local worker processes in a row "
+                f"(the limit is {MAX_START_FAILURES}) ended before their executor was ready; "
+                f"the last: {supply.last_failure}"
+            )
+            logger.error("%s", self._fatal)
+            self._request_stop(self._fatal)
+            return
+        starts = supply.starts_due(now)
+        if starts:
+            out.append(SpawnWorkers(starts))
+        due = supply.next_deadline()
+        self._supply_at = math.inf if due is None else due
 
     def _executor_gone(self, info: WorkerInfo, exited: ExecutorExited, now: float) -> None:
         """The worker's executor child died or was replaced. What was sent to it is settled
@@ -481,7 +567,8 @@ class BrokerCore:
         finished are still on their way over its own connection, or were lost with it."""
         info.gone = max(info.gone, exited.generation)
         if info.generation == exited.generation:
-            self.registry.mark_unready(info)  # until its replacement says READY
+            self.registry.mark_unready(info, now)  # until its replacement says READY
+            self._expire_at = min(self._expire_at, now + self.config.startup_timeout_s)
         # Latest first: follow-ons go back before the attempt they follow is settled.
         for d in sorted(info.in_flight.values(), key=lambda d: d.seq, reverse=True):
             if d.generation != exited.generation:
@@ -502,7 +589,8 @@ class BrokerCore:
         got: the worker is paused, and what the child had is awaited for as long as a silent
         worker would be, then lost (retried) - unless the agent's report settles it first."""
         if info.generation == generation:
-            self.registry.mark_unready(info)
+            self.registry.mark_unready(info, now)
+            self._expire_at = min(self._expire_at, now + self.config.startup_timeout_s)
         limit = now + self.config.worker_silence_limit_s
         for d in list(info.in_flight.values()):
             if d.generation == generation and not d.orphan:
@@ -516,6 +604,12 @@ class BrokerCore:
         for info in self.registry.silent(now, limit, startup):
             silent_s = now - info.last_seen
             why = f"worker {info.worker_id} (pid {info.pid}) silent for {silent_s:.1f}s"
+            self._lose_worker(info, why, now, out)
+        for info in self.registry.stuck(now, startup):
+            why = (
+                f"worker {info.worker_id} (pid {info.pid}) had no executor ready "
+                f"for {now - info.unready_since:.1f}s"
+            )
             self._lose_worker(info, why, now, out)
         for info, d in self.registry.overdue(now):
             if self.registry.complete(info, d.quantum_id, d.attempt) is None:

@@ -38,6 +38,7 @@ from broker.events import (
     ResultReceived,
     RevokeQuantum,
     ShutdownWorker,
+    SpawnWorkers,
     StopRequested,
     StopRun,
     WorkerCapacity,
@@ -273,7 +274,13 @@ class _Driver:
                 case ShutdownWorker(final=True) | StopRun():
                     dispatches = {}  # the run is over: what it held is cancelled
                     self._cancel_all()
-                case ShutdownWorker() | AdmitWorker() | RefuseWorker() | KillWorker():
+                case (
+                    ShutdownWorker()
+                    | AdmitWorker()
+                    | RefuseWorker()
+                    | KillWorker()
+                    | SpawnWorkers()
+                ):
                     pass  # Dask owns its workers: nothing to tell them or kill
                 case RevokeQuantum():
                     self._revoke(action)

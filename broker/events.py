@@ -19,11 +19,15 @@ __all__ = [
     "ExecutorGone",
     "ExecutorUnreachable",
     "KillWorker",
+    "ProcessExited",
+    "ProcessStarted",
     "QuantumRevoked",
     "RefuseWorker",
     "ResultReceived",
     "RevokeQuantum",
     "ShutdownWorker",
+    "SpawnFailed",
+    "SpawnWorkers",
     "StopRequested",
     "StopRun",
     "WorkerCapacity",
@@ -87,9 +91,34 @@ class WorkerCapacity:
 
 @dataclass(frozen=True, slots=True)
 class WorkerHeard:
-    """Any sign of life that carries nothing else (a heartbeat)."""
+    """The worker's agent itself is alive: it sent something (a heartbeat, a report of its
+    own). The only proof of the agent's liveness: what its executor child sends proves the
+    child, not the agent that supervises it."""
 
     worker: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessStarted:
+    """The driver started a local worker process, as a ``SpawnWorkers`` asked."""
+
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class SpawnFailed:
+    """The driver could not start a local worker process that ``SpawnWorkers`` asked for."""
+
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessExited:
+    """A local worker process ended (registered or not); ``why`` says how ("killed by
+    signal 9 (SIGKILL)")."""
+
+    pid: int
+    why: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +161,9 @@ Event = (
     | ExecutorUnreachable
     | WorkerCapacity
     | WorkerHeard
+    | ProcessStarted
+    | SpawnFailed
+    | ProcessExited
     | ResultReceived
     | QuantumRevoked
     | WorkerLeft
@@ -184,10 +216,19 @@ class RevokeQuantum:
 
 @dataclass(frozen=True, slots=True)
 class KillWorker:
-    """Kill a local worker process (lost or not enforcing a timeout) so it cannot come back."""
+    """Kill a local worker process with everything it started (lost, not enforcing a timeout,
+    or never registering: ``worker`` None) so it cannot come back."""
 
-    worker: bytes
+    worker: bytes | None
     pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class SpawnWorkers:
+    """Start ``count`` local worker processes; report each as ``ProcessStarted`` (or
+    ``SpawnFailed``)."""
+
+    count: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,5 +251,12 @@ class StopRun:
 
 
 Action = (
-    AdmitWorker | RefuseWorker | Dispatch | RevokeQuantum | KillWorker | ShutdownWorker | StopRun
+    AdmitWorker
+    | RefuseWorker
+    | Dispatch
+    | RevokeQuantum
+    | KillWorker
+    | SpawnWorkers
+    | ShutdownWorker
+    | StopRun
 )

@@ -23,7 +23,15 @@ import networkx as nx
 
 from broker.control import ENDPOINT_FILE
 from broker.core import BrokerCore, RunTimings
-from broker.events import Dispatch, Event, ResultReceived, StopRequested, WorkerJoined, WorkerReady
+from broker.events import (
+    Dispatch,
+    Event,
+    ResultReceived,
+    StopRequested,
+    WorkerHeard,
+    WorkerJoined,
+    WorkerReady,
+)
 from broker.journal import Journal
 from broker.server import BrokerServer, ProgressCallback, Serving
 from common.butler import Butler
@@ -173,6 +181,8 @@ class MPGraphExecutor:
         succeed. The report is available from getReport() either way."""
         graph = self._fixed_up(graph)
         graph.validate(butler)
+        if isinstance(butler, Butler) and (removed := butler.remove_partial_writes()):
+            logger.warning("removed %d partial write(s) left by killed processes", removed)
         self._stop_requested = None
         run_dir = self._config.run_dir or Path(tempfile.mkdtemp(prefix="zmpexec-run-"))
         journal = Journal(run_dir / "journal.sqlite3", resume=self._resume)
@@ -191,7 +201,7 @@ class MPGraphExecutor:
         finally:
             journal.close()
         error = core.error()
-        fatal = self._server.fatal if self._server is not None else None
+        fatal = core.fatal
         if fatal:  # why the run could not go on comes first (then what it left undone)
             error = MPGraphExecutorError(fatal if error is None else f"{fatal}: {error}")
         self._report = core.report(error)
@@ -246,6 +256,7 @@ class MPGraphExecutor:
                         events.append(ResultReceived(me, result))
                 if not events:
                     raise MPGraphExecutorError("in-process run stalled with nothing to run")
+                events.append(WorkerHeard(me))  # this process is the worker's agent
                 actions = core.step(events, time.monotonic())
         finally:
             if not core.over:  # interrupted (KeyboardInterrupt): cancel the rest, journaled

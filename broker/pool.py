@@ -19,9 +19,11 @@ from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
+import psutil
+
 from worker.agent import agent_main
 from worker.launch import AgentConfig, agent_command, agent_env
-from worker.lifecycle import describe_exit
+from worker.lifecycle import describe_exit, kill_group
 
 __all__ = ["LocalWorker", "WorkerPool"]
 
@@ -81,16 +83,14 @@ class WorkerPool:
         argv = agent_command(self._config)
         return subprocess.Popen(argv, env=agent_env(), stdin=subprocess.DEVNULL, process_group=0)
 
-    def spawn(self, n: int = 1) -> list[LocalWorker]:
-        out = []
-        for _ in range(n):
-            handle = self._start_one()
-            assert handle.pid is not None
-            w = LocalWorker(handle, handle.pid, os.pidfd_open(handle.pid))
-            self._by_fd[w.pidfd] = w
-            self.started += 1
-            out.append(w)
-        return out
+    def spawn_one(self) -> int:
+        """Start one agent; its pid. Raises OSError when no process can be started."""
+        handle = self._start_one()
+        assert handle.pid is not None
+        w = LocalWorker(handle, handle.pid, os.pidfd_open(handle.pid))
+        self._by_fd[w.pidfd] = w
+        self.started += 1
+        return w.pid
 
     def pidfds(self) -> list[int]:
         return list(self._by_fd)
@@ -118,15 +118,20 @@ class WorkerPool:
         return w.pid, code, killed
 
     def kill(self, pid: int) -> None:
-        """SIGKILL a worker's process group (agent and its forkserver); reaped via its pidfd."""
+        """SIGKILL a worker with everything it started: the agent's process group (agent and
+        forkserver) and the group of every descendant (the executor child leads its own, with
+        the task's processes). Works on a stopped agent; reaped via its pidfd."""
         if pid not in self.pids():
             return
         self._killed.add(pid)
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        groups = {pid}
+        with contextlib.suppress(psutil.Error):
+            for p in psutil.Process(pid).children(recursive=True):
+                with contextlib.suppress(OSError):
+                    groups.add(os.getpgid(p.pid))
+        groups.discard(os.getpgrp())  # never the broker's own
+        for group in groups:
+            kill_group(group)
 
     def shutdown(self, grace_s: float) -> None:
         """Wait up to ``grace_s`` for agents to exit on their own, then kill and reap the rest."""

@@ -50,6 +50,8 @@ class WorkerInfo:
     in_flight: dict[str, InFlight] = field(default_factory=dict)
     completed: int = 0
     ready: bool = False  # said READY: its executor is loaded and it can take work
+    ever_ready: bool = False  # has been READY at least once (its start-up is over)
+    unready_since: float = 0.0  # when it last stopped (or never began) being READY
     generation: int = 0  # of the executor child that said READY last
     gone: int = 0  # the newest executor child generation reported dead
     sent: int = 0  # dispatches so far (the last one's ``seq``)
@@ -93,10 +95,18 @@ def window(
 
 
 def _silence_ends(w: WorkerInfo, limit_s: float, startup_s: float) -> float:
-    """When ``w`` is silent for too long: ``limit_s`` after it was last heard from, or
-    ``startup_s`` at least while it has not said READY (it is importing its task modules and
-    heartbeats once it is up)."""
-    return w.last_seen + (limit_s if w.ready else max(limit_s, startup_s))
+    """When ``w``'s agent is silent for too long: ``limit_s`` after it was last heard from, or
+    ``startup_s`` at least until its first READY (its agent may be blocked starting the
+    forkserver that imports the task modules). A worker that was READY once and lost its
+    executor since is judged by ``limit_s``: its agent heartbeats while a new one starts."""
+    return w.last_seen + (limit_s if w.ever_ready else max(limit_s, startup_s))
+
+
+def _unready_ends(w: WorkerInfo, startup_s: float) -> float:
+    """When ``w`` has gone without a READY executor for too long: ``startup_s`` after it joined
+    or after its executor last went away (a worker that never gets an executor up would hold
+    its place in the pool forever)."""
+    return math.inf if w.ready else w.unready_since + startup_s
 
 
 class WorkerRegistry:
@@ -121,18 +131,26 @@ class WorkerRegistry:
         self._serial += 1
         worker_id = name or f"w{self._serial}"
         info = WorkerInfo(worker_id, identity, pid, host, max(1, slots), local, now)
+        info.unready_since = now
         self._by_identity[identity] = info
         return info
 
-    def mark_ready(self, info: WorkerInfo) -> None:
+    def mark_ready(self, info: WorkerInfo, now: float) -> None:
+        """The worker can take quanta. Its first READY ends its start-up grace: its agent's
+        silence is counted from then by the heartbeat window (the agent may have been busy
+        starting the executor until just before)."""
+        if not info.ever_ready:
+            info.last_seen = max(info.last_seen, now)
         if not info.ready:
-            info.ready = True
+            info.ready = info.ever_ready = True
             self._idle[info.identity] = None
 
-    def mark_unready(self, info: WorkerInfo) -> None:
+    def mark_unready(self, info: WorkerInfo, now: float) -> None:
         """The worker takes nothing new until it says READY again (its executor is being
         replaced)."""
-        info.ready = False
+        if info.ready:
+            info.ready = False
+            info.unready_since = now
         self._idle.pop(info.identity, None)
 
     def ready_count(self) -> int:
@@ -212,6 +230,10 @@ class WorkerRegistry:
         """Workers not heard from for as long as they may be silent (``_silence_ends``)."""
         return [w for w in self._by_identity.values() if now > _silence_ends(w, limit_s, startup_s)]
 
+    def stuck(self, now: float, startup_s: float) -> list[WorkerInfo]:
+        """Workers without a READY executor for as long as a start may take (``_unready_ends``)."""
+        return [w for w in self._by_identity.values() if now >= _unready_ends(w, startup_s)]
+
     def overdue(self, now: float) -> list[tuple[WorkerInfo, InFlight]]:
         return [
             (w, d)
@@ -221,8 +243,10 @@ class WorkerRegistry:
         ]
 
     def next_deadline(self, limit_s: float, startup_s: float = 0.0) -> float | None:
-        """The earliest moment a worker could be declared silent or a backstop expire."""
+        """The earliest moment a worker could be declared silent or stuck, or a backstop
+        expire."""
         times = [_silence_ends(w, limit_s, startup_s) for w in self._by_identity.values()]
+        times += [_unready_ends(w, startup_s) for w in self._by_identity.values() if not w.ready]
         times += [
             d.backstop
             for w in self._by_identity.values()

@@ -27,11 +27,15 @@ from broker.events import (
     ExecutorGone,
     ExecutorUnreachable,
     KillWorker,
+    ProcessExited,
+    ProcessStarted,
     QuantumRevoked,
     RefuseWorker,
     ResultReceived,
     RevokeQuantum,
     ShutdownWorker,
+    SpawnFailed,
+    SpawnWorkers,
     StopRequested,
     StopRun,
     WorkerCapacity,
@@ -116,13 +120,14 @@ class BrokerServer:
         self.graph = graph
         self._assigns = AssignFrames(graph)
         self.config = config
-        self.core = BrokerCore(graph, config, journal=journal, done=done, follow_ons=True)
+        self.core = BrokerCore(
+            graph, config, journal=journal, done=done, follow_ons=True, spawns=True
+        )
         self._serving = serving
         self._drops = DropLog(logger)
         self._requests: deque[Event] = deque()  # from signal handlers and other threads
         self._events: list[Event] = []  # follow-ups of carrying out actions
         self._goodbyes: set[bytes] = set()  # attached workers told the run is over
-        self._fatal: str | None = None
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         self._pool = WorkerPool(
@@ -142,7 +147,6 @@ class BrokerServer:
         self._links: LinkHub | None = None
         self._depth = 1 + config.prefetch  # quanta a worker is sent at most, for now
         self._next_adapt = 0.0
-        self._replacements_left = 2 * config.spawn_count + 2
         self._preload = sorted(graph.task_modules() | set(serving.preload))
         self._on_progress = on_progress
         self._next_progress = 0.0
@@ -153,8 +157,8 @@ class BrokerServer:
 
     @property
     def fatal(self) -> str | None:
-        """Why the run could not go on (no workers could start), if that happened."""
-        return self._fatal
+        """Why the run could not go on (no workers could be had), if that happened."""
+        return self.core.fatal
 
     # ------------------------------------------------------------------ control
     def request_stop(self, reason: str, *, graceful: bool = False) -> None:
@@ -181,7 +185,10 @@ class BrokerServer:
             return
         # Workers are started before this process creates its ZeroMQ context (fork safety);
         # they connect with retries, so binding second is fine.
-        self._pool.spawn(self.config.spawn_count)
+        for action in actions:
+            if isinstance(action, SpawnWorkers):
+                self._spawn(action.count)
+        actions = [a for a in actions if not isinstance(a, SpawnWorkers)]
         router: Router | None = None
         try:
             self._links = LinkHub(link_path_for(self._serving.endpoint), self._drops)
@@ -269,6 +276,8 @@ class BrokerServer:
     # ------------------------------------------------------------------ frames -> events
     def _read_frames(self, now: float, events: list[Event]) -> None:
         for identity, msg in self._router.messages():
+            if isinstance(msg, ExecutorExited | Revoked) and self._children.owner(identity) is None:
+                events.append(WorkerHeard(identity))  # the agent's own report: it is alive
             event = self._event_for(identity, msg, now)
             if event is not None:
                 events.append(event)
@@ -369,28 +378,16 @@ class BrokerServer:
         return WorkerReady(info.identity, msg.generation)
 
     def _worker_exited(self, pidfd: int, events: list[Event]) -> None:
+        """A local worker process ended: the core settles its quanta and replaces it."""
         reaped = self._pool.reap(pidfd)
         if reaped is None:
             return
-        pid, code, killed = reaped
+        pid, code, _ = reaped
         info = self.core.registry.by_pid(pid)
         if info is not None:
-            why = f"worker {info.worker_id} (pid {pid}) {describe_exit(code)}"
-            events.append(WorkerLeft(info.identity, why))
             self._declared.pop(info.identity, None)
             self._children.forget(info.identity)
-        elif killed:
-            logger.info("lost worker process %d reaped (%s)", pid, describe_exit(code))
-        else:
-            logger.warning("worker process %d %s before registering", pid, describe_exit(code))
-        if self.core.state.finished or self.core.stop_reason is not None:
-            return
-        if self._replacements_left > 0:
-            self._replacements_left -= 1
-            self._pool.spawn(1)
-        elif len(self.core.registry) == 0 and len(self._pool) == 0:
-            self._fatal = "every local worker died and the replacement budget is spent"
-            events.append(StopRequested(self._fatal))
+        events.append(ProcessExited(pid, describe_exit(code)))
 
     # ------------------------------------------------------------------ actions
     def _carry_out(self, actions: list[Action]) -> None:
@@ -405,9 +402,12 @@ class BrokerServer:
                 case RevokeQuantum(worker=worker, quantum_id=qid, attempt=attempt, seq=seq):
                     self._router.send(worker, Revoke(qid, attempt, seq))
                 case KillWorker(worker=worker, pid=pid):
-                    self._router.forget(worker)
-                    self._children.forget(worker)
+                    if worker is not None:
+                        self._router.forget(worker)
+                        self._children.forget(worker)
                     self._pool.kill(pid)
+                case SpawnWorkers(count=count):
+                    self._spawn(count)
                 case ShutdownWorker(worker=worker, reason=reason, grace_s=grace, final=final):
                     info = self.core.registry.get(worker)
                     attached = info is not None and not info.local
@@ -417,6 +417,16 @@ class BrokerServer:
                     pass
                 case _:
                     assert_never(action)
+
+    def _spawn(self, count: int) -> None:
+        """Start ``count`` local workers; the core hears of each start (or failure) next step."""
+        for _ in range(count):
+            try:
+                pid = self._pool.spawn_one()
+            except OSError as e:
+                self._events.append(SpawnFailed(str(e)))
+            else:
+                self._events.append(ProcessStarted(pid))
 
     def _refuse(self, child: Route, why: str, *args: object) -> None:
         """Tell a would-be executor child why not (``why % args``; each ``why`` is a kind of

@@ -126,6 +126,19 @@ class Butler:
         except sqlite3.Error as e:
             raise ButlerError(f"cannot register dataset {name!r}: {e}") from e
 
+    def remove_partial_writes(self) -> int:
+        """Delete the temporary files of writes that were killed before their rename (they
+        were never registered); how many. For the start of a run, when no write of this run
+        collection is under way."""
+        removed = 0
+        for tmp in Path(self._store).glob(".tmp-*"):
+            try:
+                tmp.unlink()
+            except FileNotFoundError:
+                continue
+            removed += 1
+        return removed
+
     def get(self, name: str) -> Any:
         path = self._path(name)
         if path is None:

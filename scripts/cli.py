@@ -63,6 +63,13 @@ def _add_run_options(p: argparse.ArgumentParser, *, jobs_default: int) -> None:
     p.add_argument("--heartbeat", type=float, default=1.0, help="heartbeat interval, seconds")
     p.add_argument("--liveness", type=int, default=10, help="missed heartbeats before lost")
     p.add_argument(
+        "--startup-timeout",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="a worker not registered, or without a ready executor, this long is replaced",
+    )
+    p.add_argument(
         "--grace",
         type=float,
         default=2.0,
@@ -319,6 +326,7 @@ def _executor_for(args: argparse.Namespace, display: ProgressDisplay) -> MPGraph
         retries=args.retries,
         heartbeat_interval_s=args.heartbeat,
         liveness=args.liveness,
+        startup_timeout_s=args.startup_timeout,
         progress=display.update,
         progress_interval_s=display.interval_s,
         shutdown_grace_s=args.grace,

@@ -513,7 +513,7 @@ def test_revoking_a_dispatch_the_driver_still_holds_answers_at_once(client: Any)
     driver._threads[worker.decode()] = 1
     # The core has c0 (new) and two sent quanta in flight there: above the refill mark.
     info = core.registry.add(worker, 1, "host", 3, local=False, now=0.0)
-    core.registry.mark_ready(info)
+    core.registry.mark_ready(info, 0.0)
     for i in range(3):
         core.registry.assign(info, InFlight(f"c{i}", 1, 0.0, None, i))
     driver._carry_out([Dispatch(worker, "c0", 1, None, 0)])

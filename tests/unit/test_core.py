@@ -72,12 +72,14 @@ class Harness:
         journal = config.pop("journal", None)
         done = [graph.index(qid) for qid in config.pop("done", ())]
         follow_ons = config.pop("follow_ons", False)
+        spawns = config.pop("spawns", False)
         self.core = BrokerCore(
             graph,
             ExecutionConfig(**config),
             journal=journal,
             done=done,
             follow_ons=follow_ons,
+            spawns=spawns,
             wall=lambda: 1000.0,
         )
         self.now = 0.0
@@ -498,7 +500,8 @@ def _run_to_end(h: Harness, worker: bytes) -> list[str]:
     while not h.core.over:
         (d,) = h.dispatches(worker)
         order.append(d.quantum_id)
-        h.step(ResultReceived(worker, result(d)), at=h.now + 1)
+        # (its agent heartbeats meanwhile: a result proves only the executor child)
+        h.step(ResultReceived(worker, result(d)), WorkerHeard(worker), at=h.now + 1)
     return order
 
 
@@ -548,7 +551,8 @@ def _simulate(
     n = len(running)
     while not h.core.over:
         end, _, d = running.pop(0)
-        h.step(ResultReceived(d.worker, result(d, duration_s=took(d))), at=end)
+        heard = [WorkerHeard(w) for w in workers]  # their agents heartbeat meanwhile
+        h.step(ResultReceived(d.worker, result(d, duration_s=took(d))), *heard, at=end)
         for d in h.dispatches():
             running.append((end + took(d), n, d))
             n += 1
@@ -787,7 +791,7 @@ def test_prefetching_is_judged_by_how_often_released_quanta_outrank_the_queued_o
     for _ in range(17):  # (one release in eight is looked at: three are)
         for prefix in ("s", "x"):
             d = next(d for qid, d in held.items() if qid.startswith(prefix))
-            h.step(ResultReceived(A, result(d, duration_s=0.5)), at=h.now + 1)
+            h.step(ResultReceived(A, result(d, duration_s=0.5)), WorkerHeard(A), at=h.now + 1)
             del held[d.quantum_id]
             held.update({d.quantum_id: d for d in h.dispatches(A)})
     # Then queueing costs about the mean duration per completion (drivers stop queueing)

@@ -143,7 +143,7 @@ def test_registry_tracks_silence_deadlines_and_fences_attempts() -> None:
     reg = WorkerRegistry()
     w = reg.add(b"id1", pid=10, host="h", slots=1, local=True, now=100.0)
     assert reg.next_free() is None  # not READY yet
-    reg.mark_ready(w)
+    reg.mark_ready(w, 100.0)
     assert reg.next_free() is w
     reg.assign(w, InFlight("q", attempt=2, sent_at=100.0, backstop=105.0, index=0))
     assert reg.next_free() is None
