@@ -94,6 +94,63 @@ def detection(sig: int, reps: int, **options: Any) -> list[float]:
     return out
 
 
+def stopped_before_registering(reps: int, startup_timeout_s: float = 3.0) -> list[float]:
+    """Seconds from SIGSTOP of an agent that has not registered yet (caught as it starts) to
+    its broker killing it."""
+    out = []
+    for _ in range(reps):
+        with tempfile.TemporaryDirectory() as tmp:
+            ex = MPGraphExecutor(
+                2,
+                60.0,
+                TaskQuantumExecutor(),
+                run_dir=Path(tmp) / "run",
+                startup_timeout_s=startup_timeout_s,
+            )
+            t = threading.Thread(
+                target=ex.execute, args=(sleepers(4, 0.5), Butler(Path(tmp) / "repo"))
+            )
+            t.start()
+            deadline = time.monotonic() + 30
+            while not (agents := worker_agents()) and time.monotonic() < deadline:
+                time.sleep(0.0005)
+            victim = agents[0]
+            victim.send_signal(signal.SIGSTOP)
+            t0 = time.monotonic()
+            while not gone(victim) and time.monotonic() < deadline + 60:
+                time.sleep(0.005)
+            out.append(time.monotonic() - t0)
+            t.join(120)
+    return out
+
+
+def dead_child(reps: int) -> list[float]:
+    """Seconds from SIGKILL of an executor child mid-quantum to its broker failing the
+    quantum (the agent's report)."""
+    out = []
+    for _ in range(reps):
+        with tempfile.TemporaryDirectory() as tmp:
+            ex = MPGraphExecutor(
+                2, 60.0, TaskQuantumExecutor(), run_dir=Path(tmp) / "run", prefetch=0
+            )
+            t = threading.Thread(
+                target=ex.execute, args=(sleepers(4, 2.0), Butler(Path(tmp) / "repo"))
+            )
+            t.start()
+            _busy(Path(tmp), ex)
+            child = next(g for a in worker_agents() for c in a.children() for g in c.children())
+            srv = ex._server
+            assert srv is not None
+            failed_before = srv.core.status(time.monotonic()).count("failed")
+            t0 = time.monotonic()
+            child.send_signal(signal.SIGKILL)
+            while srv.core.status(time.monotonic()).count("failed") == failed_before:
+                time.sleep(0.0005)
+            out.append(time.monotonic() - t0)
+            t.join(120)
+    return out
+
+
 def timeout_lateness(reps: int, timeout_s: float = 0.5) -> list[float]:
     """Seconds between a quantum's timeout and the end of its (killed) attempt."""
     graph = sleepers(reps, 30.0, prefix="h")
@@ -287,6 +344,11 @@ def main() -> None:
         "SIGSTOPped worker seen (heartbeat 0.2s x 3)",
         detection(signal.SIGSTOP, args.reps, heartbeat_interval_s=0.2, liveness=3),
     )
+    _show(
+        "agent SIGSTOPped before registering killed (start-up timeout 3s)",
+        stopped_before_registering(args.reps),
+    )
+    _show("SIGKILLed executor child's quantum failed", dead_child(args.reps))
     _show("timeout kill lateness (timeout 0.5s)", timeout_lateness(args.reps))
     _show("last process gone after SIGKILL of zmpexec run", last_exit_after_kill(args.reps))
     frames, ok = fuzz(20000)
