@@ -4,7 +4,9 @@ stopped."""
 from __future__ import annotations
 
 import pickle
+import signal
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -88,3 +90,25 @@ def test_agent_whose_parent_is_gone_exits_with_the_parent_gone_code(
     gone.wait()
     agent = start(AgentConfig(endpoint, parent_pid=gone.pid))
     assert agent.wait(30) == ExitCode.PARENT_GONE
+
+
+def test_arming_the_parent_death_signal_starts_no_process() -> None:
+    # Given a process where starting a subprocess is an error
+    code = (
+        "import ctypes, subprocess\n"
+        "def refuse(*args, **kwargs):\n"
+        "    raise SystemExit('a subprocess was started')\n"
+        "subprocess.Popen.__init__ = refuse\n"
+        "from worker.lifecycle import die_with_parent\n"
+        "die_with_parent()\n"
+        "sig = ctypes.c_int()\n"
+        "assert ctypes.CDLL(None).prctl(2, ctypes.byref(sig), 0, 0, 0) == 0\n"  # PR_GET_PDEATHSIG
+        "print(sig.value)\n"
+    )
+    # When it arms its parent-death signal (as every agent and executor child does at start)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=agent_env(), timeout=60
+    )
+    # Then the signal is armed and no process (ldconfig) was started for it
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) == signal.SIGKILL

@@ -120,3 +120,23 @@ def test_resume_after_a_failure_reruns_only_what_did_not_finish(tmp_path: Path) 
     # Then only the failed quantum and what it blocked ran again
     lines = (tmp_path / "record.txt").read_text().splitlines()[before:]
     assert sorted(line.split()[1] for line in lines) == ["c1-1", "c1-2", "gather"]
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_partial_writes_of_killed_processes_are_removed_at_start(
+    tmp_path: Path, resume: bool
+) -> None:
+    # Given a store holding the temporary file of a write killed before its rename
+    from broker import MPGraphExecutor
+    from tests.graphs import independent
+    from worker.executor import TaskQuantumExecutor
+
+    butler = Butler(tmp_path / "repo")
+    store = tmp_path / "repo" / "store" / "main"
+    (store / ".tmp-k1ll3d").write_bytes(b"half a pickle")
+    # When a run (or a resumed one) starts
+    ex = MPGraphExecutor(1, None, TaskQuantumExecutor(), run_dir=tmp_path / "run", resume=resume)
+    ex.execute(independent(2), butler)
+    # Then the leftover is gone and never registered; the run's outputs are
+    assert not list(store.glob(".tmp-*"))
+    assert sorted(butler.names()) == ["q0", "q1"]
