@@ -212,7 +212,8 @@ class BrokerCore:
         times = [self._expire_at if math.isfinite(self._expire_at) else None]
         times.append(self._drain_deadline)
         if self._supply is not None and self._stop_reason is None:
-            times.append(self._supply.next_deadline())
+            # (kept by every step: the supply's own next deadline)
+            times.append(self._supply_at if math.isfinite(self._supply_at) else None)
         if self._holding:
             times.append(self.timings.started + STARTUP_HOLD_S)
         times.append(self._next_steal(now))

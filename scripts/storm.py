@@ -32,6 +32,7 @@ import psutil
 
 from common.graph import QuantumGraph
 from common.quantum import Quantum
+from scripts.procs import gone
 
 __all__ = ["Storm", "StormOutcome", "run_storm"]
 
@@ -60,7 +61,10 @@ class Storm:
 @dataclass(slots=True)
 class StormOutcome:
     hits: collections.Counter[str] = field(default_factory=collections.Counter)
-    stop_detect_s: list[float] = field(default_factory=list)  # SIGSTOP -> killed by the broker
+    # SIGSTOP -> killed by the broker, of agents that had an executor child when stopped (up
+    # and running) and of those that had none yet (still starting: the start-up timeout)
+    stop_detect_s: list[float] = field(default_factory=list)
+    stop_starting_s: list[float] = field(default_factory=list)
     runs: list[tuple[str, int, float]] = field(default_factory=list)  # (phase, exit, seconds)
     ended: bool = True  # every run ended within ``run_limit_s``
     missing: int = 0  # outputs not registered at the end
@@ -135,7 +139,7 @@ class _Run:
         """Pids of this run's processes still alive ``within_s`` after it ended."""
         deadline = time.monotonic() + within_s
         while True:
-            alive = [pid for pid, p in self.seen.items() if not _gone(p)]
+            alive = [pid for pid, p in self.seen.items() if not gone(p)]
             if not alive or time.monotonic() > deadline:
                 return alive
             time.sleep(0.05)
@@ -146,13 +150,6 @@ def _is_agent(p: psutil.Process) -> bool:
         return "worker.agent" in " ".join(p.cmdline())
     except psutil.Error:
         return False
-
-
-def _gone(p: psutil.Process) -> bool:
-    try:
-        return not p.is_running() or p.status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def _executors(agent: psutil.Process) -> list[psutil.Process]:
@@ -178,7 +175,7 @@ class _Hitter:
         self._rng = random.Random(storm.seed)
         self._every = storm.hit_every_s
         self._out = out
-        self._stopped: dict[int, tuple[psutil.Process, float]] = {}
+        self._stopped: dict[int, tuple[psutil.Process, float, bool]] = {}
         self.next_at = time.monotonic() + self._rng.uniform(*self._every)
 
     def hit(self, run: _Run) -> None:
@@ -198,20 +195,22 @@ class _Hitter:
             elif kind == "kill-agent":
                 agent.send_signal(signal.SIGKILL)
             else:
+                up = bool(_executors(agent))
                 agent.send_signal(signal.SIGSTOP)
-                self._stopped[agent.pid] = (agent, time.monotonic())
+                self._stopped[agent.pid] = (agent, time.monotonic(), up)
         except psutil.Error:
             return
         self._out.hits[kind] += 1
 
     def watch(self) -> None:
         """Note each stopped agent its broker has killed."""
-        for pid, (p, t0) in list(self._stopped.items()):
-            if _gone(p):
-                self._out.stop_detect_s.append(time.monotonic() - t0)
+        for pid, (p, t0, up) in list(self._stopped.items()):
+            if gone(p):
+                seen = self._out.stop_detect_s if up else self._out.stop_starting_s
+                seen.append(time.monotonic() - t0)
                 del self._stopped[pid]
 
-    def broker_gone(self) -> None:
+    def brokergone(self) -> None:
         """Stopped agents of a killed broker die with it: not a detection."""
         self._stopped.clear()
 
@@ -239,7 +238,7 @@ def _storm_run(
                 run.proc.kill()
                 run.proc.wait()
                 if hitter is not None:
-                    hitter.broker_gone()
+                    hitter.brokergone()
                 return -signal.SIGKILL
         time.sleep(0.01)
     if hitter is not None:
@@ -311,12 +310,12 @@ def main() -> None:
         out = run_storm(storm, Path(tmp))
     print(f"quanta {storm.quanta}, -j {storm.jobs}, seed {storm.seed}")
     print("hits: " + ", ".join(f"{k} {out.hits[k]}" for k in KINDS))
-    if out.stop_detect_s:
-        d = out.stop_detect_s
-        print(
-            f"stopped agent killed by its broker after: median {statistics.median(d):.2f}s, "
-            f"max {max(d):.2f}s (n={len(d)})"
-        )
+    for what, d in (("up", out.stop_detect_s), ("still starting", out.stop_starting_s)):
+        if d:
+            print(
+                f"stopped agent ({what}) killed by its broker after: median "
+                f"{statistics.median(d):.2f}s, max {max(d):.2f}s (n={len(d)})"
+            )
     print(f"broker SIGKILLed with {out.broker_killed_at} outputs registered")
     for phase, code, seconds in out.runs:
         print(f"  {phase}: exit {code} in {seconds:.1f}s")
