@@ -38,6 +38,7 @@ __all__ = ["Storm", "StormOutcome", "run_storm"]
 
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = ("kill-agent", "kill-executor", "stop-agent")
+_STARTUP_TIMEOUT_S = 60.0  # zmpexec run's default
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,8 +52,9 @@ class Storm:
     retries: int = 20
     heartbeat_s: float = 1.0
     liveness: int = 10
-    startup_timeout_s: float = 60.0
+    startup_timeout_s: float = _STARTUP_TIMEOUT_S
     hit_every_s: tuple[float, float] = (0.3, 0.7)
+    kinds: tuple[str, ...] = KINDS  # of hits, chosen among at random
     broker_kill_at: float = 0.4  # of the quanta registered
     seed: int = 1
     run_limit_s: float = 1800.0  # a run still going after this is hung
@@ -106,8 +108,10 @@ class _Run:
         args = [
             *("run", "g.json", "-j", str(storm.jobs), "--retries", str(storm.retries)),
             *("--heartbeat", str(storm.heartbeat_s), "--liveness", str(storm.liveness)),
-            *("--startup-timeout", str(storm.startup_timeout_s), *extra),
+            *extra,
         ]
+        if storm.startup_timeout_s != _STARTUP_TIMEOUT_S:  # (so it also runs older versions)
+            args += ["--startup-timeout", str(storm.startup_timeout_s)]
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "scripts.cli", *args],
@@ -174,6 +178,7 @@ class _Hitter:
     def __init__(self, storm: Storm, out: StormOutcome) -> None:
         self._rng = random.Random(storm.seed)
         self._every = storm.hit_every_s
+        self._kinds = storm.kinds
         self._out = out
         self._stopped: dict[int, tuple[psutil.Process, float, bool]] = {}
         self.next_at = time.monotonic() + self._rng.uniform(*self._every)
@@ -184,7 +189,7 @@ class _Hitter:
         agents = [a for a in run.agents() if a.pid not in self._stopped]
         if not agents:
             return
-        kind = self._rng.choice(KINDS)
+        kind = self._rng.choice(self._kinds)
         agent = self._rng.choice(agents)
         try:
             if kind == "kill-executor":
@@ -297,6 +302,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--heartbeat", type=float, default=1.0)
     p.add_argument("--liveness", type=int, default=10)
+    p.add_argument("--run-limit", type=float, default=1800.0, help="a run longer is hung, s")
+    p.add_argument("--kinds", default=",".join(KINDS), help="hits to choose among")
     args = p.parse_args()
     storm = Storm(
         quanta=args.quanta,
@@ -305,9 +312,13 @@ def main() -> None:
         seed=args.seed,
         heartbeat_s=args.heartbeat,
         liveness=args.liveness,
+        run_limit_s=args.run_limit,
+        kinds=tuple(args.kinds.split(",")),
     )
     with tempfile.TemporaryDirectory(prefix="zstorm") as tmp:
         out = run_storm(storm, Path(tmp))
+    if set(storm.kinds) - set(KINDS):
+        p.error(f"--kinds: choose among {', '.join(KINDS)}")
     print(f"quanta {storm.quanta}, -j {storm.jobs}, seed {storm.seed}")
     print("hits: " + ", ".join(f"{k} {out.hits[k]}" for k in KINDS))
     for what, d in (("up", out.stop_detect_s), ("still starting", out.stop_starting_s)):

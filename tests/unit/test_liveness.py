@@ -234,3 +234,18 @@ def test_first_ready_starts_the_heartbeat_window() -> None:
     assert h.core.registry.get(A) is not None
     h.step(at=33.01)
     assert h.core.registry.get(A) is None
+
+
+def test_failed_local_starts_do_not_stop_a_run_an_attached_worker_serves() -> None:
+    # Given an attached worker up, and local processes that keep dying at start
+    h = supplied(workers=1, quanta=50, retries=1)
+    h.step(WorkerJoined(B, 999, "elsewhere", 1, False), WorkerReady(B, 1))
+    pid = 101
+    for _ in range(MAX_START_FAILURES + 2):
+        h.step(ProcessExited(pid, "exited with code 1"), at=h.now + BACKOFF_MAX_S)
+        h.step(WorkerHeard(B), at=h.now + BACKOFF_MAX_S)
+        assert spawned(h) == 1  # (still tried, one at a time, backing off)
+        pid += 1
+        h.step(ProcessStarted(pid))
+    # Then the run goes on with the worker it has
+    assert not h.core.over and h.core.fatal is None
