@@ -53,6 +53,7 @@ from broker.footprint import Footprint
 from broker.journal import Journal, JournalState
 from broker.ledger import Ledger
 from broker.monitor import Monitor
+from broker.planner import FIXED, DispatchPlanner, PlanInputs, TransportProfile
 from broker.registry import InFlight, WorkerInfo, WorkerRegistry
 from broker.scheduler import Scheduler
 from broker.state import GraphState
@@ -111,7 +112,9 @@ class BrokerCore:
     ``StopRun``. ``done`` holds (the indices of) quanta an earlier run finished (resume).
     Quanta are graph indices inside; ids only at the edges (events, actions, journal).
     ``spawns``: the driver starts local worker processes when asked (``SpawnWorkers``) and
-    reports their starts and exits; the core keeps ``config.spawn_count`` of them."""
+    reports their starts and exits; the core keeps ``config.spawn_count`` of them.
+    ``transport``: what the driver's dispatches cost, for the planner (how many quanta each
+    worker holds); ``FIXED``: what each worker declared."""
 
     def __init__(
         self,
@@ -123,6 +126,7 @@ class BrokerCore:
         in_process: bool = False,
         follow_ons: bool = False,
         spawns: bool = False,
+        transport: TransportProfile = FIXED,
         wall: Callable[[], float] = time.time,
     ) -> None:
         self.graph = graph
@@ -136,6 +140,7 @@ class BrokerCore:
         self.state = GraphState(graph.topology, labels, graph.labels)
         self.scheduler = Scheduler(graph.topology, labels, len(graph.labels))
         self.registry = WorkerRegistry()
+        self.planner = DispatchPlanner(transport)
         self.ledger = Ledger(graph, in_process=in_process)
         done = sorted(done)
         self.state.preset_succeeded(done)
@@ -236,6 +241,7 @@ class BrokerCore:
             self._apply(event, now, out)
         self._expire(now, out)
         self._keep_supplied(now, out)
+        self._replan(now)
         if self._should_finish(now, out):
             self._finish(out)
         else:
@@ -275,7 +281,8 @@ class BrokerCore:
                 if self.timings.workers_ready is None and self._enough_ready():
                     self.timings.workers_ready = now
             case WorkerCapacity(slots=slots):
-                self.registry.resize(info, slots)
+                info.declared = slots
+                self.registry.resize(info, self.planner.capacity(slots, info.threads))
                 self._touched.add(info.identity)
             case WorkerHeard():
                 self.registry.seen(info, now)
@@ -308,11 +315,12 @@ class BrokerCore:
             event.worker,
             event.pid,
             event.host,
-            event.slots,
+            self.planner.capacity(event.slots, event.threads),
             local=event.local,
             now=now,
             name=event.name,
         )
+        info.declared, info.threads = event.slots, max(1, event.threads)
         logger.info(
             "worker %s registered (pid %d on %s, %s)",
             info.worker_id,
@@ -560,6 +568,27 @@ class BrokerCore:
             out.append(SpawnWorkers(starts))
         due = supply.next_deadline()
         self._supply_at = math.inf if due is None else due
+
+    def _replan(self, now: float) -> None:
+        """Every worker's capacity anew, where the planner's window changed."""
+        if not self.planner.due(now):
+            return
+        inputs = PlanInputs(
+            self.scheduler.mean_duration_s(),
+            self.scheduler.spread(),
+            self.prefetch_cost_s(),
+            len(self.registry),
+        )
+        if not self.planner.replan(inputs, now):
+            return
+        for info in self.registry.workers():
+            self.registry.resize(info, self.planner.capacity(info.declared, info.threads))
+            self._touched.add(info.identity)
+
+    def capacity_of(self, worker: bytes) -> int:
+        """How many quanta ``worker`` holds at once, as planned (0: no such worker)."""
+        info = self.registry.get(worker)
+        return 0 if info is None else info.slots
 
     def _executor_gone(self, info: WorkerInfo, exited: ExecutorExited, now: float) -> None:
         """The worker's executor child died or was replaced. What was sent to it is settled

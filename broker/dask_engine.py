@@ -41,14 +41,13 @@ from broker.events import (
     SpawnWorkers,
     StopRequested,
     StopRun,
-    WorkerCapacity,
     WorkerHeard,
     WorkerJoined,
     WorkerLeft,
     WorkerReady,
 )
 from broker.journal import Journal
-from broker.registry import window
+from broker.planner import TransportProfile
 from common.codec import AssignFrames, decode
 from common.config import ExecutionConfig
 from common.errors import ProtocolError
@@ -70,11 +69,17 @@ logger = logging.getLogger(__name__)
 
 _POLL_S = 1.0  # how often the scheduler's worker list is read
 _LEASE_S = 10.0  # executor children die this long after the driver stops renewing
-# Quanta a Dask worker holds per thread (beyond ``prefetch``): enough to cover the dispatch
-# trip (driver -> scheduler -> worker, a few ms) with the quanta's mean duration, so short
-# quanta keep workers busy; long ones are not pinned to a worker early.
-_TRIP_S = 0.010
-_WINDOW_MIN, _WINDOW_MAX = 2, 16
+
+
+def transport_profile(config: ExecutionConfig) -> TransportProfile:
+    """What dispatching through Dask costs: a trip of ~10 ms (driver -> scheduler -> worker
+    and back); a worker holds 2 to 16 quanta per thread (enough to cover the trip with the
+    quanta's mean duration, so short quanta keep workers busy and long ones are not pinned
+    early) plus ``prefetch``. Submissions go in batches (``_Driver._held``), so a worker keeps
+    its minimum whatever the order rules would say; the plan changes at most every second."""
+    return TransportProfile(
+        0.010, 2, 16, extra=config.prefetch, order_rules=False, replan_every_s=_POLL_S
+    )
 
 
 class _Driver:
@@ -115,7 +120,6 @@ class _Driver:
         self._retaken: dict[tuple[int, int], int] = {}  # revokes of an attempt, for its key
         self._known: dict[str, bytes] = {}  # Dask worker address -> identity
         self._threads: dict[str, int] = {}  # Dask worker address -> threads
-        self._window = _WINDOW_MIN
         self._events: list[Event] = []  # of our own making, for the next step
         self._restores: list[Callable[[], None]] = []  # of Dask settings changed for the run
         self._next_poll = 0.0
@@ -236,19 +240,13 @@ class _Driver:
             if identity is None:
                 identity = self._known[address] = address.encode()
                 threads = self._threads[address] = int(info.get("nthreads", 1))
-                slots = threads * self._window + self._config.prefetch
                 host = str(info.get("host", address))
                 pid = int(info.get("pid", 0)) or 1
-                events.append(WorkerJoined(identity, pid, host, slots, False, name=address))
-                events.append(WorkerReady(identity))
+                # (no limit of its own: how many quanta it holds is the planner's call)
+                hello = WorkerJoined(identity, pid, host, 0, False, address, threads)
+                events += [hello, WorkerReady(identity)]
             else:
                 events.append(WorkerHeard(identity))
-        window = self._adapted_window()
-        if window != self._window:
-            self._window = window
-            for address, identity in self._known.items():
-                slots = self._threads[address] * window + self._config.prefetch
-                events.append(WorkerCapacity(identity, slots))
         for address in [a for a in self._known if a not in workers]:
             identity = self._known.pop(address)
             self._threads.pop(address, None)
@@ -258,11 +256,6 @@ class _Driver:
             self._held.pop(identity, None)
             events.append(WorkerLeft(identity, f"dask worker {address} left the cluster"))
         return events
-
-    def _adapted_window(self) -> int:
-        mean = self.core.scheduler.mean_duration_s()
-        adapted = window(mean, _TRIP_S, _WINDOW_MIN, _WINDOW_MAX)
-        return self._window if adapted is None else adapted
 
     # ------------------------------------------------------------------ actions
     def _carry_out(self, actions: list[Action]) -> None:
@@ -301,7 +294,7 @@ class _Driver:
     def _low(self, worker: bytes) -> int:
         """A worker holding this many quanta or fewer is sent what waits for it."""
         threads = self._threads.get(worker.decode(), 1)
-        return max(threads, (threads * self._window + self._config.prefetch) // 2)
+        return max(threads, self.core.capacity_of(worker) // 2)
 
     def _key(self, i: int, attempt: int) -> str:
         """The Dask key of one dispatch of an attempt: never reused (an attempt dispatched
@@ -432,7 +425,9 @@ def run_on_dask(
     with connect(target, config.num_workers) as (client, local):
         # A local cluster's workers are awaited before dispatching, as local agents are.
         held = replace(config, local_workers=config.num_workers if local else 0)
-        core = BrokerCore(graph, held, journal=journal, done=done)
+        core = BrokerCore(
+            graph, held, journal=journal, done=done, transport=transport_profile(config)
+        )
         control = ControlEndpoint(control_endpoint) if control_endpoint else None
         try:
             driver = _Driver(core, client, config, boot, control)

@@ -41,8 +41,10 @@ __all__ = [
 # ---------------------------------------------------------------------- events
 @dataclass(frozen=True, slots=True)
 class WorkerJoined:
-    """A worker introduced itself; ``local`` workers are processes the driver can kill.
-    ``name`` overrides the generated worker id (``w1``, ``w2``, ...)."""
+    """A worker introduced itself: ``slots`` quanta it accepts at once at most (0: no limit
+    of its own; how many it is given is the planner's call), ``threads`` it runs at once.
+    ``local`` workers are processes the driver can kill. ``name`` overrides the generated
+    worker id (``w1``, ``w2``, ...)."""
 
     worker: bytes
     pid: int
@@ -50,6 +52,7 @@ class WorkerJoined:
     slots: int
     local: bool
     name: str | None = None
+    threads: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,8 +85,8 @@ class ExecutorUnreachable:
 
 @dataclass(frozen=True, slots=True)
 class WorkerCapacity:
-    """How many quanta the worker should hold at once (running and queued), as the driver
-    now judges it (the dask driver: deeper for short quanta, to cover its dispatch trip)."""
+    """The worker now accepts ``slots`` quanta at once at most (running and queued); how many
+    it is given within that is the planner's call."""
 
     worker: bytes
     slots: int

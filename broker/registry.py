@@ -8,15 +8,7 @@ import math
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 
-__all__ = ["InFlight", "WorkerInfo", "WorkerRegistry", "window"]
-
-# ``window``: nothing queued behind a running quantum where the spread of durations within
-# labels exceeds this (W4's hidden spine: 1.8; durations at their label's mean: 0) ...
-_MAX_SPREAD = 1.0
-# ... for quanta of at least this many round trips on average (a round trip per quantum then
-# costs a quarter of a quantum at most). W4 (7 ms quanta, spread 1.8): 1.071 -> 1.059 x LB,
-# medians of 20 interleaved pairs
-_COMMIT_TRIPS = 4
+__all__ = ["InFlight", "WorkerInfo", "WorkerRegistry"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,9 +36,11 @@ class WorkerInfo:
     identity: bytes
     pid: int
     host: str
-    slots: int
+    slots: int  # quanta it holds at once (the planner's call, within ``declared``)
     local: bool
     last_seen: float
+    declared: int = 0  # quanta it said it accepts at once (0: no limit of its own)
+    threads: int = 1  # quanta it runs at once
     in_flight: dict[str, InFlight] = field(default_factory=dict)
     completed: int = 0
     ready: bool = False  # said READY: its executor is loaded and it can take work
@@ -59,39 +53,6 @@ class WorkerInfo:
     @property
     def free_slots(self) -> int:
         return self.slots - len(self.in_flight)
-
-
-def window(
-    mean_s: float | None,
-    trip_s: float,
-    lo: int,
-    hi: int,
-    *,
-    spread: float | None = None,
-    inversion_s: float = 0.0,
-    alone: bool = False,
-) -> int | None:
-    """How many quanta a worker (per thread) should hold: the running one and enough queued
-    behind it to keep it busy through a dispatch round trip of ``trip_s`` with quanta of
-    ``mean_s`` on average, within ``lo..hi``; None while no duration is known. Deep for short
-    quanta; shallow for long ones, which are then not pinned to a worker early.
-
-    Only the running one where a queued quantum costs more than it hides: while what
-    finishing quanta release keeps outranking what was queued by more than a round trip
-    (``inversion_s``, as ``BrokerCore.prefetch_cost_s``), or where durations stray from their
-    label's mean by more than the mean (``spread``, as ``Scheduler.spread``) and quanta are
-    long against the trip: the ranks cannot tell which quanta are long, and one queued
-    behind a long one waits for all of it while what it was ranked against may turn out more
-    critical. Neither applies to a worker ``alone``: it runs quanta one at a time, so their
-    order cannot change the makespan, and no other worker could take a queued one."""
-    if mean_s is None:
-        return None
-    if not alone and (
-        inversion_s > trip_s
-        or (spread is not None and spread > _MAX_SPREAD and mean_s >= _COMMIT_TRIPS * trip_s)
-    ):
-        return 1
-    return max(lo, min(hi, 1 + math.ceil(trip_s / max(mean_s, 1e-6))))
 
 
 def _silence_ends(w: WorkerInfo, limit_s: float, startup_s: float) -> float:

@@ -38,7 +38,6 @@ from broker.events import (
     SpawnWorkers,
     StopRequested,
     StopRun,
-    WorkerCapacity,
     WorkerHeard,
     WorkerJoined,
     WorkerLeft,
@@ -46,9 +45,9 @@ from broker.events import (
 )
 from broker.journal import Journal
 from broker.links import Link, LinkHub, link_path_for
+from broker.planner import TransportProfile
 from broker.poller import POLLIN, Poller, Waitable
 from broker.pool import WorkerPool
-from broker.registry import window
 from broker.router import Router
 from broker.routes import ChildRoutes, Route
 from common.codec import AssignFrames, decode, encode
@@ -84,7 +83,14 @@ logger = logging.getLogger(__name__)
 # A dispatch round trip to a local agent is well under a millisecond: quanta shorter than that
 # are sent a few at a time (up to what the agent accepts, ``QUEUE_MAX`` by default).
 _LOCAL_TRIP_S = 0.001
-_ADAPT_EVERY_S = 0.1
+
+
+def transport_profile(config: ExecutionConfig) -> TransportProfile:
+    """What dispatching to an agent costs: a sub-millisecond round trip; a worker holds
+    ``1 + prefetch`` quanta, up to ``1 + QUEUE_MAX`` for quanta shorter than the trip; queued
+    quanta are cheap to take back (REVOKE), so the order rules apply."""
+    lo = 1 + config.prefetch
+    return TransportProfile(_LOCAL_TRIP_S, lo, max(lo, 1 + QUEUE_MAX))
 
 
 ProgressCallback = Callable[[RunStatus], None]
@@ -121,7 +127,13 @@ class BrokerServer:
         self._assigns = AssignFrames(graph)
         self.config = config
         self.core = BrokerCore(
-            graph, config, journal=journal, done=done, follow_ons=True, spawns=True
+            graph,
+            config,
+            journal=journal,
+            done=done,
+            follow_ons=True,
+            spawns=True,
+            transport=transport_profile(config),
         )
         self._serving = serving
         self._drops = DropLog(logger)
@@ -136,17 +148,14 @@ class BrokerServer:
             keys_dir=serving.keys_dir,
             log_level=logging.getLogger().getEffectiveLevel(),
             startup_timeout_s=config.startup_timeout_s,
-            # A local agent accepts up to this many queued quanta; how many it is sent adapts
-            # to durations (``_adapt``), from ``config.prefetch`` up.
+            # A local agent accepts up to this many queued quanta; how many it is sent is the
+            # planner's call, from ``config.prefetch`` up.
             prefetch=max(config.prefetch, QUEUE_MAX),
         )
-        self._declared: dict[bytes, int] = {}  # slots each worker said it has (HELLO)
         # Executor children speak for themselves: a local worker's over a link (``LinkHub``),
         # an attached one's over a ZeroMQ socket of its own.
         self._children = ChildRoutes()
         self._links: LinkHub | None = None
-        self._depth = 1 + config.prefetch  # quanta a worker is sent at most, for now
-        self._next_adapt = 0.0
         self._preload = sorted(graph.task_modules() | set(serving.preload))
         self._on_progress = on_progress
         self._next_progress = 0.0
@@ -254,7 +263,6 @@ class BrokerServer:
             pidfds -= exited
             self._carry_out(self.core.step(events, now))
             self._links.flush()  # the ASSIGNs of this step, one write per child
-            self._adapt(now)
             self._heartbeat(now)
             self._report_progress(now)
             current = set(self._pool.pidfds())
@@ -320,9 +328,7 @@ class BrokerServer:
             return self._child_event(owner, msg)
         match msg:
             case Hello(pid=pid, host=host, slots=slots):
-                local = pid in self._pool.pids()
-                self._declared[identity] = slots
-                return WorkerJoined(identity, pid, host, min(slots, self._depth), local)
+                return WorkerJoined(identity, pid, host, slots, pid in self._pool.pids())
             case Ready():
                 return self._child_ready(identity, msg)
             case ExecutorExited():
@@ -337,7 +343,6 @@ class BrokerServer:
             case Goodbye(reason=reason):
                 self._goodbyes.discard(identity)
                 self._router.forget(identity)
-                self._declared.pop(identity, None)
                 self._children.forget(identity)
                 return WorkerLeft(identity, f"worker {self._name(identity)} left: {reason}")
             case StatusRequest():
@@ -385,7 +390,6 @@ class BrokerServer:
         pid, code, _ = reaped
         info = self.core.registry.by_pid(pid)
         if info is not None:
-            self._declared.pop(info.identity, None)
             self._children.forget(info.identity)
         events.append(ProcessExited(pid, describe_exit(code)))
 
@@ -483,33 +487,6 @@ class BrokerServer:
                 executor_link=self._links.path if local and self._links is not None else None,
             ),
         )
-
-    def _adapt(self, now: float) -> None:
-        """Send workers as many quanta as keep them busy through a round trip: deeper queues
-        for short quanta (up to what each worker declared), 1 + ``prefetch`` for long ones,
-        and none queued where that costs more than it hides (``window``)."""
-        if now < self._next_adapt:
-            return
-        mean = self.core.scheduler.mean_duration_s()
-        lo = 1 + self.config.prefetch
-        depth = window(
-            mean,
-            _LOCAL_TRIP_S,
-            lo,
-            max(lo, 1 + QUEUE_MAX),
-            spread=self.core.scheduler.spread(),
-            inversion_s=self.core.prefetch_cost_s(),
-            alone=len(self.core.registry) <= 1,
-        )
-        if depth is None:
-            return  # from the first durations learned on
-        self._next_adapt = now + _ADAPT_EVERY_S
-        if depth == self._depth:
-            return
-        self._depth = depth
-        for info in self.core.registry.workers():
-            declared = self._declared.get(info.identity, info.slots)
-            self._events.append(WorkerCapacity(info.identity, min(declared, depth)))
 
     def _heartbeat(self, now: float) -> None:
         workers = (info.identity for info in self.core.registry.workers())

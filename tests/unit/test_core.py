@@ -43,6 +43,7 @@ from broker.events import (
     WorkerReady,
 )
 from broker.journal import Journal, JournalState
+from broker.planner import FIXED
 from broker.state import QState
 from common.config import ExecutionConfig
 from common.graph import QuantumGraph
@@ -73,6 +74,7 @@ class Harness:
         done = [graph.index(qid) for qid in config.pop("done", ())]
         follow_ons = config.pop("follow_ons", False)
         spawns = config.pop("spawns", False)
+        transport = config.pop("transport", FIXED)
         self.core = BrokerCore(
             graph,
             ExecutionConfig(**config),
@@ -80,6 +82,7 @@ class Harness:
             done=done,
             follow_ons=follow_ons,
             spawns=spawns,
+            transport=transport,
             wall=lambda: 1000.0,
         )
         self.now = 0.0
@@ -606,7 +609,7 @@ def test_quanta_no_finished_parent_released_go_critical_path_first() -> None:
     assert "long0" in {d.quantum_id for d in h.dispatches()}
 
 
-def test_a_driver_can_change_how_many_quanta_a_worker_holds() -> None:
+def test_a_worker_can_change_how_many_quanta_it_accepts() -> None:
     # Given a worker of 1 slot running 1 quantum of 4
     h = Harness(independent(4), workers=1)
     h.join(A)
@@ -618,47 +621,6 @@ def test_a_driver_can_change_how_many_quanta_a_worker_holds() -> None:
     h.step(WorkerCapacity(A, 1))
     h.step(ResultReceived(A, result(first)))
     assert h.dispatches() == []
-
-
-def test_a_workers_window_covers_a_round_trip_with_its_quanta() -> None:
-    from broker.registry import window
-
-    assert window(None, 0.001, 2, 9) is None  # nothing learned yet: the driver keeps its own
-    assert window(0.00005, 0.001, 2, 9) == 9  # 50 us quanta: as deep as allowed
-    assert window(0.0004, 0.001, 2, 9) == 4  # 1 running + 3 queued cover a 1 ms trip
-    assert window(0.2, 0.001, 2, 9) == 2  # long quanta: the running one and the minimum
-    assert window(0.0, 0.001, 2, 9) == 9  # a zero duration does not divide by zero
-
-
-def test_nothing_is_queued_where_durations_stray_far_from_their_labels_means() -> None:
-    from broker.registry import window
-
-    # Durations within a label spread wider than their mean (a hidden long one among short
-    # ones): the ranks cannot tell which quanta are long, so none waits behind another ...
-    assert window(0.0074, 0.001, 2, 9, spread=1.8) == 1
-    # ... unless quanta are so short that a round trip per quantum would cost more
-    assert window(0.002, 0.001, 2, 9, spread=1.8) == 2
-    assert window(0.00005, 0.001, 2, 9, spread=1.8) == 9
-    # Durations close to their label's mean keep the window
-    assert window(0.005, 0.001, 2, 9, spread=0.3) == 2
-
-
-def test_nothing_is_queued_while_what_finishing_quanta_release_outranks_it() -> None:
-    from broker.registry import window
-
-    # Inversions cost more than the round trip a queued quantum hides: none queued
-    assert window(0.005, 0.001, 2, 9, inversion_s=0.002) == 1
-    assert window(0.005, 0.001, 2, 9, inversion_s=0.0005) == 2
-
-
-def test_a_lone_worker_keeps_its_queue_whatever_the_durations() -> None:
-    from broker.registry import window
-
-    # One worker runs quanta one at a time: their order cannot change the makespan and no
-    # other worker could take a queued one, so a round trip per quantum would buy nothing
-    assert window(0.0074, 0.001, 2, 9, spread=1.8, alone=True) == 2
-    assert window(0.005, 0.001, 2, 9, inversion_s=0.002, alone=True) == 2
-    assert window(None, 0.001, 2, 9, spread=1.8, alone=True) is None
 
 
 def test_a_journal_write_that_fails_in_the_writer_thread_surfaces_at_the_next_flush(
