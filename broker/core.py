@@ -31,6 +31,7 @@ from broker.events import (
     Event,
     ExecutorGone,
     ExecutorUnreachable,
+    ForgetWorker,
     KillWorker,
     ProcessExited,
     ProcessStarted,
@@ -515,6 +516,7 @@ class BrokerCore:
                 self._lost(d, why)
         if info.local and kill:
             out.append(KillWorker(info.identity, info.pid))
+        out.append(ForgetWorker(info.identity))
         logger.warning("%s", why)
 
     def _process_event(

@@ -32,6 +32,7 @@ from broker.events import (
     AdmitWorker,
     Dispatch,
     Event,
+    ForgetWorker,
     KillWorker,
     QuantumRevoked,
     RefuseWorker,
@@ -250,10 +251,6 @@ class _Driver:
         for address in [a for a in self._known if a not in workers]:
             identity = self._known.pop(address)
             self._threads.pop(address, None)
-            # Its tasks are pinned to it and would wait for it forever: the core retries them.
-            lost = [k for k, (w, _) in self._futures.items() if w == identity]
-            self._client.cancel([self._futures.pop(k)[1] for k in lost], force=True)
-            self._held.pop(identity, None)
             events.append(WorkerLeft(identity, f"dask worker {address} left the cluster"))
         return events
 
@@ -277,6 +274,9 @@ class _Driver:
                     pass  # Dask owns its workers: nothing to tell them or kill
                 case RevokeQuantum():
                     self._revoke(action)
+                case ForgetWorker(worker=worker):
+                    dispatches.pop(worker, None)
+                    self._forget(worker)
                 case _:
                     assert_never(action)
         for worker, batch in dispatches.items():
@@ -290,6 +290,15 @@ class _Driver:
         """Quanta of ``worker`` Dask holds: what the core has in flight there, less ours."""
         info = self.core.registry.get(worker)
         return 0 if info is None else len(info.in_flight) - held
+
+    def _forget(self, worker: bytes) -> None:
+        """The core wrote ``worker`` off: what Dask holds for it is cancelled (its tasks are
+        pinned to it and would wait for it forever; the core has retried them) and what
+        waits for it dropped."""
+        lost = [k for k, (w, _) in self._futures.items() if w == worker]
+        if lost:
+            self._client.cancel([self._futures.pop(k)[1] for k in lost], force=True)
+        self._held.pop(worker, None)
 
     def _low(self, worker: bytes) -> int:
         """A worker holding this many quanta or fewer is sent what waits for it."""

@@ -18,6 +18,7 @@ __all__ = [
     "Event",
     "ExecutorGone",
     "ExecutorUnreachable",
+    "ForgetWorker",
     "KillWorker",
     "ProcessExited",
     "ProcessStarted",
@@ -227,6 +228,15 @@ class KillWorker:
 
 
 @dataclass(frozen=True, slots=True)
+class ForgetWorker:
+    """The core has written ``worker`` off, however it was lost (its process ended, it fell
+    silent, left, was stuck or did not enforce a timeout): the driver drops everything it
+    keeps for it. The one way a driver learns of a loss."""
+
+    worker: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class SpawnWorkers:
     """Start ``count`` local worker processes; report each as ``ProcessStarted`` (or
     ``SpawnFailed``)."""
@@ -259,6 +269,7 @@ Action = (
     | Dispatch
     | RevokeQuantum
     | KillWorker
+    | ForgetWorker
     | SpawnWorkers
     | ShutdownWorker
     | StopRun

@@ -26,6 +26,7 @@ from broker.events import (
     Event,
     ExecutorGone,
     ExecutorUnreachable,
+    ForgetWorker,
     KillWorker,
     ProcessExited,
     ProcessStarted,
@@ -342,8 +343,6 @@ class BrokerServer:
                 return WorkerHeard(identity)
             case Goodbye(reason=reason):
                 self._goodbyes.discard(identity)
-                self._router.forget(identity)
-                self._children.forget(identity)
                 return WorkerLeft(identity, f"worker {self._name(identity)} left: {reason}")
             case StatusRequest():
                 self._router.send(identity, StatusReply(self.core.status(now).to_dict()))
@@ -388,9 +387,6 @@ class BrokerServer:
         if reaped is None:
             return
         pid, code, _ = reaped
-        info = self.core.registry.by_pid(pid)
-        if info is not None:
-            self._children.forget(info.identity)
         events.append(ProcessExited(pid, describe_exit(code)))
 
     # ------------------------------------------------------------------ actions
@@ -405,11 +401,11 @@ class BrokerServer:
                     self._send_assign(action)
                 case RevokeQuantum(worker=worker, quantum_id=qid, attempt=attempt, seq=seq):
                     self._router.send(worker, Revoke(qid, attempt, seq))
-                case KillWorker(worker=worker, pid=pid):
-                    if worker is not None:
-                        self._router.forget(worker)
-                        self._children.forget(worker)
+                case KillWorker(pid=pid):
                     self._pool.kill(pid)
+                case ForgetWorker(worker=worker):
+                    self._router.forget(worker)
+                    self._children.forget(worker)
                 case SpawnWorkers(count=count):
                     self._spawn(count)
                 case ShutdownWorker(worker=worker, reason=reason, grace_s=grace, final=final):

@@ -9,8 +9,10 @@ from typing import Any
 
 import pytest
 
+from broker.core import BACKSTOP_GRACE_S
 from broker.events import (
     ExecutorGone,
+    ForgetWorker,
     KillWorker,
     ProcessExited,
     ProcessStarted,
@@ -20,6 +22,7 @@ from broker.events import (
     StopRun,
     WorkerHeard,
     WorkerJoined,
+    WorkerLeft,
     WorkerReady,
 )
 from broker.state import QState
@@ -249,3 +252,30 @@ def test_failed_local_starts_do_not_stop_a_run_an_attached_worker_serves() -> No
         h.step(ProcessStarted(pid))
     # Then the run goes on with the worker it has
     assert not h.core.over and h.core.fatal is None
+
+
+@pytest.mark.parametrize("how", ["left", "silent", "stuck", "overdue", "process ended"])
+def test_every_way_a_worker_is_lost_ends_in_one_forget(how: str) -> None:
+    # Given a local worker running a quantum with a 1 s timeout
+    h = supplied(workers=1, quanta=2, timeout_s=1.0, heartbeat_interval_s=1.0, liveness=3)
+    up(h, A, 101)
+    # When it is lost in one of the ways there are
+    match how:
+        case "left":
+            h.step(WorkerLeft(A, "goodbye"), at=0.5)
+        case "silent":
+            h.step(at=3.5)
+        case "stuck":
+            h.step(ExecutorGone(A, exited(1, 0, False)), WorkerHeard(A), at=0.5)
+            for t in (1.5, 2.5, 3.5, 4.5, 5.5):
+                h.step(WorkerHeard(A), at=t)
+        case "overdue":
+            h.step(WorkerHeard(A), at=1.0 + BACKSTOP_GRACE_S - 0.1)
+            assert not h.of(ForgetWorker)
+            h.step(WorkerHeard(A), at=1.0 + BACKSTOP_GRACE_S)
+        case "process ended":
+            h.step(ProcessExited(101, KILLED), at=0.5)
+    # Then the driver is told to forget it, once, and it is gone from the core
+    forgets = [a for a in h.actions if isinstance(a, ForgetWorker)]
+    assert forgets == [ForgetWorker(A)]
+    assert h.core.capacity_of(A) == 0
