@@ -12,9 +12,10 @@ import zmq
 
 from broker.droplog import DropLog
 from broker.events import StopRequested
+from broker.progress import answer_control
 from common.codec import decode, encode
 from common.errors import ProtocolError
-from common.protocol import Cancel, StatusReply, StatusRequest
+from common.protocol import Cancel, StatusRequest
 from common.status import RunStatus
 
 __all__ = ["ControlEndpoint"]
@@ -48,13 +49,9 @@ class ControlEndpoint:
                 self._drops.warn("dropping a bad control frame: %s", e, now=now)
                 continue
             if isinstance(msg, StatusRequest | Cancel):
-                reply = encode(StatusReply(status().to_dict()))
-                self.socket.send_multipart([identity, reply], zmq.NOBLOCK)
-            if isinstance(msg, Cancel):
-                logger.warning(
-                    "%s requested by a control client", "abort" if msg.abort else "drain"
-                )
-                stop = StopRequested("cancelled by request", graceful=not msg.abort)
+                reply, asked = answer_control(msg, status())
+                self.socket.send_multipart([identity, encode(reply)], zmq.NOBLOCK)
+                stop = asked or stop
 
     def close(self) -> None:
         self.socket.close(0)

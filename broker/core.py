@@ -74,6 +74,7 @@ __all__ = [
     "STEAL_AFTER_S",
     "BrokerCore",
     "RunTimings",
+    "WorkerView",
 ]
 
 logger = logging.getLogger(__name__)
@@ -106,6 +107,18 @@ class RunTimings:
     last_result: float | None = None
     workers_started: int = 0  # local worker processes, replacements included (driver-kept)
     worker_losses: list[tuple[float, int, str]] = field(default_factory=list)  # (when, pid, why)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerView:
+    """What a driver may know of a registered worker: its name, process, whether it is one
+    the driver can kill, how many quanta it holds now and may hold at once."""
+
+    worker_id: str
+    pid: int
+    local: bool
+    held: int
+    capacity: int
 
 
 class BrokerCore:
@@ -189,6 +202,21 @@ class BrokerCore:
     def over(self) -> bool:
         """True once StopRun was returned."""
         return self._over
+
+    def worker(self, key: bytes) -> WorkerView | None:
+        """The registered worker ``key`` (None: none such, or written off)."""
+        info = self.registry.get(key)
+        if info is None:
+            return None
+        return WorkerView(info.worker_id, info.pid, info.local, len(info.in_flight), info.slots)
+
+    def worker_named(self, worker_id: str) -> bytes | None:
+        """The key of the registered worker called ``worker_id``."""
+        return next((w.identity for w in self.registry.workers() if w.worker_id == worker_id), None)
+
+    def worker_keys(self) -> list[bytes]:
+        """Every registered worker's key."""
+        return [w.identity for w in self.registry.workers()]
 
     def status(self, now: float) -> RunStatus:
         t = self.timings
@@ -586,11 +614,6 @@ class BrokerCore:
         for info in self.registry.workers():
             self.registry.resize(info, self.planner.capacity(info.declared, info.threads))
             self._touched.add(info.identity)
-
-    def capacity_of(self, worker: bytes) -> int:
-        """How many quanta ``worker`` holds at once, as planned (0: no such worker)."""
-        info = self.registry.get(worker)
-        return 0 if info is None else info.slots
 
     def _executor_gone(self, info: WorkerInfo, exited: ExecutorExited, now: float) -> None:
         """The worker's executor child died or was replaced. What was sent to it is settled

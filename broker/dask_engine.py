@@ -49,12 +49,12 @@ from broker.events import (
 )
 from broker.journal import Journal
 from broker.planner import TransportProfile
+from broker.progress import Progress
 from common.codec import AssignFrames, decode
 from common.config import ExecutionConfig
 from common.errors import ProtocolError
 from common.graph import QuantumGraph
 from common.protocol import Result
-from common.status import RunStatus
 from worker.dask_plugin import (
     PLUGIN_NAME,
     ExecutorPlugin,
@@ -128,8 +128,7 @@ class _Driver:
         self._stop: StopRequested | None = None
         # Reentrant: a signal handler may request a stop while this thread holds it.
         self._lock = threading.RLock()
-        self.on_progress: Callable[[RunStatus], None] | None = None
-        self._next_progress = 0.0
+        self.progress = Progress(None, config.progress_interval_s)
 
     def request_stop(self, reason: str, *, graceful: bool = True) -> None:
         """Safe from a signal handler (the lock is reentrant) and from other threads."""
@@ -198,9 +197,7 @@ class _Driver:
             if self._stop is not None:
                 events.append(self._stop)
                 self._stop = None
-        if self.on_progress is not None and now >= self._next_progress:
-            self.on_progress(self.core.status(now))
-            self._next_progress = now + self._config.progress_interval_s
+        self.progress.tick(self.core.status, now)
         return events
 
     def _result(self, frame: bytes) -> list[Event]:
@@ -288,8 +285,8 @@ class _Driver:
 
     def _sent(self, worker: bytes, held: int) -> int:
         """Quanta of ``worker`` Dask holds: what the core has in flight there, less ours."""
-        info = self.core.registry.get(worker)
-        return 0 if info is None else len(info.in_flight) - held
+        view = self.core.worker(worker)
+        return 0 if view is None else view.held - held
 
     def _forget(self, worker: bytes) -> None:
         """The core wrote ``worker`` off: what Dask holds for it is cancelled (its tasks are
@@ -303,7 +300,8 @@ class _Driver:
     def _low(self, worker: bytes) -> int:
         """A worker holding this many quanta or fewer is sent what waits for it."""
         threads = self._threads.get(worker.decode(), 1)
-        return max(threads, self.core.capacity_of(worker) // 2)
+        view = self.core.worker(worker)
+        return max(threads, (view.capacity if view is not None else 0) // 2)
 
     def _key(self, i: int, attempt: int) -> str:
         """The Dask key of one dispatch of an attempt: never reused (an attempt dispatched

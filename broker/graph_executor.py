@@ -33,7 +33,8 @@ from broker.events import (
     WorkerReady,
 )
 from broker.journal import Journal
-from broker.server import BrokerServer, ProgressCallback, Serving
+from broker.progress import ProgressCallback
+from broker.server import BrokerServer, Serving
 from common.butler import Butler
 from common.config import ExecutionConfig
 from common.errors import ConfigError, GraphError, MPGraphExecutorError
@@ -283,7 +284,7 @@ class MPGraphExecutor:
 
         def keep(driver: Any) -> None:
             self._dask_driver = driver
-            driver.on_progress = self._on_progress
+            driver.progress.callback = self._on_progress
             if self._stop_requested is not None:
                 driver.request_stop(self._stop_requested)
 

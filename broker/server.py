@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import assert_never
@@ -49,6 +49,7 @@ from broker.links import Link, LinkHub, link_path_for
 from broker.planner import TransportProfile
 from broker.poller import POLLIN, Poller, Waitable
 from broker.pool import WorkerPool
+from broker.progress import Progress, ProgressCallback, answer_control
 from broker.router import Router
 from broker.routes import ChildRoutes, Route
 from common.codec import AssignFrames, decode, encode
@@ -73,11 +74,10 @@ from common.protocol import (
     StatusRequest,
     Welcome,
 )
-from common.status import RunStatus
 from worker.launch import QUEUE_MAX
 from worker.lifecycle import describe_exit
 
-__all__ = ["BrokerServer", "ProgressCallback", "Serving"]
+__all__ = ["BrokerServer", "Serving"]
 
 logger = logging.getLogger(__name__)
 
@@ -92,9 +92,6 @@ def transport_profile(config: ExecutionConfig) -> TransportProfile:
     quanta are cheap to take back (REVOKE), so the order rules apply."""
     lo = 1 + config.prefetch
     return TransportProfile(_LOCAL_TRIP_S, lo, max(lo, 1 + QUEUE_MAX))
-
-
-ProgressCallback = Callable[[RunStatus], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,8 +155,7 @@ class BrokerServer:
         self._children = ChildRoutes()
         self._links: LinkHub | None = None
         self._preload = sorted(graph.task_modules() | set(serving.preload))
-        self._on_progress = on_progress
-        self._next_progress = 0.0
+        self._progress = Progress(on_progress, config.progress_interval_s)
 
     @property
     def timings(self) -> RunTimings:
@@ -265,7 +261,7 @@ class BrokerServer:
             self._carry_out(self.core.step(events, now))
             self._links.flush()  # the ASSIGNs of this step, one write per child
             self._heartbeat(now)
-            self._report_progress(now)
+            self._progress.tick(self.core.status, now)
             current = set(self._pool.pidfds())
             for fd in current - pidfds:
                 poller.register(fd, POLLIN)
@@ -278,8 +274,9 @@ class BrokerServer:
         deadline = self.core.next_deadline(now)
         if deadline is not None:
             wake = min(wake, deadline)
-        if self._on_progress is not None:
-            wake = min(wake, self._next_progress)
+        progress = self._progress.next_at()
+        if progress is not None:
+            wake = min(wake, progress)
         return wake
 
     # ------------------------------------------------------------------ frames -> events
@@ -344,12 +341,10 @@ class BrokerServer:
             case Goodbye(reason=reason):
                 self._goodbyes.discard(identity)
                 return WorkerLeft(identity, f"worker {self._name(identity)} left: {reason}")
-            case StatusRequest():
-                self._router.send(identity, StatusReply(self.core.status(now).to_dict()))
-            case Cancel(abort=abort):
-                logger.warning("%s requested by a control client", "abort" if abort else "drain")
-                self._router.send(identity, StatusReply(self.core.status(now).to_dict()))
-                return StopRequested("cancelled by request", graceful=not abort)
+            case StatusRequest() | Cancel():
+                reply, stop = answer_control(msg, self.core.status(now))
+                self._router.send(identity, reply)
+                return stop
             case Welcome() | Assign() | Refuse() | Shutdown() | StatusReply() | Revoke():
                 self._drops.warn(
                     "dropping unexpected %s from %r", type(msg).__name__, identity[:16]
@@ -374,12 +369,13 @@ class BrokerServer:
     def _child_ready(self, child: Route, msg: Ready) -> Event | None:
         """An executor child introduces itself on its link or socket: its worker's quanta
         go there from now on."""
-        info = next((w for w in self.core.registry.workers() if w.worker_id == msg.worker_id), None)
-        if info is None or info.pid != msg.pid:
+        key = self.core.worker_named(msg.worker_id)
+        view = None if key is None else self.core.worker(key)
+        if key is None or view is None or view.pid != msg.pid:
             self._refuse(child, "no worker %s with pid %d", msg.worker_id[:100], msg.pid)
             return None
-        self._children.attach(info.identity, child, msg.generation)
-        return WorkerReady(info.identity, msg.generation)
+        self._children.attach(key, child, msg.generation)
+        return WorkerReady(key, msg.generation)
 
     def _worker_exited(self, pidfd: int, events: list[Event]) -> None:
         """A local worker process ended: the core settles its quanta and replaces it."""
@@ -409,8 +405,8 @@ class BrokerServer:
                 case SpawnWorkers(count=count):
                     self._spawn(count)
                 case ShutdownWorker(worker=worker, reason=reason, grace_s=grace, final=final):
-                    info = self.core.registry.get(worker)
-                    attached = info is not None and not info.local
+                    view = self.core.worker(worker)
+                    attached = view is not None and not view.local
                     if self._router.send(worker, Shutdown(reason, grace)) and final and attached:
                         self._goodbyes.add(worker)
                 case StopRun():
@@ -461,13 +457,13 @@ class BrokerServer:
             self._events.append(ExecutorUnreachable(d.worker, child[1]))
 
     def _name(self, identity: bytes) -> str:
-        info = self.core.registry.get(identity)
-        return info.worker_id if info is not None else repr(identity[:16])
+        view = self.core.worker(identity)
+        return view.worker_id if view is not None else repr(identity[:16])
 
     def _admit(self, worker: bytes, worker_id: str) -> None:
         c = self.config
-        info = self.core.registry.get(worker)
-        local = info is not None and info.local
+        view = self.core.worker(worker)
+        local = view is not None and view.local
         self._router.track(worker, time.monotonic())
         self._router.send(
             worker,
@@ -485,11 +481,4 @@ class BrokerServer:
         )
 
     def _heartbeat(self, now: float) -> None:
-        workers = (info.identity for info in self.core.registry.workers())
-        self._router.heartbeat(workers, now, self.config.heartbeat_interval_s)
-
-    def _report_progress(self, now: float) -> None:
-        if self._on_progress is None or now < self._next_progress:
-            return
-        self._next_progress = now + self.config.progress_interval_s
-        self._on_progress(self.core.status(now))
+        self._router.heartbeat(self.core.worker_keys(), now, self.config.heartbeat_interval_s)

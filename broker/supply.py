@@ -5,9 +5,10 @@ The rules a run keeps so that it always ends:
 - a process must register (HELLO) within the start-up timeout, or it is killed;
 - lost processes are replaced at once while losses are rare: at most ``target`` starts a second
   (a token bucket), never a count per run;
-- a process that ends before its worker was ever READY is a failed start: the next start waits
-  a backoff doubling from ``BACKOFF_S`` up to ``BACKOFF_MAX_S``, and only one start is tried at
-  a time until a worker is READY again, which forgets the failures;
+- a process that ends before its worker was ever READY is a failed start: the next starts wait
+  a backoff doubling from ``BACKOFF_S`` up to ``BACKOFF_MAX_S`` until a worker is READY again,
+  which forgets the failures (a process stopped while starting must not hold back the
+  replacement of others, so every empty place is filled once the backoff ends);
 - after ``MAX_START_FAILURES`` failed starts in a row, with no worker READY and no process
   left starting, there are no workers to be had (``exhausted``) and the run stops.
 """
@@ -136,12 +137,8 @@ class WorkerSupply:
 
     # ------------------------------------------------------------------ inside
     def _missing(self) -> int:
-        """Starts wanted now: every empty place, or while starts fail, one probe at a time."""
-        missing = self.target - len(self._procs) - self._pending
-        if self.failures and missing > 0:
-            probing = self._pending or any(not p.ready for p in self._procs.values())
-            return 0 if probing else 1
-        return missing
+        """Starts wanted: every empty place."""
+        return self.target - len(self._procs) - self._pending
 
     def _failed(self, why: str, now: float) -> None:
         self.failures += 1

@@ -74,6 +74,7 @@ class StormOutcome:
     rerun: int = 0  # quanta run again after their output was registered (a lost result)
     left_running: list[int] = field(default_factory=list)  # pids alive after their run ended
     broker_killed_at: int = 0  # outputs registered when the broker was killed
+    errors: list[str] = field(default_factory=list)  # the runs' ERROR lines (why they stopped)
 
     @property
     def runtime_s(self) -> float:
@@ -291,6 +292,8 @@ def run_storm(storm: Storm, tmp: Path) -> StormOutcome:
     out.redone = len({me for me in after if me in before_kill})
     out.rerun = sum(1 for tag, _ in everything if tag == "DUP")
     out.missing = len(graph) - len(_registered(repo) & set(graph.ids))
+    log = (tmp / "broker.log").read_text(errors="replace").splitlines()
+    out.errors = [line for line in log if " ERROR " in line]
     return out
 
 
@@ -304,6 +307,7 @@ def main() -> None:
     p.add_argument("--liveness", type=int, default=10)
     p.add_argument("--run-limit", type=float, default=1800.0, help="a run longer is hung, s")
     p.add_argument("--kinds", default=",".join(KINDS), help="hits to choose among")
+    p.add_argument("--keep", type=Path, default=None, help="work here and keep it (logs)")
     args = p.parse_args()
     storm = Storm(
         quanta=args.quanta,
@@ -315,8 +319,12 @@ def main() -> None:
         run_limit_s=args.run_limit,
         kinds=tuple(args.kinds.split(",")),
     )
-    with tempfile.TemporaryDirectory(prefix="zstorm") as tmp:
-        out = run_storm(storm, Path(tmp))
+    if args.keep is not None:
+        args.keep.mkdir(parents=True, exist_ok=False)
+        out = run_storm(storm, args.keep)
+    else:
+        with tempfile.TemporaryDirectory(prefix="zstorm") as tmp:
+            out = run_storm(storm, Path(tmp))
     if set(storm.kinds) - set(KINDS):
         p.error(f"--kinds: choose among {', '.join(KINDS)}")
     print(f"quanta {storm.quanta}, -j {storm.jobs}, seed {storm.seed}")
@@ -331,6 +339,8 @@ def main() -> None:
     for phase, code, seconds in out.runs:
         print(f"  {phase}: exit {code} in {seconds:.1f}s")
     print(f"runtime {out.runtime_s:.1f}s; every run ended: {out.ended}")
+    for line in out.errors:
+        print(f"  {line}")
     print(
         f"missing outputs {out.missing}; redone after the resume {out.redone}; "
         f"re-run after a lost result {out.rerun}; processes left running {len(out.left_running)}"
