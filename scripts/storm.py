@@ -114,13 +114,14 @@ class _Run:
         if storm.startup_timeout_s != _STARTUP_TIMEOUT_S:  # (so it also runs older versions)
             args += ["--startup-timeout", str(storm.startup_timeout_s)]
         env = dict(os.environ, PYTHONPATH=str(ROOT))
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "scripts.cli", *args],
-            cwd=tmp,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=(tmp / "broker.log").open("ab"),
-        )
+        with (tmp / "broker.log").open("ab") as log:  # (the run writes to its own copy)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "scripts.cli", *args],
+                cwd=tmp,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
         self.started = time.monotonic()
         self.seen: dict[int, psutil.Process] = {}
 

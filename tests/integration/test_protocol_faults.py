@@ -6,7 +6,7 @@ import logging
 import random
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -75,19 +75,31 @@ def zctx() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
     ctx.destroy(linger=0)
 
 
-def _dealer(ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str) -> zmq.Socket[bytes]:
-    s = ctx.socket(zmq.DEALER)
-    s.setsockopt(zmq.LINGER, 0)
-    s.connect(endpoint)
-    return s
+@pytest.fixture
+def dealer(
+    zctx: zmq.Context[zmq.Socket[bytes]],
+) -> Iterator[Callable[[str], zmq.Socket[bytes]]]:
+    """Connects DEALER sockets to an endpoint; closes every one of them at teardown."""
+    made: list[zmq.Socket[bytes]] = []
+
+    def connect(endpoint: str) -> zmq.Socket[bytes]:
+        s = zctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect(endpoint)
+        made.append(s)
+        return s
+
+    yield connect
+    for s in made:
+        s.close(linger=0)
 
 
 def test_junk_frames_and_unknown_workers_are_dropped_while_the_run_completes(
-    butler: Butler, zctx: zmq.Context[zmq.Socket[bytes]], caplog: pytest.LogCaptureFixture
+    butler: Butler, dealer: Callable[[str], zmq.Socket[bytes]], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="broker.server")
     run = _Run(butler)
-    s = _dealer(zctx, run.endpoint)
+    s = dealer(run.endpoint)
     rng = random.Random(7)
     # Random bytes, truncated frames, multi-part messages, results from an unknown worker
     for _ in range(300):
@@ -144,10 +156,10 @@ def _framed(frame: bytes) -> bytes:
 
 
 def test_worker_of_another_protocol_version_is_refused_with_a_reason(
-    butler: Butler, zctx: zmq.Context[zmq.Socket[bytes]]
+    butler: Butler, dealer: Callable[[str], zmq.Socket[bytes]]
 ) -> None:
     run = _Run(butler, n=4)
-    s = _dealer(zctx, run.endpoint)
+    s = dealer(run.endpoint)
     s.send(encode(Hello(pid=1, host="elsewhere", slots=1), version=PROTOCOL_VERSION + 1))
     assert s.poll(10_000), "no answer to a HELLO of another version"
     answer = decode(s.recv())
@@ -158,11 +170,11 @@ def test_worker_of_another_protocol_version_is_refused_with_a_reason(
 
 
 def test_broker_survives_thousands_of_fuzzed_frames(
-    butler: Butler, zctx: zmq.Context[zmq.Socket[bytes]]
+    butler: Butler, dealer: Callable[[str], zmq.Socket[bytes]]
 ) -> None:
     # Given a running broker and several hostile sockets (unknown identities)
     run = _Run(butler, n=12)
-    socks = [_dealer(zctx, run.endpoint) for _ in range(4)]
+    socks = [dealer(run.endpoint) for _ in range(4)]
     rng = random.Random(2024)
     valid = [
         encode(Hello(pid=1, host="h", slots=1)),

@@ -130,6 +130,7 @@ def test_handshaken_worker_sending_garbage_never_crashes_the_broker(
     # ... and finally leaves, so its quantum is retried on a real worker
     fake.send(encode(Goodbye(reason="done fuzzing")))
     error = run.join(60)
+    fake.close(linger=0)
     # Then the run completed with every quantum run exactly once by a real worker
     assert error is None, error
     report = ex.getReport()
