@@ -5,14 +5,10 @@ fixes up the graph, then runs it in-process (``numProc == 1``) or through a brok
 from __future__ import annotations
 
 import contextlib
-import importlib
 import logging
-import os
 import pickle
 import shutil
-import socket
 import tempfile
-import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,27 +19,17 @@ import networkx as nx
 
 from broker.control import ENDPOINT_FILE
 from broker.core import BrokerCore, RunTimings
-from broker.events import (
-    Dispatch,
-    Event,
-    ResultReceived,
-    StopRequested,
-    WorkerHeard,
-    WorkerJoined,
-    WorkerReady,
-)
+from broker.drivers.in_process import run_in_process
+from broker.drivers.progress import ProgressCallback
+from broker.drivers.zmq_server import BrokerServer, Serving
 from broker.journal import Journal
-from broker.progress import ProgressCallback
-from broker.server import BrokerServer, Serving
 from common.butler import Butler
 from common.config import ExecutionConfig
 from common.errors import ConfigError, GraphError, MPGraphExecutorError
 from common.graph import QuantumGraph
 from common.keys import create_keys
 from common.report import Report
-from worker.capture import LogCapture
 from worker.executor import QuantumExecutor
-from worker.runner import run_quantum
 
 __all__ = ["ExecutionGraphFixup", "MPGraphExecutor"]
 
@@ -227,50 +213,23 @@ class MPGraphExecutor:
 
     # ------------------------------------------------------------------ in-process
     def _run_in_process(self, run: _Run) -> BrokerCore:
-        """Drive the core with one virtual worker that runs each quantum right here."""
-        core = BrokerCore(
-            run.graph, self._config, journal=run.journal, done=run.done, in_process=True
+        return run_in_process(
+            run.graph,
+            self._config,
+            self._executor,
+            run.butler,
+            journal=run.journal,
+            done=run.done,
+            log_dir=run.log_dir,
+            pdb=self._pdb,
+            stop_requested=lambda: self._stop_requested,
         )
-        debugger = importlib.import_module(self._pdb) if self._pdb else None
-        # The debugger needs the terminal, so logs are not captured under pdb.
-        capture = None if debugger else LogCapture(run.log_dir)
-        me = b"in-process"
-        joined = WorkerJoined(me, os.getpid(), socket.gethostname(), 1, False, name="in-process")
-        try:
-            actions = core.start(time.monotonic())
-            actions += core.step([joined, WorkerReady(me)], time.monotonic())
-            while not core.over:
-                events: list[Event] = []
-                if self._stop_requested is not None:
-                    events.append(StopRequested(self._stop_requested, graceful=True))
-                for action in actions:
-                    if isinstance(action, Dispatch):
-                        result = run_quantum(
-                            self._executor,
-                            run.butler,
-                            run.graph.quantum_at(action.index),
-                            action.attempt,
-                            capture,
-                            in_process=True,
-                            on_exception=debugger.post_mortem if debugger else None,
-                        )
-                        events.append(ResultReceived(me, result))
-                if not events:
-                    raise MPGraphExecutorError("in-process run stalled with nothing to run")
-                events.append(WorkerHeard(me))  # this process is the worker's agent
-                actions = core.step(events, time.monotonic())
-        finally:
-            if not core.over:  # interrupted (KeyboardInterrupt): cancel the rest, journaled
-                core.step([StopRequested("interrupted")], time.monotonic())
-            if capture is not None:
-                capture.close()
-        return core
 
     # ------------------------------------------------------------------ dask
     def _run_on_dask(self, run: _Run) -> BrokerCore:
         try:
-            from broker.dask_cluster import DaskTarget
-            from broker.dask_engine import run_on_dask
+            from broker.drivers.dask_cluster import DaskTarget
+            from broker.drivers.dask_engine import run_on_dask
         except ImportError as e:
             raise ConfigError(f"the dask engine needs pip install -e '.[dask]' ({e})") from e
         preload = sorted(run.graph.task_modules() | set(self._executor_modules(run)))

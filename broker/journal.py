@@ -10,7 +10,6 @@ a batch of a few hundred rows takes milliseconds, which the broker's loop does n
 
 from __future__ import annotations
 
-import enum
 import logging
 import math
 import queue
@@ -20,21 +19,11 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from broker.core.journaling import JournalState
+
 __all__ = ["Journal", "JournalState"]
 
 logger = logging.getLogger(__name__)
-
-
-class JournalState(enum.StrEnum):
-    """What a journal row says happened to one attempt (values are stored as text)."""
-
-    RUNNING = "running"  # dispatched
-    SUCCESS = "success"
-    FAILURE = "failure"
-    TIMEOUT = "timeout"
-    RETRY = "retry"  # lost with its worker; dispatched again
-    SKIPPED = "skipped"  # an ancestor failed
-    CANCELLED = "cancelled"
 
 
 _FLUSH_EVERY_S = 0.1

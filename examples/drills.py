@@ -1,4 +1,4 @@
-"""Tasks and graphs for fault drills and benchmarks (``scripts/faultbench.py``): quanta that
+"""Tasks and graphs for fault drills and benchmarks (``scripts/bench/faults.py``): quanta that
 sleep, and quanta that journal each run so a drill can count lost and repeated work. Workers
 resolve them by name (``examples.drills:<task>``). Kept light: workers' forkservers preload
 task modules, and a heavy one makes every executor child slower to start and to die."""

@@ -501,9 +501,9 @@ def test_revoking_a_dispatch_the_driver_still_holds_answers_at_once(client: Any)
     # A worker holding its whole window keeps new dispatches back (one graph update later);
     # revoking such a dispatch asks no one, and leaves nothing to submit.
     from broker.core import BrokerCore
-    from broker.dask_engine import _Driver
-    from broker.events import Dispatch, QuantumRevoked, RevokeQuantum
-    from broker.registry import InFlight
+    from broker.core.events import Dispatch, QuantumRevoked, RevokeQuantum
+    from broker.core.registry import InFlight
+    from broker.drivers.dask_engine import _Driver
     from common.config import ExecutionConfig
 
     config = ExecutionConfig(num_workers=1)

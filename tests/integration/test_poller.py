@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 import zmq
 
-from broker.poller import POLLIN, POLLOUT, Poller
+from broker.transport.poller import POLLIN, POLLOUT, Poller
 
 Socket = zmq.Socket[bytes]
 

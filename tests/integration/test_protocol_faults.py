@@ -13,8 +13,8 @@ import pytest
 import zmq
 
 from broker import MPGraphExecutor
-from broker.server import BrokerServer, Serving
-from broker.state import QState
+from broker.core.state import QState
+from broker.drivers.zmq_server import BrokerServer, Serving
 from common.butler import Butler
 from common.codec import decode, encode
 from common.config import ExecutionConfig
@@ -97,7 +97,7 @@ def dealer(
 def test_junk_frames_and_unknown_workers_are_dropped_while_the_run_completes(
     butler: Butler, dealer: Callable[[str], zmq.Socket[bytes]], caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="broker.server")
+    caplog.set_level(logging.WARNING, logger="broker.drivers.zmq_server")
     run = _Run(butler)
     s = dealer(run.endpoint)
     rng = random.Random(7)

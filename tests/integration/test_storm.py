@@ -1,4 +1,4 @@
-"""A short kill storm with real processes (``scripts/storm.py``): workers' agents and executor
+"""A short kill storm with real processes (``scripts/bench/storm.py``): workers' agents and executor
 children SIGKILLed and agents SIGSTOPped at random, the broker SIGKILLed at 40 % and the run
 resumed under the same storm, then a calm resume if needed."""
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.storm import Storm, run_storm
+from scripts.bench.storm import Storm, run_storm
 
 
 @pytest.mark.timeout(400)

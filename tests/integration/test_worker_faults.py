@@ -10,10 +10,11 @@ import time
 import psutil
 import pytest
 
-from broker import MPGraphExecutor, MPGraphExecutorError, pool
+from broker import MPGraphExecutor, MPGraphExecutorError
+from broker.transport import pool
 from common.butler import Butler
 from common.report import ExecutionStatus, Reason
-from scripts.procs import gone, worker_agents
+from scripts.bench.procs import gone, worker_agents
 from tests.conftest import Background, wait_until
 from tests.graphs import independent
 from worker.executor import TaskQuantumExecutor

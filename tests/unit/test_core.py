@@ -21,7 +21,7 @@ from broker.core import (
     STEAL_AFTER_S,
     BrokerCore,
 )
-from broker.events import (
+from broker.core.events import (
     Action,
     AdmitWorker,
     Dispatch,
@@ -42,9 +42,9 @@ from broker.events import (
     WorkerLeft,
     WorkerReady,
 )
+from broker.core.planner import FIXED
+from broker.core.state import QState
 from broker.journal import Journal, JournalState
-from broker.planner import FIXED
-from broker.state import QState
 from common.config import ExecutionConfig
 from common.graph import QuantumGraph
 from common.protocol import ExecutorExited, Result, ResultStatus

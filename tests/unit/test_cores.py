@@ -8,9 +8,9 @@ from collections.abc import Iterable, Sequence
 
 import pytest
 
-from broker.registry import InFlight, WorkerRegistry
-from broker.scheduler import Scheduler
-from broker.state import GraphState, QState
+from broker.core.registry import InFlight, WorkerRegistry
+from broker.core.scheduler import Scheduler
+from broker.core.state import GraphState, QState
 from common.topology import Topology
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from broker.core import BACKSTOP_GRACE_S
-from broker.events import (
+from broker.core.events import (
     ExecutorGone,
     ForgetWorker,
     KillWorker,
@@ -25,8 +25,8 @@ from broker.events import (
     WorkerLeft,
     WorkerReady,
 )
-from broker.state import QState
-from broker.supply import BACKOFF_MAX_S, BACKOFF_S, MAX_START_FAILURES, WorkerSupply
+from broker.core.state import QState
+from broker.core.supply import BACKOFF_MAX_S, BACKOFF_S, MAX_START_FAILURES, WorkerSupply
 from common.protocol import ExecutorExited, ResultStatus
 from tests.graphs import independent
 from tests.unit.test_core import Harness, result

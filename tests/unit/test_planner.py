@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from broker.dask_engine import transport_profile as dask_profile
-from broker.events import (
+from broker.core.events import (
     ResultReceived,
     WorkerCapacity,
     WorkerHeard,
@@ -14,9 +13,10 @@ from broker.events import (
     WorkerLeft,
     WorkerReady,
 )
-from broker.planner import FIXED, DispatchPlanner, PlanInputs, TransportProfile, window
-from broker.server import transport_profile as local_profile
-from broker.state import QState
+from broker.core.planner import FIXED, DispatchPlanner, PlanInputs, TransportProfile, window
+from broker.core.state import QState
+from broker.drivers.dask_engine import transport_profile as dask_profile
+from broker.drivers.zmq_server import transport_profile as local_profile
 from common.config import ExecutionConfig
 from tests.graphs import independent
 from tests.unit.test_core import Harness, result

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from broker.progress import Progress, answer_control
+from broker.drivers.progress import Progress, answer_control
 from common.protocol import Cancel, StatusRequest
 from common.status import RunStatus
 

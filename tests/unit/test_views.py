@@ -17,7 +17,7 @@ from common.report import (
     lsst_quantum_id,
 )
 from common.status import FailureInfo, RunningInfo, RunStatus, WorkerSummary
-from scripts.views import ProgressDisplay, render_report, render_status
+from scripts.cli.views import ProgressDisplay, render_report, render_status
 
 STATUS = RunStatus(
     elapsed_s=12.5,

@@ -1,7 +1,7 @@
 """Fault figures for the notes (a benchmark, not a test): how fast faults are seen and how
 well runs survive them. Real processes throughout.
 
-    python -m scripts.faultbench [--cycles 50]
+    python -m scripts.bench.faults [--cycles 50]
 
 Prints: detection latency of a SIGKILLed and of a SIGSTOPped worker, how late timeout kills
 land, how long until the last process is gone after the run is SIGKILLed, frames of garbage
@@ -31,17 +31,17 @@ import psutil
 import zmq
 
 from broker import MPGraphExecutor, MPGraphExecutorError
-from broker.links import link_path_for
+from broker.transport.links import link_path_for
 from common.butler import Butler
 from common.codec import encode
 from common.framing import HEADER
 from common.graph import QuantumGraph
 from common.protocol import Heartbeat, Ready
 from common.quantum import Quantum
-from scripts.procs import gone, worker_agents
+from scripts.bench.procs import gone, worker_agents
 from worker.executor import TaskQuantumExecutor
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def sleepers(n: int, seconds: float, prefix: str = "s") -> QuantumGraph:

@@ -4,8 +4,8 @@ run by LSST's MPGraphExecutor with 2 processes (fork and spawn) and by zmpexec's
 executor in-process to get the task's own cost per quantum; overhead per quantum is
 ``makespan x 2 / quanta - in-process cost``.
 
-    python -m scripts.bench_lsst [--tasks 5 --detectors 25 --reps 3]   # wide: makespans
-    python -m scripts.bench_lsst --tasks 100 --detectors 1 --reps 2    # chain: pure overhead
+    python -m scripts.bench.lsst [--tasks 5 --detectors 25 --reps 3]   # wide: makespans
+    python -m scripts.bench.lsst --tasks 100 --detectors 1 --reps 2    # chain: pure overhead
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def main() -> None:
                 [
                     sys.executable,
                     "-m",
-                    "scripts.bench_lsst",
+                    "scripts.bench.lsst",
                     "--one",
                     variant,
                     "--tasks",

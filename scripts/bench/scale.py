@@ -4,7 +4,7 @@ detectors x isr -> calibrate -> measure, a gather per visit) of 10^4 .. 10^6 qua
 time (and a bare ``json.load`` of the file beside it), broker peak RSS and its marginal cost
 per quantum, quanta/s between the first start and the last end, peak intermediates.
 
-    python -m scripts.bench_scale --anchors ../shared/anchors --sizes 10000,100000
+    python -m scripts.bench.scale --anchors ../shared/anchors --sizes 10000,100000
 
 LSST mode (``--lsst-sizes 200,4000``): pipe_base's AddTask, 2 tasks x N/2 detectors on an
 on-disk butler, as a ``.qg`` file through ``zmpexec lsst run -j 2``: broker peak RSS, the

@@ -24,8 +24,8 @@ from common.exits import ExitCode
 from common.graph import QuantumGraph
 from common.graphfile import SUFFIXES
 from common.summary import read_summary
-from scripts.attach import run_workers
-from scripts.views import ProgressDisplay, render_report, render_status
+from scripts.cli.attach import run_workers
+from scripts.cli.views import ProgressDisplay, render_report, render_status
 from worker.executor import TaskQuantumExecutor
 from worker.runner import log_path_for
 
@@ -123,7 +123,7 @@ def _dask_options(args: argparse.Namespace) -> dict[str, Any]:
         if not (args.scheduler or args.scheduler_file):
             raise UsageError("--tls-* apply to --scheduler or --scheduler-file")
         try:
-            from broker.dask_cluster import tls_security
+            from broker.drivers.dask_cluster import tls_security
         except ImportError as e:
             raise ConfigError(f"the dask engine needs pip install -e '.[dask]' ({e})") from e
         security = tls_security(args.tls_ca_file, args.tls_cert, args.tls_key)
@@ -246,7 +246,7 @@ def _add_lsst_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 def cmd_lsst(args: argparse.Namespace) -> ExitCode:
     try:
-        from scripts.lsst_run import cmd_lsst_run
+        from scripts.cli.lsst_run import cmd_lsst_run
     except ImportError as e:
         raise UsageError(f"the LSST stack is not installed ({e}): pip install -e '.[lsst]'") from e
     options = _dask_options(args)
@@ -435,7 +435,7 @@ def cmd_report(args: argparse.Namespace) -> ExitCode:
         raise UsageError(f"{args.file}: {e}") from e
     print(shown)
     if args.timeline is not None:
-        from scripts.timeline import draw_timeline
+        from scripts.cli.timeline import draw_timeline
 
         draw_timeline(report, args.timeline)
         print(f"timeline: {args.timeline}")

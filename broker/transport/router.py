@@ -14,7 +14,7 @@ from pathlib import Path
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
-from broker.droplog import DropLog
+from broker.core.droplog import DropLog
 from common.codec import decode, encode
 from common.errors import ProtocolError, ProtocolVersionError
 from common.keys import load_server_keys
@@ -33,7 +33,7 @@ class Router:
     def __init__(self, endpoint: str, keys_dir: Path | None, drops: DropLog) -> None:
         self._drops = drops
         self._last_sent: dict[bytes, float] = {}
-        self._used = True  # sent on or read from since ``take_used`` (see broker.poller)
+        self._used = True  # sent on or read from since ``take_used`` (see broker.transport.poller)
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self._auth: ThreadAuthenticator | None = None
         self.sock = self._ctx.socket(zmq.ROUTER)

@@ -4,7 +4,7 @@ only: it sends nothing."""
 
 from __future__ import annotations
 
-from broker.links import Link
+from broker.transport.links import Link
 
 __all__ = ["ChildRoutes", "Route"]
 

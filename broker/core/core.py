@@ -23,8 +23,8 @@ from typing import assert_never
 
 import numpy as np
 
-from broker.droplog import DropLog
-from broker.events import (
+from broker.core.droplog import DropLog
+from broker.core.events import (
     Action,
     AdmitWorker,
     Dispatch,
@@ -50,15 +50,15 @@ from broker.events import (
     WorkerLeft,
     WorkerReady,
 )
-from broker.footprint import Footprint
-from broker.journal import Journal, JournalState
-from broker.ledger import Ledger
-from broker.monitor import Monitor
-from broker.planner import FIXED, DispatchPlanner, PlanInputs, TransportProfile
-from broker.registry import InFlight, WorkerInfo, WorkerRegistry
-from broker.scheduler import Scheduler
-from broker.state import GraphState
-from broker.supply import MAX_START_FAILURES, WorkerSupply
+from broker.core.footprint import Footprint
+from broker.core.journaling import JournalSink, JournalState
+from broker.core.ledger import Ledger
+from broker.core.monitor import Monitor
+from broker.core.planner import FIXED, DispatchPlanner, PlanInputs, TransportProfile
+from broker.core.registry import InFlight, WorkerInfo, WorkerRegistry
+from broker.core.scheduler import Scheduler
+from broker.core.state import GraphState
+from broker.core.supply import MAX_START_FAILURES, WorkerSupply
 from common.config import ExecutionConfig
 from common.errors import MPGraphExecutorError
 from common.graph import QuantumGraph
@@ -135,7 +135,7 @@ class BrokerCore:
         graph: QuantumGraph,
         config: ExecutionConfig,
         *,
-        journal: Journal | None = None,
+        journal: JournalSink | None = None,
         done: Collection[int] = (),
         in_process: bool = False,
         follow_ons: bool = False,

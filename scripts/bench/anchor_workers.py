@@ -2,7 +2,7 @@
 workload module's ``NUM_WORKERS`` (their runners read it) and re-binds the lower bound's
 default (bound at import). Imports nothing of zmpexec, so the peers' venvs can run it by path:
 
-    python scripts/anchor_workers.py N ANCHOR_SCRIPT [ARGS...]
+    python scripts/bench/anchor_workers.py N ANCHOR_SCRIPT [ARGS...]
 """
 
 from __future__ import annotations

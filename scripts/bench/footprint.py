@@ -3,7 +3,7 @@
 intermediate datasets alive at once (written, not yet read by every reader), computed the same
 way for every tree from the report's timestamps, with the makespan.
 
-    python -m scripts.bench_footprint --visits 100 --detectors 40 --trees /tmp/base,. --reps 3
+    python -m scripts.bench.footprint --visits 100 --detectors 40 --trees /tmp/base,. --reps 3
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 from common.report import Report
 from examples.pipeline import make_graph
-from scripts.bench_scale import run_in_tree
+from scripts.bench.scale import run_in_tree
 
 __all__ = ["peak_intermediates"]
 

@@ -1,5 +1,5 @@
 """Finding and checking the worker agents a run in this process started (used by
-``scripts/faultbench.py`` and the fault tests)."""
+``scripts/bench/faults.py`` and the fault tests)."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from broker.state import GraphState, QState
+from broker.core.state import GraphState, QState
 from common.errors import MPGraphExecutorError, MPTimeoutError
 from common.graph import QuantumGraph
 from common.protocol import Result

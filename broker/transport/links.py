@@ -16,8 +16,8 @@ import socket
 import tempfile
 from pathlib import Path
 
-from broker.droplog import DropLog
-from broker.poller import POLLERR, POLLIN, POLLOUT, Poller, Waitable
+from broker.core.droplog import DropLog
+from broker.transport.poller import POLLERR, POLLIN, POLLOUT, Poller, Waitable
 from common.errors import ProtocolError
 from common.framing import HEADER, RECV_CHUNK, split_frames
 

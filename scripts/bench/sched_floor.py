@@ -13,8 +13,8 @@ themselves, with no broker at all: a ready heap and the parents' countdown in sh
 under one lock, a semaphore counting what is ready (the ceiling of a design without a broker
 wake-up per quantum).
 
-    PYTHONPATH=../shared/anchors python -m scripts.sched_floor --workloads W3,W4 --depth 1,2
-    PYTHONPATH=../shared/anchors python -m scripts.sched_floor --workloads W4 --ranks label \
+    PYTHONPATH=../shared/anchors python -m scripts.bench.sched_floor --workloads W3,W4 --depth 1,2
+    PYTHONPATH=../shared/anchors python -m scripts.bench.sched_floor --workloads W4 --ranks label \
         --depth 1 --shared 0,1 --self
 """
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from broker.events import StopRequested
+from broker.core.events import StopRequested
 from common.protocol import Cancel, StatusReply, StatusRequest
 from common.status import RunStatus
 

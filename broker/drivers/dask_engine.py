@@ -24,10 +24,8 @@ from typing import Any, assert_never
 import zmq
 from distributed import Client, Future
 
-from broker.control_endpoint import ControlEndpoint
 from broker.core import BrokerCore
-from broker.dask_cluster import STREAM_INTERVAL_S, DaskTarget, connect, lower_latency
-from broker.events import (
+from broker.core.events import (
     Action,
     AdmitWorker,
     Dispatch,
@@ -47,9 +45,11 @@ from broker.events import (
     WorkerLeft,
     WorkerReady,
 )
+from broker.core.planner import TransportProfile
+from broker.drivers.dask_cluster import STREAM_INTERVAL_S, DaskTarget, connect, lower_latency
+from broker.drivers.progress import Progress
 from broker.journal import Journal
-from broker.planner import TransportProfile
-from broker.progress import Progress
+from broker.transport.control_endpoint import ControlEndpoint
 from common.codec import AssignFrames, decode
 from common.config import ExecutionConfig
 from common.errors import ProtocolError

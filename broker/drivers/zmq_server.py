@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import assert_never
 
 from broker.core import BrokerCore, RunTimings
-from broker.droplog import DropLog
-from broker.events import (
+from broker.core.droplog import DropLog
+from broker.core.events import (
     Action,
     AdmitWorker,
     Dispatch,
@@ -44,14 +44,14 @@ from broker.events import (
     WorkerLeft,
     WorkerReady,
 )
+from broker.core.planner import TransportProfile
+from broker.drivers.progress import Progress, ProgressCallback, answer_control
 from broker.journal import Journal
-from broker.links import Link, LinkHub, link_path_for
-from broker.planner import TransportProfile
-from broker.poller import POLLIN, Poller, Waitable
-from broker.pool import WorkerPool
-from broker.progress import Progress, ProgressCallback, answer_control
-from broker.router import Router
-from broker.routes import ChildRoutes, Route
+from broker.transport.links import Link, LinkHub, link_path_for
+from broker.transport.poller import POLLIN, Poller, Waitable
+from broker.transport.pool import WorkerPool
+from broker.transport.router import Router
+from broker.transport.routes import ChildRoutes, Route
 from common.codec import AssignFrames, decode, encode
 from common.config import ExecutionConfig
 from common.errors import ProtocolError

@@ -7,7 +7,7 @@ sweep evicts the caches before each quantum, as this VM's neighbours do while a 
 (after one, a few lines of Python cost ~20x their warm time), so this is what W3 and W4 pay.
 Run by hand; medians of ``--quanta`` quanta:
 
-    python -m scripts.coldpath [--quanta 400]
+    python -m scripts.bench.coldpath [--quanta 400]
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from broker.core import BrokerCore
-from broker.events import Dispatch, Event, ResultReceived, WorkerJoined, WorkerReady
+from broker.core.events import Dispatch, Event, ResultReceived, WorkerJoined, WorkerReady
 from common.butler import Butler
 from common.codec import AssignFrames, decode, encode
 from common.config import ExecutionConfig
@@ -60,7 +60,9 @@ def _graph(visits: int) -> QuantumGraph:
         for qid in chain:
             label = qid.split("-")[0]
             quanta.append(
-                Quantum(qid, label, "scripts.coldpath:noop", {"visit": v}, {}, {"out": qid}, {})
+                Quantum(
+                    qid, label, "scripts.bench.coldpath:noop", {"visit": v}, {}, {"out": qid}, {}
+                )
             )
         edges += [(chain[0], chain[1]), (chain[1], chain[2])]
     return QuantumGraph.from_quanta(quanta, edges)

@@ -4,7 +4,7 @@
 itself SIGKILLed at 40 % and the run resumed under the same storm, then a calm ``--resume``
 if the stormy one did not succeed.
 
-    python -m scripts.storm [--quanta 12000] [-j 4] [--seed 1]
+    python -m scripts.bench.storm [--quanta 12000] [-j 4] [--seed 1]
 
 Prints the hits by kind, how long each stopped agent took to be killed by its broker, every
 run's exit code and duration, and the checks: the run ended, every output registered,
@@ -32,11 +32,11 @@ import psutil
 
 from common.graph import QuantumGraph
 from common.quantum import Quantum
-from scripts.procs import gone
+from scripts.bench.procs import gone
 
 __all__ = ["Storm", "StormOutcome", "run_storm"]
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 KINDS = ("kill-agent", "kill-executor", "stop-agent")
 _STARTUP_TIMEOUT_S = 60.0  # zmpexec run's default
 

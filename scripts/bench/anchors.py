@@ -1,8 +1,8 @@
 """Benchmark zmpexec on the shared anchor workloads (W1-W4, ``anchors/workloads.py``), side by
 side with peers run in the same session, each run a fresh process, repetitions interleaved.
 
-    python -m scripts.bench --anchors ../shared/anchors --reps 3
-    python -m scripts.bench --anchors ../shared/anchors --workloads W2 --peers ppe-fork
+    python -m scripts.bench.anchors --anchors ../shared/anchors --reps 3
+    python -m scripts.bench.anchors --anchors ../shared/anchors --workloads W2 --peers ppe-fork
 
 Metrics as in the anchors: W1 quanta/s, W2 us/hop, W3/W4 makespan over the lower bound. The
 timed region is first dispatch to last result; worker start-up is reported separately.
@@ -33,7 +33,7 @@ from typing import Any
 from common.butler import Butler
 from common.graph import QuantumGraph
 from common.quantum import Quantum
-from scripts.anchor_workers import with_workers
+from scripts.bench.anchor_workers import with_workers
 
 # peer -> (anchor venv or None for this interpreter, runner script, extra arguments)
 PEERS: dict[str, tuple[str | None, str, list[str]]] = {
@@ -86,7 +86,9 @@ def to_graph(wl: Any) -> QuantumGraph:
 def run_one(variant: str, workload: str, workers: int | None = None) -> dict[str, Any]:
     """One measurement in this (fresh) process."""
     from broker import MPGraphExecutor
-    from scripts.bench import WorkloadExecutor as Importable  # not __main__'s: workers import it
+    from scripts.bench.anchors import (
+        WorkloadExecutor as Importable,  # not __main__'s: workers import it
+    )
     from worker.executor import TaskQuantumExecutor
 
     workloads = importlib.import_module("workloads")
@@ -177,7 +179,7 @@ def _run_variant(
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(anchors), os.getcwd()]))
     more = [] if workers is None else ["--workers", str(workers)]
     out = subprocess.run(
-        [sys.executable, "-m", "scripts.bench", "--one", variant, workload, *more],
+        [sys.executable, "-m", "scripts.bench.anchors", "--one", variant, workload, *more],
         env=env,
         capture_output=True,
         text=True,

@@ -7,7 +7,7 @@ Pure bookkeeping: told when quanta succeed and end; memory in proportion to what
 
 from __future__ import annotations
 
-from broker.state import GraphState
+from broker.core.state import GraphState
 from common.graph import QuantumGraph
 
 __all__ = ["Footprint"]

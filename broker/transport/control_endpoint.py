@@ -10,9 +10,9 @@ from collections.abc import Callable
 
 import zmq
 
-from broker.droplog import DropLog
-from broker.events import StopRequested
-from broker.progress import answer_control
+from broker.core.droplog import DropLog
+from broker.core.events import StopRequested
+from broker.drivers.progress import answer_control
 from common.codec import decode, encode
 from common.errors import ProtocolError
 from common.protocol import Cancel, StatusRequest

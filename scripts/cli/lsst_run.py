@@ -22,7 +22,7 @@ from lsst.pipe.base.single_quantum_executor import SingleQuantumExecutor
 
 from broker.lsst import GRAPH_FILE, MPGraphExecutor, read_schedule
 from common.exits import ExitCode
-from scripts.views import ProgressDisplay
+from scripts.cli.views import ProgressDisplay
 
 __all__ = ["cmd_lsst_run"]
 

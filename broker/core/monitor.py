@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from broker.ledger import Ledger
-from broker.registry import WorkerRegistry
-from broker.scheduler import Scheduler
-from broker.state import GraphState, QState
+from broker.core.ledger import Ledger
+from broker.core.registry import WorkerRegistry
+from broker.core.scheduler import Scheduler
+from broker.core.state import GraphState, QState
 from common.graph import QuantumGraph
 from common.status import FailureInfo, RunningInfo, RunStatus, WorkerSummary
 
