@@ -27,25 +27,13 @@ import msgspec
 
 from common.errors import ProtocolError, ProtocolVersionError
 from common.protocol import (
+    MESSAGE_TYPES,
     PROTOCOL_VERSION,
     Assign,
     Bounds,
-    Cancel,
-    ExecutorExited,
-    Goodbye,
-    Heartbeat,
-    Hello,
     Message,
     MessageType,
-    Ready,
-    Refuse,
     Result,
-    Revoke,
-    Revoked,
-    Shutdown,
-    StatusReply,
-    StatusRequest,
-    Welcome,
 )
 from common.quantum import Quantum
 
@@ -58,23 +46,7 @@ MAX_FRAME_BYTES: Final = 64 * 1024 * 1024
 _MAX_STR: Final = 16 * 1024 * 1024
 _MAX_ITEMS: Final = 1_000_000
 
-_TYPE_OF: Final[dict[type[Any], MessageType]] = {
-    Hello: MessageType.HELLO,
-    Welcome: MessageType.WELCOME,
-    Refuse: MessageType.REFUSE,
-    Assign: MessageType.ASSIGN,
-    Result: MessageType.RESULT,
-    Heartbeat: MessageType.HEARTBEAT,
-    Shutdown: MessageType.SHUTDOWN,
-    Goodbye: MessageType.GOODBYE,
-    Ready: MessageType.READY,
-    StatusRequest: MessageType.STATUS_REQUEST,
-    StatusReply: MessageType.STATUS_REPLY,
-    Cancel: MessageType.CANCEL,
-    Revoke: MessageType.REVOKE,
-    Revoked: MessageType.REVOKED,
-    ExecutorExited: MessageType.EXECUTOR_EXITED,
-}
+_TYPE_OF: Final = MESSAGE_TYPES
 _CLASS_OF: Final = {t: cls for cls, t in _TYPE_OF.items()}
 
 Decoder = Callable[[Any], Any]

@@ -14,13 +14,16 @@ Must not encode anything itself (that is ``common.codec``, the only msgpack user
 from __future__ import annotations
 
 import enum
+import re
+import typing
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 
 from common.quantum import Quantum
 from common.report import Reason
 
 __all__ = [
+    "MESSAGE_TYPES",
     "PROTOCOL_VERSION",
     "Assign",
     "Bounds",
@@ -272,3 +275,17 @@ Message = (
     | Revoked
     | ExecutorExited
 )
+
+
+def _wire_name(cls: type[Any]) -> str:
+    """``StatusRequest`` -> ``STATUS_REQUEST``: a message class's member of ``MessageType``."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", cls.__name__).upper()
+
+
+# Every message class's wire type, derived from ``Message`` and ``MessageType`` (a class
+# without a member, or a member without a class, fails at import).
+MESSAGE_TYPES: Final[dict[type[Any], MessageType]] = {
+    cls: MessageType[_wire_name(cls)] for cls in typing.get_args(Message)
+}
+if sorted(MESSAGE_TYPES.values()) != sorted(MessageType):
+    raise ImportError("Message and MessageType disagree: a message class or type is missing")
