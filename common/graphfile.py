@@ -12,10 +12,12 @@ from __future__ import annotations
 import json
 import sys
 from array import array
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import msgpack
+import msgspec
 import numpy as np
 import yaml
 
@@ -82,34 +84,74 @@ def unpack_payload(
 def read_graph(path: Path, yaml_loader: type[Any] | None = None) -> QuantumGraph:
     if path.suffix not in SUFFIXES:
         raise GraphFileError(f"graph file {path}: unknown suffix (use {', '.join(SUFFIXES)})")
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise GraphFileError(f"cannot read graph file {path}: {e.strerror or e}") from e
+    if path.suffix == ".json":
+        return _read_json(path)
+    data = _read_bytes(path)
     if path.suffix == ".zmpg":
         return _read_binary(data, path)
     try:
-        if path.suffix == ".json":
-            raw = json.loads(data)
-        else:
-            raw = yaml.load(data, Loader=yaml_loader or YAML_LOADER)
-    except (yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raw = yaml.load(data, Loader=yaml_loader or YAML_LOADER)
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise GraphFileError(
             f"graph file {path} is not valid {path.suffix[1:]}: {_one_line(e)}"
         ) from e
     return graph_from_data(raw, str(path))
 
 
+class _JsonGraphFile(msgspec.Struct):
+    """A JSON graph file's top level. Each quantum stays raw bytes (a slice of the file)
+    until the builder takes it, so the file never becomes one tree of Python objects: a
+    graph read from JSON peaks at the file's size plus the compact model."""
+
+    quanta: list[msgspec.Raw]
+    edges: Any = msgspec.field(default_factory=list)
+
+
+_JSON_FILE: Final = msgspec.json.Decoder(_JsonGraphFile)
+_JSON_ENTRY: Final = msgspec.json.Decoder()
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise GraphFileError(f"cannot read graph file {path}: {e.strerror or e}") from e
+
+
+def _read_json(path: Path) -> QuantumGraph:
+    source = str(path)
+    data = _read_bytes(path)
+    try:
+        top = _JSON_FILE.decode(data)
+    except msgspec.ValidationError as e:
+        raise GraphFileError(f"{source}: expected a mapping with a 'quanta' list ({e})") from e
+    except msgspec.DecodeError as e:
+        raise GraphFileError(f"graph file {source} is not valid json: {_one_line(e)}") from e
+    builder = _added((_JSON_ENTRY.decode(entry) for entry in top.quanta), source)
+    edges = top.edges
+    del top, data  # the file's bytes are not needed to link the graph
+    return _linked(builder, edges, source)
+
+
 def graph_from_data(raw: object, source: str) -> QuantumGraph:
     if not isinstance(raw, dict) or not isinstance(raw.get("quanta"), list):
         raise GraphFileError(f"{source}: expected a mapping with a 'quanta' list")
+    return _linked(_added(raw["quanta"], source), raw.get("edges", []), source)
+
+
+def _added(entries: Iterable[object], source: str) -> GraphBuilder:
+    """A builder holding ``entries`` (each a graph file's quantum, checked as it is added)."""
     builder = GraphBuilder()
-    for i, entry in enumerate(raw["quanta"]):
+    for i, entry in enumerate(entries):
         try:
             builder.add_raw(entry)
         except ValueError as e:
             raise GraphFileError(f"{source}: quanta[{i}]: {e}") from e
-    edges = raw.get("edges", [])
+    return builder
+
+
+def _linked(builder: GraphBuilder, edges: object, source: str) -> QuantumGraph:
+    """The graph of what ``builder`` holds and the ordering ``edges``."""
     if not isinstance(edges, list) or not all(
         isinstance(e, list | tuple) and len(e) == 2 and all(isinstance(x, str) for x in e)
         for e in edges
