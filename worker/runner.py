@@ -81,9 +81,7 @@ def run_quantum(
     captured quantum's log goes (``log_file`` unless the caller worked it out already)."""
     kept: str | None = None
     start, t0 = time.time(), time.monotonic()
-    status, exit_code = ResultStatus.SUCCESS, (None if in_process else 0)
-    exc_class = exc_message = reason = None
-    stop_run = False
+    outcome = _SUCCEEDED if not in_process else _SUCCEEDED_HERE
     try:
         if capture is None:
             executor.execute(quantum, butler)
@@ -98,20 +96,11 @@ def run_quantum(
                 kept = capture.stop()
     except KeyboardInterrupt:
         raise
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-        if code != 0:
-            status, exit_code, reason = ResultStatus.FAILURE, code, Reason.EXIT_CODE
-            exc_class, exc_message = "SystemExit", f"task called sys.exit({e.code!r})"
     except BaseException as e:
-        status, reason = ResultStatus.FAILURE, Reason.EXCEPTION
-        exit_code = None if in_process else EXCEPTION_EXIT_CODE
-        exc_class, exc_message = _class_name(e), _message(e)
-        if isinstance(e, QuantumFailure):
-            exc_class, stop_run = e.class_name, e.stop_run
-            exit_code = e.exit_code
-        if on_exception is not None:
+        outcome = _failure(e, in_process)
+        if on_exception is not None and not isinstance(e, SystemExit):
             on_exception(e.__traceback__)
+    status, exit_code, reason, exc_class, exc_message, stop_run = outcome
     return Result(
         quantum_id=quantum.id,
         attempt=attempt,
@@ -127,6 +116,29 @@ def run_quantum(
         log_path=kept,
         stop_run=stop_run,
     )
+
+
+# (status, exit code, reason, exception class, message, stop the run) of an attempt
+_Outcome = tuple[ResultStatus, int | None, Reason | None, str | None, str | None, bool]
+_SUCCEEDED: _Outcome = (ResultStatus.SUCCESS, 0, None, None, None, False)
+_SUCCEEDED_HERE: _Outcome = (ResultStatus.SUCCESS, None, None, None, None, False)  # in-process
+
+
+def _failure(e: BaseException, in_process: bool) -> _Outcome:
+    """How an attempt that raised ``e`` ended: ``sys.exit(0)`` is a success, another exit
+    code an ``exit_code`` failure, any other exception an ``exception`` failure (a
+    ``QuantumFailure`` with its own class name, exit code and stop-the-run flag)."""
+    if isinstance(e, SystemExit):
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        if code == 0:
+            return _SUCCEEDED_HERE if in_process else _SUCCEEDED
+        message = f"task called sys.exit({e.code!r})"
+        return ResultStatus.FAILURE, code, Reason.EXIT_CODE, "SystemExit", message, False
+    if isinstance(e, QuantumFailure):
+        status = ResultStatus.FAILURE
+        return status, e.exit_code, Reason.EXCEPTION, e.class_name, _message(e), e.stop_run
+    exit_code = None if in_process else EXCEPTION_EXIT_CODE
+    return ResultStatus.FAILURE, exit_code, Reason.EXCEPTION, _class_name(e), _message(e), False
 
 
 def ended_without_result(

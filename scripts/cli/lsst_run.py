@@ -36,21 +36,7 @@ def cmd_lsst_run(
     if not args.qgraph.exists():
         raise FileNotFoundError(f"no quantum graph file {args.qgraph}")
     graph_file, run_dir = _graph_file_and_run_dir(args)
-    with PredictedQuantumGraph.open(str(graph_file)) as reader:
-        reader.read_init_quanta()  # not the quanta: the broker reads only the thin graph
-        init = reader.finish()
-    output_run = init.header.output_run
-    butler = Butler.from_config(str(args.butler), run=output_run, writeable=True)
-    # What pipetask does before running quanta: init-outputs, configs, package versions.
-    try:
-        init.write_init_outputs(butler, skip_existing=True)
-        init.write_configs(butler, compare_existing=True)
-        init.write_packages(butler, compare_existing=True)
-    except ConflictingDefinitionError as e:
-        raise ValueError(
-            f"run {output_run!r} of {args.butler} already holds outputs that differ from this "
-            f"graph's (a different graph was run into it?): {e}"
-        ) from e
+    output_run, butler = _init_outputs_written(graph_file, args.butler)
     quantum_executor = (
         None
         if args.qbb
@@ -101,6 +87,26 @@ def cmd_lsst_run(
     if received:
         return ExitCode.for_signal(received[0])
     return ExitCode.QUANTA_FAILED if failed else ExitCode.OK
+
+
+def _init_outputs_written(graph_file: Path, repo: Path) -> tuple[str, Butler]:
+    """What pipetask does before running quanta (init-outputs, configs, package versions),
+    done in the graph's output run of ``repo``: that run and a writeable butler on it."""
+    with PredictedQuantumGraph.open(str(graph_file)) as reader:
+        reader.read_init_quanta()  # not the quanta: the broker reads only the thin graph
+        init = reader.finish()
+    output_run = init.header.output_run
+    butler = Butler.from_config(str(repo), run=output_run, writeable=True)
+    try:
+        init.write_init_outputs(butler, skip_existing=True)
+        init.write_configs(butler, compare_existing=True)
+        init.write_packages(butler, compare_existing=True)
+    except ConflictingDefinitionError as e:
+        raise ValueError(
+            f"run {output_run!r} of {repo} already holds outputs that differ from this "
+            f"graph's (a different graph was run into it?): {e}"
+        ) from e
+    return output_run, butler
 
 
 def _graph_file_and_run_dir(args: argparse.Namespace) -> tuple[Path, Path]:

@@ -149,37 +149,8 @@ def _parser() -> argparse.ArgumentParser:
         "--endpoint", required=True, help="ipc://PATH or tcp://HOST:PORT (tcp uses CURVE keys)"
     )
 
-    worker = sub.add_parser("worker", help="attach workers to a running broker")
-    where = worker.add_mutually_exclusive_group(required=True)
-    where.add_argument("--connect", metavar="ENDPOINT", help="the broker's endpoint")
-    where.add_argument("--run-dir", type=Path, help="the broker's run directory")
-    worker.add_argument(
-        "--keys",
-        type=Path,
-        default=None,
-        help="CURVE key directory for tcp (default: RUN_DIR/curve)",
-    )
-    worker.add_argument("-j", "--jobs", type=int, default=1, help="workers to attach")
-    worker.add_argument(
-        "--wait", type=float, default=60.0, help="seconds to keep trying while no broker answers"
-    )
-
-    for name, text in (
-        ("status", "show a running broker's progress"),
-        ("cancel", "stop a running broker"),
-    ):
-        c = sub.add_parser(name, help=text)
-        c.add_argument(
-            "target",
-            nargs="?",
-            default="zmpexec-repo/runs/main",
-            help="run directory or endpoint (default: zmpexec-repo/runs/main)",
-        )
-        c.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for answer")
-    sub.choices["status"].add_argument("--json", action="store_true", help="machine-readable")
-    sub.choices["cancel"].add_argument(
-        "--abort", action="store_true", help="kill running quanta instead of letting them finish"
-    )
+    _add_worker_parser(sub)
+    _add_control_parsers(sub)
 
     val = sub.add_parser("validate", help="check a graph without running it")
     val.add_argument("graph", type=Path)
@@ -211,6 +182,44 @@ def _parser() -> argparse.ArgumentParser:
     logs.add_argument("--repo", type=Path, default=Path("zmpexec-repo"))
     logs.add_argument("--run", default="main")
     return p
+
+
+def _add_worker_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``zmpexec worker``: attach workers to a running broker."""
+    worker = sub.add_parser("worker", help="attach workers to a running broker")
+    where = worker.add_mutually_exclusive_group(required=True)
+    where.add_argument("--connect", metavar="ENDPOINT", help="the broker's endpoint")
+    where.add_argument("--run-dir", type=Path, help="the broker's run directory")
+    worker.add_argument(
+        "--keys",
+        type=Path,
+        default=None,
+        help="CURVE key directory for tcp (default: RUN_DIR/curve)",
+    )
+    worker.add_argument("-j", "--jobs", type=int, default=1, help="workers to attach")
+    worker.add_argument(
+        "--wait", type=float, default=60.0, help="seconds to keep trying while no broker answers"
+    )
+
+
+def _add_control_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``zmpexec status`` and ``cancel``: ask a running broker."""
+    for name, text in (
+        ("status", "show a running broker's progress"),
+        ("cancel", "stop a running broker"),
+    ):
+        c = sub.add_parser(name, help=text)
+        c.add_argument(
+            "target",
+            nargs="?",
+            default="zmpexec-repo/runs/main",
+            help="run directory or endpoint (default: zmpexec-repo/runs/main)",
+        )
+        c.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for answer")
+    sub.choices["status"].add_argument("--json", action="store_true", help="machine-readable")
+    sub.choices["cancel"].add_argument(
+        "--abort", action="store_true", help="kill running quanta instead of letting them finish"
+    )
 
 
 def _add_lsst_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
