@@ -29,7 +29,7 @@ from broker.core.state import QState
 from broker.core.supply import BACKOFF_MAX_S, BACKOFF_S, MAX_START_FAILURES, WorkerSupply
 from common.protocol import ExecutorExited, ResultStatus
 from tests.graphs import independent
-from tests.unit.test_core import Harness, result
+from tests.unit.harness import Harness, result
 
 A, B = b"wa", b"wb"
 KILLED = "killed by signal 9 (SIGKILL)"

@@ -19,7 +19,7 @@ from broker.drivers.dask_engine import transport_profile as dask_profile
 from broker.drivers.zmq_server import transport_profile as local_profile
 from common.config import ExecutionConfig
 from tests.graphs import independent
-from tests.unit.test_core import Harness, result
+from tests.unit.harness import Harness, result
 
 A, B = b"wa", b"wb"
 LOCAL = local_profile(ExecutionConfig(num_workers=2))  # trip 1 ms, 2..9 quanta a worker
