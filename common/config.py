@@ -5,6 +5,7 @@ Must not read the environment or any global state.
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,8 +68,10 @@ class ExecutionConfig:
             raise ConfigError(f"endpoint {self.endpoint!r} must be ipc://PATH or tcp://HOST:PORT")
         if self.prefetch < 0:
             raise ConfigError(f"prefetch must be >= 0, got {self.prefetch}")
-        if self.startup_timeout_s <= 0 or self.shutdown_grace_s < 0:
-            raise ConfigError("startup timeout must be positive and shutdown grace >= 0")
+        if not (0 < self.startup_timeout_s < math.inf and 0 <= self.shutdown_grace_s < math.inf):
+            raise ConfigError("startup timeout must be positive and shutdown grace >= 0, finite")
+        if not math.isfinite(self.heartbeat_interval_s):
+            raise ConfigError("heartbeat interval must be finite")
 
     @property
     def spawn_count(self) -> int:

@@ -123,14 +123,22 @@ def _read_json(path: Path) -> QuantumGraph:
     data = _read_bytes(path)
     try:
         top = _JSON_FILE.decode(data)
-    except msgspec.ValidationError as e:
-        raise GraphFileError(f"{source}: expected a mapping with a 'quanta' list ({e})") from e
-    except msgspec.DecodeError as e:
-        raise GraphFileError(f"graph file {source} is not valid json: {_one_line(e)}") from e
-    builder = _added((_JSON_ENTRY.decode(entry) for entry in top.quanta), source)
+        builder = _added((_JSON_ENTRY.decode(entry) for entry in top.quanta), source)
+    except msgspec.DecodeError:
+        # What msgspec refuses, Python's json may still read (NaN and Infinity, which our own
+        # writer emits; a byte-order mark; UTF-16) or name the problem as it always did.
+        return _read_json_plainly(data, source)
     edges = top.edges
     del top, data  # the file's bytes are not needed to link the graph
     return _linked(builder, edges, source)
+
+
+def _read_json_plainly(data: bytes, source: str) -> QuantumGraph:
+    try:
+        raw = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise GraphFileError(f"graph file {source} is not valid json: {_one_line(e)}") from e
+    return graph_from_data(raw, source)
 
 
 def graph_from_data(raw: object, source: str) -> QuantumGraph:

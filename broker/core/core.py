@@ -296,8 +296,8 @@ class BrokerCore:
             return
         match event:
             case WorkerReady(generation=generation):
-                if generation and generation <= info.gone:
-                    return  # that executor child is known to be dead already
+                if generation and (generation <= info.gone or generation < info.generation):
+                    return  # that executor child is known to be dead, or a newer one is up
                 info.generation = generation
                 self.registry.mark_ready(info, now)
                 self._touched.add(info.identity)
@@ -545,6 +545,7 @@ class BrokerCore:
         if info.local and kill:
             out.append(KillWorker(info.identity, info.pid))
         out.append(ForgetWorker(info.identity))
+        self._supply_at = -math.inf  # (whether workers can be had counts the registered)
         logger.warning("%s", why)
 
     def _process_event(
@@ -558,10 +559,10 @@ class BrokerCore:
             case ProcessStarted(pid=pid):
                 if supply is not None:
                     supply.started(pid, now)
-            case SpawnFailed(why=why):
-                logger.warning("cannot start a worker process: %s", why)
+            case SpawnFailed(why=why, count=count):
+                logger.warning("cannot start %d worker process(es): %s", count, why)
                 if supply is not None:
-                    supply.start_failed(f"cannot start a worker process: {why}", now)
+                    supply.start_failed(f"cannot start a worker process: {why}", now, count)
             case ProcessExited(pid=pid, why=why):
                 info = self.registry.by_pid(pid)
                 if info is not None:
@@ -584,7 +585,7 @@ class BrokerCore:
                 self.config.startup_timeout_s,
             )
             out.append(KillWorker(None, pid))
-        if supply.exhausted(self.registry.ready_count()):
+        if supply.exhausted(len(self.registry)):
             self._fatal = (
                 f"no workers: {supply.failures} local worker processes in a row "
                 f"(the limit is {MAX_START_FAILURES}) ended before their executor was ready; "

@@ -111,9 +111,11 @@ class ProcessStarted:
 
 @dataclass(frozen=True, slots=True)
 class SpawnFailed:
-    """The driver could not start a local worker process that ``SpawnWorkers`` asked for."""
+    """The driver could not start ``count`` of the local worker processes ``SpawnWorkers``
+    asked for (it stops at the first that fails: one failed start)."""
 
     why: str
+    count: int = 1
 
 
 @dataclass(frozen=True, slots=True)

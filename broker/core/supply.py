@@ -53,8 +53,9 @@ class WorkerSupply:
         self._pending = max(0, self._pending - 1)
         self._procs[pid] = _Process(now)
 
-    def start_failed(self, why: str, now: float) -> None:
-        self._pending = max(0, self._pending - 1)
+    def start_failed(self, why: str, now: float, count: int = 1) -> None:
+        """``count`` of the starts asked for did not happen: one failed start."""
+        self._pending = max(0, self._pending - count)
         self._failed(why, now)
 
     def registered(self, pid: int) -> bool:
@@ -105,12 +106,14 @@ class WorkerSupply:
         self._pending += n
         return n
 
-    def exhausted(self, ready_workers: int) -> bool:
-        """No worker is to be had: too many failed starts in a row, none READY, none coming."""
+    def exhausted(self, registered_workers: int) -> bool:
+        """No worker is to be had: too many failed starts in a row, no process of ours alive
+        or coming, and no other worker registered (an attached one, even while its executor
+        is being replaced, may still serve: the stuck-worker rule bounds how long)."""
         return (
             self.target > 0
             and self.failures >= MAX_START_FAILURES
-            and ready_workers == 0
+            and registered_workers == 0
             and not self._procs
             and self._pending == 0
         )

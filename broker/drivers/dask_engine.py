@@ -296,6 +296,9 @@ class _Driver:
         if lost:
             self._client.cancel([self._futures.pop(k)[1] for k in lost], force=True)
         self._held.pop(worker, None)
+        # Still in the cluster, it joins again at the next poll, as a new worker
+        self._known.pop(worker.decode(), None)
+        self._threads.pop(worker.decode(), None)
 
     def _low(self, worker: bytes) -> int:
         """A worker holding this many quanta or fewer is sent what waits for it."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from collections import deque
 from collections.abc import Collection
@@ -138,6 +139,7 @@ class BrokerServer:
         self._requests: deque[Event] = deque()  # from signal handlers and other threads
         self._events: list[Event] = []  # follow-ups of carrying out actions
         self._goodbyes: set[bytes] = set()  # attached workers told the run is over
+        self._host = socket.gethostname()  # local agents say HELLO with this host name
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         self._pool = WorkerPool(
@@ -282,7 +284,11 @@ class BrokerServer:
     # ------------------------------------------------------------------ frames -> events
     def _read_frames(self, now: float, events: list[Event]) -> None:
         for identity, msg in self._router.messages():
-            if isinstance(msg, ExecutorExited | Revoked) and self._children.owner(identity) is None:
+            if (
+                isinstance(msg, ExecutorExited | Revoked)
+                and self._children.owner(identity) is None
+                and self.core.worker(identity) is not None
+            ):
                 events.append(WorkerHeard(identity))  # the agent's own report: it is alive
             event = self._event_for(identity, msg, now)
             if event is not None:
@@ -326,7 +332,9 @@ class BrokerServer:
             return self._child_event(owner, msg)
         match msg:
             case Hello(pid=pid, host=host, slots=slots):
-                return WorkerJoined(identity, pid, host, slots, pid in self._pool.pids())
+                # (a pid alone could be an attached worker's on another host)
+                local = host == self._host and pid in self._pool.pids()
+                return WorkerJoined(identity, pid, host, slots, local)
             case Ready():
                 return self._child_ready(identity, msg)
             case ExecutorExited():
@@ -416,13 +424,13 @@ class BrokerServer:
 
     def _spawn(self, count: int) -> None:
         """Start ``count`` local workers; the core hears of each start (or failure) next step."""
-        for _ in range(count):
+        for n in range(count):
             try:
                 pid = self._pool.spawn_one()
             except OSError as e:
-                self._events.append(SpawnFailed(str(e)))
-            else:
-                self._events.append(ProcessStarted(pid))
+                self._events.append(SpawnFailed(str(e), count - n))
+                return
+            self._events.append(ProcessStarted(pid))
 
     def _refuse(self, child: Route, why: str, *args: object) -> None:
         """Tell a would-be executor child why not (``why % args``; each ``why`` is a kind of

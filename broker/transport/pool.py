@@ -87,7 +87,13 @@ class WorkerPool:
         """Start one agent; its pid. Raises OSError when no process can be started."""
         handle = self._start_one()
         assert handle.pid is not None
-        w = LocalWorker(handle, handle.pid, os.pidfd_open(handle.pid))
+        try:
+            pidfd = os.pidfd_open(handle.pid)
+        except OSError:  # (out of descriptors) a process we cannot watch must not run on
+            kill_group(handle.pid)
+            LocalWorker(handle, handle.pid, -1).wait(5.0)
+            raise
+        w = LocalWorker(handle, handle.pid, pidfd)
         self._by_fd[w.pidfd] = w
         self.started += 1
         return w.pid

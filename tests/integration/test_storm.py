@@ -43,5 +43,6 @@ def test_a_run_under_a_kill_storm_ends_and_loses_nothing() -> None:
     assert out.rerun <= sum(out.hits.values())
     # and each stopped agent was killed by its broker within its liveness window (1 s) once
     # it was up, within the start-up timeout (10 s) while it was starting, plus some slack
-    assert all(s < 1.0 + 2.0 for s in out.stop_detect_s), out.stop_detect_s
-    assert all(s < storm.startup_timeout_s + 3.0 for s in out.stop_starting_s), out
+    # (slack for a loaded machine: the broker's wake-up, the kill, the reap, this poll)
+    assert all(s < 1.0 + 4.0 for s in out.stop_detect_s), out.stop_detect_s
+    assert all(s < storm.startup_timeout_s + 5.0 for s in out.stop_starting_s), out

@@ -84,6 +84,11 @@ def test_files_round_trip(tmp_path: Path, suffix: str) -> None:
         ("g.yaml", "quanta:\n- {id: a, task: 'm:f', timeout: -1}", "timeout must be a positive"),
         ("g.yaml", "quanta:\n- {id: a, task: 'm:f', timeout: .nan}", "timeout must be a positive"),
         ("g.yaml", "quanta: []\nedges: [[a]]", "'edges' must be"),
+        ("g.json", "[1]", "expected a mapping with a 'quanta' list"),
+        ("g.json", '{"quanta": 3}', "expected a mapping with a 'quanta' list"),
+        ("g.json", '{"quanta": [{"id": "a"}]}', "quanta\\[0\\].*task must be"),
+        ("g.json", '{"quanta": [{"id": "a", "task": "m:f", "timeout": -1}]}', "timeout must"),
+        ("g.json", '{"quanta": [], "edges": [["a"]]}', "'edges' must be"),
     ],
 )
 def test_malformed_files_give_clear_errors(
@@ -173,3 +178,22 @@ def test_binary_graph_with_a_wrong_depth_is_still_read_correctly(tmp_path: Path)
     cols["depth"] = bytes(len(cols["depth"]))  # every depth 0: proves nothing
     (tmp_path / "g.zmpg").write_bytes(graphfile.MAGIC + msgpack.packb(cols))
     assert list(QuantumGraph.load(tmp_path / "g.zmpg").topology.depth) == [0, 1, 2]
+
+
+def test_json_graphs_read_what_python_json_reads(tmp_path: Path) -> None:
+    # Given JSON our own writer makes from infinite config values, and one with a BOM
+    g = QuantumGraph.from_quanta([quantum("a", config={"x": float("inf")})])
+    g.save(tmp_path / "g.json")
+    assert "Infinity" in (tmp_path / "g.json").read_text()
+    bom = tmp_path / "bom.json"
+    bom.write_bytes(b"\xef\xbb\xbf" + (tmp_path / "g.json").read_bytes())
+    # Then both read back as they did through Python's json
+    for path in (tmp_path / "g.json", bom):
+        assert QuantumGraph.load(path).quantum_at(0).config == {"x": float("inf")}
+
+
+def test_a_json_quantum_that_is_not_utf8_is_a_one_line_error(tmp_path: Path) -> None:
+    path = tmp_path / "g.json"
+    path.write_bytes(b'{"quanta": [{"id": "caf\xe9", "task": "m:f"}]}')
+    with pytest.raises(GraphFileError, match="not valid json"):
+        QuantumGraph.load(path)

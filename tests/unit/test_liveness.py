@@ -283,3 +283,41 @@ def test_every_way_a_worker_is_lost_ends_in_one_forget(how: str) -> None:
     forgets = [a for a in h.actions if isinstance(a, ForgetWorker)]
     assert forgets == [ForgetWorker(A)]
     assert h.core.worker(A) is None
+
+
+def test_an_attached_worker_between_executors_keeps_a_run_from_giving_up() -> None:
+    # Given local starts that keep failing and an attached worker whose executor is being
+    # replaced (registered, not READY) when the last failure comes
+    h = supplied(workers=1, quanta=5, startup_timeout_s=200.0)
+    h.step(WorkerJoined(B, 999, "elsewhere", 1, False), WorkerReady(B, 1))
+    h.step(ExecutorGone(B, exited(1, 0, False)), WorkerHeard(B))
+    pid = 101
+    for _ in range(MAX_START_FAILURES):
+        h.step(ProcessExited(pid, "exited with code 1"), WorkerHeard(B), at=h.now + 1.0)
+        h.step(WorkerHeard(B), at=h.now + BACKOFF_MAX_S)
+        pid += 1
+        if spawned(h):
+            h.step(ProcessStarted(pid))
+    # Then the run goes on: the attached worker may come back
+    assert not h.core.over and h.core.fatal is None
+
+
+def test_a_burst_of_failed_spawns_is_one_failed_start() -> None:
+    # Given 4 starts asked for, the second failing (the process limit, say)
+    h = Harness(independent(4), workers=4, spawns=True)
+    assert spawned(h) == 4
+    h.step(ProcessStarted(101), SpawnFailed("[Errno 11] Resource temporarily unavailable", 3))
+    # Then it is one failed start: the 3 places are filled again after one backoff
+    supply: WorkerSupply | None = h.core._supply
+    assert supply is not None and supply.failures == 1
+    h.step(at=2.0)
+    assert spawned(h) == 3
+
+
+def test_a_ready_from_an_older_executor_than_the_current_one_is_ignored() -> None:
+    h = Harness(independent(1), workers=1)
+    h.step(WorkerJoined(A, 7, "host", 1, True), WorkerReady(A, 3))
+    h.step(WorkerReady(A, 2))  # (its READY travelled on another link, and came late)
+    h.step(ExecutorGone(A, exited(2, 0, False)))
+    info = h.core.registry.get(A)
+    assert info is not None and info.ready and info.generation == 3
