@@ -311,8 +311,7 @@ class BrokerCore:
                     self.timings.workers_ready = now
             case WorkerCapacity(slots=slots):
                 info.declared = slots
-                self.registry.resize(info, self.planner.capacity(slots, info.threads))
-                self._touched.add(info.identity)
+                self._plan_worker(info)
             case WorkerHeard():
                 self.registry.seen(info, now)
             case ResultReceived(result=result):
@@ -350,6 +349,7 @@ class BrokerCore:
             name=event.name,
         )
         info.declared, info.threads = event.slots, max(1, event.threads)
+        self._plan_worker(info)
         logger.info(
             "worker %s registered (pid %d on %s, %s)",
             info.worker_id,
@@ -613,8 +613,13 @@ class BrokerCore:
         if not self.planner.replan(inputs, now):
             return
         for info in self.registry.workers():
-            self.registry.resize(info, self.planner.capacity(info.declared, info.threads))
-            self._touched.add(info.identity)
+            self._plan_worker(info)
+
+    def _plan_worker(self, info: WorkerInfo) -> None:
+        """``info``'s capacity and refill mark, as the planner has them now."""
+        capacity = self.planner.capacity(info.declared, info.threads)
+        self.registry.resize(info, capacity, self.planner.refill(capacity, info.threads))
+        self._touched.add(info.identity)
 
     def _executor_gone(self, info: WorkerInfo, exited: ExecutorExited, now: float) -> None:
         """The worker's executor child died or was replaced. What was sent to it is settled

@@ -28,7 +28,9 @@ class TransportProfile:
     on top of all its threads' (a batching transport keeps some in hand). ``order_rules``:
     queue nothing behind a running quantum where that costs more than it hides (a transport
     whose queued quanta are cheap to take back; a batching one keeps its minimum).
-    ``replan_every_s``: how often the plan may change."""
+    ``replan_every_s``: how often the plan may change. ``batch``: a worker is sent quanta
+    only once it holds half its capacity or less (and at least one per thread), then filled
+    in one go, so the transport carries them in one message (Dask: one graph update)."""
 
     trip_s: float
     window_min: int
@@ -36,6 +38,7 @@ class TransportProfile:
     extra: int = 0
     order_rules: bool = True
     replan_every_s: float = 0.1
+    batch: bool = False
 
     def __post_init__(self) -> None:
         if not 1 <= self.window_min <= self.window_max or self.extra < 0 or self.trip_s < 0:
@@ -108,6 +111,13 @@ class DispatchPlanner:
             return max(1, declared)
         wanted = max(1, threads) * self.depth + self.profile.extra
         return max(1, min(declared, wanted) if declared > 0 else wanted)
+
+    def refill(self, capacity: int, threads: int) -> int:
+        """How few quanta a worker of ``capacity`` holds before it is sent more (-1: it is
+        sent one whenever a slot is free)."""
+        if not self.profile.batch:
+            return -1
+        return min(capacity - 1, max(max(1, threads), capacity // 2))
 
     def due(self, now: float) -> bool:
         """Whether the plan may change now (``replan`` then; at most every

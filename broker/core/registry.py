@@ -41,6 +41,7 @@ class WorkerInfo:
     last_seen: float
     declared: int = 0  # quanta it said it accepts at once (0: no limit of its own)
     threads: int = 1  # quanta it runs at once
+    refill: int = -1  # sent more only once it holds this many or fewer (-1: any free slot)
     in_flight: dict[str, InFlight] = field(default_factory=dict)
     completed: int = 0
     ready: bool = False  # said READY: its executor is loaded and it can take work
@@ -53,6 +54,12 @@ class WorkerInfo:
     @property
     def free_slots(self) -> int:
         return self.slots - len(self.in_flight)
+
+    @property
+    def wants_more(self) -> bool:
+        """It has a free slot and is down to its refill mark: it is sent quanta again (and
+        then filled, in one go, up to its slots)."""
+        return self.free_slots > 0 and (self.refill < 0 or len(self.in_flight) <= self.refill)
 
 
 def _silence_ends(w: WorkerInfo, limit_s: float, startup_s: float) -> float:
@@ -129,10 +136,11 @@ class WorkerRegistry:
     def seen(self, info: WorkerInfo, now: float) -> None:
         info.last_seen = now
 
-    def resize(self, info: WorkerInfo, slots: int) -> None:
-        """A new number of slots (at least 1); what is in flight stays."""
+    def resize(self, info: WorkerInfo, slots: int, refill: int = -1) -> None:
+        """A new number of slots (at least 1) and refill mark; what is in flight stays."""
         info.slots = max(1, slots)
-        if info.ready and info.free_slots > 0:
+        info.refill = refill
+        if info.ready and info.wants_more:
             self._idle.setdefault(info.identity, None)
         else:
             self._idle.pop(info.identity, None)
@@ -164,7 +172,7 @@ class WorkerRegistry:
         del info.in_flight[quantum_id]
         info.completed += 1
         # (after a resize it may still hold more than its slots)
-        if info.ready and info.free_slots > 0:
+        if info.ready and info.wants_more:
             self._idle[info.identity] = None
             self._idle.move_to_end(info.identity)
         return d

@@ -76,10 +76,11 @@ def transport_profile(config: ExecutionConfig) -> TransportProfile:
     """What dispatching through Dask costs: a trip of ~10 ms (driver -> scheduler -> worker
     and back); a worker holds 2 to 16 quanta per thread (enough to cover the trip with the
     quanta's mean duration, so short quanta keep workers busy and long ones are not pinned
-    early) plus ``prefetch``. Submissions go in batches (``_Driver._held``), so a worker keeps
-    its minimum whatever the order rules would say; the plan changes at most every second."""
+    early) plus ``prefetch``. Submissions go in batches (a worker is refilled once it holds
+    half its capacity or less: one graph update for several quanta), so a worker keeps its
+    minimum whatever the order rules would say; the plan changes at most every second."""
     return TransportProfile(
-        0.010, 2, 16, extra=config.prefetch, order_rules=False, replan_every_s=_POLL_S
+        0.010, 2, 16, extra=config.prefetch, order_rules=False, replan_every_s=_POLL_S, batch=True
     )
 
 
@@ -115,12 +116,8 @@ class _Driver:
         self._topic = f"zmpexec-results-{self._run_id}"
         # (quantum index, attempt) -> (worker, future) of what Dask holds for us
         self._futures: dict[tuple[int, int], tuple[bytes, Future[None]]] = {}
-        # Dispatches waiting while their worker holds enough: sent together (one Dask graph
-        # update) once it runs low, and never while it could go idle.
-        self._held: dict[bytes, list[Dispatch]] = {}
         self._retaken: dict[tuple[int, int], int] = {}  # revokes of an attempt, for its key
         self._known: dict[str, bytes] = {}  # Dask worker address -> identity
-        self._threads: dict[str, int] = {}  # Dask worker address -> threads
         self._events: list[Event] = []  # of our own making, for the next step
         self._restores: list[Callable[[], None]] = []  # of Dask settings changed for the run
         self._next_poll = 0.0
@@ -237,7 +234,7 @@ class _Driver:
             identity = self._known.get(address)
             if identity is None:
                 identity = self._known[address] = address.encode()
-                threads = self._threads[address] = int(info.get("nthreads", 1))
+                threads = int(info.get("nthreads", 1))
                 host = str(info.get("host", address))
                 pid = int(info.get("pid", 0)) or 1
                 # (no limit of its own: how many quanta it holds is the planner's call)
@@ -247,7 +244,6 @@ class _Driver:
                 events.append(WorkerHeard(identity))
         for address in [a for a in self._known if a not in workers]:
             identity = self._known.pop(address)
-            self._threads.pop(address, None)
             events.append(WorkerLeft(identity, f"dask worker {address} left the cluster"))
         return events
 
@@ -276,35 +272,16 @@ class _Driver:
                     self._forget(worker)
                 case _:
                     assert_never(action)
-        for worker, batch in dispatches.items():
-            self._held.setdefault(worker, []).extend(batch)
-        due = {w: b for w, b in self._held.items() if b and self._sent(w, len(b)) <= self._low(w)}
-        for worker in due:
-            del self._held[worker]
-        self._submit(due)
-
-    def _sent(self, worker: bytes, held: int) -> int:
-        """Quanta of ``worker`` Dask holds: what the core has in flight there, less ours."""
-        view = self.core.worker(worker)
-        return 0 if view is None else view.held - held
+        self._submit(dispatches)
 
     def _forget(self, worker: bytes) -> None:
         """The core wrote ``worker`` off: what Dask holds for it is cancelled (its tasks are
-        pinned to it and would wait for it forever; the core has retried them) and what
-        waits for it dropped."""
+        pinned to it and would wait for it forever; the core has retried them)."""
         lost = [k for k, (w, _) in self._futures.items() if w == worker]
         if lost:
             self._client.cancel([self._futures.pop(k)[1] for k in lost], force=True)
-        self._held.pop(worker, None)
         # Still in the cluster, it joins again at the next poll, as a new worker
         self._known.pop(worker.decode(), None)
-        self._threads.pop(worker.decode(), None)
-
-    def _low(self, worker: bytes) -> int:
-        """A worker holding this many quanta or fewer is sent what waits for it."""
-        threads = self._threads.get(worker.decode(), 1)
-        view = self.core.worker(worker)
-        return max(threads, (view.capacity if view is not None else 0) // 2)
 
     def _key(self, i: int, attempt: int) -> str:
         """The Dask key of one dispatch of an attempt: never reused (an attempt dispatched
@@ -344,16 +321,6 @@ class _Driver:
         """Ask the worker's plugin to take a queued task back: a yes is QuantumRevoked (and
         the Dask task is cancelled); a no means it started, and its result will come."""
         tag = (self._graph.index(revoke.quantum_id), revoke.attempt)
-        held = self._held.get(revoke.worker, [])
-        for d in held:
-            if (d.index, d.attempt) == tag:  # never sent: nothing to ask
-                held.remove(d)
-                if not held:
-                    del self._held[revoke.worker]
-                self._events.append(
-                    QuantumRevoked(revoke.worker, revoke.quantum_id, revoke.attempt)
-                )
-                return
         entry = self._futures.get(tag)
         if entry is None:
             return
@@ -397,7 +364,6 @@ class _Driver:
         our plugin kills the children), queued ones cancelled."""
         futures = [f for _, f in self._futures.values()]
         self._futures.clear()
-        self._held.clear()
         if futures:
             self._client.cancel(futures, force=True)
             try:

@@ -497,36 +497,6 @@ def test_an_idle_worker_takes_back_a_quantum_queued_behind_a_long_one(
         assert d.worker != long.worker
 
 
-def test_revoking_a_dispatch_the_driver_still_holds_answers_at_once(client: Any) -> None:
-    # A worker holding its whole window keeps new dispatches back (one graph update later);
-    # revoking such a dispatch asks no one, and leaves nothing to submit.
-    from broker.core import BrokerCore
-    from broker.core.events import Dispatch, QuantumRevoked, RevokeQuantum
-    from broker.core.registry import InFlight
-    from broker.drivers.dask_engine import _Driver
-    from common.config import ExecutionConfig
-
-    config = ExecutionConfig(num_workers=1)
-    core = BrokerCore(chain(3), config)
-    driver = _Driver(core, client, config, (b"", "", []))
-    worker = b"tcp://127.0.0.1:1"
-    driver._threads[worker.decode()] = 1
-    # The core has c0 (new) and two sent quanta in flight there: above the refill mark.
-    info = core.registry.add(worker, 1, "host", 3, local=False, now=0.0)
-    core.registry.mark_ready(info, 0.0)
-    for i in range(3):
-        core.registry.assign(info, InFlight(f"c{i}", 1, 0.0, None, i))
-    driver._carry_out([Dispatch(worker, "c0", 1, None, 0)])
-    assert [d.quantum_id for d in driver._held[worker]] == ["c0"]
-    driver._carry_out([RevokeQuantum(worker, "c0", 1)])
-    assert driver._events == [QuantumRevoked(worker, "c0", 1)]
-    assert worker not in driver._held
-    for i in range(3):  # c0 taken back, the others done
-        core.registry.complete(info, f"c{i}", 1)
-    driver._carry_out([])  # nothing held is submitted (an empty batch once failed here)
-    assert not driver._futures
-
-
 def test_resume_after_zmpexec_run_was_killed_on_dask(
     dask_cli_cluster: Path, tmp_path: Path
 ) -> None:

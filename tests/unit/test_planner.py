@@ -157,3 +157,27 @@ def test_a_lone_worker_keeps_its_queue_whatever_the_durations() -> None:
     assert window(0.0074, 0.001, 2, 9, spread=1.8, alone=True) == 2
     assert window(0.005, 0.001, 2, 9, inversion_s=0.002, alone=True) == 2
     assert window(None, 0.001, 2, 9, spread=1.8, alone=True) is None
+
+
+def test_a_batching_transport_refills_a_worker_only_when_it_runs_low() -> None:
+    # Given a Dask-profile worker (one thread: 2 + prefetch 1 = 3 quanta) and 10 ready quanta
+    h = Harness(independent(10), workers=1, transport=dask_profile(ExecutionConfig()))
+    h.step(WorkerJoined(A, 1, "host", 0, False, threads=1), WorkerReady(A))
+    first = h.dispatches(A)
+    assert len(first) == 3
+    # When one ends, it still holds 2 (above its refill mark of 1): nothing is sent
+    h.step(ResultReceived(A, result(first[0])), WorkerHeard(A), at=0.1)
+    assert h.dispatches(A) == []
+    # When a second ends, it is down to its mark: it is filled up again in one go
+    h.step(ResultReceived(A, result(first[1])), WorkerHeard(A), at=0.2)
+    assert len(h.dispatches(A)) == 2
+    assert cap(h, A) == 3
+
+
+def test_a_transport_without_batching_is_sent_a_quantum_for_every_free_slot() -> None:
+    h = Harness(independent(10), workers=1, transport=LOCAL)
+    h.step(WorkerJoined(A, 1, "host", 9, True), WorkerReady(A))
+    first = h.dispatches(A)
+    assert len(first) == 2
+    h.step(ResultReceived(A, result(first[0], duration_s=0.5)), WorkerHeard(A), at=0.05)
+    assert len(h.dispatches(A)) == 1
