@@ -134,10 +134,6 @@ class WorkerSupply:
             times.append(max(self._backoff_until, token_at))
         return min((t for t in times if math.isfinite(t)), default=None)
 
-    def __len__(self) -> int:
-        """Processes alive or being started."""
-        return len(self._procs) + self._pending
-
     # ------------------------------------------------------------------ inside
     def _missing(self) -> int:
         """Starts wanted: every empty place."""

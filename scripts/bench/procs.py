@@ -8,10 +8,14 @@ import psutil
 __all__ = ["gone", "worker_agents"]
 
 
-def worker_agents() -> list[psutil.Process]:
-    """This process's worker agents (local workers of a broker running in it)."""
+def worker_agents(broker: psutil.Process | None = None) -> list[psutil.Process]:
+    """The worker agents of ``broker`` (default: this process, a broker running in it)."""
     out = []
-    for p in psutil.Process().children():
+    try:
+        children = (broker or psutil.Process()).children()
+    except psutil.Error:
+        return []  # that broker is gone
+    for p in children:
         try:
             if "worker.agent" in " ".join(p.cmdline()):
                 out.append(p)

@@ -32,7 +32,7 @@ import psutil
 
 from common.graph import QuantumGraph
 from common.quantum import Quantum
-from scripts.bench.procs import gone
+from scripts.bench.procs import gone, worker_agents
 
 __all__ = ["Storm", "StormOutcome", "run_storm"]
 
@@ -136,10 +136,9 @@ class _Run:
 
     def agents(self) -> list[psutil.Process]:
         try:
-            children = psutil.Process(self.proc.pid).children()
+            return worker_agents(psutil.Process(self.proc.pid))
         except psutil.Error:
             return []
-        return [p for p in children if _is_agent(p)]
 
     def left_running(self, within_s: float = 10.0) -> list[int]:
         """Pids of this run's processes still alive ``within_s`` after it ended."""
@@ -149,13 +148,6 @@ class _Run:
             if not alive or time.monotonic() > deadline:
                 return alive
             time.sleep(0.05)
-
-
-def _is_agent(p: psutil.Process) -> bool:
-    try:
-        return "worker.agent" in " ".join(p.cmdline())
-    except psutil.Error:
-        return False
 
 
 def _executors(agent: psutil.Process) -> list[psutil.Process]:
