@@ -28,7 +28,8 @@ from lsst.pipe.base.quantum_reports import Report as LsstReport
 from broker.graph_executor import MPGraphExecutor as ZmpGraphExecutor
 from common.butler import Butler
 from common.errors import MPGraphExecutorError, MPTimeoutError
-from common.graph import GraphBuilder, QuantumGraph
+from common.graph import QuantumGraph
+from common.graphparts import GraphBuilder
 from common.report import Report
 from worker.lsst import LsstQuantumExecutor
 
@@ -63,7 +64,7 @@ def read_schedule(graph_file: Path) -> tuple[QuantumGraph, QgraphSummary]:
                 taskLabel=label, numQuanta=len(quanta)
             )
         edges = [(str(a), str(b)) for a, b in thin.edges]
-    return builder.build(edges), summary
+    return QuantumGraph(*builder.build(edges)), summary
 
 
 def to_lsst_report(report: Report, summary: QgraphSummary) -> LsstReport:

@@ -1,6 +1,5 @@
-"""The quantum graph, compact: quanta are indices 0..n-1 with flat arrays for their task kind,
-edges (``Topology``) and datasets, and each quantum's payload (data id, inputs, outputs,
-config) packed as bytes until someone asks for the Quantum. Validation before a run.
+"""The quantum graph: the model the broker and the API work with, built from checked
+``GraphParts`` (``common.graphparts``; files are read and written by ``common.graphfile``).
 
 A million quanta cost a few hundred bytes each, not the kilobytes of a Quantum object per
 node of a networkx graph; ``xgraph`` builds a networkx view on demand (fixups, analysis).
@@ -11,68 +10,30 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 import numpy as np
 
+from common import graphfile
 from common.errors import GraphError, TaskResolutionError
-from common.quantum import DataIdValue, Fields, Quantum, checked_fields, resolve_task
-from common.topology import CycleError, Topology, as_numpy
+from common.graphparts import (
+    Datasets,
+    GraphBuilder,
+    Payloads,
+    index_of,
+    linked,
+    names,
+    unpack_payload,
+)
+from common.quantum import DataIdValue, Quantum, resolve_task
+from common.topology import Topology, as_numpy
 
 if TYPE_CHECKING:
     from common.butler import Butler
 
-__all__ = [
-    "Datasets",
-    "GraphBuilder",
-    "Payloads",
-    "QuantumGraph",
-    "cycle_error",
-    "index_of",
-    "names",
-]
-
-_MAX_NAMED = 10  # quanta named in one error message
-
-
-def names(ids: Iterable[str]) -> str:
-    """Quantum ids for an error message: the first few, then how many more."""
-    ids = list(ids)
-    shown = ", ".join(repr(i) for i in ids[:_MAX_NAMED])
-    return shown + (f" and {len(ids) - _MAX_NAMED} more" if len(ids) > _MAX_NAMED else "")
-
-
-@dataclass(frozen=True, slots=True)
-class Datasets:
-    """Datasets as integers: what each quantum reads and writes (CSR, like successors). Only
-    datasets no quantum produces keep their names (``externals``), for validation."""
-
-    count: int
-    in_ptr: array[int]  # "q"
-    ins: array[int]  # "i"
-    out_ptr: array[int]
-    outs: array[int]
-    externals: dict[int, str]
-
-    def inputs_of(self, i: int) -> array[int]:
-        return self.ins[self.in_ptr[i] : self.in_ptr[i + 1]]
-
-    def outputs_of(self, i: int) -> array[int]:
-        return self.outs[self.out_ptr[i] : self.out_ptr[i + 1]]
-
-
-@dataclass(frozen=True, slots=True)
-class Payloads:
-    """Each quantum's (data_id, inputs, outputs, config), packed; ``unpack`` rebuilds them."""
-
-    blob: bytes
-    ptr: array[int]  # "q", n + 1 offsets into blob
-
-    def raw(self, i: int) -> bytes:
-        return self.blob[self.ptr[i] : self.ptr[i + 1]]
+__all__ = ["QuantumGraph"]
 
 
 class QuantumGraph:
@@ -116,28 +77,22 @@ class QuantumGraph:
             builder.add(
                 (q.id, q.task_label, q.task, data_id, inputs, outputs, dict(q.config), q.timeout_s)
             )
-        return builder.build(edges)
+        return cls(*builder.build(edges))
 
     @classmethod
     def load(cls, path: str | Path, *, yaml_loader: type[Any] | None = None) -> QuantumGraph:
         """Read a graph file: ``.zmpg`` (our compact binary form, fastest), ``.json``, or
         ``.yaml``/``.yml`` (libyaml's C loader when PyYAML has it; ``yaml_loader`` chooses)."""
-        from common.graphfile import read_graph
-
-        return read_graph(Path(path), yaml_loader)
+        return cls(*graphfile.read_graph(Path(path), yaml_loader))
 
     def save(self, path: str | Path) -> None:
         """Write in the form the suffix names (``.zmpg``, ``.json``, ``.yaml``/``.yml``)."""
-        from common.graphfile import write_graph
-
-        write_graph(self, Path(path))
+        graphfile.write_graph(self, Path(path))
 
     @classmethod
     def from_data(cls, raw: object, source: str = "graph") -> QuantumGraph:
         """From the plain data of a JSON or YAML file: ``{"quanta": [...], "edges": [...]}``."""
-        from common.graphfile import graph_from_data
-
-        return graph_from_data(raw, source)
+        return cls(*graphfile.graph_from_data(raw, source))
 
     def to_data(self) -> dict[str, Any]:
         """Plain data for JSON or YAML; only ordering edges not implied by datasets listed."""
@@ -153,7 +108,7 @@ class QuantumGraph:
         src, dst = self.topology.edges()
         extra = np.array([[self._index[a], self._index[b]] for a, b in edges], dtype=np.int64)
         extra = extra.reshape(-1, 2)
-        topology = _topology(
+        topology = linked(
             self.ids, np.concatenate([src, extra[:, 0]]), np.concatenate([dst, extra[:, 1]])
         )
         return QuantumGraph(
@@ -191,8 +146,6 @@ class QuantumGraph:
         self, i: int
     ) -> tuple[dict[str, DataIdValue], dict[str, str], dict[str, str], dict[str, Any]]:
         """Quantum ``i``'s (data_id, inputs, outputs, config), unpacked."""
-        from common.graphfile import unpack_payload
-
         return unpack_payload(self.payloads.raw(i))
 
     def outputs_at(self, i: int) -> list[str]:
@@ -277,116 +230,3 @@ class QuantumGraph:
             except TaskResolutionError as e:
                 ids = [self.ids[i] for i in np.flatnonzero(by_kind == n).tolist()]
                 raise GraphError(f"{e} (used by {names(ids)})", ids) from e
-
-
-class GraphBuilder:
-    """Collects quanta one at a time (checked fields), then links them into a graph."""
-
-    def __init__(self) -> None:
-        from common.graphfile import pack_payload
-
-        self._pack = pack_payload
-        self.ids: list[str] = []
-        self._kinds: dict[tuple[str, str], int] = {}
-        self._kind: array[int] = array("I")
-        self._payloads: list[bytes] = []
-        self._timeouts: dict[int, float] = {}
-        self._dataset: dict[str, int] = {}  # name -> dataset index, while building only
-        self._producer: list[int] = []  # by dataset: producing quantum or -1
-        self._ins: list[int] = []
-        self._in_ptr: list[int] = [0]
-        self._outs: list[int] = []
-        self._out_ptr: list[int] = [0]
-
-    def add(self, fields: Fields) -> None:
-        qid, label, task, data_id, inputs, outputs, config, timeout_s = fields
-        i = len(self.ids)
-        self.ids.append(qid)
-        kind = self._kinds.setdefault((label, task), len(self._kinds))
-        self._kind.append(kind)
-        self._payloads.append(self._pack(data_id, inputs, outputs, config))
-        if timeout_s is not None:
-            self._timeouts[i] = timeout_s
-        for name in outputs.values():
-            ds = self._dataset_index(name)
-            if self._producer[ds] >= 0:
-                both = [self.ids[self._producer[ds]], qid]
-                raise GraphError(f"dataset {name!r} is produced by two quanta: {names(both)}", both)
-            self._producer[ds] = i
-            self._outs.append(ds)
-        self._out_ptr.append(len(self._outs))
-        self._ins.extend(self._dataset_index(name) for name in inputs.values())
-        self._in_ptr.append(len(self._ins))
-
-    def add_raw(self, raw: object) -> None:
-        """One graph-file entry; ValueError naming what is wrong with it."""
-        self.add(checked_fields(raw))
-
-    def _dataset_index(self, name: str) -> int:
-        ds = self._dataset.get(name)
-        if ds is None:
-            ds = self._dataset[name] = len(self._producer)
-            self._producer.append(-1)
-        return ds
-
-    def build(self, edges: Iterable[tuple[str, str]] = ()) -> QuantumGraph:
-        """Link producers to readers, add ordering ``edges``; GraphError on a cycle, an
-        unknown quantum in an edge, a duplicate id."""
-        producer = np.array(self._producer, dtype=np.int64)
-        ins = np.array(self._ins, dtype=np.int64)
-        readers = np.repeat(np.arange(len(self.ids), dtype=np.int64), np.diff(self._in_ptr))
-        made = producer[ins] if len(ins) else ins
-        src, dst = made[made >= 0], readers[made >= 0]
-        index = index_of(self.ids)
-        extra = []
-        for a, b in edges:
-            if a not in index or b not in index:
-                missing = [x for x in (a, b) if x not in index]
-                raise GraphError(f"ordering edge {a!r} -> {b!r} names unknown quanta", missing)
-            extra.append((index[a], index[b]))
-        if extra:
-            pairs = np.array(extra, dtype=np.int64)
-            src, dst = np.concatenate([src, pairs[:, 0]]), np.concatenate([dst, pairs[:, 1]])
-        datasets = Datasets(
-            len(self._producer),
-            _ints("q", self._in_ptr),
-            _ints("i", self._ins),
-            _ints("q", self._out_ptr),
-            _ints("i", self._outs),
-            {ds: name for name, ds in self._dataset.items() if self._producer[ds] < 0},
-        )
-        ptr = np.zeros(len(self._payloads) + 1, dtype=np.int64)
-        np.cumsum([len(p) for p in self._payloads], out=ptr[1:])
-        payloads = Payloads(b"".join(self._payloads), _ints("q", ptr.tolist()))
-        kinds = list(self._kinds)
-        topology = _topology(self.ids, src, dst)
-        return QuantumGraph(
-            self.ids, kinds, self._kind, topology, datasets, payloads, self._timeouts, index
-        )
-
-
-def _topology(ids: list[str], src: Any, dst: Any) -> Topology:
-    try:
-        return Topology.from_edges(len(ids), src, dst)
-    except CycleError as e:
-        raise cycle_error(ids, e) from e
-
-
-def cycle_error(ids: list[str], e: CycleError) -> GraphError:
-    """The GraphError naming the quanta of the cycle ``e`` found."""
-    cycle = [ids[i] for i in e.cycle]
-    return GraphError("graph has a cycle: " + " -> ".join([*cycle, cycle[0]]), cycle)
-
-
-def _ints(code: str, values: Iterable[int]) -> array[int]:
-    return array(code, values)
-
-
-def index_of(ids: list[str]) -> dict[str, int]:
-    """Quantum id -> index; GraphError naming the ids given twice."""
-    index = {qid: i for i, qid in enumerate(ids)}
-    if len(index) != len(ids):
-        dupes = [qid for i, qid in enumerate(ids) if index[qid] != i]
-        dupes = list(dict.fromkeys(dupes))
-        raise GraphError(f"duplicate quantum ids: {names(dupes)}", dupes)
-    return index

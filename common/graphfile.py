@@ -1,6 +1,7 @@
-"""Graph files: our compact binary form (``.zmpg``), JSON and YAML, and the packed payload each
-quantum keeps in memory. Reads check everything and raise GraphFileError with one line
-naming the file and the problem; must not run tasks.
+"""Graph files: our compact binary form (``.zmpg``), JSON and YAML. Reads give ``GraphParts``
+(``QuantumGraph.load`` wraps them) and check everything, raising GraphFileError with one line
+naming the file and the problem; writes take any graph with the parts and ``to_data``. Must not
+run tasks.
 
 ``.zmpg`` is ``MAGIC`` then one msgpack map of columns: ids, (label, task) kinds, and the
 flat arrays of ``Topology`` and ``Datasets`` as little-endian bytes, so a million quanta
@@ -14,7 +15,7 @@ import sys
 from array import array
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol
 
 import msgpack
 import msgspec
@@ -22,11 +23,8 @@ import numpy as np
 import yaml
 
 from common.errors import GraphError, GraphFileError
-from common.graph import Datasets, GraphBuilder, Payloads, QuantumGraph, cycle_error, index_of
+from common.graphparts import Datasets, GraphBuilder, GraphParts, Payloads, cycle_error, index_of
 from common.topology import CycleError, Topology, as_numpy
-
-if TYPE_CHECKING:
-    from common.quantum import DataIdValue
 
 __all__ = [
     "FORMAT_VERSION",
@@ -34,9 +32,7 @@ __all__ = [
     "SUFFIXES",
     "YAML_LOADER",
     "graph_from_data",
-    "pack_payload",
     "read_graph",
-    "unpack_payload",
     "write_graph",
 ]
 
@@ -62,26 +58,8 @@ _ARRAYS: Final = {  # column -> array typecode
 }
 
 
-# ---------------------------------------------------------------------- payloads
-def pack_payload(
-    data_id: dict[str, DataIdValue],
-    inputs: dict[str, str],
-    outputs: dict[str, str],
-    config: dict[str, Any],
-) -> bytes:
-    packed: bytes = msgpack.packb((data_id, inputs, outputs, config), use_bin_type=True)
-    return packed
-
-
-def unpack_payload(
-    raw: bytes,
-) -> tuple[dict[str, DataIdValue], dict[str, str], dict[str, str], dict[str, Any]]:
-    data_id, inputs, outputs, config = msgpack.unpackb(raw, raw=False, use_list=True)
-    return data_id, inputs, outputs, config
-
-
 # ---------------------------------------------------------------------- reading
-def read_graph(path: Path, yaml_loader: type[Any] | None = None) -> QuantumGraph:
+def read_graph(path: Path, yaml_loader: type[Any] | None = None) -> GraphParts:
     if path.suffix not in SUFFIXES:
         raise GraphFileError(f"graph file {path}: unknown suffix (use {', '.join(SUFFIXES)})")
     if path.suffix == ".json":
@@ -118,7 +96,7 @@ def _read_bytes(path: Path) -> bytes:
         raise GraphFileError(f"cannot read graph file {path}: {e.strerror or e}") from e
 
 
-def _read_json(path: Path) -> QuantumGraph:
+def _read_json(path: Path) -> GraphParts:
     source = str(path)
     data = _read_bytes(path)
     try:
@@ -133,7 +111,7 @@ def _read_json(path: Path) -> QuantumGraph:
     return _linked(builder, edges, source)
 
 
-def _read_json_plainly(data: bytes, source: str) -> QuantumGraph:
+def _read_json_plainly(data: bytes, source: str) -> GraphParts:
     try:
         raw = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -141,7 +119,7 @@ def _read_json_plainly(data: bytes, source: str) -> QuantumGraph:
     return graph_from_data(raw, source)
 
 
-def graph_from_data(raw: object, source: str) -> QuantumGraph:
+def graph_from_data(raw: object, source: str) -> GraphParts:
     if not isinstance(raw, dict) or not isinstance(raw.get("quanta"), list):
         raise GraphFileError(f"{source}: expected a mapping with a 'quanta' list")
     return _linked(_added(raw["quanta"], source), raw.get("edges", []), source)
@@ -158,7 +136,7 @@ def _added(entries: Iterable[object], source: str) -> GraphBuilder:
     return builder
 
 
-def _linked(builder: GraphBuilder, edges: object, source: str) -> QuantumGraph:
+def _linked(builder: GraphBuilder, edges: object, source: str) -> GraphParts:
     """The graph of what ``builder`` holds and the ordering ``edges``."""
     if not isinstance(edges, list) or not all(
         isinstance(e, list | tuple) and len(e) == 2 and all(isinstance(x, str) for x in e)
@@ -175,7 +153,7 @@ def _one_line(e: Exception) -> str:
     return " ".join(str(e).split())
 
 
-def _read_binary(data: bytes, path: Path) -> QuantumGraph:
+def _read_binary(data: bytes, path: Path) -> GraphParts:
     if not data.startswith(MAGIC):
         raise GraphFileError(f"graph file {path} is not a zmpexec binary graph (no ZMPG header)")
     try:
@@ -220,7 +198,7 @@ def _offsets(ptr: array[int], n: int, total: int, what: str) -> None:
         raise ValueError(f"{what} offsets do not fit {n} quanta and {total} items")
 
 
-def _columns_to_graph(cols: dict[str, Any]) -> QuantumGraph:
+def _columns_to_graph(cols: dict[str, Any]) -> GraphParts:
     ids = cols["ids"]
     if not isinstance(ids, list) or not all(type(i) is str and i for i in ids):
         raise TypeError("ids must be non-empty strings")
@@ -249,7 +227,7 @@ def _columns_to_graph(cols: dict[str, Any]) -> QuantumGraph:
     timeouts = {int(i): float(t) for i, t in cols["timeouts"]}
     if any(not 0 <= i < n or not t > 0 for i, t in timeouts.items()):
         raise ValueError("a timeout names no quantum or is not positive")
-    return QuantumGraph(ids, kinds, kind, topology, datasets, payloads, timeouts, index)
+    return GraphParts(ids, kinds, kind, topology, datasets, payloads, timeouts, index)
 
 
 def _check_payloads(payloads: Payloads, ids: list[str]) -> None:
@@ -291,7 +269,21 @@ def _datasets(cols: dict[str, Any], n: int) -> Datasets:
 
 
 # ---------------------------------------------------------------------- writing
-def write_graph(graph: QuantumGraph, path: Path) -> None:
+class Writable(Protocol):
+    """What writing needs of a graph: its parts, and its plain data for JSON and YAML."""
+
+    ids: list[str]
+    kinds: list[tuple[str, str]]
+    kind: array[int]
+    topology: Topology
+    datasets: Datasets
+    payloads: Payloads
+    timeouts: dict[int, float]
+
+    def to_data(self) -> dict[str, Any]: ...
+
+
+def write_graph(graph: Writable, path: Path) -> None:
     if path.suffix == ".zmpg":
         data = MAGIC + msgpack.packb(_columns(graph), use_bin_type=True)
         tmp = path.with_name(path.name + ".tmp")
@@ -315,7 +307,7 @@ def _little(a: array[Any]) -> bytes:
     return swapped.tobytes()
 
 
-def _columns(graph: QuantumGraph) -> dict[str, Any]:
+def _columns(graph: Writable) -> dict[str, Any]:
     t, d = graph.topology, graph.datasets
     return {
         "version": FORMAT_VERSION,

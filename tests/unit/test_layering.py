@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import networkx as nx
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,3 +59,36 @@ def test_the_broker_core_does_no_io_and_knows_no_driver(module: str) -> None:
     assert imported & forbidden == set()
     ours = {m for m in modules if m.startswith("broker.")}
     assert all(m.startswith("broker.core") for m in ours), ours
+
+
+def _our_modules() -> dict[str, Path]:
+    """Dotted name -> file, for every module of the installed packages."""
+    found: dict[str, Path] = {}
+    for package in ("common", "worker", "broker", "scripts"):
+        for path in (ROOT / package).rglob("*.py"):
+            found[
+                ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+            ] = path
+    return found
+
+
+def _imported_modules(path: Path, ours: dict[str, Path]) -> set[str]:
+    """Our modules ``path`` imports anywhere in it (in functions and type checks too), with
+    ``from package import module`` naming the module."""
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module)
+            out |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return out & ours.keys()
+
+
+def test_no_module_imports_itself_back() -> None:
+    """Imports flow one way: no cycle of our modules, even through an import in a function."""
+    ours = _our_modules()
+    graph: nx.DiGraph[str] = nx.DiGraph()
+    for name, path in ours.items():
+        graph.add_edges_from((name, m) for m in _imported_modules(path, ours) if m != name)
+    assert list(nx.simple_cycles(graph)) == []
