@@ -239,10 +239,12 @@ _ENCODER: Final = msgspec.msgpack.Encoder()
 def _fast_decode(data: bytes) -> Message | None:
     """The message of a well-formed frame of this version; None where the checked path must
     look (anything else, or a problem to name)."""
-    # [version, type, ...] with up to 15 items starts with a fixarray byte and two fixints
-    if len(data) < 3 or data[0] & 0xF0 != 0x90 or data[1] != PROTOCOL_VERSION:
+    # [version, type, ...]: a fixarray byte (up to 15 items) or an array16 header (0xdc and
+    # two length bytes), then two fixints
+    head = 3 if data[:1] == b"\xdc" else 1 if data[:1] and data[0] & 0xF0 == 0x90 else 0
+    if not head or len(data) < head + 2 or data[head] != PROTOCOL_VERSION:
         return None
-    fast = _FAST.get(data[2])
+    fast = _FAST.get(data[head + 1])
     if fast is None:
         return None
     cls, decoder = fast
@@ -287,11 +289,12 @@ _ASSIGN_HEAD: Final = bytes(
     )
 )
 if (
-    _NAMES[Assign] != ("quantum", "attempt", "timeout_s", "seq", "after")
+    _NAMES[Assign] != ("quantum", "attempt", "timeout_s", "seq", "after", "memory_mb", "cpus")
     or ("id", "task_label", "task", *_PAYLOAD_FIELDS, "timeout") != _QUANTUM_FIELDS
 ):
     raise TypeError(
-        "AssignFrames splices an ASSIGN laid out as [quantum, attempt, timeout_s, seq, after] "
+        "AssignFrames splices an ASSIGN laid out as [quantum, attempt, timeout_s, seq, after, "
+        "memory_mb, cpus] "
         "and a quantum as [id, task_label, task, payload..., timeout]"
     )
 
@@ -307,11 +310,19 @@ class AssignFrames:
         self._kinds = [_ENCODER.encode(kind)[1:] for kind in graph.kinds]  # label, task
 
     def frame(
-        self, i: int, attempt: int, timeout_s: float | None, seq: int, after: int = 0
+        self,
+        i: int,
+        attempt: int,
+        timeout_s: float | None,
+        seq: int,
+        after: int = 0,
+        memory_mb: float | None = None,
+        cpus: int | None = None,
     ) -> bytes:
         g = self._graph
         # the quantum's timeout, then the ASSIGN's own fields after the quantum
-        tail = _ENCODER.encode((g.timeouts.get(i), attempt, timeout_s, seq, after))
+        own = (attempt, timeout_s, seq, after, memory_mb, cpus)
+        tail = _ENCODER.encode((g.timeouts.get(i), *own))
         payload = g.payloads.raw(i)  # [data_id, inputs, outputs, config]: a 1-byte header
         parts = (
             _ASSIGN_HEAD,

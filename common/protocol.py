@@ -47,8 +47,8 @@ __all__ = [
 ]
 
 # 2: typed RESULT reason, bounded numbers; 3: executor children direct; 4: follow-ons;
-# 5: a quantum travels as an array
-PROTOCOL_VERSION = 5
+# 5: a quantum travels as an array; 6: resources (ASSIGN's request, the quantum's own peak, CPU)
+PROTOCOL_VERSION = 6
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +69,7 @@ Seq = Annotated[int, Bounds(0, 2**53)]  # a worker's dispatch sequence number (0
 Seconds = Annotated[float, Bounds(0.0, 1e9)]
 Interval = Annotated[float, Bounds(1e-3, 1e6)]
 Kibibytes = Annotated[int, Bounds(0, 2**53)]
+Megabytes = Annotated[float, Bounds(0.0, 2**40)]  # MiB, as requests are counted
 Epoch = Annotated[float, Bounds(0.0, 1e11)]  # wall-clock seconds (reports only)
 ExitStatus = Annotated[int, Bounds(-(2**31), 2**31 - 1)]
 
@@ -124,6 +125,7 @@ class Welcome:
     max_quanta_per_executor: Count | None
     max_rss_kb: Count | None
     executor_link: str | None
+    memory_enforce: str = "kill"  # a quantum past its ASSIGN's memory_mb: kill | warn | off
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +159,8 @@ class Assign:
     timeout_s: Interval | None
     seq: Seq
     after: Seq = 0
+    memory_mb: Megabytes | None = None  # this attempt's memory request (None: none declared)
+    cpus: Slots | None = None  # the cores it was given (LSST's ExecutionResources)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,9 +180,10 @@ class Result:
     start_time: Epoch
     end_time: Epoch
     duration_s: Seconds
-    max_rss_kb: Kibibytes | None
+    max_rss_kb: Kibibytes | None  # this attempt's own peak, its process tree's, while it ran
     log_path: str | None
     stop_run: bool = False  # the executor says this failure must stop the whole run
+    cpu_s: Seconds | None = None  # user + system CPU of its process tree while it ran
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +242,7 @@ class ExecutorExited:
     start_time: Epoch
     end_time: Epoch
     log_path: str | None
+    max_rss_kb: Kibibytes | None = None  # the running attempt's peak as the agent watched it
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,8 +50,12 @@ class Reason(enum.StrEnum):
     WORKER_LOST = "worker_lost"
     UPSTREAM_FAILURE = "upstream_failure"
     CANCELLED = "cancelled"
-    OUT_OF_MEMORY = "out_of_memory"
+    MEMORY = "memory"  # past its memory request, killed by the kernel, or a MemoryError
     PROTOCOL = "protocol_error"
+
+    @classmethod
+    def _missing_(cls, value: object) -> Reason | None:
+        return cls.MEMORY if value == "out_of_memory" else None  # summaries before "memory"
 
 
 def lsst_quantum_id(qid: str) -> str:

@@ -285,5 +285,5 @@ def _outcome(
         return ResultStatus.TIMEOUT, Reason.TIMEOUT, message
     if oom:
         detail += " by the kernel's out-of-memory killer"
-        return ResultStatus.FAILURE, Reason.OUT_OF_MEMORY, detail
+        return ResultStatus.FAILURE, Reason.MEMORY, detail
     return ResultStatus.FAILURE, Reason.SIGNAL if code < 0 else Reason.EXIT_CODE, detail
