@@ -59,7 +59,7 @@ def read_schedule(graph_file: Path) -> tuple[QuantumGraph, QgraphSummary]:
             task, required = f"{module}:{cls}", list(node.dimensions.required)
             for q in quanta:
                 data_id = dict(zip(required, q.data_coordinate, strict=False))
-                builder.add((str(q.quantum_id), label, task, data_id, {}, {}, {}, None))
+                builder.add((str(q.quantum_id), label, task, data_id, {}, {}, {}, None, None))
             summary.qgraphTaskSummaries[label] = QgraphTaskSummary(
                 taskLabel=label, numQuanta=len(quanta)
             )

@@ -28,6 +28,7 @@ from common.graphparts import (
     unpack_payload,
 )
 from common.quantum import DataIdValue, Quantum, resolve_task
+from common.resources import Amounts, parse_label_resources
 from common.topology import Topology, as_numpy
 
 if TYPE_CHECKING:
@@ -50,6 +51,8 @@ class QuantumGraph:
         payloads: Payloads,
         timeouts: dict[int, float],
         index: dict[str, int] | None = None,
+        resources: dict[int, Amounts] | None = None,
+        label_resources: dict[str, Amounts] | None = None,
     ) -> None:
         """Parts already checked (``from_quanta``, ``load``); GraphError on duplicate ids.
         ``index`` (id -> index) when the caller has it already."""
@@ -60,6 +63,8 @@ class QuantumGraph:
         self.datasets = datasets
         self.payloads = payloads
         self.timeouts = timeouts  # only quanta with their own timeout
+        self.resources = resources if resources is not None else {}  # only quanta's own
+        self.label_resources = label_resources if label_resources is not None else {}
         self._index = index if index is not None else index_of(ids)
         self.labels = sorted({label for label, _ in kinds})
         label_of = {label: n for n, label in enumerate(self.labels)}
@@ -68,16 +73,23 @@ class QuantumGraph:
     # ------------------------------------------------------------------ building
     @classmethod
     def from_quanta(
-        cls, quanta: Iterable[Quantum], edges: Iterable[tuple[str, str]] = ()
+        cls,
+        quanta: Iterable[Quantum],
+        edges: Iterable[tuple[str, str]] = (),
+        *,
+        resources: Mapping[str, Mapping[str, object]] | None = None,
     ) -> QuantumGraph:
-        """Link producers to consumers by dataset name, add ordering ``edges``."""
+        """Link producers to consumers by dataset name, add ordering ``edges``.
+        ``resources``: defaults by task label (``{"isr": {"memory": "2GB"}}``); a quantum's
+        own ``resources`` win. ValueError naming a bad value."""
         builder = GraphBuilder()
         for q in quanta:
             data_id, inputs, outputs = dict(q.data_id), dict(q.inputs), dict(q.outputs)
+            config, own = dict(q.config), dict(q.resources) or None
             builder.add(
-                (q.id, q.task_label, q.task, data_id, inputs, outputs, dict(q.config), q.timeout_s)
+                (q.id, q.task_label, q.task, data_id, inputs, outputs, config, q.timeout_s, own)
             )
-        return cls(*builder.build(edges))
+        return cls(*builder.build(edges, parse_label_resources(resources)))
 
     @classmethod
     def load(cls, path: str | Path, *, yaml_loader: type[Any] | None = None) -> QuantumGraph:
@@ -101,7 +113,19 @@ class QuantumGraph:
         data: dict[str, Any] = {"quanta": [q.to_dict() for q in self]}
         if extra:
             data["edges"] = extra
+        if self.label_resources:
+            data["resources"] = {k: dict(v) for k, v in self.label_resources.items()}
         return data
+
+    def request(self, i: int) -> Amounts:
+        """What quantum ``i`` declares it needs: its label's defaults, its own values over
+        them (canonical; empty if neither declares anything)."""
+        label = self.kinds[self.kind[i]][0]
+        own = self.resources.get(i)
+        base = self.label_resources.get(label)
+        if own is None:
+            return dict(base) if base else {}
+        return {**base, **own} if base else dict(own)
 
     def with_edges(self, edges: Sequence[tuple[str, str]]) -> QuantumGraph:
         """This graph plus ordering ``edges``; GraphError if they make a cycle."""
@@ -120,6 +144,8 @@ class QuantumGraph:
             self.payloads,
             self.timeouts,
             self._index,
+            self.resources,
+            self.label_resources,
         )
 
     # ------------------------------------------------------------------ queries
@@ -161,8 +187,9 @@ class QuantumGraph:
     def quantum_at(self, i: int) -> Quantum:
         label, task = self.kinds[self.kind[i]]
         data_id, inputs, outputs, config = self.payload_at(i)
+        timeout, own = self.timeouts.get(i), self.resources.get(i)
         return Quantum.trusted(
-            self.ids[i], label, task, data_id, inputs, outputs, config, self.timeouts.get(i)
+            self.ids[i], label, task, data_id, inputs, outputs, config, timeout, own
         )
 
     def quanta(self) -> list[Quantum]:

@@ -24,6 +24,7 @@ import yaml
 
 from common.errors import GraphError, GraphFileError
 from common.graphparts import Datasets, GraphBuilder, GraphParts, Payloads, cycle_error, index_of
+from common.resources import Amounts, parse_label_resources, parse_resources
 from common.topology import CycleError, Topology, as_numpy
 
 __all__ = [
@@ -37,7 +38,7 @@ __all__ = [
 ]
 
 MAGIC: Final = b"ZMPG\x00"
-FORMAT_VERSION: Final = 1
+FORMAT_VERSION: Final = 2  # 2: resources (version 1 files are read as declaring none)
 SUFFIXES: Final = (".zmpg", ".json", ".yaml", ".yml")
 
 # libyaml's C loader when PyYAML was built with it: a 12,101-quantum graph reads in 2.9 s
@@ -83,6 +84,7 @@ class _JsonGraphFile(msgspec.Struct):
 
     quanta: list[msgspec.Raw]
     edges: Any = msgspec.field(default_factory=list)
+    resources: Any = None
 
 
 _JSON_FILE: Final = msgspec.json.Decoder(_JsonGraphFile)
@@ -106,9 +108,9 @@ def _read_json(path: Path) -> GraphParts:
         # What msgspec refuses, Python's json may still read (NaN and Infinity, which our own
         # writer emits; a byte-order mark; UTF-16) or name the problem as it always did.
         return _read_json_plainly(data, source)
-    edges = top.edges
+    edges, resources = top.edges, top.resources
     del top, data  # the file's bytes are not needed to link the graph
-    return _linked(builder, edges, source)
+    return _linked(builder, edges, resources, source)
 
 
 def _read_json_plainly(data: bytes, source: str) -> GraphParts:
@@ -122,7 +124,8 @@ def _read_json_plainly(data: bytes, source: str) -> GraphParts:
 def graph_from_data(raw: object, source: str) -> GraphParts:
     if not isinstance(raw, dict) or not isinstance(raw.get("quanta"), list):
         raise GraphFileError(f"{source}: expected a mapping with a 'quanta' list")
-    return _linked(_added(raw["quanta"], source), raw.get("edges", []), source)
+    edges, resources = raw.get("edges", []), raw.get("resources")
+    return _linked(_added(raw["quanta"], source), edges, resources, source)
 
 
 def _added(entries: Iterable[object], source: str) -> GraphBuilder:
@@ -136,14 +139,19 @@ def _added(entries: Iterable[object], source: str) -> GraphBuilder:
     return builder
 
 
-def _linked(builder: GraphBuilder, edges: object, source: str) -> GraphParts:
-    """The graph of what ``builder`` holds and the ordering ``edges``."""
+def _linked(builder: GraphBuilder, edges: object, resources: object, source: str) -> GraphParts:
+    """The graph of what ``builder`` holds, the ordering ``edges`` and the ``resources``
+    block (defaults by task label)."""
     if not isinstance(edges, list) or not all(
         isinstance(e, list | tuple) and len(e) == 2 and all(isinstance(x, str) for x in e)
         for e in edges
     ):
         raise GraphFileError(f"{source}: 'edges' must be a list of [from_id, to_id] pairs")
-    return builder.build([(a, b) for a, b in edges])
+    try:
+        by_label = parse_label_resources(resources)
+    except ValueError as e:
+        raise GraphFileError(f"{source}: {e}") from e
+    return builder.build([(a, b) for a, b in edges], by_label)
 
 
 def _one_line(e: Exception) -> str:
@@ -166,7 +174,7 @@ def _read_binary(data: bytes, path: Path) -> GraphParts:
     if not isinstance(cols, dict):
         raise GraphFileError(f"graph file {path} is corrupt: no column map")
     version = cols.get("version")
-    if version != FORMAT_VERSION:
+    if version not in (1, FORMAT_VERSION):
         raise GraphFileError(
             f"graph file {path} has format version {version!r}; this zmpexec reads version "
             f"{FORMAT_VERSION}: convert the graph again with this zmpexec"
@@ -227,7 +235,18 @@ def _columns_to_graph(cols: dict[str, Any]) -> GraphParts:
     timeouts = {int(i): float(t) for i, t in cols["timeouts"]}
     if any(not 0 <= i < n or not t > 0 for i, t in timeouts.items()):
         raise ValueError("a timeout names no quantum or is not positive")
-    return GraphParts(ids, kinds, kind, topology, datasets, payloads, timeouts, index)
+    own: dict[int, Amounts] = {}
+    for i, amounts in cols.get("resources", []):
+        if type(i) is not int or not 0 <= i < n:
+            raise ValueError("a resource declaration names no quantum")
+        try:
+            own[i] = parse_resources(amounts)
+        except ValueError as e:
+            raise ValueError(f"quantum {ids[i]!r}: {e}") from e
+    by_label = parse_label_resources(cols.get("label_resources"))
+    return GraphParts(
+        ids, kinds, kind, topology, datasets, payloads, timeouts, index, own, by_label
+    )
 
 
 def _check_payloads(payloads: Payloads, ids: list[str]) -> None:
@@ -279,6 +298,8 @@ class Writable(Protocol):
     datasets: Datasets
     payloads: Payloads
     timeouts: dict[int, float]
+    resources: dict[int, Amounts]
+    label_resources: dict[str, Amounts]
 
     def to_data(self) -> dict[str, Any]: ...
 
@@ -326,4 +347,6 @@ def _columns(graph: Writable) -> dict[str, Any]:
         "payload_ptr": _little(graph.payloads.ptr),
         "payload": graph.payloads.blob,
         "timeouts": [[i, s] for i, s in graph.timeouts.items()],
+        "resources": [[i, r] for i, r in graph.resources.items()],
+        "label_resources": graph.label_resources,
     }

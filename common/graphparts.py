@@ -17,6 +17,7 @@ import numpy as np
 
 from common.errors import GraphError
 from common.quantum import DataIdValue, Fields, checked_fields
+from common.resources import Amounts
 from common.topology import CycleError, Topology
 
 __all__ = [
@@ -100,6 +101,8 @@ class GraphParts(NamedTuple):
     payloads: Payloads
     timeouts: dict[int, float]  # only quanta with their own timeout
     id_index: dict[str, int]  # id -> index
+    resources: dict[int, Amounts]  # only quanta with resources of their own
+    label_resources: dict[str, Amounts]  # defaults by task label (a quantum's own win)
 
 
 class GraphBuilder:
@@ -111,6 +114,7 @@ class GraphBuilder:
         self._kind: array[int] = array("I")
         self._payloads: list[bytes] = []
         self._timeouts: dict[int, float] = {}
+        self._resources: dict[int, Amounts] = {}
         self._dataset: dict[str, int] = {}  # name -> dataset index, while building only
         self._producer: list[int] = []  # by dataset: producing quantum or -1
         self._ins: list[int] = []
@@ -119,7 +123,7 @@ class GraphBuilder:
         self._out_ptr: list[int] = [0]
 
     def add(self, fields: Fields) -> None:
-        qid, label, task, data_id, inputs, outputs, config, timeout_s = fields
+        qid, label, task, data_id, inputs, outputs, config, timeout_s, resources = fields
         i = len(self.ids)
         self.ids.append(qid)
         kind = self._kinds.setdefault((label, task), len(self._kinds))
@@ -127,6 +131,8 @@ class GraphBuilder:
         self._payloads.append(pack_payload(data_id, inputs, outputs, config))
         if timeout_s is not None:
             self._timeouts[i] = timeout_s
+        if resources:
+            self._resources[i] = resources
         for name in outputs.values():
             ds = self._dataset_index(name)
             if self._producer[ds] >= 0:
@@ -149,9 +155,14 @@ class GraphBuilder:
             self._producer.append(-1)
         return ds
 
-    def build(self, edges: Iterable[tuple[str, str]] = ()) -> GraphParts:
+    def build(
+        self,
+        edges: Iterable[tuple[str, str]] = (),
+        label_resources: dict[str, Amounts] | None = None,
+    ) -> GraphParts:
         """Link producers to readers, add ordering ``edges``; GraphError on a cycle, an
-        unknown quantum in an edge, a duplicate id."""
+        unknown quantum in an edge, a duplicate id. ``label_resources``: defaults by task
+        label, canonical (``common.resources``)."""
         producer = np.array(self._producer, dtype=np.int64)
         ins = np.array(self._ins, dtype=np.int64)
         readers = np.repeat(np.arange(len(self.ids), dtype=np.int64), np.diff(self._in_ptr))
@@ -181,7 +192,16 @@ class GraphBuilder:
         kinds = list(self._kinds)
         topology = linked(self.ids, src, dst)
         return GraphParts(
-            self.ids, kinds, self._kind, topology, datasets, payloads, self._timeouts, index
+            self.ids,
+            kinds,
+            self._kind,
+            topology,
+            datasets,
+            payloads,
+            self._timeouts,
+            index,
+            self._resources,
+            dict(label_resources or {}),
         )
 
 

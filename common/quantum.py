@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from common.errors import TaskResolutionError
+from common.resources import Amounts, parse_resources
 
 __all__ = ["DataIdValue", "Fields", "Quantum", "checked_fields", "resolve_task"]
 
@@ -23,7 +24,7 @@ def _is_mapping(value: object) -> bool:
 
 
 _FIELDS = frozenset(
-    {"id", "task_label", "task", "data_id", "inputs", "outputs", "config", "timeout"}
+    {"id", "task_label", "task", "data_id", "inputs", "outputs", "config", "timeout", "resources"}
 )
 
 
@@ -52,7 +53,9 @@ class Quantum:
     """One unit of work.
 
     ``inputs``/``outputs`` map the task's argument (or result key) names to dataset names;
-    a plain list of dataset names means each name is its own argument name.
+    a plain list of dataset names means each name is its own argument name. ``resources``:
+    what it needs to run (``memory``, ``cpus``, custom names; ``common.resources``), kept in
+    canonical form (memory in MiB).
     """
 
     id: str
@@ -63,11 +66,16 @@ class Quantum:
     outputs: Mapping[str, str] = field(default_factory=dict)
     config: Mapping[str, Any] = field(default_factory=dict)
     timeout_s: float | None = None
+    resources: Mapping[str, Any] = field(default_factory=dict)  # canonical floats once built
 
     def __post_init__(self) -> None:
         # Accept the list form in code too; store the normalized mapping.
         object.__setattr__(self, "inputs", _as_mapping(self.inputs, "inputs"))
         object.__setattr__(self, "outputs", _as_mapping(self.outputs, "outputs"))
+        try:
+            object.__setattr__(self, "resources", parse_resources(self.resources))
+        except ValueError as e:
+            raise ValueError(f"quantum {self.id!r}: {e}") from e
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -81,6 +89,8 @@ class Quantum:
         }
         if self.timeout_s is not None:
             out["timeout"] = self.timeout_s
+        if self.resources:
+            out["resources"] = dict(self.resources)
         return out
 
     @classmethod
@@ -99,6 +109,7 @@ class Quantum:
         outputs: dict[str, str],
         config: dict[str, Any],
         timeout_s: float | None,
+        resources: Amounts | None = None,
     ) -> Quantum:
         """Build from fields already checked and normalized (``checked_fields``, or a graph's
         own storage): skips ``__post_init__``'s second pass, paid per quantum."""
@@ -112,6 +123,7 @@ class Quantum:
             ("outputs", outputs),
             ("config", config),
             ("timeout_s", timeout_s),
+            ("resources", resources if resources is not None else {}),
         ):
             object.__setattr__(q, name, value)
         return q
@@ -126,6 +138,7 @@ Fields = tuple[
     dict[str, str],
     dict[str, Any],
     float | None,
+    Amounts | None,
 ]
 
 
@@ -136,7 +149,7 @@ def _id_value(key: object, value: object) -> bool:
 
 def checked_fields(raw: object) -> Fields:
     """A quantum's plain data checked and normalized: (id, task_label, task, data_id, inputs,
-    outputs, config, timeout_s); ValueError naming the problem."""
+    outputs, config, timeout_s, resources or None); ValueError naming the problem."""
     if not _is_mapping(raw):
         raise ValueError(f"a quantum must be a mapping, not {type(raw).__name__}")
     raw = cast(Mapping[str, Any], raw)
@@ -169,10 +182,11 @@ def checked_fields(raw: object) -> Fields:
     try:
         inputs = _as_mapping(raw.get("inputs", {}), "inputs")
         outputs = _as_mapping(raw.get("outputs", {}), "outputs")
+        resources = parse_resources(raw["resources"]) if "resources" in raw else None
     except ValueError as e:
         raise ValueError(f"quantum {qid!r}: {e}") from e
     timeout_s = float(timeout) if timeout is not None else None
-    return qid, label, task, dict(data_id), inputs, outputs, dict(config), timeout_s
+    return qid, label, task, dict(data_id), inputs, outputs, dict(config), timeout_s, resources
 
 
 def resolve_task(path: str) -> Callable[..., Any]:

@@ -23,6 +23,7 @@ def quantum(
     config: Mapping[str, Any] | None = None,
     data_id: Mapping[str, int | str] | None = None,
     timeout_s: float | None = None,
+    resources: Mapping[str, Any] | None = None,
 ) -> Quantum:
     """A quantum running ``tests.tasks:<task>``; by default it outputs dataset ``<qid>``."""
     return Quantum(
@@ -34,6 +35,7 @@ def quantum(
         outputs=_mapping(outputs if outputs is not None else [qid]),
         config=dict(config or {}),
         timeout_s=timeout_s,
+        resources=dict(resources or {}),
     )
 
 
