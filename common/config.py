@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.errors import ConfigError
+from common.resources import Amounts
 
 __all__ = ["ExecutionConfig"]
 
@@ -23,6 +24,16 @@ class ExecutionConfig:
     ``retries`` is how many times a quantum lost with its worker is dispatched again;
     ``run_dir`` holds logs (a fresh temporary directory when None); ``prefetch`` is how many
     quanta a local worker queues behind the running one (hides the dispatch round trip).
+
+    Resources (``common.resources``; memory in MiB): ``memory_mb``, ``cpus`` and
+    ``resources`` are the run's budgets (None: no limit; entry points fill the host's
+    defaults); ``memory_per_quantum_mb`` / ``cores_per_quantum`` what a quantum declaring
+    nothing requests, ``label_requests`` what each task label requests (a BPS config's
+    ``pipetask:`` block; a graph's own declarations win). ``memory_enforce``: a quantum past
+    its declared memory is killed, warned about, or left alone. A memory failure is retried
+    with its request times ``memory_multiplier`` up to ``memory_max_mb``; a failure whose
+    exit code is in ``retry_unless_exit`` is never retried. ``max_failures``: after this many
+    quanta failed for good nothing new starts (fail-fast is 1).
     """
 
     num_workers: int = 1
@@ -41,6 +52,17 @@ class ExecutionConfig:
     progress_interval_s: float = 5.0
     local_workers: int | None = None  # workers this broker starts; None: num_workers
     endpoint: str | None = None  # serve here (tcp:// needs CURVE keys); None: private ipc
+    memory_mb: float | None = None
+    cpus: int | None = None
+    resources: Amounts | None = None
+    memory_per_quantum_mb: float | None = None
+    cores_per_quantum: int | None = None
+    label_requests: dict[str, Amounts] | None = None
+    memory_enforce: str = "kill"
+    memory_multiplier: float | None = None
+    memory_max_mb: float | None = None
+    retry_unless_exit: frozenset[int] | None = None
+    max_failures: int | None = None
 
     def __post_init__(self) -> None:
         if self.num_workers < 1:
@@ -72,6 +94,31 @@ class ExecutionConfig:
             raise ConfigError("startup timeout must be positive and shutdown grace >= 0, finite")
         if not math.isfinite(self.heartbeat_interval_s):
             raise ConfigError("heartbeat interval must be finite")
+        self._check_resources()
+
+    def _check_resources(self) -> None:
+        for name, value in (
+            ("memory", self.memory_mb),
+            ("memory per quantum", self.memory_per_quantum_mb),
+            ("memory max", self.memory_max_mb),
+        ):
+            if value is not None and not 0 < value < math.inf:
+                raise ConfigError(f"{name} must be a positive size, got {value!r} MiB")
+        for name, count in (("cpus", self.cpus), ("cores per quantum", self.cores_per_quantum)):
+            if count is not None and count < 1:
+                raise ConfigError(f"{name} must be at least 1, got {count}")
+        if self.memory_enforce not in ("kill", "warn", "off"):
+            raise ConfigError(
+                f"memory enforcement {self.memory_enforce!r} is not one of kill, warn, off"
+            )
+        factor = self.memory_multiplier
+        if factor is not None and not 1 < factor < math.inf:
+            raise ConfigError(f"memory multiplier must be more than 1, got {factor}")
+        if self.max_failures is not None and self.max_failures < 1:
+            raise ConfigError(f"max failures must be at least 1, got {self.max_failures}")
+        for name, amount in (self.resources or {}).items():
+            if not 0 < amount < math.inf:
+                raise ConfigError(f"resource {name} must be a positive amount, got {amount}")
 
     @property
     def spawn_count(self) -> int:

@@ -23,6 +23,7 @@ from typing import assert_never
 
 import numpy as np
 
+from broker.core.admission import Admission, Budget, Refusal, Vector
 from broker.core.droplog import DropLog
 from broker.core.events import (
     Action,
@@ -60,10 +61,12 @@ from broker.core.scheduler import Scheduler
 from broker.core.state import GraphState
 from broker.core.supply import MAX_START_FAILURES, WorkerSupply
 from common.config import ExecutionConfig
-from common.errors import MPGraphExecutorError
+from common.errors import GraphError, MPGraphExecutorError
 from common.graph import QuantumGraph
+from common.graphparts import names
 from common.protocol import ExecutorExited, Result, ResultStatus
 from common.report import Reason, Report
+from common.resources import CPUS, MEMORY, Amounts, format_memory
 from common.status import RunStatus
 from common.topology import as_numpy
 
@@ -91,6 +94,9 @@ _INVERSION_SAMPLE_EVERY = 8
 # A follow-on is looked for among at most this many children of the quantum it would follow
 # (a quantum read by thousands is no chain link; the decision stays a small constant).
 _FOLLOW_SCAN = 16
+# A quantum that does not fit goes back to the ready queue; at most this many are looked past
+# in one dispatch for one that may go ahead of them (backfill)
+_BACKFILL_SCAN = 64
 # A dead executor child's results travel on its own connection, its agent's report on
 # another: a result still on its way is awaited this long before the attempt counts as lost.
 ORPHAN_GRACE_S = 2.0
@@ -154,9 +160,11 @@ class BrokerCore:
         self.state = GraphState(graph.topology, labels, graph.labels)
         self.scheduler = Scheduler(graph.topology, labels, len(graph.labels))
         self.registry = WorkerRegistry()
-        self.planner = DispatchPlanner(transport)
+        self.admission = _admission(graph, config, labels)
+        self.planner = DispatchPlanner(transport, self.admission)
         self.ledger = Ledger(graph, in_process=in_process)
         done = sorted(done)
+        _refuse(graph, self.admission, done)
         self.state.preset_succeeded(done)
         self.ledger.resumed(done)
         self.footprint = Footprint(graph, self.state)
@@ -170,6 +178,7 @@ class BrokerCore:
         self._holding = self._expected_workers > 0
         self._revoking: set[tuple[str, int]] = set()
         self._released: list[int] = []  # children made ready since the last dispatch
+        self._head_priority: float | None = None  # of the quantum waiting for resources
         self._touched: set[bytes] = set()  # workers whose last dispatch changed (follow-ons)
         # Nothing can be silent or overdue before this (a lower bound: checks are not paid per
         # step, only when one could find something).
@@ -384,12 +393,16 @@ class BrokerCore:
         info.sent += 1
         d = InFlight(qid, attempt, now, backstop, i, info.sent, info.generation, after=after)
         self.registry.assign(info, d)
+        label = self._labels[i]
+        self.admission.hold(info.identity, info.threads, i, self.admission.vector(i), label)
         if backstop is not None:
             self._expire_at = min(self._expire_at, backstop)
         self._touched.add(info.identity)
         if self.timings.first_dispatch is None:
             self.timings.first_dispatch = now
-        return Dispatch(info.identity, qid, attempt, timeout, i, d.seq, after)
+        memory = self.admission.declared_memory(i) if self.config.memory_enforce != "off" else None
+        cpus = self.admission.cpus(i)
+        return Dispatch(info.identity, qid, attempt, timeout, i, d.seq, after, memory, cpus)
 
     def _undispatched(self, i: int) -> None:
         """RUNNING -> READY (PENDING for a follow-on whose parent did not succeed): an attempt
@@ -406,12 +419,12 @@ class BrokerCore:
             if f is None:
                 return
             self._revoking.discard((f.quantum_id, f.attempt))
-            self.registry.complete(info, f.quantum_id, f.attempt)
+            self._complete(info, f.quantum_id, f.attempt)
             self._undispatched(f.index)
             seq = f.seq
 
     def _on_result(self, info: WorkerInfo, result: Result, now: float) -> None:
-        d = self.registry.complete(info, result.quantum_id, result.attempt)
+        d = self._complete(info, result.quantum_id, result.attempt)
         if d is None:
             self._drops.warn(
                 "ignoring result for %s attempt %d from %s: not in flight there",
@@ -461,6 +474,8 @@ class BrokerCore:
         """RUNNING -> SUCCEEDED (children may become ready) or FAILED / TIMED_OUT."""
         self.timings.last_result = now
         self.ledger.result(i, result)
+        rss = result.max_rss_kb
+        self.admission.learn(i, None if rss is None else rss / 1024)
         self._record(i, result.attempt, JournalState(result.status.value))
         match result.status:
             case ResultStatus.SUCCESS:
@@ -528,6 +543,14 @@ class BrokerCore:
             self._journal.record(self._ids[i], attempt, state)
 
     # ------------------------------------------------------------------ workers
+    def _complete(self, info: WorkerInfo, quantum_id: str, attempt: int) -> InFlight | None:
+        """``info`` no longer holds this attempt (``WorkerRegistry.complete``): what it
+        reserved is free."""
+        d = self.registry.complete(info, quantum_id, attempt)
+        if d is not None:
+            self.admission.release(info.identity, d.index)
+        return d
+
     def _lose_worker(
         self, info: WorkerInfo, why: str, now: float, out: list[Action], *, kill: bool = True
     ) -> None:
@@ -535,6 +558,7 @@ class BrokerCore:
         process is known to have ended)."""
         self.timings.worker_losses.append((now, info.pid, why))
         lost = self.registry.remove(info)
+        self.admission.forget(info.identity)
         seqs = {d.seq for d in lost}
         for d in sorted(lost, key=lambda d: d.seq, reverse=True):  # follow-ons first
             self._revoking.discard((d.quantum_id, d.attempt))
@@ -636,10 +660,10 @@ class BrokerCore:
                 continue
             if d.seq > exited.last_seq:
                 self._revoking.discard((d.quantum_id, d.attempt))
-                self.registry.complete(info, d.quantum_id, d.attempt)
+                self._complete(info, d.quantum_id, d.attempt)
                 self._undispatched(d.index)
             elif d.seq == exited.last_seq and exited.running:
-                self.registry.complete(info, d.quantum_id, d.attempt)
+                self._complete(info, d.quantum_id, d.attempt)
                 self._finished(d.index, _ended(d, exited), now)
             elif not d.orphan or d.backstop is None or d.backstop > now + ORPHAN_GRACE_S:
                 self.registry.orphan(info, d, now + ORPHAN_GRACE_S)
@@ -673,7 +697,7 @@ class BrokerCore:
             )
             self._lose_worker(info, why, now, out)
         for info, d in self.registry.overdue(now):
-            if self.registry.complete(info, d.quantum_id, d.attempt) is None:
+            if self._complete(info, d.quantum_id, d.attempt) is None:
                 continue  # settled as a follow-on of one before it
             self._drop_followers(info, d.seq)
             if d.orphan:
@@ -689,7 +713,7 @@ class BrokerCore:
 
     def _on_revoked(self, info: WorkerInfo, qid: str, attempt: int) -> None:
         self._revoking.discard((qid, attempt))
-        d = self.registry.complete(info, qid, attempt)
+        d = self._complete(info, qid, attempt)
         if d is not None:
             self._drop_followers(info, d.seq)
             self._undispatched(d.index)
@@ -717,18 +741,74 @@ class BrokerCore:
         self._released.clear()
         if released and self.scheduler.endgame(self.registry.ready_count(), self.state.unfinished):
             released.clear()
+        head = self._head_priority
         for child in released:
-            info = self.registry.next_free()
-            if info is None:
+            if self.registry.next_free() is None:
                 break
-            if self.scheduler.take(child):
+            if head is not None and self.scheduler.priority(child) < head:
+                continue  # a quantum waiting for resources comes first (_dispatch_ready)
+            info = self._worker_for(self.admission.vector(child), self._labels[child])
+            if info is not None and self.scheduler.take(child):
                 out.append(self._dispatched(info, child, now))
-        while len(self.scheduler) and (info := self.registry.next_free()) is not None:
+        self._dispatch_ready(now, out)
+        self._follow(now, out)
+
+    def _dispatch_ready(self, now: float, out: list[Action]) -> None:
+        """Ready quanta in critical-path order, each to a free worker where it fits. The
+        first that fits nowhere is the head: what comes after it goes ahead of it only where
+        it does not delay it (``Admission.backfills``); it and those passed over stay ready."""
+        passed: list[int] = []
+        head: tuple[float, Vector] | None = None  # the head's shadow and what is spare then
+        self._head_priority = None
+        while len(self.scheduler) and self.registry.next_free() is not None:
             i = self.scheduler.pop()
             if i is None:
                 break
-            out.append(self._dispatched(info, i, now))
-        self._follow(now, out)
+            vector = self.admission.vector(i)
+            info = self._worker_for(vector, self._labels[i])
+            if info is not None and head is not None:
+                ends = now + self._ahead_s(info, now) + self.scheduler.estimate(self._labels[i])
+                spare = self.admission.backfills(vector, ends, *head)
+                if spare is None:
+                    info = None
+                else:
+                    head = (head[0], spare)
+            if info is not None:
+                out.append(self._dispatched(info, i, now))
+                continue
+            passed.append(i)
+            if head is None:
+                head = self.admission.shadow(vector, self._holding_ends(now))
+                self._head_priority = self.scheduler.priority(i)
+            if len(passed) >= _BACKFILL_SCAN:
+                break
+        for i in passed:
+            self.scheduler.push(i)
+
+    def _worker_for(self, vector: Vector, label: int) -> WorkerInfo | None:
+        """The free worker ``vector`` fits on now, in the registry's order (idle ones first,
+        most recently used first), or None."""
+        for info in self.registry.free():
+            if self.admission.fits(info.identity, info.threads, vector, label):
+                return info
+        return None
+
+    def _ahead_s(self, info: WorkerInfo, now: float) -> float:
+        """How long until ``info`` has run what it holds, by the durations learned."""
+        left = 0.0
+        estimate, labels = self.scheduler.estimate, self._labels
+        for d in info.in_flight.values():
+            left += estimate(labels[d.index])
+        first = min((d.sent_at for d in info.in_flight.values()), default=now)
+        return max(0.0, left - (now - first))
+
+    def _holding_ends(self, now: float) -> list[tuple[float, bytes]]:
+        """When each worker will have run what it holds."""
+        return [
+            (now + self._ahead_s(info, now), info.identity)
+            for info in self.registry.workers()
+            if info.in_flight
+        ]
 
     def _follow(self, now: float, out: list[Action]) -> None:
         """Send follow-ons: where a worker's last dispatch is the one unfinished parent of a
@@ -846,4 +926,68 @@ def _ended(d: InFlight, exited: ExecutorExited) -> Result:
         duration_s=max(0.0, exited.end_time - exited.start_time),
         max_rss_kb=None,
         log_path=exited.log_path,
+    )
+
+
+def _admission(graph: QuantumGraph, config: ExecutionConfig, labels: array[int]) -> Admission:
+    """The run's admission: its budgets, and what quanta request (``broker.core.admission``)."""
+    inf = math.inf
+    budget = Budget(config.memory_mb or inf, config.cpus or inf, config.resources)
+    defaults: Amounts = {}
+    if config.memory_per_quantum_mb is not None:
+        defaults[MEMORY] = config.memory_per_quantum_mb
+    if config.cores_per_quantum is not None:
+        defaults[CPUS] = float(config.cores_per_quantum)
+    configured = config.label_requests or {}
+    by_label = {
+        label: {**configured.get(label, {}), **graph.label_resources.get(label, {})}
+        for label in graph.labels
+    }
+    return Admission(
+        budget,
+        graph.resources,
+        labels.__getitem__,
+        graph.labels,
+        by_label=by_label,
+        defaults=defaults,
+    )
+
+
+def _refuse(graph: QuantumGraph, admission: Admission, done: list[int]) -> None:
+    """GraphError naming the quanta that ask for more than a budget, before anything runs
+    (one check per task label, and one per quantum with values of its own)."""
+    if not len(graph):
+        return
+    finished = set(done)
+    kinds = as_numpy(graph.kind)
+    _, first = np.unique(kinds, return_index=True)
+    candidates = [int(i) for i in first.tolist()] + list(graph.resources)
+    refused = [r for r in admission.refusals(candidates) if r.index not in finished]
+    if not refused:
+        return
+    r = refused[0]
+    bad = [graph.ids[x.index] for x in refused]
+    if r.index not in graph.resources:  # every quantum of its kind asks the same
+        kind = graph.kind[r.index]
+        same = np.flatnonzero(kinds == kind).tolist()
+        bad = [graph.ids[i] for i in same if i not in finished] + bad[1:]
+    raise GraphError(_refusal(graph.ids[r.index], r) + f" (quanta: {names(bad)})", bad)
+
+
+def _refusal(qid: str, r: Refusal) -> str:
+    if r.resource == MEMORY:
+        return (
+            f"quantum {qid!r} asks for {format_memory(r.asked)} of memory, more than the "
+            f"budget of {format_memory(r.budget)} (--memory)"
+        )
+    if r.resource == CPUS:
+        return f"quantum {qid!r} asks for {r.asked:g} cpus, more than the budget of {r.budget:g}"
+    if r.budget == 0:
+        return (
+            f"quantum {qid!r} asks for {r.asked:g} of resource {r.resource!r}, which the run "
+            f"does not offer (--resource {r.resource}=N)"
+        )
+    return (
+        f"quantum {qid!r} asks for {r.asked:g} of resource {r.resource!r}, more than the "
+        f"budget of {r.budget:g}"
     )

@@ -1,13 +1,17 @@
 """The dispatch planner: how many quanta each worker holds at once (the running ones and those
 queued behind them), for every transport, from what the workers declared, the durations learned
-so far and the transport's cost profile. Pure: plain numbers in, numbers out; the core asks it
-and carries out what it decides. Must not know any transport beyond its ``TransportProfile``.
+so far and the transport's cost profile; and which quanta may start by the resources they
+request (its ``admission``, ``broker.core.admission``). Pure: plain numbers in, numbers out;
+the core asks it and carries out what it decides. Must not know any transport beyond its
+``TransportProfile``.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+from broker.core.admission import Admission, Budget
 
 __all__ = ["FIXED", "DispatchPlanner", "PlanInputs", "TransportProfile", "window"]
 
@@ -99,10 +103,12 @@ def window(
 class DispatchPlanner:
     """Decides each worker's capacity: ``threads`` times the per-thread window the profile and
     what was learned call for, plus the profile's ``extra``, never beyond what the worker
-    declared it accepts (``declared``; 0: no limit of its own)."""
+    declared it accepts (``declared``; 0: no limit of its own). ``admission`` decides which
+    quanta may start by their resources (none limited by default)."""
 
-    def __init__(self, profile: TransportProfile) -> None:
+    def __init__(self, profile: TransportProfile, admission: Admission | None = None) -> None:
         self.profile = profile
+        self.admission = admission or Admission(Budget(), {}, lambda i: 0, [""])
         self.depth = profile.window_min  # per thread, until a duration is known
         self._next_plan = -math.inf
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
 __all__ = ["InFlight", "WorkerInfo", "WorkerRegistry"]
@@ -156,6 +157,19 @@ class WorkerRegistry:
             if info.free_slots > 0 and (best is None or info.free_slots > best.free_slots):
                 best = info
         return best
+
+    def free(self) -> Iterator[WorkerInfo]:
+        """Workers with a free slot: idle ones first, most recently used first, then the
+        others by most free slots."""
+        busy: list[WorkerInfo] = []
+        for identity in reversed(self._idle):
+            info = self._by_identity[identity]
+            if info.free_slots == info.slots:
+                yield info
+            elif info.free_slots > 0:
+                busy.append(info)
+        busy.sort(key=lambda w: -w.free_slots)
+        yield from busy
 
     def assign(self, info: WorkerInfo, dispatch: InFlight) -> None:
         info.in_flight[dispatch.quantum_id] = dispatch

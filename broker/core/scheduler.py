@@ -65,6 +65,7 @@ class Scheduler:
         self._queued = bytearray(topology.size)
         self._queued_count = 0
         self._plan = _plan(topology)
+        self._extra: npt.NDArray[np.float64] | None = None  # per quantum, on top of its label
         # Unfinished quanta per label; the work of those of learned labels, and how many of the
         # others are left (``work_left_s``: constant time per result).
         per_label = np.bincount(as_numpy(labels), minlength=label_count) if len(labels) else None
@@ -116,6 +117,8 @@ class Scheduler:
         """Bottom levels: own estimate plus the heaviest path below."""
         weights = np.array([self._weight(n) for n in range(len(self._estimates))])
         own = weights[as_numpy(self._labels)] if len(self._labels) else np.zeros(0)
+        if self._extra is not None:
+            own = own + self._extra
         self._priority = array("d", _bottom_levels(self._plan, own).tobytes())
         self._ranked_with = [self._weight(n) for n in range(len(self._estimates))]
         self._dirty = False
@@ -125,6 +128,16 @@ class Scheduler:
         self._heap = [(-prio[i], i) for i in queued]
         heapq.heapify(self._heap)
         self._staged.clear()
+
+    def weigh(self, extra: dict[int, float]) -> None:
+        """Rank these quanta as if their own work were this much longer (``Admission.chain``:
+        quanta that cannot run beside each other wait for one another); re-ranks now."""
+        if not extra and self._extra is None:
+            return
+        self._extra = np.zeros(len(self._labels)) if extra else None
+        if self._extra is not None:
+            self._extra[np.fromiter(extra.keys(), np.int64)] = np.fromiter(extra.values(), float)
+        self._rank()
 
     def learn(self, label: int, duration_s: float) -> None:
         """Fold in one observed duration (mean per label)."""

@@ -299,7 +299,10 @@ class _Driver:
     def _submit(self, dispatches: dict[bytes, list[Dispatch]]) -> None:
         """One ``client.map`` per worker: a call costs more than the quanta it carries."""
         for worker, batch in dispatches.items():
-            frames = [self._assigns.frame(d.index, d.attempt, d.timeout_s, d.seq) for d in batch]
+            frames = [
+                self._assigns.frame(d.index, d.attempt, d.timeout_s, d.seq, 0, d.memory_mb, d.cpus)
+                for d in batch
+            ]
             keys = [self._key(d.index, d.attempt) for d in batch]
             futures = self._client.map(
                 run_assign,

@@ -457,7 +457,9 @@ class BrokerServer:
         """To the worker's executor child; one that is gone never started it."""
         child = self._children.current(d.worker)
         if child is not None:
-            frame = self._assigns.frame(d.index, d.attempt, d.timeout_s, d.seq, d.after)
+            frame = self._assigns.frame(
+                d.index, d.attempt, d.timeout_s, d.seq, d.after, d.memory_mb, d.cpus
+            )
             if self._send_frame(child[0], frame, "Assign"):
                 return
         self._events.append(QuantumRevoked(d.worker, d.quantum_id, d.attempt))

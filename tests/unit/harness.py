@@ -61,11 +61,13 @@ class Harness:
         )
         self.now = 0.0
         self.actions: list[Action] = self.core.start(self.now)
+        self.sent: list[Dispatch] = []  # every dispatch so far
 
     def step(self, *events: Event, at: float | None = None) -> list[Action]:
         if at is not None:
             self.now = at
         self.actions = self.core.step(list(events), self.now)
+        self.sent += [a for a in self.actions if isinstance(a, Dispatch)]
         return self.actions
 
     def join(self, worker: bytes, slots: int = 1, *, local: bool = True, pid: int = 0) -> None:

@@ -1,0 +1,306 @@
+"""Admission by resources: a quantum starts only when what the running quanta hold, plus its
+own request, fits every budget (memory, cores, custom resources).
+
+What a quantum requests: what it declares (its own values over its task label's, from the
+graph), else its label's request from the run's configuration (a BPS config), else the run's
+defaults (``--memory-per-quantum``, ``--cores-per-quantum``); without any, ``cpus`` counts one
+and memory is learned: 1.2 x the largest peak measured for its label so far. A label not
+measured yet is treated as possibly large: one of its quanta at a time, which takes all the
+memory free when it starts and starts only when at least half the budget is free. A memory
+retry raises the attempt's request (``raise_memory``).
+
+What a worker holds: a worker runs its quanta one after another (``threads`` at a time), the
+queued ones only after the running one, so it holds, per resource, the largest request among
+its quanta (the sum of the ``threads`` largest): queueing a small quantum behind a large one
+costs nothing more.
+
+Which quantum may go ahead of one that does not fit (backfill): the first quantum in priority
+order that fits nowhere is the *head*; the time it could start (its *shadow*) is when enough
+of what runs now will have ended, by the durations learned. Another quantum goes ahead of it
+only if it ends before the shadow, or if the head still fits at the shadow beside it: the head
+is never delayed by quanta behind it, and what fits in the meantime is not left idle.
+
+Pure: plain numbers in, decisions out.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+from common.resources import CPUS, MEMORY, Amounts
+
+__all__ = ["UNMEASURED", "Admission", "Budget", "Refusal"]
+
+# A learned request is this much above the largest peak measured for the label
+LEARNED_MARGIN = 1.2
+# A quantum of a label not measured yet starts only with this share of the memory budget free
+UNMEASURED_SHARE = 0.5
+UNMEASURED = -1.0  # a memory request still to be learned (first of its label)
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """What the run may use at once: memory in MiB, cores, and custom resources by name."""
+
+    memory_mb: float = math.inf
+    cpus: float = math.inf
+    custom: Mapping[str, float] | None = None
+
+    def amounts(self) -> Amounts:
+        return {MEMORY: self.memory_mb, CPUS: self.cpus, **(self.custom or {})}
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A quantum that can never start: it asks for more of ``resource`` than the budget."""
+
+    index: int
+    resource: str
+    asked: float
+    budget: float
+
+
+Vector = tuple[float, ...]
+
+
+class _Holding:
+    """What one worker holds: its quanta's request vectors, counted."""
+
+    __slots__ = ("counts", "threads", "vector")
+
+    def __init__(self, threads: int, width: int) -> None:
+        self.threads = max(1, threads)
+        self.counts: dict[Vector, int] = {}
+        self.vector: Vector = (0.0,) * width
+
+    def held(self, extra: Vector | None = None) -> Vector:
+        """Per resource, the largest request held (the sum of the ``threads`` largest), with
+        ``extra`` counted too."""
+        vectors = list(self.counts.items())
+        if extra is not None:
+            vectors.append((extra, 1))
+        if not vectors:
+            return (0.0,) * len(self.vector)
+        if self.threads == 1:
+            return tuple(map(max, *(v for v, _ in vectors))) if len(vectors) > 1 else vectors[0][0]
+        out = []
+        for k in range(len(self.vector)):
+            values = sorted((v[k] for v, n in vectors for _ in range(n)), reverse=True)
+            out.append(sum(values[: self.threads]))
+        return tuple(out)
+
+
+class Admission:
+    """Requests, budgets and what each worker holds; see the module's rules.
+
+    ``own``: the quanta that declare values of their own; ``label_of(i)``: quantum ``i``'s
+    label number, ``labels`` their names; ``by_label``: what each label declares, the graph's
+    over the run's configuration's; ``defaults``: for every quantum."""
+
+    def __init__(
+        self,
+        budget: Budget,
+        own: Mapping[int, Amounts],
+        label_of: Callable[[int], int],
+        labels: list[str],
+        *,
+        by_label: Mapping[str, Amounts] | None = None,
+        defaults: Amounts | None = None,
+    ) -> None:
+        amounts = budget.amounts()
+        self.names: list[str] = list(amounts)
+        self._slot = {name: k for k, name in enumerate(self.names)}
+        self.budget: Vector = tuple(amounts.values())
+        self._own = own
+        self._label_of = label_of
+        self._labels = labels
+        self._by_label = {
+            n: {**(defaults or {}), **(by_label or {}).get(label, {})}
+            for n, label in enumerate(labels)
+        }
+        self._peak_mb: list[float | None] = [None] * len(labels)  # largest measured, by label
+        self._probing: set[int] = set()  # labels with an unmeasured quantum out
+        self._raised: dict[int, float] = {}  # quantum -> memory request of its next attempt
+        self._vectors: list[Vector | None] = [None] * len(labels)  # by label, while valid
+        self._holding: dict[bytes, _Holding] = {}
+        self._of: dict[tuple[bytes, int], Vector] = {}
+        self.used: Vector = (0.0,) * len(self.names)
+        self.tight = any(math.isfinite(b) for b in self.budget)
+
+    # ------------------------------------------------------------------ requests
+    def _requested(self, i: int) -> tuple[Amounts, bool]:
+        """Quantum ``i``'s request by name, and whether its memory was declared."""
+        own = self._own.get(i)
+        base = self._by_label[self._label_of(i)]
+        request = {**base, **own} if own else base
+        return request, MEMORY in request
+
+    def declared_memory(self, i: int) -> float | None:
+        """The memory ``i``'s next attempt declares (enforced while it runs), if any."""
+        raised = self._raised.get(i)
+        if raised is not None:
+            return raised
+        request, declared = self._requested(i)
+        return request[MEMORY] if declared else None
+
+    def cpus(self, i: int) -> int:
+        return int(self._requested(i)[0].get(CPUS, 1.0))
+
+    def vector(self, i: int) -> Vector:
+        """What ``i``'s next attempt asks of each resource (memory ``UNMEASURED`` for the first
+        quanta of a label whose memory is neither declared nor measured)."""
+        if i in self._own or i in self._raised:
+            return self._vector(i)
+        label = self._label_of(i)
+        cached = self._vectors[label]
+        if cached is None:
+            cached = self._vectors[label] = self._vector(i)
+        return cached
+
+    def _vector(self, i: int) -> Vector:
+        request, declared = self._requested(i)
+        out = [request.get(name, 0.0) for name in self.names]
+        out[1] = request.get(CPUS, 1.0)
+        raised = self._raised.get(i)
+        if raised is not None:
+            out[0] = raised
+        elif not declared and math.isinf(self.budget[0]):
+            out[0] = 0.0  # no memory budget: nothing to learn it for
+        elif not declared:
+            peak = self._peak_mb[self._label_of(i)]
+            # (what ran within the budget once may take all of it, never more)
+            out[0] = UNMEASURED if peak is None else min(peak * LEARNED_MARGIN, self.budget[0])
+        return tuple(out)
+
+    def refusals(self, indices: Iterable[int]) -> list[Refusal]:
+        """Quanta that ask for more than a budget (or a resource no budget offers)."""
+        out = []
+        for i in indices:
+            for name, asked in zip(self.names, self.vector(i), strict=True):
+                budget = self.budget[self._slot[name]]
+                if asked > budget:
+                    out.append(Refusal(i, name, asked, budget))
+            request, _ = self._requested(i)
+            for name in request.keys() - self._slot.keys():
+                out.append(Refusal(i, name, request[name], 0.0))
+        return out
+
+    def learn(self, i: int, peak_mb: float | None) -> None:
+        """``i`` ended with this measured peak (None: no measurement)."""
+        label = self._label_of(i)
+        self._probing.discard(label)
+        if peak_mb is not None and peak_mb > 0:
+            known = self._peak_mb[label]
+            if known is None or peak_mb > known:
+                self._peak_mb[label] = peak_mb
+                self._vectors[label] = None
+
+    def raise_memory(self, i: int, mib: float) -> None:
+        """``i``'s next attempt asks for (and is held to) ``mib``."""
+        self._raised[i] = mib
+
+    def peak_mb(self, label: int) -> float | None:
+        return self._peak_mb[label]
+
+    # ------------------------------------------------------------------ holding
+    def _concrete(self, vector: Vector) -> Vector:
+        """An unmeasured request made concrete: all the memory free now."""
+        if vector[0] != UNMEASURED:
+            return vector
+        return (max(0.0, self.budget[0] - self.used[0]), *vector[1:])
+
+    def fits(self, worker: bytes, threads: int, vector: Vector, label: int) -> bool:
+        """Whether ``vector`` may start on ``worker`` now."""
+        if vector[0] == UNMEASURED:
+            if label in self._probing:
+                return False
+            if self.budget[0] - self.used[0] < UNMEASURED_SHARE * self.budget[0]:
+                return False
+        holding = self._holding.get(worker)
+        concrete = self._concrete(vector)
+        if holding is None:
+            added = concrete
+        else:
+            before, after = holding.vector, holding.held(concrete)
+            added = tuple(a - b for a, b in zip(after, before, strict=True))
+        return all(u + a <= b + 1e-9 for u, a, b in zip(self.used, added, self.budget, strict=True))
+
+    def hold(self, worker: bytes, threads: int, i: int, vector: Vector, label: int) -> None:
+        """``i`` was sent to ``worker`` with request ``vector``."""
+        if vector[0] == UNMEASURED:
+            self._probing.add(label)
+        concrete = self._concrete(vector)
+        holding = self._holding.get(worker)
+        if holding is None:
+            holding = self._holding[worker] = _Holding(threads, len(self.names))
+        holding.counts[concrete] = holding.counts.get(concrete, 0) + 1
+        self._of[worker, i] = concrete
+        self._reset(holding, holding.held())
+
+    def release(self, worker: bytes, i: int) -> None:
+        """``i`` is no longer held by ``worker`` (ended, lost, taken back)."""
+        vector = self._of.pop((worker, i), None)
+        holding = self._holding.get(worker)
+        if vector is None or holding is None:
+            return
+        left = holding.counts[vector] - 1
+        if left:
+            holding.counts[vector] = left
+        else:
+            del holding.counts[vector]
+        self._reset(holding, holding.held())
+
+    def forget(self, worker: bytes) -> None:
+        """``worker`` is gone with all it held."""
+        holding = self._holding.pop(worker, None)
+        if holding is None:
+            return
+        for key in [k for k in self._of if k[0] == worker]:
+            del self._of[key]
+        self.used = tuple(u - h for u, h in zip(self.used, holding.vector, strict=True))
+
+    def _reset(self, holding: _Holding, vector: Vector) -> None:
+        self.used = tuple(
+            u - old + new for u, old, new in zip(self.used, holding.vector, vector, strict=True)
+        )
+        holding.vector = vector
+
+    def in_use(self) -> Amounts:
+        return dict(zip(self.names, self.used, strict=True))
+
+    def budget_amounts(self) -> Amounts:
+        return dict(zip(self.names, self.budget, strict=True))
+
+    # ------------------------------------------------------------------ backfill
+    def backfills(self, vector: Vector, ends: float, shadow: float, spare: Vector) -> Vector | None:
+        """Whether a quantum of ``vector`` ending at ``ends`` may go ahead of the head whose
+        start is ``shadow`` with ``spare`` beside it: the spare left if so (what it still
+        holds at the shadow comes out of it), None if not."""
+        if vector[0] == UNMEASURED:
+            return None  # how much it holds is not known: it might delay the head
+        if ends <= shadow:
+            return spare
+        if all(v <= s + 1e-9 for v, s in zip(vector, spare, strict=True)):
+            return tuple(s - v for v, s in zip(vector, spare, strict=True))
+        return None
+
+    def shadow(self, vector: Vector, ends: Iterable[tuple[float, bytes]]) -> tuple[float, Vector]:
+        """When ``vector`` (the head) could start, given when each worker's holding ends
+        (``ends``: (time, worker)), and what is free beside it then."""
+        need = self._concrete(vector) if vector[0] != UNMEASURED else self.budget
+        used = list(self.used)
+        shadow = -math.inf
+        for when, worker in sorted(ends):
+            if all(u + n <= b + 1e-9 for u, n, b in zip(used, need, self.budget, strict=True)):
+                break
+            holding = self._holding.get(worker)
+            if holding is not None:
+                used = [u - h for u, h in zip(used, holding.vector, strict=True)]
+            shadow = when
+        else:
+            if not all(u + n <= b + 1e-9 for u, n, b in zip(used, need, self.budget, strict=True)):
+                return math.inf, (0.0,) * len(used)
+        spare = tuple(b - u - n for u, n, b in zip(used, need, self.budget, strict=True))
+        return shadow, spare

@@ -1,0 +1,224 @@
+"""Admission by resources, inside the core and alone: a quantum starts only where what runs
+plus its own request fits every budget; a big quantum at the head is not starved; requests are
+declared, configured or learned. Stepped with chosen times, no sockets."""
+
+from __future__ import annotations
+
+import pytest
+
+from broker.core.admission import UNMEASURED, Admission, Budget
+from broker.core.events import Dispatch, ResultReceived, WorkerLeft
+from common.errors import GraphError
+from common.graph import QuantumGraph
+from tests.graphs import quantum
+from tests.unit.harness import Harness, result
+
+A, B, C, D = b"wa", b"wb", b"wc", b"wd"
+
+
+def running(h: Harness) -> dict[str, Dispatch]:
+    """Every quantum held by a worker now, with the dispatch that sent it."""
+    held = {d.quantum_id for w in h.core.registry.workers() for d in w.in_flight.values()}
+    return {d.quantum_id: d for d in h.sent if d.quantum_id in held}
+
+
+def join(h: Harness, *workers: bytes, slots: int = 1) -> None:
+    for w in workers:
+        h.join(w, slots)
+
+
+def finish(h: Harness, d: Dispatch, at: float, rss_mb: float | None = None) -> None:
+    rss = None if rss_mb is None else int(rss_mb * 1024)
+    h.step(ResultReceived(d.worker, result(d, max_rss_kb=rss)), at=at)
+
+
+def graph(*sizes: str, label: str = "t") -> QuantumGraph:
+    return QuantumGraph.from_quanta(
+        [quantum(f"q{n}", label=label, resources={"memory": m}) for n, m in enumerate(sizes)]
+    )
+
+
+def test_quanta_start_only_while_their_memory_fits_the_budget() -> None:
+    # Given three quanta of 600 MiB and a 1500 MiB budget, three idle workers
+    h = Harness(graph("600MB", "600MB", "600MB"), memory_mb=1500)
+    join(h, A, B, C)
+    # Then two start, the third waits until one ends
+    assert set(running(h)) == {"q0", "q1"}
+    finish(h, running(h)["q0"], at=1.0)
+    assert set(running(h)) == {"q1", "q2"}
+    assert h.core.admission.in_use()["memory"] == 1200
+
+
+def test_a_queued_quantum_holds_only_what_it_adds_to_the_running_one() -> None:
+    # Given one worker that may hold two quanta, a large and a small one ready
+    g = QuantumGraph.from_quanta(
+        [
+            quantum("big", resources={"memory": 1000}),
+            quantum("small", resources={"memory": 100}),
+        ]
+    )
+    h = Harness(g, memory_mb=1000)
+    h.join(A, slots=2)
+    # Then the small one is queued behind the big one: the worker holds 1000 MiB, not 1100
+    assert {d.quantum_id for d in h.dispatches(A)} == {"big", "small"}
+    assert h.core.admission.in_use()["memory"] == 1000
+
+
+def test_cpus_count_one_each_unless_declared() -> None:
+    g = QuantumGraph.from_quanta(
+        [quantum("wide", resources={"cpus": 2}), quantum("a"), quantum("b")]
+    )
+    h = Harness(g, cpus=2)
+    join(h, A, B, C)
+    assert set(running(h)) == {"wide"}  # graph order: it takes both
+    assert running(h)["wide"].cpus == 2
+    finish(h, running(h)["wide"], at=1.0)
+    assert set(running(h)) == {"a", "b"}
+
+
+def test_a_custom_resource_caps_the_quanta_that_declare_it() -> None:
+    g = QuantumGraph.from_quanta(
+        [quantum(f"db{n}", resources={"db": 1}) for n in range(3)] + [quantum("free")]
+    )
+    h = Harness(g, resources={"db": 1})
+    join(h, A, B, C, D)
+    assert set(running(h)) == {"db0", "free"}
+    finish(h, running(h)["db0"], at=1.0)
+    assert set(running(h)) == {"db1", "free"}
+
+
+def test_a_quantum_bigger_than_the_budget_is_refused_before_anything_runs() -> None:
+    g = graph("1GB", "3GB", "3GB", label="huge")
+    with pytest.raises(
+        GraphError, match=r"'q1' asks for 3.0 GiB of memory, more than the budget of 2.0 GiB"
+    ) as e:
+        Harness(g, memory_mb=2048)
+    assert set(e.value.quanta) == {"q1", "q2"}
+    g = QuantumGraph.from_quanta([quantum("g", label="gpu")], resources={"gpu": {"gpu": 1}})
+    with pytest.raises(GraphError, match="resource 'gpu', which the run does not offer"):
+        Harness(g)
+
+
+def learn(harness: Harness, **durations: float) -> None:
+    """As if quanta of these labels had run this long."""
+    core = harness.core
+    for label, seconds in durations.items():
+        core.scheduler.learn(core.graph.labels.index(label), seconds)
+
+
+def test_the_head_is_not_starved_by_small_quanta_behind_it() -> None:
+    # Given a 1001 MiB budget: "run" (600 MiB, 1 s, then a 20 s "tail" of 1 MiB) runs; the
+    # most critical ready quantum after it, "head", needs 800; behind it a stream of long
+    # 100 MiB quanta (5 s)
+    g = QuantumGraph.from_quanta(
+        [
+            quantum("run", label="r", resources={"memory": 600}),
+            quantum("tail", label="t", inputs=["run"], resources={"memory": 1}),
+            quantum("head", label="h", resources={"memory": 800}),
+        ]
+        + [quantum(f"s{n}", label="s", resources={"memory": 100}) for n in range(6)]
+    )
+    h = Harness(g, memory_mb=1001)
+    learn(h, r=1.0, t=20.0, h=10.0, s=5.0)
+    join(h, A, B, C, D)
+    # Then the long small ones go ahead only as far as the head still fits beside them when
+    # "run" ends (1001 - 800 - 1 = 200 MiB: two of them), not into all that is free now
+    assert set(running(h)) == {"run", "s0", "s1"}
+    finish(h, running(h)["run"], at=1.0)
+    assert set(running(h)) == {"tail", "head", "s0", "s1"}
+
+
+def test_short_quanta_fill_the_gap_before_the_head_starts() -> None:
+    # Given "r0" (600 MiB) running 10 s, "head" (900 MiB) next, and 1 s quanta of 300 MiB
+    g = QuantumGraph.from_quanta(
+        [
+            quantum("r0", label="r", resources={"memory": 600}),
+            quantum("head", label="h", resources={"memory": 900}),
+        ]
+        + [quantum(f"s{n}", label="s", resources={"memory": 300}) for n in range(3)]
+    )
+    h = Harness(g, memory_mb=1000)
+    learn(h, r=10.0, s=1.0, h=1.0)
+    join(h, A, B, C)
+    # Then short ones run beside r0 one after another (they end before r0 does, so the
+    # head is not delayed), and the head starts as soon as r0 ends
+    assert set(running(h)) == {"r0", "s0"}
+    for n in range(3):
+        assert set(running(h)) == {"r0", f"s{n}"}
+        finish(h, running(h)[f"s{n}"], at=1.0 + n)
+    assert set(running(h)) == {"r0"}
+    finish(h, running(h)["r0"], at=10.0)
+    assert set(running(h)) == {"head"}
+
+
+def test_memory_is_learned_per_label_after_a_cautious_first_quantum() -> None:
+    # Given quanta that declare nothing, a 1000 MiB budget, four workers
+    g = QuantumGraph.from_quanta([quantum(f"q{n}", label="t") for n in range(6)])
+    h = Harness(g, memory_mb=1000)
+    join(h, A, B, C, D)
+    # Then only the first runs: its label has not been measured
+    assert set(running(h)) == {"q0"}
+    assert running(h)["q0"].memory_mb is None  # learned requests are not enforced
+    # Once it reports a 200 MiB peak, each asks 1.2 x 200 = 240 MiB: four fit in 1000
+    finish(h, running(h)["q0"], at=1.0, rss_mb=200)
+    assert len(running(h)) == 4
+    assert h.core.admission.in_use()["memory"] == pytest.approx(960)
+
+
+def test_declared_memory_travels_with_the_dispatch_unless_enforcement_is_off() -> None:
+    h = Harness(graph("2GB"), memory_mb=4096)
+    h.join(A)
+    assert h.dispatches()[0].memory_mb == 2048
+    h = Harness(graph("2GB"), memory_mb=4096, memory_enforce="off")
+    h.join(A)
+    assert h.dispatches()[0].memory_mb is None
+
+
+def test_run_defaults_and_label_requests_give_quanta_that_declare_nothing() -> None:
+    g = QuantumGraph.from_quanta(
+        [
+            quantum("a", label="isr"),
+            quantum("b", label="calib"),
+            quantum("c", label="isr", resources={"memory": 50}),
+        ],
+        resources={"calib": {"memory": 300}},
+    )
+    h = Harness(
+        g,
+        memory_mb=1000,
+        memory_per_quantum_mb=100,
+        cores_per_quantum=1,
+        label_requests={"isr": {"memory": 200}, "calib": {"memory": 999}},
+    )
+    adm = h.core.admission
+    # the graph's label block over the configuration's, the configuration's over the default
+    assert adm.declared_memory(g.index("a")) == 200
+    assert adm.declared_memory(g.index("b")) == 300
+    assert adm.declared_memory(g.index("c")) == 50
+
+
+def test_a_lost_worker_frees_what_it_held() -> None:
+    h = Harness(graph("600MB", "600MB", "600MB"), memory_mb=1500)
+    join(h, A, B)
+    assert h.core.admission.in_use()["memory"] == 1200
+    h.step(WorkerLeft(A, "gone"), at=1.0)
+    assert set(running(h)) == {"q1"}
+    assert h.core.admission.in_use()["memory"] == 600
+    join(h, C)
+    assert set(running(h)) == {"q0", "q1"}  # q0 again (its attempt was lost), not q2
+    assert h.core.admission.in_use()["memory"] == 1200
+
+
+def test_holding_alone() -> None:
+    # Given a worker running two threads
+    adm = Admission(Budget(memory_mb=1000), {}, lambda i: 0, ["t"])
+    adm.hold(A, 2, 0, (400.0, 1.0), 0)
+    adm.hold(A, 2, 1, (300.0, 1.0), 0)
+    adm.hold(A, 2, 2, (200.0, 1.0), 0)
+    # it holds the two largest at once
+    assert adm.in_use()["memory"] == 700
+    adm.release(A, 0)
+    assert adm.in_use()["memory"] == 500
+    assert adm.fits(B, 1, (500.0, 1.0), 0)
+    assert not adm.fits(B, 1, (501.0, 1.0), 0)
+    assert adm.vector(0)[0] == UNMEASURED
