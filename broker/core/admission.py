@@ -6,7 +6,10 @@ graph), else its label's request from the run's configuration (a BPS config), el
 defaults (``--memory-per-quantum``, ``--cores-per-quantum``); without any, ``cpus`` counts one
 and memory is learned: 1.2 x the largest peak measured for its label so far. A label not
 measured yet is treated as possibly large: one of its quanta at a time, which takes all the
-memory free when it starts and starts only when at least half the budget is free. A memory
+memory free when it starts and starts only when three quarters of the budget are free (a
+quantum that needs more than that before its label is measured is what the memory-pressure
+watch is for); and its quanta are ranked as a chain (below) until it is measured, so the
+first is measured early. A memory
 retry raises the attempt's request (``raise_memory``).
 
 What a worker holds: a worker runs its quanta one after another (``threads`` at a time), the
@@ -20,6 +23,14 @@ of what runs now will have ended, by the durations learned. Another quantum goes
 only if it ends before the shadow, or if the head still fits at the shadow beside it: the head
 is never delayed by quanta behind it, and what fits in the meantime is not left idle.
 
+Which quanta wait for one another: quanta that each need more than half of a budget can never
+run beside each other, so they run one after another whatever the graph says: the chain of
+them is the run's bottleneck. Ranked by the graph alone they look short (a large coadd at the
+end of its branch) and the quanta that could run beside them run first. ``chain`` ranks them
+in tiers above all the rest: the first member (by depth, then graph order) and what leads to
+it first, then the second and what leads to it, and so on, so each starts as soon as it fits
+and the next is prepared while it runs; within a tier the critical path decides.
+
 Pure: plain numbers in, decisions out.
 """
 
@@ -29,6 +40,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
+from broker.core.scheduler import CHAIN_TIER
 from common.resources import CPUS, MEMORY, Amounts
 
 __all__ = ["UNMEASURED", "Admission", "Budget", "Refusal"]
@@ -36,7 +48,7 @@ __all__ = ["UNMEASURED", "Admission", "Budget", "Refusal"]
 # A learned request is this much above the largest peak measured for the label
 LEARNED_MARGIN = 1.2
 # A quantum of a label not measured yet starts only with this share of the memory budget free
-UNMEASURED_SHARE = 0.5
+UNMEASURED_SHARE = 0.75
 UNMEASURED = -1.0  # a memory request still to be learned (first of its label)
 
 
@@ -187,8 +199,9 @@ class Admission:
                 out.append(Refusal(i, name, request[name], 0.0))
         return out
 
-    def learn(self, i: int, peak_mb: float | None) -> None:
-        """``i`` ended with this measured peak (None: no measurement)."""
+    def learn(self, i: int, peak_mb: float | None) -> bool:
+        """``i`` ended with this measured peak (None: no measurement); whether its label's
+        request changed."""
         label = self._label_of(i)
         self._probing.discard(label)
         if peak_mb is not None and peak_mb > 0:
@@ -196,6 +209,8 @@ class Admission:
             if known is None or peak_mb > known:
                 self._peak_mb[label] = peak_mb
                 self._vectors[label] = None
+                return True
+        return False
 
     def raise_memory(self, i: int, mib: float) -> None:
         """``i``'s next attempt asks for (and is held to) ``mib``."""
@@ -203,6 +218,22 @@ class Admission:
 
     def peak_mb(self, label: int) -> float | None:
         return self._peak_mb[label]
+
+    def exclusive(self, i: int) -> bool:
+        """Whether ``i`` needs more than half of some budget (so no two such run at once),
+        or might: its label's memory is not measured yet."""
+        vector = self.vector(i)
+        if vector[0] == UNMEASURED:
+            return True
+        return any(v > b / 2 for v, b in zip(vector, self.budget, strict=True))
+
+    def chain(self, indices: Iterable[int], order: Callable[[int], float]) -> dict[int, float]:
+        """Of ``indices``, those that cannot run beside one another (``exclusive``), each with
+        its rank tier: ``CHAIN_TIER`` times one more than the members after it (by ``order``,
+        lowest first, then graph order)."""
+        members = sorted((i for i in indices if self.exclusive(i)), key=lambda i: (order(i), i))
+        n = len(members)
+        return {i: (n - k) * CHAIN_TIER for k, i in enumerate(members)}
 
     # ------------------------------------------------------------------ holding
     def _concrete(self, vector: Vector) -> Vector:

@@ -94,6 +94,9 @@ _INVERSION_SAMPLE_EVERY = 8
 # A follow-on is looked for among at most this many children of the quantum it would follow
 # (a quantum read by thousands is no chain link; the decision stays a small constant).
 _FOLLOW_SCAN = 16
+# Quanta that cannot run beside each other are ranked as a chain when there are at most this
+# many (a bottleneck of a few large quanta; thousands of them are ranked by the graph alone)
+_CHAIN_MAX = 4096
 # A quantum that does not fit goes back to the ready queue; at most this many are looked past
 # in one dispatch for one that may go ahead of them (backfill)
 _BACKFILL_SCAN = 64
@@ -171,6 +174,8 @@ class BrokerCore:
         for i in done:
             self.footprint.produced(i)
         self.scheduler.resumed(done)
+        self._chain: dict[int, float] = {}
+        self._weigh_chain()
         self._journal = journal
         self._monitor = Monitor(graph, self.state, self.scheduler, self.registry, self.ledger)
         self.timings = RunTimings()
@@ -475,7 +480,8 @@ class BrokerCore:
         self.timings.last_result = now
         self.ledger.result(i, result)
         rss = result.max_rss_kb
-        self.admission.learn(i, None if rss is None else rss / 1024)
+        if self.admission.learn(i, None if rss is None else rss / 1024):
+            self._weigh_chain()
         self._record(i, result.attempt, JournalState(result.status.value))
         match result.status:
             case ResultStatus.SUCCESS:
@@ -718,6 +724,26 @@ class BrokerCore:
             self._drop_followers(info, d.seq)
             self._undispatched(d.index)
 
+    def _weigh_chain(self) -> None:
+        """Rank the quanta that cannot run beside one another as one chain
+        (``Admission.chain``): those of task labels that need more than half a budget, and
+        those with requests of their own that do; by depth."""
+        if not self.admission.tight or not len(self.graph):
+            return
+        kinds = as_numpy(self.graph.kind)
+        _, first = np.unique(kinds, return_index=True)
+        wide = [int(kinds[i]) for i in first.tolist() if self.admission.exclusive(int(i))]
+        candidates = set(self.graph.resources)
+        if wide:
+            candidates.update(np.flatnonzero(np.isin(kinds, wide)).tolist())
+        unfinished = [i for i in candidates if not self.state.state(i).terminal]
+        if len(unfinished) > _CHAIN_MAX:
+            unfinished = []  # not a bottleneck of a few large quanta: ranked by the graph
+        chain = self.admission.chain(unfinished, self.graph.topology.depth.__getitem__)
+        if chain != self._chain:
+            self._chain = chain
+            self.scheduler.weigh(chain)
+
     def _enough_ready(self) -> bool:
         return self.registry.ready_count() >= max(1, self._expected_workers)
 
@@ -739,7 +765,10 @@ class BrokerCore:
         # that at the end of the run, where the order can still lengthen it (``endgame``).
         released = sorted(self._released, key=self.scheduler.priority, reverse=True)
         self._released.clear()
-        if released and self.scheduler.endgame(self.registry.ready_count(), self.state.unfinished):
+        # (Not while a chain of quanta that cannot run beside each other sets the pace: then
+        # the resources, not the workers, bound the run, and its members' parents go first.)
+        endgame = self.scheduler.endgame(self.registry.ready_count(), self.state.unfinished)
+        if released and endgame and not self._chain:
             released.clear()
         head = self._head_priority
         for child in released:

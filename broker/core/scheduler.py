@@ -20,6 +20,8 @@ import numpy.typing as npt
 
 from common.topology import Topology, as_numpy
 
+CHAIN_TIER = 1e9  # seconds: rank tiers above any critical path (``weigh``)
+
 __all__ = ["Scheduler"]
 
 _DEFAULT_ESTIMATE_S = 1.0  # before anything is learned, every quantum weighs the same
@@ -130,8 +132,8 @@ class Scheduler:
         self._staged.clear()
 
     def weigh(self, extra: dict[int, float]) -> None:
-        """Rank these quanta as if their own work were this much longer (``Admission.chain``:
-        quanta that cannot run beside each other wait for one another); re-ranks now."""
+        """Rank these quanta (and so what leads to them) this much higher: multiples of
+        ``CHAIN_TIER`` (``Admission.chain``); re-ranks now."""
         if not extra and self._extra is None:
             return
         self._extra = np.zeros(len(self._labels)) if extra else None
@@ -196,6 +198,8 @@ class Scheduler:
         if unfinished > _ENDGAME_QUANTA_PER_WORKER * workers:
             return False
         top = self.top_priority()
+        if top is not None and self._extra is not None:
+            top = math.fmod(top, CHAIN_TIER)  # the critical path, without the chain's tier
         return top is not None and top * (workers - 1) * _ENDGAME_SLACK >= self.work_left_s
 
     def push(self, i: int) -> None:
