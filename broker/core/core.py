@@ -184,6 +184,8 @@ class BrokerCore:
         self._revoking: set[tuple[str, int]] = set()
         self._released: list[int] = []  # children made ready since the last dispatch
         self._head_priority: float | None = None  # of the quantum waiting for resources
+        self._failures = 0  # quanta failed for good
+        self._let_finish = False  # stopping without a deadline: running quanta finish
         self._touched: set[bytes] = set()  # workers whose last dispatch changed (follow-ons)
         # Nothing can be silent or overdue before this (a lower bound: checks are not paid per
         # step, only when one could find something).
@@ -494,9 +496,44 @@ class BrokerCore:
             case ResultStatus.TIMEOUT:
                 self._failed(i, f"timed out: {result.exc_message}", timed_out=True)
             case ResultStatus.FAILURE:
+                if not result.stop_run and self._retried(i, result):
+                    return
                 self._failed(i, self.ledger.describe(i))
                 if result.stop_run:
                     self._request_stop(f"{self._ids[i]} failed in a way that stops the run")
+
+    def _retried(self, i: int, result: Result) -> bool:
+        """Whether the failed attempt ``result`` of ``i`` is tried again (READY again,
+        journaled RETRY). Within ``retries`` attempts after the first: a memory failure with a
+        ``memory_multiplier``, its request raised (at most to ``memory_max_mb``; not if it
+        was at the most already or would not fit the budget); any other failure only where
+        ``retry_unless_exit`` is given and does not name its exit code."""
+        c = self.config
+        if result.attempt > c.retries:
+            return False
+        if result.reason is Reason.MEMORY:
+            if c.memory_multiplier is None:
+                return False
+            asked = self.admission.declared_memory(i)
+            peak = None if result.max_rss_kb is None else result.max_rss_kb / 1024
+            base = asked if asked is not None else peak
+            if base is None:
+                return False
+            limit = min(c.memory_max_mb or math.inf, self.admission.budget[0])
+            raised = min(base * c.memory_multiplier, limit)
+            if raised <= base:
+                return False
+            self.admission.raise_memory(i, raised)
+            why = f"memory: asking {format_memory(raised)} (was {format_memory(base)})"
+        elif c.retry_unless_exit is None or result.exit_code in c.retry_unless_exit:
+            return False
+        else:
+            why = f"exit code {result.exit_code}"
+        logger.warning("retrying %s (attempt %d failed: %s)", self._ids[i], result.attempt, why)
+        self._record(i, result.attempt, JournalState.RETRY)
+        if self.state.requeue(i):
+            self.scheduler.push(i)
+        return True
 
     def _failed(self, i: int, what: str, *, timed_out: bool = False) -> None:
         """The quantum failed: its unfinished descendants are skipped (``blockedBy`` it)."""
@@ -507,8 +544,14 @@ class BrokerCore:
             self._ended(s)
             self._record(s, self.ledger.attempts[s], JournalState.SKIPPED)
         logger.warning("quantum %s; %d descendant(s) skipped", what, len(skipped))
+        self._failures += 1
         if self.config.fail_fast:
             self._request_stop(f"fail-fast: {what}")
+        elif self.config.max_failures is not None and self._failures >= self.config.max_failures:
+            # what runs finishes (and is reported); nothing new starts
+            reason = f"{self._failures} quanta failed (--max-failures {self.config.max_failures})"
+            self._request_stop(reason, graceful=True)
+            self._let_finish = True
 
     def _lost(self, d: InFlight, why: str, reason: Reason = Reason.WORKER_LOST) -> None:
         """An attempt ended without a result: retried (attempt + 1 later) or failed."""
@@ -917,6 +960,8 @@ class BrokerCore:
             return True
         if self._stop_reason is None:
             return False
+        if self._let_finish and not self._stop_now:
+            return not any(info.in_flight for info in self.registry.workers())
         if self._drain_deadline is None:  # a graceful stop begins: tell every worker
             grace = self.config.shutdown_grace_s
             self._drain_deadline = now + grace

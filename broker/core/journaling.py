@@ -17,7 +17,7 @@ class JournalState(enum.StrEnum):
     SUCCESS = "success"
     FAILURE = "failure"
     TIMEOUT = "timeout"
-    RETRY = "retry"  # lost with its worker; dispatched again
+    RETRY = "retry"  # lost with its worker, or failed in a way that is retried; dispatched again
     SKIPPED = "skipped"  # an ancestor failed
     CANCELLED = "cancelled"
 

@@ -4,12 +4,17 @@ declared, configured or learned. Stepped with chosen times, no sockets."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from broker.core.admission import UNMEASURED, Admission, Budget
 from broker.core.events import Dispatch, ResultReceived, WorkerLeft
+from broker.core.state import QState
 from common.errors import GraphError
 from common.graph import QuantumGraph
+from common.protocol import ResultStatus
+from common.report import Reason
 from tests.graphs import quantum
 from tests.unit.harness import Harness, result
 
@@ -222,3 +227,62 @@ def test_holding_alone() -> None:
     assert adm.fits(B, 1, (500.0, 1.0), 0)
     assert not adm.fits(B, 1, (501.0, 1.0), 0)
     assert adm.vector(0)[0] == UNMEASURED
+
+
+def fail(h: Harness, d: Dispatch, at: float, reason: Reason, code: int = 1, **kw: Any) -> None:
+    r = result(d, ResultStatus.FAILURE, exit_code=code, reason=reason, **kw)
+    h.step(ResultReceived(d.worker, r), at=at)
+
+
+def test_a_memory_failure_is_retried_with_a_larger_request_up_to_the_max() -> None:
+    h = Harness(graph("1GB"), memory_mb=4096, memory_multiplier=1.5, memory_max_mb=2000, retries=3)
+    join(h, A)
+    first = running(h)["q0"]
+    assert first.memory_mb == 1024
+    fail(h, first, 1.0, Reason.MEMORY, max_rss_kb=1100 * 1024)
+    second = running(h)["q0"]
+    assert (second.attempt, second.memory_mb) == (2, 1536)
+    fail(h, second, 2.0, Reason.MEMORY)
+    third = running(h)["q0"]
+    assert (third.attempt, third.memory_mb) == (3, 2000)  # capped at the max
+    fail(h, third, 3.0, Reason.MEMORY)
+    assert h.state("q0") is QState.FAILED  # at the max already: no more
+    assert h.reason("q0") is Reason.MEMORY
+
+
+def test_memory_failures_are_not_retried_without_a_multiplier() -> None:
+    h = Harness(graph("1GB"), memory_mb=4096, retries=3)
+    join(h, A)
+    fail(h, running(h)["q0"], 1.0, Reason.MEMORY)
+    assert h.state("q0") is QState.FAILED
+
+
+def test_failures_are_retried_unless_their_exit_code_is_excluded() -> None:
+    g = QuantumGraph.from_quanta([quantum("a"), quantum("b")])
+    h = Harness(g, retries=2, retry_unless_exit=frozenset({21}))
+    join(h, A, B)
+    fail(h, running(h)["a"], 1.0, Reason.EXCEPTION, code=1)
+    fail(h, running(h)["b"], 1.0, Reason.EXCEPTION, code=21)
+    assert h.state("b") is QState.FAILED  # 21 is never retried
+    assert running(h)["a"].attempt == 2
+    # without retry_unless_exit a task's failure is final, as before
+    h = Harness(g, retries=2)
+    join(h, A, B)
+    fail(h, running(h)["a"], 1.0, Reason.EXCEPTION)
+    assert h.state("a") is QState.FAILED
+
+
+def test_max_failures_stops_dispatching_and_lets_running_quanta_finish() -> None:
+    g = QuantumGraph.from_quanta([quantum(f"q{n}") for n in range(6)])
+    h = Harness(g, max_failures=2)
+    join(h, A, B, C)
+    fail(h, running(h)["q0"], 1.0, Reason.EXCEPTION)
+    assert "q3" in running(h)  # one failure: going on
+    fail(h, running(h)["q1"], 2.0, Reason.EXCEPTION)
+    assert set(running(h)) == {"q2", "q3"}  # nothing new; these finish
+    assert not h.core.over
+    finish(h, running(h)["q2"], 3.0)
+    finish(h, running(h)["q3"], 3.5)
+    assert h.core.over
+    assert h.state("q2") is QState.SUCCEEDED
+    assert h.state("q4") is QState.CANCELLED
