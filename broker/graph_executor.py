@@ -18,11 +18,12 @@ from typing import Any, Protocol
 import networkx as nx
 
 from broker.control import ENDPOINT_FILE
-from broker.core import BrokerCore, RunTimings
+from broker.core import BrokerCore, RunTimings, check_requests
 from broker.drivers.in_process import run_in_process
 from broker.drivers.progress import ProgressCallback
 from broker.drivers.zmq_server import BrokerServer, Serving
 from broker.journal import Journal
+from broker.resources import resource_options
 from common.butler import Butler
 from common.config import ExecutionConfig
 from common.errors import ConfigError, GraphError, MPGraphExecutorError
@@ -91,6 +92,14 @@ class MPGraphExecutor:
     runs on Dask distributed: ``dask_client`` (a ``Client``), or ``dask_scheduler`` /
     ``dask_scheduler_file`` (with ``dask_security``, Dask's ``Security``), else a local
     cluster of ``numProc`` single-threaded workers.
+
+    Resources (``broker.resources.resource_options``): ``memory`` (a size such as ``"16GB"``
+    or MB; default: the host's available memory less a reserve), ``cpus`` (default: the larger
+    of ``numProc`` and the CPUs this process may use), ``resources`` (``{"db": 2}``),
+    ``memory_per_quantum`` / ``cores_per_quantum`` (for quanta that declare nothing),
+    ``bps_config`` (a BPS submit YAML's requests, multiplier, max and retries),
+    ``memory_enforce`` (``"kill"``, ``"warn"``, ``"off"``), ``memory_multiplier``,
+    ``memory_max``, ``retry_unless_exit`` (exit codes), ``max_failures``.
     """
 
     def __init__(
@@ -117,6 +126,7 @@ class MPGraphExecutor:
         if self._resume and run_dir is None:
             raise ConfigError("resume needs the run_dir of the run to continue")
         self._on_progress: ProgressCallback | None = options.pop("progress", None)
+        options = resource_options(numProc, options)
         self._config = ExecutionConfig(
             num_workers=numProc,
             timeout_s=timeout,
@@ -168,6 +178,7 @@ class MPGraphExecutor:
         succeed. The report is available from getReport() either way."""
         graph = self._fixed_up(graph)
         graph.validate(butler)
+        check_requests(graph, self._config)  # (quanta an earlier run finished included)
         if isinstance(butler, Butler) and (removed := butler.remove_partial_writes()):
             logger.warning("removed %d partial write(s) left by killed processes", removed)
         self._stop_requested = None

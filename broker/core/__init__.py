@@ -12,6 +12,7 @@ from broker.core.core import (
     BrokerCore,
     RunTimings,
     WorkerView,
+    check_requests,
 )
 
 __all__ = [
@@ -22,4 +23,5 @@ __all__ = [
     "BrokerCore",
     "RunTimings",
     "WorkerView",
+    "check_requests",
 ]

@@ -78,6 +78,7 @@ __all__ = [
     "BrokerCore",
     "RunTimings",
     "WorkerView",
+    "check_requests",
 ]
 
 logger = logging.getLogger(__name__)
@@ -157,8 +158,7 @@ class BrokerCore:
         self.config = config
         self._wall = wall
         self._ids = graph.ids
-        kind_label = np.array(graph.kind_label, dtype=np.uint32)
-        labels = array("I", kind_label[as_numpy(graph.kind)].tobytes() if len(graph) else b"")
+        labels = _label_numbers(graph)
         self._labels = labels  # label number per quantum
         self.state = GraphState(graph.topology, labels, graph.labels)
         self.scheduler = Scheduler(graph.topology, labels, len(graph.labels))
@@ -1027,7 +1027,21 @@ def _admission(graph: QuantumGraph, config: ExecutionConfig, labels: array[int])
     )
 
 
-def _refuse(graph: QuantumGraph, admission: Admission, done: list[int]) -> None:
+def check_requests(
+    graph: QuantumGraph, config: ExecutionConfig, done: Collection[int] = ()
+) -> None:
+    """GraphError naming the quanta of ``graph`` (but those ``done``) that ask for more than
+    a budget of ``config``: what a run checks before anything starts."""
+    _refuse(graph, _admission(graph, config, _label_numbers(graph)), done)
+
+
+def _label_numbers(graph: QuantumGraph) -> array[int]:
+    """The label number of each quantum (into ``graph.labels``)."""
+    kind_label = np.array(graph.kind_label, dtype=np.uint32)
+    return array("I", kind_label[as_numpy(graph.kind)].tobytes() if len(graph) else b"")
+
+
+def _refuse(graph: QuantumGraph, admission: Admission, done: Collection[int]) -> None:
     """GraphError naming the quanta that ask for more than a budget, before anything runs
     (one check per task label, and one per quantum with values of its own)."""
     if not len(graph):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import signal
 import sys
 import time
@@ -59,7 +60,13 @@ def _add_run_options(p: argparse.ArgumentParser, *, jobs_default: int) -> None:
         help="continue the run: skip quanta whose outputs an earlier run stored",
     )
     p.add_argument("--start-method", choices=["spawn", "forkserver", "fork"], default="spawn")
-    p.add_argument("--retries", type=int, default=1, help="re-dispatches after a lost worker")
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=None,
+        help="attempts after the first for a quantum lost with its worker, a memory failure "
+        "(with --memory-multiplier) or a failure --retry-unless-exit allows (default 1)",
+    )
     p.add_argument("--heartbeat", type=float, default=1.0, help="heartbeat interval, seconds")
     p.add_argument("--liveness", type=int, default=10, help="missed heartbeats before lost")
     p.add_argument(
@@ -89,6 +96,104 @@ def _add_run_options(p: argparse.ArgumentParser, *, jobs_default: int) -> None:
         metavar="MB",
         help="replace an executor process whose memory passes MB",
     )
+    _add_resource_options(p)
+
+
+def _add_resource_options(p: argparse.ArgumentParser) -> None:
+    r = p.add_argument_group(
+        "resources (sizes: a number of MB, or with a unit: 512MB, 2GB, 1.5GiB)"
+    )
+    r.add_argument(
+        "--memory",
+        metavar="SIZE",
+        help="memory the running quanta may use at once (default: what the host has "
+        "available at start, less max(1 GiB, 5%% of its memory))",
+    )
+    r.add_argument(
+        "--cpus",
+        type=int,
+        metavar="N",
+        help="cores the running quanta may use at once (default: the larger of -j and the "
+        "CPUs this process may use)",
+    )
+    r.add_argument(
+        "--resource",
+        action="append",
+        default=[],
+        metavar="NAME=AMOUNT",
+        help="a custom resource and how much of it there is (repeatable)",
+    )
+    r.add_argument("--memory-per-quantum", metavar="SIZE", help="for quanta declaring none")
+    r.add_argument("--cores-per-quantum", type=int, metavar="N", help="for quanta declaring none")
+    r.add_argument(
+        "--bps-config",
+        type=Path,
+        metavar="FILE",
+        help="a BPS submit YAML: requestMemory, requestCpus (per label under pipetask:), "
+        "memoryMultiplier, requestMemoryMax, numberOfRetries, retryUnlessExit",
+    )
+    r.add_argument(
+        "--memory-enforce",
+        choices=["kill", "warn", "off"],
+        default=None,
+        help="a quantum past its declared memory is killed (default), warned about, or left",
+    )
+    r.add_argument(
+        "--memory-multiplier",
+        type=float,
+        metavar="F",
+        help="retry a memory failure with its request times F (within --retries)",
+    )
+    r.add_argument("--memory-max", metavar="SIZE", help="the largest request a retry may make")
+    r.add_argument(
+        "--retry-unless-exit",
+        metavar="CODES",
+        help="retry failures (within --retries) unless their exit code is one of these "
+        "(comma-separated)",
+    )
+    r.add_argument(
+        "--max-failures",
+        type=int,
+        metavar="N",
+        help="after N quanta failed for good start nothing new; exit 1 once the rest ends",
+    )
+
+
+def _resource_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The resource options ``MPGraphExecutor`` takes, from the command line."""
+    custom: dict[str, float] = {}
+    for item in args.resource:
+        name, sep, amount = item.partition("=")
+        try:
+            value = float(amount)
+        except ValueError:
+            value = math.nan
+        if not sep or not name or not math.isfinite(value):
+            raise UsageError(f"--resource {item!r}: expected NAME=AMOUNT, e.g. db=4")
+        custom[name] = value
+    codes = None
+    if args.retry_unless_exit is not None:
+        try:
+            codes = frozenset(int(c) for c in args.retry_unless_exit.split(",") if c.strip())
+        except ValueError:
+            raise UsageError(
+                f"--retry-unless-exit {args.retry_unless_exit!r}: expected exit codes, e.g. 21,2"
+            ) from None
+    options = {
+        "memory": args.memory,
+        "cpus": args.cpus,
+        "resources": custom or None,
+        "memory_per_quantum": args.memory_per_quantum,
+        "cores_per_quantum": args.cores_per_quantum,
+        "bps_config": args.bps_config,
+        "memory_enforce": args.memory_enforce,
+        "memory_multiplier": args.memory_multiplier,
+        "memory_max": args.memory_max,
+        "retry_unless_exit": codes,
+        "max_failures": args.max_failures,
+        "retries": args.retries,
+    }
+    return {k: v for k, v in options.items() if v is not None}
 
 
 def _add_dask_options(p: argparse.ArgumentParser) -> None:
@@ -332,7 +437,6 @@ def _executor_for(args: argparse.Namespace, display: ProgressDisplay) -> MPGraph
         startMethod=args.start_method,
         failFast=args.fail_fast,
         run_dir=args.repo / "runs" / args.run,
-        retries=args.retries,
         heartbeat_interval_s=args.heartbeat,
         liveness=args.liveness,
         startup_timeout_s=args.startup_timeout,
@@ -343,6 +447,7 @@ def _executor_for(args: argparse.Namespace, display: ProgressDisplay) -> MPGraph
         max_rss_mb=args.max_rss,
         resume=args.resume,
         **options,
+        **_resource_options(args),
     )
 
 
