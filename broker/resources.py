@@ -76,6 +76,7 @@ def resource_options(jobs: int, options: dict[str, Any]) -> dict[str, Any]:
     bps = read_bps_config(Path(bps_path)) if bps_path is not None else None
     memory = _size(out.pop("memory", None), "memory")
     out["memory_mb"] = memory if memory is not None else host_memory_mb()
+    out["memory_from_host"] = memory is None
     cpus = out.pop("cpus", None)
     out["cpus"] = int(cpus) if cpus is not None else max(jobs, host_cpus())
     out["resources"] = _custom(out.pop("resources", None))

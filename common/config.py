@@ -21,14 +21,16 @@ class ExecutionConfig:
     """How one run executes. Times are seconds.
 
     ``timeout_s`` is the default per-quantum timeout (a quantum's own ``timeout_s`` wins);
-    ``retries`` is how many times a quantum lost with its worker is dispatched again;
+    ``retries`` is how many times a quantum lost with its worker (or failed as below) is
+    dispatched again;
     ``run_dir`` holds logs (a fresh temporary directory when None); ``prefetch`` is how many
     quanta a local worker queues behind the running one (hides the dispatch round trip).
 
     Resources (``common.resources``; memory in MiB): ``memory_mb``, ``cpus`` and
     ``resources`` are the run's budgets (None: no limit; entry points fill the host's
-    defaults); ``memory_per_quantum_mb`` / ``cores_per_quantum`` what a quantum declaring
-    nothing requests, ``label_requests`` what each task label requests (a BPS config's
+    defaults, and set ``memory_from_host`` for memory); ``memory_per_quantum_mb`` /
+    ``cores_per_quantum`` what a quantum declaring nothing requests, ``label_requests``
+    what each task label requests (a BPS config's
     ``pipetask:`` block; a graph's own declarations win). ``memory_enforce``: a quantum past
     its declared memory is killed, warned about, or left alone. A memory failure is retried
     with its request times ``memory_multiplier`` up to ``memory_max_mb``; a failure whose
@@ -53,6 +55,7 @@ class ExecutionConfig:
     local_workers: int | None = None  # workers this broker starts; None: num_workers
     endpoint: str | None = None  # serve here (tcp:// needs CURVE keys); None: private ipc
     memory_mb: float | None = None
+    memory_from_host: bool = False  # memory_mb is the host's default, not the user's
     cpus: int | None = None
     resources: Amounts | None = None
     memory_per_quantum_mb: float | None = None

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 __all__ = [
+    "AttemptDetails",
     "Entry",
     "ExceptionInfo",
     "ExecutionStatus",
@@ -120,8 +121,43 @@ class QuantumReport:
 
 
 @dataclass(frozen=True, slots=True)
+class AttemptDetails:
+    """An earlier attempt of a quantum that was tried again: its memory request (MiB, if
+    declared), its own peak (KiB), why it ended, and how long it ran (seconds)."""
+
+    attempt: int
+    memoryRequest: float | None
+    maxRss: int | None
+    reason: Reason | None
+    wallTime: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "attempt": self.attempt,
+            "memoryRequest": self.memoryRequest,
+            "maxRss": self.maxRss,
+            "reason": self.reason.value if self.reason else None,
+            "wallTime": self.wallTime,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> AttemptDetails:
+        return cls(
+            attempt=int(d["attempt"]),
+            memoryRequest=d.get("memoryRequest"),
+            maxRss=d.get("maxRss"),
+            reason=Reason(d["reason"]) if d.get("reason") else None,
+            wallTime=d.get("wallTime"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class QuantumDetails:
-    """Our extensions for one quantum; times are wall-clock epoch seconds."""
+    """Our extensions for one quantum; times are wall-clock epoch seconds. ``maxRss`` (KiB)
+    is the last attempt's own peak over its process tree, ``cpuTime`` its user + system CPU
+    seconds (children included), ``wallTime`` how long it ran, ``memoryRequest`` the memory it
+    declared (MiB); ``earlier``: the attempts before it, where it was tried again;
+    ``putBack``: how often memory pressure stopped it and put it back in the queue."""
 
     id: str
     reason: Reason | None = None
@@ -133,6 +169,11 @@ class QuantumDetails:
     maxRss: int | None = None
     logPath: str | None = None
     blockedBy: tuple[str, ...] = ()
+    cpuTime: float | None = None
+    wallTime: float | None = None
+    memoryRequest: float | None = None
+    earlier: tuple[AttemptDetails, ...] = ()
+    putBack: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -146,6 +187,11 @@ class QuantumDetails:
             "maxRss": self.maxRss,
             "logPath": self.logPath,
             "blockedBy": list(self.blockedBy),
+            "cpuTime": self.cpuTime,
+            "wallTime": self.wallTime,
+            "memoryRequest": self.memoryRequest,
+            "earlier": [a.to_dict() for a in self.earlier],
+            "putBack": self.putBack,
         }
 
     @classmethod
@@ -161,6 +207,11 @@ class QuantumDetails:
             maxRss=d.get("maxRss"),
             logPath=d.get("logPath"),
             blockedBy=tuple(d.get("blockedBy", ())),
+            cpuTime=d.get("cpuTime"),
+            wallTime=d.get("wallTime"),
+            memoryRequest=d.get("memoryRequest"),
+            earlier=tuple(AttemptDetails.from_dict(a) for a in d.get("earlier") or ()),
+            putBack=int(d.get("putBack") or 0),
         )
 
 

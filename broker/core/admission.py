@@ -5,11 +5,13 @@ What a quantum requests: what it declares (its own values over its task label's,
 graph), else its label's request from the run's configuration (a BPS config), else the run's
 defaults (``--memory-per-quantum``, ``--cores-per-quantum``); without any, ``cpus`` counts one
 and memory is learned: 1.2 x the largest peak measured for its label so far. A label not
-measured yet is treated as possibly large: one of its quanta at a time, which takes all the
-memory free when it starts and starts only when three quarters of the budget are free (a
-quantum that needs more than that before its label is measured is what the memory-pressure
-watch is for); and its quanta are ranked as a chain (below) until it is measured, so the
-first is measured early. A memory
+measured yet runs one of its quanta at a time until it is. Under a budget the user set
+(``strict``), that quantum is treated as possibly large: it takes all the memory free when it
+starts and starts only when three quarters of the budget are free, and the label's quanta
+are ranked as a chain (below) until it is measured, so the first is measured early. Under the
+host's default budget it counts a worker's share of the budget, or the largest request
+learned so far if that is more (the memory-pressure watch covers a first quantum that needs
+more). A memory
 retry raises the attempt's request (``raise_memory``).
 
 What a worker holds: a worker runs its quanta one after another (``threads`` at a time), the
@@ -120,8 +122,12 @@ class Admission:
         *,
         by_label: Mapping[str, Amounts] | None = None,
         defaults: Amounts | None = None,
+        strict: bool = True,
+        workers: int = 1,
     ) -> None:
         amounts = budget.amounts()
+        self.strict = strict
+        self._share = budget.memory_mb / max(1, workers)  # a worker's share of the memory
         self.names: list[str] = list(amounts)
         self._slot = {name: k for k, name in enumerate(self.names)}
         self.budget: Vector = tuple(amounts.values())
@@ -208,7 +214,8 @@ class Admission:
             known = self._peak_mb[label]
             if known is None or peak_mb > known:
                 self._peak_mb[label] = peak_mb
-                self._vectors[label] = None
+                # (the guess for labels not measured yet follows the largest learned)
+                self._vectors = [None] * len(self._vectors)
                 return True
         return False
 
@@ -224,7 +231,7 @@ class Admission:
         or might: its label's memory is not measured yet."""
         vector = self.vector(i)
         if vector[0] == UNMEASURED:
-            return True
+            return self.strict
         return any(v > b / 2 for v, b in zip(vector, self.budget, strict=True))
 
     def chain(self, indices: Iterable[int], order: Callable[[int], float]) -> dict[int, float]:
@@ -237,17 +244,23 @@ class Admission:
 
     # ------------------------------------------------------------------ holding
     def _concrete(self, vector: Vector) -> Vector:
-        """An unmeasured request made concrete: all the memory free now."""
+        """An unmeasured request made concrete: all the memory free now (``strict``), else a
+        worker's share of the budget or the largest request learned, whichever is more."""
         if vector[0] != UNMEASURED:
             return vector
-        return (max(0.0, self.budget[0] - self.used[0]), *vector[1:])
+        if self.strict:
+            return (max(0.0, self.budget[0] - self.used[0]), *vector[1:])
+        learned = max((p for p in self._peak_mb if p is not None), default=0.0)
+        guess = min(self.budget[0], max(self._share, learned * LEARNED_MARGIN))
+        return (guess, *vector[1:])
 
     def fits(self, worker: bytes, threads: int, vector: Vector, label: int) -> bool:
         """Whether ``vector`` may start on ``worker`` now."""
         if vector[0] == UNMEASURED:
             if label in self._probing:
                 return False
-            if self.budget[0] - self.used[0] < UNMEASURED_SHARE * self.budget[0]:
+            free = self.budget[0] - self.used[0]
+            if self.strict and free < UNMEASURED_SHARE * self.budget[0]:
                 return False
         holding = self._holding.get(worker)
         concrete = self._concrete(vector)
@@ -310,7 +323,9 @@ class Admission:
         start is ``shadow`` with ``spare`` beside it: the spare left if so (what it still
         holds at the shadow comes out of it), None if not."""
         if vector[0] == UNMEASURED:
-            return None  # how much it holds is not known: it might delay the head
+            if self.strict:
+                return None  # how much it holds is not known: it might delay the head
+            vector = self._concrete(vector)
         if ends <= shadow:
             return spare
         if all(v <= s + 1e-9 for v, s in zip(vector, spare, strict=True)):
@@ -320,7 +335,7 @@ class Admission:
     def shadow(self, vector: Vector, ends: Iterable[tuple[float, bytes]]) -> tuple[float, Vector]:
         """When ``vector`` (the head) could start, given when each worker's holding ends
         (``ends``: (time, worker)), and what is free beside it then."""
-        need = self._concrete(vector) if vector[0] != UNMEASURED else self.budget
+        need = self.budget if vector[0] == UNMEASURED and self.strict else self._concrete(vector)
         used = list(self.used)
         shadow = -math.inf
         for when, worker in sorted(ends):

@@ -387,7 +387,8 @@ class BrokerCore:
         """READY -> RUNNING on ``info`` (PENDING -> RUNNING for a follow-on of dispatch
         ``after``): a new attempt, journaled, with its backstop."""
         qid = self._ids[i]
-        attempt = self.ledger.dispatched(i, info.worker_id, self._wall())
+        declared = self.admission.declared_memory(i)
+        attempt = self.ledger.dispatched(i, info.worker_id, self._wall(), declared)
         self._record(i, attempt, JournalState.RUNNING)
         timeout = self.graph.timeouts.get(i, self.config.timeout_s)
         # A prefetched quantum starts after those ahead of it on the worker.
@@ -407,7 +408,7 @@ class BrokerCore:
         self._touched.add(info.identity)
         if self.timings.first_dispatch is None:
             self.timings.first_dispatch = now
-        memory = self.admission.declared_memory(i) if self.config.memory_enforce != "off" else None
+        memory = declared if self.config.memory_enforce != "off" else None
         cpus = self.admission.cpus(i)
         return Dispatch(info.identity, qid, attempt, timeout, i, d.seq, after, memory, cpus)
 
@@ -559,6 +560,7 @@ class BrokerCore:
             return  # stopping: it stays unfinished and is cancelled at the end
         if reason is Reason.WORKER_LOST and d.attempt <= self.config.retries:
             logger.warning("re-dispatching %s (attempt %d lost: %s)", d.quantum_id, d.attempt, why)
+            self.ledger.lost_attempt(d.index, reason, why)
             self._record(d.index, d.attempt, JournalState.RETRY)
             if self.state.requeue(d.index):
                 self.scheduler.push(d.index)
@@ -1024,6 +1026,8 @@ def _admission(graph: QuantumGraph, config: ExecutionConfig, labels: array[int])
         graph.labels,
         by_label=by_label,
         defaults=defaults,
+        strict=not config.memory_from_host,
+        workers=config.num_workers,
     )
 
 

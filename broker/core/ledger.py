@@ -17,6 +17,7 @@ from common.errors import MPGraphExecutorError, MPTimeoutError
 from common.graph import QuantumGraph
 from common.protocol import Result
 from common.report import (
+    AttemptDetails,
     ExceptionInfo,
     ExecutionStatus,
     QuantumDetails,
@@ -64,6 +65,12 @@ class Ledger:
         self._start = array("d", [_NONE]) * n
         self._end = array("d", [_NONE]) * n
         self._rss = array("q", [-1]) * n
+        self._cpu = array("f", [_NONE]) * n
+        self._wall = array("f", [_NONE]) * n
+        self._request = array("f", [_NONE]) * n  # MiB declared by the last attempt
+        self._earlier: dict[int, list[AttemptDetails]] = {}  # quanta tried again only
+        self._ended_attempt = array("H", bytes(2 * n))  # the last attempt that ended
+        self.put_back: dict[int, int] = {}  # quanta memory pressure put back, how often
         self.problems: dict[int, Problem] = {}
         self.log_paths: dict[int, str] = {}
         self._resumed = bytearray(n)  # finished by an earlier run
@@ -74,12 +81,20 @@ class Ledger:
         for i in done:
             self._resumed[i] = 1
 
-    def dispatched(self, i: int, worker_id: str, wall_now: float) -> int:
-        """Count a new attempt; returns its number (1-based)."""
+    def dispatched(
+        self, i: int, worker_id: str, wall_now: float, request_mb: float | None = None
+    ) -> int:
+        """Count a new attempt (declaring ``request_mb`` of memory); returns its number
+        (1-based). The one before it, if it ended, is kept among the quantum's earlier ones."""
         w = self._worker_index.get(worker_id)
         if w is None:
             w = self._worker_index[worker_id] = len(self._workers)
             self._workers.append(worker_id)
+        if self.attempts[i] and self._ended_attempt[i] == self.attempts[i]:
+            earlier = self._earlier.setdefault(i, [])
+            if not earlier or earlier[-1].attempt != self.attempts[i]:  # (once, if taken back)
+                earlier.append(self._last_attempt(i))
+        self._request[i] = _NONE if request_mb is None else request_mb
         self.attempts[i] += 1
         self._worker[i], self._start[i], self._end[i] = w, wall_now, _NONE
         return self.attempts[i]
@@ -89,11 +104,36 @@ class Ledger:
         self.attempts[i] -= 1
         self._worker[i], self._start[i] = -1, _NONE
 
+    def _last_attempt(self, i: int) -> AttemptDetails:
+        rss, request, wall = self._rss[i], self._request[i], self._wall[i]
+        return AttemptDetails(
+            attempt=self.attempts[i],
+            memoryRequest=None if math.isnan(request) else request,
+            maxRss=rss if rss >= 0 else None,
+            reason=self.problem(i).reason,
+            wallTime=None if math.isnan(wall) else wall,
+        )
+
+    def lost_attempt(self, i: int, reason: Reason, message: str) -> None:
+        """The current attempt ended without a result and will be tried again."""
+        self._ended_attempt[i] = self.attempts[i]
+        self._rss[i], self._wall[i] = -1, _NONE
+        self.problems[i] = Problem(None, None, message, reason)
+
+    def pressured(self, i: int) -> None:
+        """Memory pressure stopped the current attempt and put the quantum back (it is not
+        counted as an attempt)."""
+        self.put_back[i] = self.put_back.get(i, 0) + 1
+        self.undispatched(i)
+
     def result(self, i: int, result: Result) -> None:
         if result.start_time:
             self._start[i] = result.start_time
         self._end[i] = result.end_time
+        self._ended_attempt[i] = result.attempt
         self._rss[i] = -1 if result.max_rss_kb is None else result.max_rss_kb
+        self._cpu[i] = _NONE if result.cpu_s is None else result.cpu_s
+        self._wall[i] = result.duration_s
         if result.log_path is not None:
             self.log_paths[i] = result.log_path
         else:
@@ -196,6 +236,7 @@ class Ledger:
             key = lsst_quantum_id(qid)
             data_id = g.payload_at(i)[0]
             w, rss = self._worker[i], self._rss[i]
+            cpu, wall, request = self._cpu[i], self._wall[i], self._request[i]
             yield (
                 QuantumReport(
                     quantumId=key,
@@ -216,6 +257,11 @@ class Ledger:
                     maxRss=rss if rss >= 0 else None,
                     logPath=self.log_paths.get(i),
                     blockedBy=blocked,
+                    cpuTime=_time(cpu),
+                    wallTime=_time(wall),
+                    memoryRequest=_time(request),
+                    earlier=tuple(self._earlier.get(i, ())),
+                    putBack=self.put_back.get(i, 0),
                 ),
             )
 

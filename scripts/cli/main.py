@@ -25,6 +25,7 @@ from common.exits import ExitCode
 from common.graph import QuantumGraph
 from common.graphfile import SUFFIXES
 from common.summary import read_summary
+from common.usage import bps_block, label_usage, usage_table
 from scripts.cli.attach import run_workers
 from scripts.cli.views import ProgressDisplay, render_report, render_status
 from worker.executor import TaskQuantumExecutor
@@ -278,6 +279,20 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         metavar="OUT.png|OUT.html",
         help="draw quanta per worker over time",
+    )
+    rep.add_argument(
+        "--resources",
+        action="store_true",
+        help="per task label: quanta, wall and CPU time, own peak memory p50/p95/max, the "
+        "request and how much of it was used",
+    )
+    rep.add_argument(
+        "--bps-config",
+        type=Path,
+        default=None,
+        metavar="OUT.yaml",
+        help="write a BPS pipetask: block (requestMemory, requestCpus per label) from the "
+        "measured peaks",
     )
 
     _add_lsst_parser(sub)
@@ -542,12 +557,21 @@ def cmd_cancel(args: argparse.Namespace) -> ExitCode:
 def cmd_report(args: argparse.Namespace) -> ExitCode:
     try:
         report = read_summary(args.file)
-        shown = render_report(report, every_quantum=args.all)
+        if args.resources or args.bps_config is not None:
+            usage = label_usage(report.entries())
+            shown = usage_table(usage) if args.resources else ""
+            if args.bps_config is not None:
+                args.bps_config.write_text(bps_block(usage, str(args.file)))
+        else:
+            shown = render_report(report, every_quantum=args.all)
     except OSError as e:
         raise UsageError(f"cannot read {args.file}: {e.strerror}") from e
     except ValueError as e:
         raise UsageError(f"{args.file}: {e}") from e
-    print(shown)
+    if shown:
+        print(shown)
+    if args.bps_config is not None:
+        print(f"BPS config: {args.bps_config}", file=sys.stderr)
     if args.timeline is not None:
         from scripts.cli.timeline import draw_timeline
 

@@ -245,9 +245,16 @@ def test_a_memory_failure_is_retried_with_a_larger_request_up_to_the_max() -> No
     fail(h, second, 2.0, Reason.MEMORY)
     third = running(h)["q0"]
     assert (third.attempt, third.memory_mb) == (3, 2000)  # capped at the max
-    fail(h, third, 3.0, Reason.MEMORY)
+    fail(h, third, 3.0, Reason.MEMORY, max_rss_kb=2100 * 1024)
     assert h.state("q0") is QState.FAILED  # at the max already: no more
     assert h.reason("q0") is Reason.MEMORY
+    # and the report shows each attempt's request, peak and cause
+    details = h.core.report(None).details("q0")
+    assert (details.attempts, details.memoryRequest, details.maxRss) == (3, 2000, 2100 * 1024)
+    assert [(a.attempt, a.memoryRequest, a.maxRss, a.reason) for a in details.earlier] == [
+        (1, 1024, 1100 * 1024, Reason.MEMORY),
+        (2, 1536, None, Reason.MEMORY),
+    ]
 
 
 def test_memory_failures_are_not_retried_without_a_multiplier() -> None:
