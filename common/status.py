@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["FailureInfo", "RunStatus", "RunningInfo", "WorkerSummary"]
+__all__ = ["FailureInfo", "ResourceUse", "RunStatus", "RunningInfo", "WaitingInfo", "WorkerSummary"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +39,24 @@ class WorkerSummary:
 
 
 @dataclass(frozen=True, slots=True)
+class ResourceUse:
+    """One budget: how much of it the quanta sent to workers hold (memory in MiB)."""
+
+    name: str
+    used: float
+    budget: float
+
+
+@dataclass(frozen=True, slots=True)
+class WaitingInfo:
+    """A ready quantum that did not start at the last dispatch, and why."""
+
+    id: str
+    label: str
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
 class RunStatus:
     """``by_label`` maps task label -> state -> count (states as in the graph state
     machine: pending, ready, running, succeeded, failed, timed_out, skipped, cancelled)."""
@@ -52,6 +70,8 @@ class RunStatus:
     throughput_per_s: float = 0.0
     eta_s: float | None = None
     stopping: str | None = None
+    resources: list[ResourceUse] = field(default_factory=list)
+    waiting: list[WaitingInfo] = field(default_factory=list)  # the first few, in order
 
     def count(self, state: str) -> int:
         return sum(states.get(state, 0) for states in self.by_label.values())
@@ -73,6 +93,8 @@ class RunStatus:
             "throughput_per_s": self.throughput_per_s,
             "eta_s": self.eta_s,
             "stopping": self.stopping,
+            "resources": [vars_of(r) for r in self.resources],
+            "waiting": [vars_of(w) for w in self.waiting],
         }
 
     @classmethod
@@ -92,6 +114,8 @@ class RunStatus:
                 throughput_per_s=float(raw.get("throughput_per_s", 0.0)),
                 eta_s=None if raw.get("eta_s") is None else float(raw["eta_s"]),
                 stopping=raw.get("stopping"),
+                resources=[ResourceUse(**r) for r in raw.get("resources", [])],
+                waiting=[WaitingInfo(**w) for w in raw.get("waiting", [])],
             )
         except (KeyError, TypeError, AttributeError, ValueError) as e:
             raise ValueError(f"not a run status: {e}") from e

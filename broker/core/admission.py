@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from broker.core.scheduler import CHAIN_TIER
-from common.resources import CPUS, MEMORY, Amounts
+from common.resources import CPUS, MEMORY, Amounts, format_memory
 
 __all__ = ["UNMEASURED", "Admission", "Budget", "Refusal"]
 
@@ -310,6 +310,22 @@ class Admission:
             u - old + new for u, old, new in zip(self.used, holding.vector, vector, strict=True)
         )
         holding.vector = vector
+
+    def why_not(self, vector: Vector, label: int) -> str:
+        """Why a quantum of ``vector`` cannot start now, for people: the first budget it
+        does not fit (``memory: needs 8.0 GiB, 3.0 GiB free``)."""
+        if vector[0] == UNMEASURED and label in self._probing:
+            return "memory: waiting for the first of its task to be measured"
+        concrete = self._concrete(vector)
+        for name, need, used, budget in zip(
+            self.names, concrete, self.used, self.budget, strict=True
+        ):
+            if used + need > budget + 1e-9:
+                free = max(0.0, budget - used)
+                if name == MEMORY:
+                    return f"memory: needs {format_memory(need)}, {format_memory(free)} free"
+                return f"{name}: needs {need:g}, {free:g} free"
+        return "waits for a quantum ahead of it that needs more"
 
     def in_use(self) -> Amounts:
         return dict(zip(self.names, self.used, strict=True))

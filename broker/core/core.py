@@ -18,7 +18,7 @@ import math
 import time
 from array import array
 from collections.abc import Callable, Collection, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import assert_never
 
 import numpy as np
@@ -67,7 +67,7 @@ from common.graphparts import names
 from common.protocol import ExecutorExited, Result, ResultStatus
 from common.report import Reason, Report
 from common.resources import CPUS, MEMORY, Amounts, format_memory
-from common.status import RunStatus
+from common.status import ResourceUse, RunStatus, WaitingInfo
 from common.topology import as_numpy
 
 __all__ = [
@@ -101,6 +101,7 @@ _CHAIN_MAX = 4096
 # A quantum that does not fit goes back to the ready queue; at most this many are looked past
 # in one dispatch for one that may go ahead of them (backfill)
 _BACKFILL_SCAN = 64
+_WAITING_SHOWN = 5  # ready quanta passed over that a status names, with why
 # A dead executor child's results travel on its own connection, its agent's report on
 # another: a result still on its way is awaited this long before the attempt counts as lost.
 ORPHAN_GRACE_S = 2.0
@@ -185,6 +186,7 @@ class BrokerCore:
         self._released: list[int] = []  # children made ready since the last dispatch
         self._head_priority: float | None = None  # of the quantum waiting for resources
         self._failures = 0  # quanta failed for good
+        self._waiting: list[tuple[int, str]] = []  # ready quanta passed over, and why
         self._let_finish = False  # stopping without a deadline: running quanta finish
         self._touched: set[bytes] = set()  # workers whose last dispatch changed (follow-ons)
         # Nothing can be silent or overdue before this (a lower bound: checks are not paid per
@@ -237,7 +239,18 @@ class BrokerCore:
     def status(self, now: float) -> RunStatus:
         t = self.timings
         busy = now - t.first_dispatch if t.first_dispatch is not None else 0.0
-        return self._monitor.snapshot(now, now - t.started, busy, self._stop_reason)
+        status = self._monitor.snapshot(now, now - t.started, busy, self._stop_reason)
+        adm = self.admission
+        uses = [
+            ResourceUse(name, used, budget)
+            for name, used, budget in zip(adm.names, adm.used, adm.budget, strict=True)
+            if math.isfinite(budget)
+        ]
+        g = self.graph
+        waiting = [WaitingInfo(g.ids[i], g.label_at(i), why) for i, why in self._waiting]
+        if len(self.scheduler) > len(waiting) and self.registry.next_free() is None:
+            waiting.append(WaitingInfo("", "", f"{len(self.scheduler)} ready: no idle worker"))
+        return replace(status, resources=uses, waiting=waiting)
 
     def error(self) -> MPGraphExecutorError | None:
         """The error ``execute()`` raises for this outcome, or None if all succeeded."""
@@ -834,6 +847,7 @@ class BrokerCore:
         passed: list[int] = []
         head: tuple[float, Vector] | None = None  # the head's shadow and what is spare then
         self._head_priority = None
+        self._waiting = []
         while len(self.scheduler) and self.registry.next_free() is not None:
             i = self.scheduler.pop()
             if i is None:
@@ -851,6 +865,8 @@ class BrokerCore:
                 out.append(self._dispatched(info, i, now))
                 continue
             passed.append(i)
+            if len(passed) <= _WAITING_SHOWN:
+                self._waiting.append((i, self.admission.why_not(vector, self._labels[i])))
             if head is None:
                 head = self.admission.shadow(vector, self._holding_ends(now))
                 self._head_priority = self.scheduler.priority(i)

@@ -1,4 +1,4 @@
-"""Benchmark zmpexec on the shared anchor workloads (W1-W4, ``anchors/workloads.py``), side by
+"""Benchmark zmpexec on the shared anchor workloads (W1-W5, ``anchors/workloads.py``), side by
 side with peers run in the same session, each run a fresh process, repetitions interleaved.
 
     python -m scripts.bench.anchors --anchors ../shared/anchors --reps 3
@@ -8,6 +8,11 @@ Metrics as in the anchors: W1 quanta/s, W2 us/hop, W3/W4 makespan over the lower
 timed region is first dispatch to last result; worker start-up is reported separately.
 Variants: ``zmpexec`` calls the workload body directly (like the peers); ``zmpexec-butler``
 goes through TaskQuantumExecutor and stores every output in the embedded butler.
+
+W5 (heterogeneous memory): ``zmpexec`` runs it as ``zmpexec run GRAPH -j 8 --memory 1500MB``
+with the graph's per-label ``resources`` block (declared), ``zmpexec-learned`` without it
+(memory learned); peers ``ppe-safe``, ``ppe-j8``, ``dask-res``. Its records add the anchors'
+memory figures (``peak_task_mb``, ``over_budget``, ``marked``) from the tasks' own marks.
 
 ``--workers N`` runs every executor with N workers instead of the anchors' 2 (the lower bound
 follows): with 1 on this 2-vCPU host the broker has a core of its own, which tells its CPU
@@ -33,6 +38,7 @@ from typing import Any
 from common.butler import Butler
 from common.graph import QuantumGraph
 from common.quantum import Quantum
+from common.report import Reason
 from scripts.bench.anchor_workers import with_workers
 
 # peer -> (anchor venv or None for this interpreter, runner script, extra arguments)
@@ -42,13 +48,18 @@ PEERS: dict[str, tuple[str | None, str, list[str]]] = {
     "dask-submit": ("dask", "run_dask.py", ["--mode", "submit"]),
     "parsl-htex": ("parsl", "run_parsl.py", []),
     "lsst-mpexec-fork": ("lsst", "run_lsst.py", ["--start-method", "fork"]),
+    # W5's peers (they run W5 only)
+    "ppe-safe": (None, "run_ppe.py", ["--width", "safe"]),
+    "ppe-j8": (None, "run_ppe.py", ["--width", "8"]),
+    "dask-res": ("dask", "run_dask.py", ["--mode", "res"]),
 }
+_W5_ONLY = {"ppe-safe", "ppe-j8", "dask-res"}
 # LSST's executor costs ~55 ms/quantum with fork: W1 runs on a subset (its metric is a rate).
 _SUBSETS = {("lsst-mpexec-fork", "W1"): 200}
 VARIANTS = ("zmpexec", "zmpexec-butler")
 # on request (needs the [dask] extra): the dask engine on a local cluster of NUM_WORKERS
 # single-threaded processes, like the dask-submit anchor
-OPTIONAL_VARIANTS = ("zmpexec-dask",)
+OPTIONAL_VARIANTS = ("zmpexec-dask", "zmpexec-learned")
 
 
 class WorkloadExecutor:
@@ -65,27 +76,53 @@ class WorkloadExecutor:
             raise RuntimeError(f"quantum {qid} returned a wrong result")
 
 
-def to_graph(wl: Any) -> QuantumGraph:
-    """A workload's DAG as quanta running ``workloads:quantum``; quantum i stores dataset
+class MemoryWorkloadExecutor:
+    """W5's body (``workloads.mem_quantum``): maps and touches its MB, holds them for its
+    duration, marks its start and end in the run's marks file."""
+
+    def __init__(self, marks: str) -> None:
+        self._marks = marks
+        self._body: Callable[..., int] | None = None
+
+    def execute(self, quantum: Quantum, butler: Butler) -> None:
+        if self._body is None:
+            self._body = importlib.import_module("workloads").mem_quantum
+        qid, c = int(quantum.id), quantum.config
+        if self._body(qid, float(c["duration"]), int(c["mb"]), self._marks) != qid:
+            raise RuntimeError(f"quantum {qid} returned a wrong result")
+
+
+def to_graph(wl: Any, *, declared: bool = True) -> QuantumGraph:
+    """A workload's DAG as quanta running ``workloads:quantum`` (W5: ``mem_quantum``, with its
+    labels' memory as a ``resources`` block when ``declared``); quantum i stores dataset
     ``d<i>``. Dependencies are ordering edges (the body takes no inputs by name)."""
+    w5 = wl.meta.get("budget_mb") is not None
     quanta = [
         Quantum(
             id=str(q),
             task_label=wl.graph.nodes[q]["label"],
-            task="workloads:quantum",
+            task="workloads:mem_quantum" if w5 else "workloads:quantum",
             data_id=dict(wl.graph.nodes[q]["data_id"]),
             outputs={"out": f"d{q}"},
-            config={"qid": q, "duration": wl.duration(q)},
+            config={"qid": q, "duration": wl.duration(q), **({"mb": wl.mem(q)} if w5 else {})},
         )
         for q in wl.order()
     ]
     edges = [(str(p), str(q)) for q in wl.order() for p in wl.parents(q)]
-    return QuantumGraph.from_quanta(quanta, edges)
+    blocks = None
+    if w5 and declared:
+        blocks = {
+            wl.graph.nodes[q]["label"]: {"memory": wl.mem(q)} for q in wl.order()
+        }  # (one size per label)
+    return QuantumGraph.from_quanta(quanta, edges, resources=blocks)
 
 
 def run_one(variant: str, workload: str, workers: int | None = None) -> dict[str, Any]:
     """One measurement in this (fresh) process."""
     from broker import MPGraphExecutor
+    from scripts.bench.anchors import (
+        MemoryWorkloadExecutor as ImportableMemory,
+    )
     from scripts.bench.anchors import (
         WorkloadExecutor as Importable,  # not __main__'s: workers import it
     )
@@ -95,13 +132,21 @@ def run_one(variant: str, workload: str, workers: int | None = None) -> dict[str
     if workers is not None:
         with_workers(workloads, workers)
     wl = workloads.build(workload)
-    graph = to_graph(wl)
-    executor: Any = TaskQuantumExecutor() if variant == "zmpexec-butler" else Importable()
+    w5 = workload == "W5"
+    graph = to_graph(wl, declared=variant != "zmpexec-learned")
     n = workloads.NUM_WORKERS
     engine: dict[str, Any] = {"engine": "dask"} if variant == "zmpexec-dask" else {}
+    if w5:  # as ``zmpexec run GRAPH -j 8 --memory 1500MB``
+        n = wl.meta["workers"]
+        engine["memory"] = wl.meta["budget_mb"]
     if n == 1 and not engine:  # one local worker through the broker, as ``zmpexec run -j 1``
         engine["local_workers"] = 1
+    figures: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="zmpbench-") as tmp:
+        marks = str(Path(tmp) / "marks")
+        executor: Any = TaskQuantumExecutor() if variant == "zmpexec-butler" else Importable()
+        if w5:
+            executor = ImportableMemory(marks)
         butler = Butler(Path(tmp) / "repo")
         ex = MPGraphExecutor(n, None, executor, run_dir=Path(tmp) / "run", **engine)
         t0 = time.perf_counter()
@@ -110,6 +155,11 @@ def run_one(variant: str, workload: str, workers: int | None = None) -> dict[str
         if variant == "zmpexec-butler":
             last = wl.order()[-1]
             assert butler.get(f"d{last}") == last
+        if w5:
+            figures = workloads.memory_figures(wl, marks)
+            figures["memory_kills"] = sum(
+                1 for _, d in ex.getReport().entries() if d.reason is Reason.MEMORY
+            )
     t = ex.timings
     assert t is not None and t.first_dispatch is not None and t.last_result is not None
     makespan = t.last_result - t.first_dispatch
@@ -121,6 +171,7 @@ def run_one(variant: str, workload: str, workers: int | None = None) -> dict[str
         "startup_s": t.first_dispatch - t.started,
         "wall_s": wall,
         **workloads.metrics(wl, makespan),
+        **figures,
     }
 
 
@@ -138,6 +189,8 @@ def _run_peer(
         if workload not in ("W1", "W2"):
             return None
         args = ["--mode", "pingpong2" if workload == "W1" else "pingpong1"]
+    elif (peer in _W5_ONLY) != (workload == "W5"):
+        return None  # W5's peers run only W5, the others skip it
     else:
         args = ["--workload", workload, *extra]
         if (peer, workload) in _SUBSETS:
@@ -192,7 +245,13 @@ def _run_variant(
     return rec
 
 
-_METRIC = {"W1": "quanta_per_s", "W2": "us_per_hop", "W3": "ratio_to_lb", "W4": "ratio_to_lb"}
+_METRIC = {
+    "W1": "quanta_per_s",
+    "W2": "us_per_hop",
+    "W3": "ratio_to_lb",
+    "W4": "ratio_to_lb",
+    "W5": "ratio_to_lb",
+}
 
 
 def _num(x: float) -> str:
@@ -204,7 +263,13 @@ def _table(records: list[dict[str, Any]], workloads: list[str]) -> str:
     head = (
         "| executor | "
         + " | ".join(
-            {"W1": "W1 quanta/s", "W2": "W2 us/hop", "W3": "W3 / LB", "W4": "W4 / LB"}[w]
+            {
+                "W1": "W1 quanta/s",
+                "W2": "W2 us/hop",
+                "W3": "W3 / LB",
+                "W4": "W4 / LB",
+                "W5": "W5 / LB (peak MB)",
+            }[w]
             for w in workloads
         )
         + " | startup s |"
@@ -218,11 +283,19 @@ def _table(records: list[dict[str, Any]], workloads: list[str]) -> str:
                 for r in records
                 if r["anchor"] == name and r["workload"] == w and _METRIC[w] in r
             ]
-            cells.append(
+            cell = (
                 f"{_num(statistics.median(vals))} ({_num(min(vals))}-{_num(max(vals))})"
                 if vals
                 else "-"
             )
+            peaks = [
+                r["peak_task_mb"]
+                for r in records
+                if r["anchor"] == name and r["workload"] == w and "peak_task_mb" in r
+            ]
+            if peaks:
+                cell += f" ({max(peaks):,} MB)"
+            cells.append(cell)
         ups = [r["startup_s"] for r in records if r["anchor"] == name and r.get("startup_s")]
         cells.append(f"{statistics.median(ups):.3f}" if ups else "-")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")

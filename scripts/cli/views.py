@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from common.report import ExecutionStatus, QuantumDetails, QuantumReport, Report
+from common.resources import format_memory
 from common.status import RunStatus
 
 __all__ = ["ProgressDisplay", "overall_bar", "render_report", "render_status", "status_table"]
@@ -188,6 +189,16 @@ def render_status(status: RunStatus, console: Console) -> None:
     if status.failures:
         console.print(Text("failures so far:", style="bold"))
         console.print(_failures(status, last=len(status.failures)))
+    for use in status.resources:
+        used, budget = (
+            (format_memory(use.used), format_memory(use.budget))
+            if use.name == "memory"
+            else (f"{use.used:g}", f"{use.budget:g}")
+        )
+        console.print(f"{use.name}: {used} of {budget} held by the quanta sent")
+    for wait in status.waiting:
+        where = f"{wait.id} ({wait.label}): " if wait.id else ""
+        console.print(f"waiting: {where}{wait.why}")
     alive = ", ".join(
         f"{w.id} (pid {w.pid}{'' if w.local else ', attached'}, {w.completed} done)"
         for w in status.workers

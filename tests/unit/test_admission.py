@@ -15,6 +15,7 @@ from common.errors import GraphError
 from common.graph import QuantumGraph
 from common.protocol import ResultStatus
 from common.report import Reason
+from common.status import RunStatus
 from tests.graphs import quantum
 from tests.unit.harness import Harness, result
 
@@ -293,3 +294,17 @@ def test_max_failures_stops_dispatching_and_lets_running_quanta_finish() -> None
     assert h.core.over
     assert h.state("q2") is QState.SUCCEEDED
     assert h.state("q4") is QState.CANCELLED
+
+
+def test_status_shows_what_is_held_against_the_budget_and_why_quanta_wait() -> None:
+    h = Harness(graph("600MB", "600MB", "600MB"), memory_mb=1500, cpus=4)
+    join(h, A, B, C)
+    status = h.core.status(h.now)
+    assert [(r.name, r.used, r.budget) for r in status.resources] == [
+        ("memory", 1200, 1500),
+        ("cpus", 2, 4),
+    ]
+    assert [(w.id, w.why) for w in status.waiting] == [
+        ("q2", "memory: needs 600 MiB, 300 MiB free")
+    ]
+    assert RunStatus.from_dict(status.to_dict()) == status
