@@ -5,13 +5,12 @@ What a quantum requests: what it declares (its own values over its task label's,
 graph), else its label's request from the run's configuration (a BPS config), else the run's
 defaults (``--memory-per-quantum``, ``--cores-per-quantum``); without any, ``cpus`` counts one
 and memory is learned: 1.2 x the largest peak measured for its label so far. A label not
-measured yet runs one of its quanta at a time until it is. Under a budget the user set
-(``strict``), that quantum is treated as possibly large: it takes all the memory free when it
-starts and starts only when three quarters of the budget are free, and the label's quanta
-are ranked as a chain (below) until it is measured, so the first is measured early. Under the
-host's default budget it counts a worker's share of the budget, or the largest request
-learned so far if that is more (the memory-pressure watch covers a first quantum that needs
-more). A memory
+measured yet: under a budget the user set (``strict``), one of its quanta runs at a time
+until it is, treated as possibly large: it takes all the memory free when it starts and
+starts only when three quarters of the budget are free, and the label's quanta are ranked as
+a chain (below) until it is measured, so the first is measured early. Under the host's
+default budget each counts a worker's share of the budget, or the largest request learned
+so far if that is more (the memory-pressure watch covers one that needs more). A memory
 retry raises the attempt's request (``raise_memory``).
 
 What a worker holds: a worker runs its quanta one after another (``threads`` at a time), the
@@ -256,11 +255,10 @@ class Admission:
 
     def fits(self, worker: bytes, threads: int, vector: Vector, label: int) -> bool:
         """Whether ``vector`` may start on ``worker`` now."""
-        if vector[0] == UNMEASURED:
+        if vector[0] == UNMEASURED and self.strict:
             if label in self._probing:
                 return False
-            free = self.budget[0] - self.used[0]
-            if self.strict and free < UNMEASURED_SHARE * self.budget[0]:
+            if self.budget[0] - self.used[0] < UNMEASURED_SHARE * self.budget[0]:
                 return False
         holding = self._holding.get(worker)
         concrete = self._concrete(vector)
@@ -314,7 +312,7 @@ class Admission:
     def why_not(self, vector: Vector, label: int) -> str:
         """Why a quantum of ``vector`` cannot start now, for people: the first budget it
         does not fit (``memory: needs 8.0 GiB, 3.0 GiB free``)."""
-        if vector[0] == UNMEASURED and label in self._probing:
+        if vector[0] == UNMEASURED and self.strict and label in self._probing:
             return "memory: waiting for the first of its task to be measured"
         concrete = self._concrete(vector)
         for name, need, used, budget in zip(
