@@ -9,8 +9,9 @@ measured yet: under a budget the user set (``strict``), one of its quanta runs a
 until it is, treated as possibly large: it takes all the memory free when it starts and
 starts only when three quarters of the budget are free, and the label's quanta are ranked as
 a chain (below) until it is measured, so the first is measured early. Under the host's
-default budget each counts a worker's share of the budget, or the largest request learned
-so far if that is more (the memory-pressure watch covers one that needs more). A memory
+default budget each counts a worker's share of the budget (over the quanta the registered
+workers run at once), or the largest request learned so far if that is more (the
+memory-pressure watch covers one that needs more). A memory
 retry raises the attempt's request (``raise_memory``).
 
 What a worker holds: a worker runs its quanta one after another (``threads`` at a time), the
@@ -122,11 +123,10 @@ class Admission:
         by_label: Mapping[str, Amounts] | None = None,
         defaults: Amounts | None = None,
         strict: bool = True,
-        workers: int = 1,
     ) -> None:
         amounts = budget.amounts()
         self.strict = strict
-        self._share = budget.memory_mb / max(1, workers)  # a worker's share of the memory
+        self._threads = 1  # quanta the registered workers run at once
         self.names: list[str] = list(amounts)
         self._slot = {name: k for k, name in enumerate(self.names)}
         self.budget: Vector = tuple(amounts.values())
@@ -222,6 +222,11 @@ class Admission:
         """``i``'s next attempt asks for (and is held to) ``mib``."""
         self._raised[i] = mib
 
+    def workers_changed(self, threads: int) -> None:
+        """The registered workers run ``threads`` quanta at once (a worker's share of the
+        budget, for quanta not measured yet, is the budget over these)."""
+        self._threads = max(1, threads)
+
     def peak_mb(self, label: int) -> float | None:
         return self._peak_mb[label]
 
@@ -250,7 +255,8 @@ class Admission:
         if self.strict:
             return (max(0.0, self.budget[0] - self.used[0]), *vector[1:])
         learned = max((p for p in self._peak_mb if p is not None), default=0.0)
-        guess = min(self.budget[0], max(self._share, learned * LEARNED_MARGIN))
+        share = self.budget[0] / self._threads
+        guess = min(self.budget[0], max(share, learned * LEARNED_MARGIN))
         return (guess, *vector[1:])
 
     def fits(self, worker: bytes, threads: int, vector: Vector, label: int) -> bool:

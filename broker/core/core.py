@@ -378,6 +378,7 @@ class BrokerCore:
             name=event.name,
         )
         info.declared, info.threads = event.slots, max(1, event.threads)
+        self._count_threads()
         self._plan_worker(info)
         logger.info(
             "worker %s registered (pid %d on %s, %s)",
@@ -623,6 +624,7 @@ class BrokerCore:
         self.timings.worker_losses.append((now, info.pid, why))
         lost = self.registry.remove(info)
         self.admission.forget(info.identity)
+        self._count_threads()
         seqs = {d.seq for d in lost}
         for d in sorted(lost, key=lambda d: d.seq, reverse=True):  # follow-ons first
             self._revoking.discard((d.quantum_id, d.attempt))
@@ -801,6 +803,9 @@ class BrokerCore:
         if chain != self._chain:
             self._chain = chain
             self.scheduler.weigh(chain)
+
+    def _count_threads(self) -> None:
+        self.admission.workers_changed(sum(max(1, w.threads) for w in self.registry.workers()))
 
     def _enough_ready(self) -> bool:
         return self.registry.ready_count() >= max(1, self._expected_workers)
@@ -1043,7 +1048,6 @@ def _admission(graph: QuantumGraph, config: ExecutionConfig, labels: array[int])
         by_label=by_label,
         defaults=defaults,
         strict=not config.memory_from_host,
-        workers=config.num_workers,
     )
 
 
