@@ -61,7 +61,11 @@ def no_process_left_behind() -> Iterator[None]:
         out = []
         for p in me.children(recursive=True):
             try:
-                if p.pid not in before and p.status() != psutil.STATUS_ZOMBIE:
+                if (
+                    p.pid not in before
+                    and p.status() != psutil.STATUS_ZOMBIE
+                    and not _resource_tracker(p)
+                ):
                     out.append(p)
             except psutil.NoSuchProcess:
                 pass
@@ -76,4 +80,20 @@ def no_process_left_behind() -> Iterator[None]:
             p.kill()
         except psutil.NoSuchProcess:
             pass
-    assert not left, f"processes left behind: {[(p.pid, p.cmdline()) for p in left]}"
+    assert not left, f"processes left behind: {[(p.pid, _command(p)) for p in left]}"
+
+
+def _resource_tracker(p: psutil.Process) -> bool:
+    """multiprocessing's resource tracker: one per process that ever used it, for its life
+    (the first test to start a Dask cluster here starts it; it is no test's leftover)."""
+    try:
+        return "multiprocessing.resource_tracker" in " ".join(p.cmdline())
+    except psutil.Error:
+        return False
+
+
+def _command(p: psutil.Process) -> list[str] | str:
+    try:
+        return p.cmdline()
+    except psutil.Error as e:  # (it may have ended, or be a zombie, by now)
+        return type(e).__name__

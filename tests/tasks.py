@@ -142,3 +142,27 @@ def fail_once_exists(*, path: str, **inputs: Any) -> None:
     while not Path(path).exists() and time.monotonic() < deadline:
         time.sleep(0.01)
     raise RuntimeError(f"failing while {path} exists")
+
+
+def mark_interval(*, path: str, tag: str, seconds: float = 0.5, **inputs: Any) -> str:
+    """Sleeps ``seconds``, then appends ``tag start end`` (wall clock) in one write: tests
+    see which quanta ran at once."""
+    start = time.time()
+    time.sleep(seconds)
+    with open(path, "a") as f:
+        f.write(f"{tag} {start:.6f} {time.time():.6f}\n")
+    return tag
+
+
+def most_at_once(path: str, tags: set[str] | None = None) -> int:
+    """The most intervals in ``path`` (``mark_interval``) open at one instant, of ``tags``."""
+    events = []
+    for line in Path(path).read_text().splitlines():
+        tag, start, end = line.split()
+        if tags is None or tag in tags:
+            events += [(float(start), 1), (float(end), -1)]
+    peak = now = 0
+    for _, step in sorted(events, key=lambda e: (e[0], e[1])):
+        now += step
+        peak = max(peak, now)
+    return peak

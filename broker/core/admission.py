@@ -142,6 +142,7 @@ class Admission:
         self._raised: dict[int, float] = {}  # quantum -> memory request of its next attempt
         self._vectors: list[Vector | None] = [None] * len(labels)  # by label, while valid
         self._holding: dict[bytes, _Holding] = {}
+        self._capacity: dict[bytes, Vector] = {}  # what workers offer of their own
         self._of: dict[tuple[bytes, int], Vector] = {}
         self.used: Vector = (0.0,) * len(self.names)
         self.tight = any(math.isfinite(b) for b in self.budget)
@@ -222,6 +223,12 @@ class Admission:
         """``i``'s next attempt asks for (and is held to) ``mib``."""
         self._raised[i] = mib
 
+    def offered(self, worker: bytes, resources: Mapping[str, float] | None) -> None:
+        """``worker`` offers these resources of its own (its quanta must fit them too; a
+        resource it does not name is limited by the run's budget only)."""
+        if resources:
+            self._capacity[worker] = tuple(resources.get(name, math.inf) for name in self.names)
+
     def workers_changed(self, threads: int) -> None:
         """The registered workers run ``threads`` quanta at once (a worker's share of the
         budget, for quanta not measured yet, is the budget over these)."""
@@ -269,10 +276,13 @@ class Admission:
         holding = self._holding.get(worker)
         concrete = self._concrete(vector)
         if holding is None:
-            added = concrete
+            added = after = concrete
         else:
             before, after = holding.vector, holding.held(concrete)
             added = tuple(a - b for a, b in zip(after, before, strict=True))
+        capacity = self._capacity.get(worker)
+        if capacity is not None and any(a > c + 1e-9 for a, c in zip(after, capacity, strict=True)):
+            return False
         return all(u + a <= b + 1e-9 for u, a, b in zip(self.used, added, self.budget, strict=True))
 
     def hold(self, worker: bytes, threads: int, i: int, vector: Vector, label: int) -> None:
@@ -302,6 +312,7 @@ class Admission:
 
     def forget(self, worker: bytes) -> None:
         """``worker`` is gone with all it held."""
+        self._capacity.pop(worker, None)
         holding = self._holding.pop(worker, None)
         if holding is None:
             return

@@ -378,6 +378,7 @@ class BrokerCore:
             name=event.name,
         )
         info.declared, info.threads = event.slots, max(1, event.threads)
+        self.admission.offered(info.identity, event.resources)
         self._count_threads()
         self._plan_worker(info)
         logger.info(
@@ -1097,7 +1098,7 @@ def _refusal(qid: str, r: Refusal) -> str:
     if r.budget == 0:
         return (
             f"quantum {qid!r} asks for {r.asked:g} of resource {r.resource!r}, which the run "
-            f"does not offer (--resource {r.resource}=N)"
+            f"does not offer (--resource {r.resource}=N, or Dask workers offering it)"
         )
     return (
         f"quantum {qid!r} asks for {r.asked:g} of resource {r.resource!r}, more than the "

@@ -7,6 +7,7 @@ worker address, ...); the core never interprets it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from common.protocol import ExecutorExited, Result
@@ -54,6 +55,9 @@ class WorkerJoined:
     local: bool
     name: str | None = None
     threads: int = 1
+    # what the worker itself offers (memory in MiB, cpus, custom names; a Dask worker's
+    # --resources): the quanta it holds must fit them, as well as the run's budgets
+    resources: Mapping[str, float] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,7 @@ from typing import Any, assert_never
 import zmq
 from distributed import Client, Future
 
-from broker.core import BrokerCore
+from broker.core import BrokerCore, check_requests
 from broker.core.events import (
     Action,
     AdmitWorker,
@@ -55,6 +55,7 @@ from common.config import ExecutionConfig
 from common.errors import ProtocolError
 from common.graph import QuantumGraph
 from common.protocol import Result
+from common.resources import CPUS, MEMORY
 from worker.dask_plugin import (
     PLUGIN_NAME,
     ExecutorPlugin,
@@ -238,7 +239,8 @@ class _Driver:
                 host = str(info.get("host", address))
                 pid = int(info.get("pid", 0)) or 1
                 # (no limit of its own: how many quanta it holds is the planner's call)
-                hello = WorkerJoined(identity, pid, host, 0, False, address, threads)
+                offers = dask_resources(info.get("resources"))
+                hello = WorkerJoined(identity, pid, host, 0, False, address, threads, offers)
                 events += [hello, WorkerReady(identity)]
             else:
                 events.append(WorkerHeard(identity))
@@ -389,6 +391,61 @@ class _Driver:
             restore()
 
 
+def dask_resources(declared: object) -> dict[str, float] | None:
+    """A Dask worker's ``--resources`` in our names: ``MEMORY`` (MB) is memory, ``CPU`` is
+    cpus, any other name is a custom resource as spelled."""
+    if not isinstance(declared, dict) or not declared:
+        return None
+    names = {"MEMORY": MEMORY, "CPU": CPUS}
+    return {names.get(str(k), str(k)): float(v) for k, v in declared.items()}
+
+
+def cluster_budgets(
+    config: ExecutionConfig, offers: list[dict[str, float] | None]
+) -> ExecutionConfig:
+    """``config`` with the budgets of a cluster whose workers offer ``offers``: where the
+    user set none, a resource every worker declares is budgeted at their sum (and the host's
+    default memory, which says nothing of another host's, is dropped); custom resources at
+    the sum of those offering them."""
+    declared = [o or {} for o in offers]
+    memory, from_host = config.memory_mb, config.memory_from_host
+    if from_host:
+        every = declared and all(MEMORY in o for o in declared)
+        memory = sum(o[MEMORY] for o in declared) if every else None
+        from_host = False
+    custom = dict(config.resources or {})
+    for o in declared:
+        for name, amount in o.items():
+            if name not in (MEMORY, CPUS) and name not in (config.resources or {}):
+                custom[name] = custom.get(name, 0.0) + amount
+    return replace(config, memory_mb=memory, memory_from_host=from_host, resources=custom or None)
+
+
+def _check_fits_a_worker(
+    graph: QuantumGraph,
+    config: ExecutionConfig,
+    offers: list[dict[str, float] | None],
+    done: Collection[int],
+) -> None:
+    """GraphError naming the quanta no single worker could run: each must fit what one
+    worker offers, where the workers declare a resource (the largest offer of each)."""
+    declared = [o for o in offers if o]
+    if not declared:
+        return
+    largest: dict[str, float] = {}
+    for o in declared:
+        for name, amount in o.items():
+            largest[name] = max(largest.get(name, 0.0), amount)
+    custom = {k: v for k, v in largest.items() if k not in (MEMORY, CPUS)}
+    one = replace(
+        config,
+        memory_mb=largest.get(MEMORY, config.memory_mb),
+        cpus=int(largest[CPUS]) if CPUS in largest else config.cpus,
+        resources={**(config.resources or {}), **custom} or None,
+    )
+    check_requests(graph, one, done)
+
+
 def run_on_dask(
     graph: QuantumGraph,
     config: ExecutionConfig,
@@ -404,6 +461,11 @@ def run_on_dask(
     with connect(target, config.num_workers) as (client, local):
         # A local cluster's workers are awaited before dispatching, as local agents are.
         held = replace(config, local_workers=config.num_workers if local else 0)
+        if not local:
+            workers = client.scheduler_info(n_workers=-1)["workers"].values()
+            offers = [dask_resources(w.get("resources")) for w in workers]
+            held = cluster_budgets(held, offers)
+            _check_fits_a_worker(graph, held, offers, done)
         core = BrokerCore(
             graph, held, journal=journal, done=done, transport=transport_profile(config)
         )

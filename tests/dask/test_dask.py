@@ -19,19 +19,25 @@ distributed = pytest.importorskip("distributed")
 
 from broker.graph_executor import MPGraphExecutor  # noqa: E402
 from common.butler import Butler  # noqa: E402
-from common.errors import ConfigError, MPGraphExecutorError, MPTimeoutError  # noqa: E402
+from common.errors import (  # noqa: E402
+    ConfigError,
+    GraphError,
+    MPGraphExecutorError,
+    MPTimeoutError,
+)
 from common.graph import QuantumGraph  # noqa: E402
 from common.report import ExecutionStatus, Reason, Report  # noqa: E402
 from tests.conftest import wait_until  # noqa: E402
 from tests.graphs import chain, quantum  # noqa: E402
+from tests.tasks import most_at_once  # noqa: E402
 from worker.executor import TaskQuantumExecutor  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _local_cluster() -> Iterator[Any]:
+def _local_cluster(threads: int = 1, **options: Any) -> Iterator[Any]:
     cluster = distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        n_workers=2, threads_per_worker=threads, processes=True, dashboard_address=None, **options
     )
     with distributed.Client(cluster) as c:
         yield c
@@ -531,3 +537,22 @@ def test_resume_after_zmpexec_run_was_killed_on_dask(
     assert report.counts()[ExecutionStatus.SUCCESS] == 4
     assert {report.details(f"q{i}").attempts for i in range(3)} == {0}
     assert report.details("last").attempts == 1
+
+
+def test_dask_workers_resources_bound_what_each_runs(tmp_path: Path) -> None:
+    # Given two workers of two threads, each offering 1000 MB of MEMORY
+    marks = tmp_path / "marks"
+    config = {"path": str(marks), "seconds": 0.5}
+    graph = QuantumGraph.from_quanta(
+        [quantum(f"q{n}", "mark_interval", config={**config, "tag": f"q{n}"}) for n in range(6)],
+        resources={"mark_interval": {"memory": 600}},
+    )
+    with contextlib.contextmanager(_local_cluster)(2, resources={"MEMORY": 1000}) as c:
+        # When quanta of 600 MB run, then one asks for a GPU no worker offers
+        with Butler(tmp_path / "repo") as butler:
+            _executor(c, tmp_path).execute(graph, butler)
+        gpu = QuantumGraph.from_quanta([quantum("g", resources={"GPU": 1})])
+        with Butler(tmp_path / "repo2") as butler, pytest.raises(GraphError, match="'GPU'"):
+            _executor(c, tmp_path / "2").execute(gpu, butler)
+    # Then each worker ran one at a time (four threads, room for two)
+    assert most_at_once(str(marks)) == 2

@@ -1,54 +1,70 @@
-"""Repeated runs in one process hold no files open (LSST's test_mpexec_num_fd)."""
+"""Admission by resources with real workers: the budget is never exceeded (from the tasks'
+own start and end marks), a custom resource caps the quanta that declare it, a quantum too big
+for the budget is refused before anything runs."""
 
 from __future__ import annotations
 
-import gc
-import os
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from broker import MPGraphExecutor
 from common.butler import Butler
-from tests.graphs import chain
+from common.errors import GraphError
+from common.graph import QuantumGraph
+from tests.graphs import quantum
+from tests.tasks import most_at_once
 from worker.executor import TaskQuantumExecutor
 
 
-def _open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
+def _run(graph: QuantumGraph, tmp: Path, jobs: int = 4, **options: Any) -> MPGraphExecutor:
+    ex = MPGraphExecutor(jobs, None, TaskQuantumExecutor(), run_dir=tmp / "run", **options)
+    with Butler(tmp / "repo") as butler:
+        ex.execute(graph, butler)
+    return ex
 
 
-@pytest.fixture
-def no_automatic_gc() -> Iterator[None]:
-    """Reference cycles stay uncollected, so a cycle holding a file shows as a leak."""
-    gc.disable()
-    yield
-    gc.enable()
+def test_the_memory_budget_is_never_exceeded(tmp_path: Path) -> None:
+    marks = tmp_path / "marks"
+    config = {"path": str(marks), "seconds": 0.4}
+    graph = QuantumGraph.from_quanta(
+        [quantum(f"q{n}", "mark_interval", config={**config, "tag": f"q{n}"}) for n in range(6)],
+        resources={"mark_interval": {"memory": "400MB"}},
+    )
+    _run(graph, tmp_path, jobs=4, memory="1000MB")
+    assert most_at_once(str(marks)) == 2  # four workers, room for two
 
 
-@pytest.mark.parametrize("num_proc", [1, 2])
-@pytest.mark.usefixtures("no_automatic_gc")
-def test_runs_with_a_fresh_butler_each_leave_no_file_open(tmp_path: Path, num_proc: int) -> None:
-    def run(i: int, *, scoped: bool) -> None:
-        ex = MPGraphExecutor(num_proc, None, TaskQuantumExecutor(), run_dir=tmp_path / f"run{i}")
-        if scoped:
-            with Butler(tmp_path / f"repo{i}") as butler:
-                ex.execute(chain(3), butler)
-        else:  # dropped without close(): released as soon as the last reference goes
-            ex.execute(chain(3), Butler(tmp_path / f"repo{i}"))
+def test_a_custom_resource_caps_the_quanta_that_declare_it(tmp_path: Path) -> None:
+    marks = tmp_path / "marks"
+    config = {"path": str(marks), "seconds": 0.3}
+    graph = QuantumGraph.from_quanta(
+        [
+            quantum(f"db{n}", "mark_interval", label="db", config={**config, "tag": f"db{n}"})
+            for n in range(4)
+        ]
+        + [
+            quantum(f"free{n}", "mark_interval", label="free", config={**config, "tag": f"f{n}"})
+            for n in range(4)
+        ],
+        resources={"db": {"db": 1}},
+    )
+    _run(graph, tmp_path, jobs=4, resources={"db": 1})
+    assert most_at_once(str(marks), {f"db{n}" for n in range(4)}) == 1
+    assert most_at_once(str(marks)) >= 2  # the others ran beside them
 
-    run(0, scoped=True)  # warm-up: imports, caches
-    before = _open_fds()
-    for i in range(1, 4):
-        run(i, scoped=i % 2 == 0)
-    assert _open_fds() - before < 3
 
-
-def test_butler_is_a_context_manager_that_closes_its_registry(tmp_path: Path) -> None:
-    with Butler(tmp_path / "repo") as butler:
-        butler.put("d", 1)
-        opened = _open_fds()
-    assert _open_fds() < opened
-    assert butler.get("d") == 1  # usable again: the registry reopens
-    butler.close()
+def test_a_quantum_bigger_than_the_budget_is_refused_before_anything_runs(
+    tmp_path: Path,
+) -> None:
+    marks = tmp_path / "marks"
+    graph = QuantumGraph.from_quanta(
+        [
+            quantum("small", "mark_interval", config={"path": str(marks), "tag": "s"}),
+            quantum("huge", resources={"memory": "64GB"}),
+        ]
+    )
+    with pytest.raises(GraphError, match=r"'huge' asks for 64.0 GiB of memory, more than"):
+        _run(graph, tmp_path, jobs=2, memory="2GB")
+    assert not marks.exists()
