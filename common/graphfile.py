@@ -176,8 +176,8 @@ def _read_binary(data: bytes, path: Path) -> GraphParts:
     version = cols.get("version")
     if version not in (1, FORMAT_VERSION):
         raise GraphFileError(
-            f"graph file {path} has format version {version!r}; this zmpexec reads version "
-            f"{FORMAT_VERSION}: convert the graph again with this zmpexec"
+            f"graph file {path} has format version {version!r}; this zmpexec reads versions "
+            f"1 to {FORMAT_VERSION}: convert the graph again with this zmpexec"
         )
     try:
         return _columns_to_graph(cols)

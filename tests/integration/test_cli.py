@@ -128,7 +128,7 @@ def _binary_graph_with(tmp_path: Path, change: str) -> Path:
         ("none", "valid, 3 quanta, 2 edges"),
         ("cycle", "has a cycle: c1 -> c2 -> c0 -> c1"),
         ("duplicate id", "duplicate quantum ids: 'c0'"),
-        ("wrong version", "format version 99; this zmpexec reads version 1"),
+        ("wrong version", "format version 99; this zmpexec reads versions 1 to 2"),
         ("truncated", "is truncated or corrupt"),
         ("not ours", "is not a zmpexec binary graph"),
     ],
