@@ -18,18 +18,21 @@ from common.bps import read_bps_config
 from common.errors import ConfigError
 from common.resources import CPUS, MEMORY, Amounts, parse_amount, parse_memory
 
-__all__ = ["MEMORY_RESERVE", "host_cpus", "host_memory_mb", "resource_options"]
+__all__ = ["MEMORY_RESERVE", "host_cpus", "host_memory_mb", "host_reserve_mb", "resource_options"]
 
 # Kept back from the host's available memory: at least 1 GiB, and a twentieth of the total
 MEMORY_RESERVE: Final = (1024.0, 0.05)
 
 
+def host_reserve_mb() -> float:
+    """The host memory kept back, MiB (``MEMORY_RESERVE``)."""
+    floor, share = MEMORY_RESERVE
+    return max(floor, share * psutil.virtual_memory().total / 2**20)
+
+
 def host_memory_mb() -> float:
     """The default memory budget, MiB: available now, less the reserve."""
-    vm = psutil.virtual_memory()
-    floor, share = MEMORY_RESERVE
-    reserve = max(floor, share * vm.total / 2**20)
-    return max(1.0, vm.available / 2**20 - reserve)
+    return max(1.0, psutil.virtual_memory().available / 2**20 - host_reserve_mb())
 
 
 def host_cpus() -> int:
@@ -77,6 +80,7 @@ def resource_options(jobs: int, options: dict[str, Any]) -> dict[str, Any]:
     memory = _size(out.pop("memory", None), "memory")
     out["memory_mb"] = memory if memory is not None else host_memory_mb()
     out["memory_from_host"] = memory is None
+    out["memory_reserve_mb"] = host_reserve_mb()  # the pressure watch keeps it available
     cpus = out.pop("cpus", None)
     out["cpus"] = int(cpus) if cpus is not None else max(jobs, host_cpus())
     out["resources"] = _custom(out.pop("resources", None))

@@ -56,6 +56,7 @@ class ExecutionConfig:
     endpoint: str | None = None  # serve here (tcp:// needs CURVE keys); None: private ipc
     memory_mb: float | None = None
     memory_from_host: bool = False  # memory_mb is the host's default, not the user's
+    memory_reserve_mb: float | None = None  # the host's available memory kept above this
     cpus: int | None = None
     resources: Amounts | None = None
     memory_per_quantum_mb: float | None = None

@@ -34,6 +34,7 @@ __all__ = [
     "Hello",
     "Message",
     "MessageType",
+    "Preempt",
     "Ready",
     "Refuse",
     "Result",
@@ -47,7 +48,8 @@ __all__ = [
 ]
 
 # 2: typed RESULT reason, bounded numbers; 3: executor children direct; 4: follow-ons;
-# 5: a quantum travels as an array; 6: resources (ASSIGN's request, the quantum's own peak, CPU)
+# 5: a quantum travels as an array; 6: resources (ASSIGN's request, the quantum's own peak, CPU;
+# HEARTBEAT's measure, PREEMPT)
 PROTOCOL_VERSION = 6
 
 
@@ -90,6 +92,7 @@ class MessageType(enum.IntEnum):
     REVOKE = 13
     REVOKED = 14
     EXECUTOR_EXITED = 15
+    PREEMPT = 16
 
 
 class ResultStatus(enum.StrEnum):
@@ -188,7 +191,11 @@ class Result:
 
 @dataclass(frozen=True, slots=True)
 class Heartbeat:
-    """Sign of life when nothing else is being said."""
+    """Sign of life when nothing else is being said. From an agent, ``rss_kb``: what the
+    quantum its child runs uses now (the child's process tree, less what it used when the
+    quantum started); None when nothing runs."""
+
+    rss_kb: Kibibytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +218,17 @@ class Goodbye:
 class Revoke:
     """The broker takes back a prefetched quantum the worker has not started (another worker
     sits idle); the worker answers REVOKED, or nothing if it already started it."""
+
+    quantum_id: str
+    attempt: Attempt
+    seq: Seq
+
+
+@dataclass(frozen=True, slots=True)
+class Preempt:
+    """Memory pressure: the agent kills its executor child if it is running dispatch ``seq``
+    (attempt ``attempt`` of ``quantum_id``) and reports the child's end (EXECUTOR_EXITED);
+    the broker puts the quantum back. Ignored if that dispatch is not running."""
 
     quantum_id: str
     attempt: Attempt
@@ -280,6 +298,7 @@ Message = (
     | Revoke
     | Revoked
     | ExecutorExited
+    | Preempt
 )
 
 

@@ -33,6 +33,7 @@ from common.protocol import (
     Heartbeat,
     Hello,
     Message,
+    Preempt,
     Ready,
     Refuse,
     Result,
@@ -183,6 +184,14 @@ class AgentSession:
                     self._send(Revoked(quantum_id=qid, attempt=attempt))
             case Heartbeat():
                 pass
+            case Preempt(seq=seq):
+                # memory pressure: stop the child if it runs that dispatch (the broker puts
+                # the quantum back when it hears how the child ended)
+                now_running = self._running()
+                record = self._child.record
+                if record is not None and now_running is not None and record.last_seq == seq:
+                    logger.warning("stopping %s under memory pressure", msg.quantum_id)
+                    self._child_ended(-signal.SIGKILL, now_running, timed_out=False)
             case Refuse(reason=reason):
                 logger.error("broker refused this worker: %s", reason)
                 self.request_stop("refused", ExitCode.REFUSED)

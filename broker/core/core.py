@@ -33,7 +33,9 @@ from broker.core.events import (
     ExecutorGone,
     ExecutorUnreachable,
     ForgetWorker,
+    HostMemory,
     KillWorker,
+    PreemptQuantum,
     ProcessExited,
     ProcessStarted,
     QuantumRevoked,
@@ -56,6 +58,7 @@ from broker.core.journaling import JournalSink, JournalState
 from broker.core.ledger import Ledger
 from broker.core.monitor import Monitor
 from broker.core.planner import FIXED, DispatchPlanner, PlanInputs, TransportProfile
+from broker.core.pressure import PressureWatch
 from broker.core.registry import InFlight, WorkerInfo, WorkerRegistry
 from broker.core.scheduler import Scheduler
 from broker.core.state import GraphState
@@ -186,6 +189,9 @@ class BrokerCore:
         self._released: list[int] = []  # children made ready since the last dispatch
         self._head_priority: float | None = None  # of the quantum waiting for resources
         self._failures = 0  # quanta failed for good
+        self.pressure = PressureWatch(config.memory_mb or math.inf, config.memory_reserve_mb)
+        self._under_pressure = False
+        self._preempting: set[tuple[str, int]] = set()  # attempts stopped by the watch
         self._waiting: list[tuple[int, str]] = []  # ready quanta passed over, and why
         self._let_finish = False  # stopping without a deadline: running quanta finish
         self._touched: set[bytes] = set()  # workers whose last dispatch changed (follow-ons)
@@ -280,6 +286,7 @@ class BrokerCore:
         if self._holding:
             times.append(self.timings.started + STARTUP_HOLD_S)
         times.append(self._next_steal(now))
+        times.append(self.pressure.next_deadline())
         return min((t for t in times if t is not None), default=None)
 
     # ------------------------------------------------------------------ stepping
@@ -299,6 +306,7 @@ class BrokerCore:
             self._apply(event, now, out)
         self._expire(now, out)
         self._keep_supplied(now, out)
+        self._watch_pressure(now, out)
         self._replan(now)
         if self._should_finish(now, out):
             self._finish(out)
@@ -317,6 +325,9 @@ class BrokerCore:
             return
         if isinstance(event, ProcessStarted | SpawnFailed | ProcessExited):
             self._process_event(event, now, out)
+            return
+        if isinstance(event, HostMemory):
+            self.pressure.host(event.available_mb)
             return
         info = self.registry.get(event.worker)
         if info is None:
@@ -341,13 +352,15 @@ class BrokerCore:
             case WorkerCapacity(slots=slots):
                 info.declared = slots
                 self._plan_worker(info)
-            case WorkerHeard():
+            case WorkerHeard(rss_kb=rss_kb):
                 self.registry.seen(info, now)
+                self.pressure.measured(info.identity, None if rss_kb is None else rss_kb / 1024)
             case ResultReceived(result=result):
                 self._on_result(info, result, now)
             case QuantumRevoked(quantum_id=qid, attempt=attempt):
                 self._on_revoked(info, qid, attempt)
             case ExecutorGone(exited=exited):
+                self.pressure.measured(info.identity, None)  # (its child, measured, is gone)
                 self._executor_gone(info, exited, now)
             case ExecutorUnreachable(generation=generation):
                 self._executor_unreachable(info, generation, now)
@@ -447,6 +460,7 @@ class BrokerCore:
             seq = f.seq
 
     def _on_result(self, info: WorkerInfo, result: Result, now: float) -> None:
+        self._preempting.discard((result.quantum_id, result.attempt))  # (ended before)
         d = self._complete(info, result.quantum_id, result.attempt)
         if d is None:
             self._drops.warn(
@@ -625,6 +639,7 @@ class BrokerCore:
         self.timings.worker_losses.append((now, info.pid, why))
         lost = self.registry.remove(info)
         self.admission.forget(info.identity)
+        self.pressure.forget(info.identity)
         self._count_threads()
         seqs = {d.seq for d in lost}
         for d in sorted(lost, key=lambda d: d.seq, reverse=True):  # follow-ons first
@@ -731,7 +746,10 @@ class BrokerCore:
                 self._undispatched(d.index)
             elif d.seq == exited.last_seq and exited.running:
                 self._complete(info, d.quantum_id, d.attempt)
-                self._finished(d.index, _ended(d, exited), now)
+                if (d.quantum_id, d.attempt) in self._preempting:
+                    self._put_back(d)
+                else:
+                    self._finished(d.index, _ended(d, exited), now)
             elif not d.orphan or d.backstop is None or d.backstop > now + ORPHAN_GRACE_S:
                 self.registry.orphan(info, d, now + ORPHAN_GRACE_S)
                 self._expire_at = min(self._expire_at, now + ORPHAN_GRACE_S)
@@ -805,6 +823,42 @@ class BrokerCore:
             self._chain = chain
             self.scheduler.weigh(chain)
 
+    def _watch_pressure(self, now: float, out: list[Action]) -> None:
+        """Memory pressure (``PressureWatch``): admit nothing; if it lasts, stop the most
+        recently started quantum (it is put back when its worker reports it ended)."""
+        pressed, stop = self.pressure.check(now)
+        if pressed and not self._under_pressure:
+            logger.warning("memory pressure: %s; starting nothing new", self.pressure.why())
+        self._under_pressure = pressed
+        if not stop:
+            return
+        running = [
+            (d.sent_at, info, d)
+            for info in self.registry.workers()
+            if info.in_flight
+            for d in [min(info.in_flight.values(), key=lambda q: q.seq)]
+            if not d.orphan and (d.quantum_id, d.attempt) not in self._preempting
+        ]
+        if not running:
+            return
+        _, info, d = max(running, key=lambda r: r[0])
+        logger.warning(
+            "memory pressure (%s): stopping %s, the most recently started, to run it later",
+            self.pressure.why(),
+            d.quantum_id,
+        )
+        self._preempting.add((d.quantum_id, d.attempt))
+        out.append(PreemptQuantum(info.identity, d.quantum_id, d.attempt, d.seq))
+
+    def _put_back(self, d: InFlight) -> None:
+        """``d`` was stopped under memory pressure: back in the queue, its attempt not
+        counted, nor a failure (the report counts it as put back)."""
+        self._preempting.discard((d.quantum_id, d.attempt))
+        self.ledger.pressured(d.index)
+        self._record(d.index, d.attempt, JournalState.RETRY)
+        if self.state.requeue(d.index):
+            self.scheduler.push(d.index)
+
     def _count_threads(self) -> None:
         self.admission.workers_changed(sum(max(1, w.threads) for w in self.registry.workers()))
 
@@ -813,9 +867,9 @@ class BrokerCore:
 
     # ------------------------------------------------------------------ dispatch
     def _dispatch(self, now: float, out: list[Action]) -> None:
-        if self._stop_reason is not None:
+        if self._stop_reason is not None or self._under_pressure:
             self._released.clear()
-            return  # draining: nothing new starts
+            return  # draining, or under memory pressure: nothing new starts
         if self._holding:
             # Hold briefly until every expected local worker is up, so work spreads evenly.
             if not self._enough_ready() and now < self.timings.started + STARTUP_HOLD_S:

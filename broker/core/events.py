@@ -20,7 +20,9 @@ __all__ = [
     "ExecutorGone",
     "ExecutorUnreachable",
     "ForgetWorker",
+    "HostMemory",
     "KillWorker",
+    "PreemptQuantum",
     "ProcessExited",
     "ProcessStarted",
     "QuantumRevoked",
@@ -58,6 +60,13 @@ class WorkerJoined:
     # what the worker itself offers (memory in MiB, cpus, custom names; a Dask worker's
     # --resources): the quanta it holds must fit them, as well as the run's budgets
     resources: Mapping[str, float] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HostMemory:
+    """The host the local workers run on has this much memory available now (MiB)."""
+
+    available_mb: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,9 +110,11 @@ class WorkerCapacity:
 class WorkerHeard:
     """The worker's agent itself is alive: it sent something (a heartbeat, a report of its
     own). The only proof of the agent's liveness: what its executor child sends proves the
-    child, not the agent that supervises it."""
+    child, not the agent that supervises it. ``rss_kb``: what the quantum running there uses
+    now, as the agent measured it (None: nothing running, or not measured)."""
 
     worker: bytes
+    rss_kb: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +177,7 @@ class StopRequested:
 
 Event = (
     WorkerJoined
+    | HostMemory
     | WorkerReady
     | ExecutorGone
     | ExecutorUnreachable
@@ -214,6 +226,18 @@ class Dispatch:
     after: int = 0  # a follow-on: run only if dispatch ``after`` succeeded there (0: none)
     memory_mb: float | None = None  # the declared memory it is held to (None: not declared)
     cpus: int = 1  # the cores it was given
+
+
+@dataclass(frozen=True, slots=True)
+class PreemptQuantum:
+    """Stop attempt ``attempt`` of ``quantum_id`` if ``worker`` runs it (dispatch ``seq``):
+    memory pressure. The worker reports its executor's end as for any other (EXECUTOR_EXITED);
+    the core puts the quantum back."""
+
+    worker: bytes
+    quantum_id: str
+    attempt: int
+    seq: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,6 +300,7 @@ Action = (
     | RefuseWorker
     | Dispatch
     | RevokeQuantum
+    | PreemptQuantum
     | KillWorker
     | ForgetWorker
     | SpawnWorkers

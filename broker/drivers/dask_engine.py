@@ -32,6 +32,7 @@ from broker.core.events import (
     Event,
     ForgetWorker,
     KillWorker,
+    PreemptQuantum,
     QuantumRevoked,
     RefuseWorker,
     ResultReceived,
@@ -269,6 +270,8 @@ class _Driver:
                     pass  # Dask owns its workers: nothing to tell them or kill
                 case RevokeQuantum():
                     self._revoke(action)
+                case PreemptQuantum():
+                    pass  # (Dask workers report no measurements: the watch stops none here)
                 case ForgetWorker(worker=worker):
                     dispatches.pop(worker, None)
                     self._forget(worker)

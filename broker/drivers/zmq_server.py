@@ -9,6 +9,7 @@ Loop: carry out actions -> poll until a frame, a worker death or the core's next
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import time
@@ -17,6 +18,8 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import assert_never
+
+import psutil
 
 from broker.core import BrokerCore, RunTimings
 from broker.core.droplog import DropLog
@@ -28,7 +31,9 @@ from broker.core.events import (
     ExecutorGone,
     ExecutorUnreachable,
     ForgetWorker,
+    HostMemory,
     KillWorker,
+    PreemptQuantum,
     ProcessExited,
     ProcessStarted,
     QuantumRevoked,
@@ -65,6 +70,7 @@ from common.protocol import (
     Heartbeat,
     Hello,
     Message,
+    Preempt,
     Ready,
     Refuse,
     Result,
@@ -108,6 +114,9 @@ class Serving:
     preload: tuple[str, ...] = ()
 
 
+_HOST_EVERY_S = 0.5  # how often the host's available memory is read
+
+
 class BrokerServer:
     """Serves one graph to local (spawned) and attached workers until the core says the run
     is over."""
@@ -123,6 +132,7 @@ class BrokerServer:
         done: Collection[int] = (),
     ) -> None:
         self.graph = graph
+        self._host_checked = -math.inf
         self._assigns = AssignFrames(graph)
         self.config = config
         self.core = BrokerCore(
@@ -344,8 +354,8 @@ class BrokerServer:
                 return ResultReceived(identity, msg)
             case Revoked(quantum_id=qid, attempt=attempt):
                 return QuantumRevoked(identity, qid, attempt)
-            case Heartbeat():
-                return WorkerHeard(identity)
+            case Heartbeat(rss_kb=rss_kb):
+                return WorkerHeard(identity, rss_kb)
             case Goodbye(reason=reason):
                 self._goodbyes.discard(identity)
                 return WorkerLeft(identity, f"worker {self._name(identity)} left: {reason}")
@@ -353,7 +363,9 @@ class BrokerServer:
                 reply, stop = answer_control(msg, self.core.status(now))
                 self._router.send(identity, reply)
                 return stop
-            case Welcome() | Assign() | Refuse() | Shutdown() | StatusReply() | Revoke():
+            case (
+                Welcome() | Assign() | Refuse() | Shutdown() | StatusReply() | Revoke() | Preempt()
+            ):
                 self._drops.warn(
                     "dropping unexpected %s from %r", type(msg).__name__, identity[:16]
                 )
@@ -405,6 +417,8 @@ class BrokerServer:
                     self._send_assign(action)
                 case RevokeQuantum(worker=worker, quantum_id=qid, attempt=attempt, seq=seq):
                     self._router.send(worker, Revoke(qid, attempt, seq))
+                case PreemptQuantum(worker=worker, quantum_id=qid, attempt=attempt, seq=seq):
+                    self._router.send(worker, Preempt(qid, attempt, seq))
                 case KillWorker(pid=pid):
                     self._pool.kill(pid)
                 case ForgetWorker(worker=worker):
@@ -492,3 +506,7 @@ class BrokerServer:
 
     def _heartbeat(self, now: float) -> None:
         self._router.heartbeat(self.core.worker_keys(), now, self.config.heartbeat_interval_s)
+        if self.config.memory_reserve_mb is not None and now >= self._host_checked + _HOST_EVERY_S:
+            # the host's available memory, for the core's pressure watch (~20 us a read)
+            self._host_checked = now
+            self._events.append(HostMemory(psutil.virtual_memory().available / 2**20))

@@ -9,7 +9,16 @@ from typing import Any
 import pytest
 
 from broker.core.admission import UNMEASURED, Admission, Budget
-from broker.core.events import Dispatch, ResultReceived, WorkerLeft
+from broker.core.events import (
+    Dispatch,
+    ExecutorGone,
+    HostMemory,
+    PreemptQuantum,
+    ResultReceived,
+    WorkerHeard,
+    WorkerLeft,
+)
+from broker.core.pressure import GRACE_S
 from broker.core.state import QState
 from common.errors import GraphError
 from common.graph import QuantumGraph
@@ -17,7 +26,7 @@ from common.protocol import ResultStatus
 from common.report import Reason
 from common.status import RunStatus
 from tests.graphs import quantum
-from tests.unit.harness import Harness, result
+from tests.unit.harness import Harness, exited, result
 
 A, B, C, D = b"wa", b"wb", b"wc", b"wd"
 
@@ -308,3 +317,42 @@ def test_status_shows_what_is_held_against_the_budget_and_why_quanta_wait() -> N
         ("q2", "memory: needs 600 MiB, 300 MiB free")
     ]
     assert RunStatus.from_dict(status.to_dict()) == status
+
+
+def test_memory_pressure_stops_admitting_then_puts_the_newest_quantum_back() -> None:
+    # Given two running quanta that declared little but grow past the 1000 MiB budget
+    g = QuantumGraph.from_quanta([quantum(f"q{n}", resources={"memory": 100}) for n in range(3)])
+    h = Harness(g, memory_mb=1000)
+    join(h, A)
+    h.step(at=1.0)
+    join(h, B)
+    old, new = running(h)["q0"], running(h)["q1"]
+    h.step(WorkerHeard(A, rss_kb=600 * 1024), WorkerHeard(B, rss_kb=600 * 1024), at=2.0)
+    # Then nothing new starts, even on a free worker ...
+    join(h, C)
+    assert set(running(h)) == {"q0", "q1"}
+    # ... and once it has lasted the grace, the most recently started is stopped
+    h.step(at=2.0 + GRACE_S)
+    assert [(p.worker, p.quantum_id) for p in h.of(PreemptQuantum)] == [(B, "q1")]
+    h.step(at=2.5 + GRACE_S)
+    assert h.of(PreemptQuantum) == []  # one at a time, each grace
+    # When its worker reports the child's end, it goes back (no attempt spent, no failure)
+    # and, the pressure being over, runs again
+    gone = exited(0, new.seq, True, -9)
+    h.step(ExecutorGone(B, gone), WorkerHeard(A, rss_kb=600 * 1024), at=3.0 + GRACE_S)
+    again = running(h)["q1"]
+    assert (again.worker, again.attempt) == (C, 1)
+    finish(h, again, at=4.0 + GRACE_S)
+    finish(h, old, at=5.0 + GRACE_S)
+    details = h.core.report(None).details("q1")
+    assert (details.putBack, details.attempts, details.reason) == (1, 1, None)
+
+
+def test_low_host_memory_is_pressure_too() -> None:
+    g = QuantumGraph.from_quanta([quantum(f"q{n}") for n in range(2)])
+    h = Harness(g, memory_reserve_mb=2048)
+    h.step(HostMemory(1000), at=0.5)
+    join(h, A, B)
+    assert running(h) == {}
+    h.step(HostMemory(4000), at=1.0)
+    assert set(running(h)) == {"q0", "q1"}

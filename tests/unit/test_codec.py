@@ -22,6 +22,7 @@ from common.protocol import (
     Hello,
     Message,
     MessageType,
+    Preempt,
     Ready,
     Refuse,
     Result,
@@ -55,8 +56,9 @@ def test_every_message_type_has_a_round_trip_case() -> None:
         Revoke,
         Revoked,
         ExecutorExited,
+        Preempt,
     }
-    assert len(MessageType) == 15
+    assert len(MessageType) == 16
 
 
 @pytest.mark.parametrize("message", EVERY_MESSAGE, ids=lambda m: type(m).__name__)
