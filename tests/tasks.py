@@ -142,3 +142,34 @@ def fail_once_exists(*, path: str, **inputs: Any) -> None:
     while not Path(path).exists() and time.monotonic() < deadline:
         time.sleep(0.01)
     raise RuntimeError(f"failing while {path} exists")
+
+
+def touch(*, mb: int = 10, **inputs: Any) -> int:
+    """Allocates and writes ``mb`` MiB (every page resident), then lets it go."""
+    block = b"x" * (mb * 1024 * 1024)
+    return len(block)
+
+
+def touch_and_hold(*, mb: int = 100, seconds: float = 60.0, **inputs: Any) -> int:
+    """Writes ``mb`` MiB and keeps it for ``seconds`` (for its agent to see)."""
+    block = b"x" * (mb * 1024 * 1024)
+    time.sleep(seconds)
+    return len(block)
+
+
+def touch_in_child(*, mb: int = 50, seconds: float = 0.0, **inputs: Any) -> int:
+    """A child process writes ``mb`` MiB and keeps it for ``seconds``; waits for it."""
+    code = f"import time; b = b'x' * ({mb} << 20); time.sleep({seconds})"
+    return subprocess.run([sys.executable, "-c", code], check=True).returncode
+
+
+def out_of_memory(**inputs: Any) -> None:
+    raise MemoryError("cannot allocate the frame")
+
+
+def spin(*, seconds: float = 0.5, **inputs: Any) -> int:
+    """Busy for ``seconds`` of wall time, all of it on the CPU."""
+    n, deadline = 0, time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        n += 1
+    return n

@@ -1,0 +1,104 @@
+"""An attempt's own peak memory and CPU time, measured in the process that runs it, so a warm
+executor reports each quantum as a fresh process would. Must not sample: the agent does.
+
+What is counted (the rule every RESULT keeps):
+
+- ``max_rss_kb``, the largest of
+  - this process's resident high-water mark since the attempt started (``VmHWM``, reset at
+    its start by writing 5 to ``/proc/self/clear_refs``);
+  - the peak of the largest child process the task started and reaped (waited for) during the
+    attempt, when it beats every child this process reaped before (``RUSAGE_CHILDREN`` keeps
+    only the largest one, for the process's life);
+  - the process tree's resident memory as the agent sampled it during the attempt (``watched``:
+    children still running, or several at once, are seen this way; sampled only while the
+    attempt has a memory request).
+  Where /proc does not allow the reset, the process's lifetime peaks (``ru_maxrss`` of self
+  and of reaped children) stand in.
+- ``cpu_s``: user + system CPU of this process (every thread) during the attempt, plus that of
+  the child processes reaped during it (``getrusage`` deltas). Children still running at its
+  end are not counted.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+from collections.abc import Callable
+
+from worker.procfs import parse_hwm_kb
+
+__all__ = ["AttemptMeter", "Measured"]
+
+_SELF, _CHILDREN = resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN
+_RESET_HWM = b"5"  # clear_refs: reset the resident high-water mark to the current RSS
+_STATUS_BYTES = 8192
+
+Measured = tuple[int, float]  # (peak KiB, CPU seconds) of one attempt
+
+
+class AttemptMeter:
+    """``start`` at an attempt's start, ``stop`` at its end, in the process that runs it.
+
+    Keeps its two /proc files open (a few microseconds per attempt, not an open and a close);
+    it reopens them in a forked process, where they would be its parent's. ``watched`` gives
+    the tree peak the agent sampled for the running attempt (0 when it sampled none).
+    """
+
+    def __init__(self, watched: Callable[[], int] | None = None) -> None:
+        self._watched = watched
+        self._pid = 0
+        self._clear_fd = self._status_fd = -1
+        self._cpu0 = 0.0
+        self._children_peak0 = 0
+
+    def start(self) -> None:
+        if self._pid != os.getpid():
+            self._open()
+        if self._clear_fd >= 0:
+            try:
+                os.write(self._clear_fd, _RESET_HWM)
+            except OSError:
+                self.close()  # lifetime peaks from now on
+        own, children = resource.getrusage(_SELF), resource.getrusage(_CHILDREN)
+        self._cpu0 = own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+        self._children_peak0 = children.ru_maxrss
+
+    def stop(self) -> Measured:
+        own, children = resource.getrusage(_SELF), resource.getrusage(_CHILDREN)
+        cpu = own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime - self._cpu0
+        hwm = self._hwm_kb()
+        if hwm is None:
+            peak = max(own.ru_maxrss, children.ru_maxrss)
+        else:
+            reaped = children.ru_maxrss if children.ru_maxrss > self._children_peak0 else 0
+            peak = max(hwm, reaped)
+        if self._watched is not None:
+            peak = max(peak, self._watched())
+        return int(peak), max(0.0, cpu)
+
+    def close(self) -> None:
+        for fd in (self._clear_fd, self._status_fd):
+            if fd >= 0 and self._pid == os.getpid():
+                os.close(fd)
+        self._clear_fd = self._status_fd = -1
+
+    def _open(self) -> None:
+        """This process's /proc files (a forked copy's inherited ones are its parent's:
+        they are left alone)."""
+        self._clear_fd = self._status_fd = -1
+        self._pid = os.getpid()
+        try:
+            self._status_fd = os.open("/proc/self/status", os.O_RDONLY | os.O_CLOEXEC)
+            self._clear_fd = os.open("/proc/self/clear_refs", os.O_WRONLY | os.O_CLOEXEC)
+        except OSError:
+            self.close()
+
+    def _hwm_kb(self) -> int | None:
+        """This process's high-water mark since ``start`` (None where it was not reset)."""
+        if self._clear_fd < 0:
+            return None
+        try:
+            # pread at 0 has the kernel write the status afresh: no reopen per attempt
+            return parse_hwm_kb(os.pread(self._status_fd, _STATUS_BYTES, 0))
+        except OSError:
+            return None
