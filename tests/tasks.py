@@ -168,8 +168,8 @@ def out_of_memory(**inputs: Any) -> None:
 
 
 def spin(*, seconds: float = 0.5, **inputs: Any) -> int:
-    """Busy for ``seconds`` of wall time, all of it on the CPU."""
-    n, deadline = 0, time.monotonic() + seconds
-    while time.monotonic() < deadline:
+    """Busy until this process has used ``seconds`` more CPU (however busy the host is)."""
+    n, until = 0, time.process_time() + seconds
+    while time.process_time() < until:
         n += 1
     return n
