@@ -30,6 +30,7 @@ from worker.procfs import parse_hwm_kb
 __all__ = ["AttemptMeter", "Measured"]
 
 _SELF, _CHILDREN = resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN
+_getrusage, _write = resource.getrusage, os.write  # per attempt: no attribute look-ups
 _RESET_HWM = b"5"  # clear_refs: reset the resident high-water mark to the current RSS
 _STATUS_BYTES = 8192
 _UNOPENED, _UNAVAILABLE = -2, -1  # file descriptor states
@@ -63,14 +64,14 @@ class AttemptMeter:
             self._open()
         if self._clear_fd >= 0:
             try:
-                os.write(self._clear_fd, _RESET_HWM)
+                _write(self._clear_fd, _RESET_HWM)
             except OSError:
                 self.close()  # lifetime peaks from now on
-        own = resource.getrusage(_SELF)
+        own = _getrusage(_SELF)
         self._cpu0 = own.ru_utime + own.ru_stime + self._children_cpu0
 
     def stop(self) -> Measured:
-        own, children = resource.getrusage(_SELF), resource.getrusage(_CHILDREN)
+        own, children = _getrusage(_SELF), _getrusage(_CHILDREN)
         children_cpu = children.ru_utime + children.ru_stime
         cpu = own.ru_utime + own.ru_stime + children_cpu - self._cpu0
         self._children_cpu0 = children_cpu
