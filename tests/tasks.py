@@ -166,3 +166,34 @@ def most_at_once(path: str, tags: set[str] | None = None) -> int:
         now += step
         peak = max(peak, now)
     return peak
+
+
+def touch(*, mb: int = 10, **inputs: Any) -> int:
+    """Allocates and writes ``mb`` MiB (every page resident), then lets it go."""
+    block = b"x" * (mb * 1024 * 1024)
+    return len(block)
+
+
+def touch_and_hold(*, mb: int = 100, seconds: float = 60.0, **inputs: Any) -> int:
+    """Writes ``mb`` MiB and keeps it for ``seconds`` (for its agent to see)."""
+    block = b"x" * (mb * 1024 * 1024)
+    time.sleep(seconds)
+    return len(block)
+
+
+def touch_in_child(*, mb: int = 50, seconds: float = 0.0, **inputs: Any) -> int:
+    """A child process writes ``mb`` MiB and keeps it for ``seconds``; waits for it."""
+    code = f"import time; b = b'x' * ({mb} << 20); time.sleep({seconds})"
+    return subprocess.run([sys.executable, "-c", code], check=True).returncode
+
+
+def out_of_memory(**inputs: Any) -> None:
+    raise MemoryError("cannot allocate the frame")
+
+
+def spin(*, seconds: float = 0.5, **inputs: Any) -> int:
+    """Busy until this process has used ``seconds`` more CPU (however busy the host is)."""
+    n, until = 0, time.process_time() + seconds
+    while time.process_time() < until:
+        n += 1
+    return n

@@ -33,9 +33,11 @@ from common.report import Reason
 from worker.capture import StandingCapture
 from worker.channel import Channel, open_channel
 from worker.executor import QuantumExecutor
-from worker.lifecycle import die_with_parent, rss_kb
+from worker.lifecycle import die_with_parent
+from worker.meter import AttemptMeter
+from worker.procfs import tree_rss_kb
 from worker.record import SharedRecord
-from worker.runner import log_file, peak_rss_kb, run_quantum
+from worker.runner import log_file, run_quantum
 
 __all__ = ["ChildConfig", "child_main", "direct_main"]
 
@@ -82,7 +84,7 @@ def _refusal(assign: Assign, message: str) -> Result:
         start_time=0.0,
         end_time=0.0,
         duration_s=0.0,
-        max_rss_kb=peak_rss_kb(),
+        max_rss_kb=None,
         log_path=None,
     )
 
@@ -146,6 +148,7 @@ def child_main(
     _preload(preload)
     conn.send_bytes(encode(Ready(worker_id="", pid=agent_pid, generation=1)))
     capture = _standing_capture(Path(log_dir))
+    meter = AttemptMeter()
     while True:
         try:
             frame = conn.recv_bytes()
@@ -159,9 +162,11 @@ def child_main(
             result = _refusal(assign, loaded)
         else:
             executor, butler = loaded
-            result = run_quantum(executor, butler, assign.quantum, assign.attempt, capture)
+            quantum, attempt = assign.quantum, assign.attempt
+            result = run_quantum(executor, butler, quantum, attempt, capture, meter=meter)
         conn.send_bytes(encode(result))
     capture.close()
+    meter.close()
 
 
 def direct_main(config: ChildConfig, record: SharedRecord) -> None:
@@ -174,6 +179,7 @@ def direct_main(config: ChildConfig, record: SharedRecord) -> None:
     channel.send(encode(Ready(config.worker_id, config.agent_pid, config.generation)))
     capture = _standing_capture(Path(config.log_dir))
     signal.signal(signal.SIGALRM, signal.SIG_DFL)  # our deadline: the alarm ends us
+    meter = AttemptMeter(watched=record.peak_kb)  # the agent's samples count in the peak
     done = 0
     succeeded = 0  # the seq of the last dispatch that succeeded here, if it was the last run
     while not _recycle_due(config, done) and (assign := _next_assign(channel)) is not None:
@@ -182,7 +188,7 @@ def direct_main(config: ChildConfig, record: SharedRecord) -> None:
             continue  # a follow-on of a dispatch that did not succeed here: never runs
         succeeded = 0
         log = log_file(config.log_dir, qid, attempt)
-        refused = record.take(assign.seq, assign.timeout_s, log)
+        refused = record.take(assign.seq, assign.timeout_s, log, assign.memory_mb)
         if refused == "draining":
             channel.send(encode(Revoked(qid, attempt)))
         if refused is not None:
@@ -193,7 +199,8 @@ def direct_main(config: ChildConfig, record: SharedRecord) -> None:
             result = _refusal(assign, loaded)
         else:
             executor, butler = loaded
-            result = run_quantum(executor, butler, assign.quantum, attempt, capture, log=log)
+            quantum = assign.quantum
+            result = run_quantum(executor, butler, quantum, attempt, capture, log=log, meter=meter)
         if assign.timeout_s is not None:
             signal.setitimer(signal.ITIMER_REAL, 0)
         # Marked finished before it is sent: dying in between loses a result (the attempt is
@@ -204,6 +211,7 @@ def direct_main(config: ChildConfig, record: SharedRecord) -> None:
             succeeded = assign.seq
         done += 1
     capture.close()
+    meter.close()
     channel.close()
 
 
@@ -230,7 +238,7 @@ def _recycle_due(config: ChildConfig, done: int) -> bool:
     if config.max_quanta is not None and done >= config.max_quanta:
         return True
     if config.max_rss_kb is not None and done:
-        rss = rss_kb(os.getpid())
+        rss = tree_rss_kb(os.getpid())
         if rss is not None and rss > config.max_rss_kb:
             logger.info("executor child uses %d KiB > %d KiB: leaving", rss, config.max_rss_kb)
             return True

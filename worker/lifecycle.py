@@ -13,14 +13,11 @@ import sys
 from collections.abc import MutableMapping
 from pathlib import Path
 
-import psutil
-
 __all__ = [
     "describe_exit",
     "die_with_parent",
     "kill_group",
     "oom_kills",
-    "rss_kb",
     "single_threaded_libraries",
 ]
 
@@ -76,22 +73,6 @@ def kill_group(pid: int) -> None:
         pass
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-
-
-def rss_kb(pid: int) -> int | None:
-    """Resident set size of ``pid`` and its descendants in KiB (None if it is gone)."""
-    try:
-        proc = psutil.Process(pid)
-        procs = [proc, *proc.children(recursive=True)]
-    except psutil.Error:
-        return None
-    total = 0
-    for p in procs:
-        try:
-            total += p.memory_info().rss
-        except psutil.Error:
-            pass  # a child that exited in between holds no memory
-    return total // 1024
 
 
 def _oom_counter_files(pid: int, root: Path) -> list[Path]:

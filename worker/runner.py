@@ -6,7 +6,6 @@ Shared by the executor child and the in-process mode. Must not touch sockets.
 from __future__ import annotations
 
 import re
-import resource
 import time
 import traceback
 from collections.abc import Callable
@@ -20,13 +19,13 @@ from common.quantum import Quantum
 from common.report import Reason
 from worker.capture import LogCapture, keep_scratch, scratch_path
 from worker.executor import QuantumExecutor, QuantumFailure
+from worker.meter import AttemptMeter
 
 __all__ = [
     "MAX_MESSAGE_CHARS",
     "ended_without_result",
     "log_file",
     "log_path_for",
-    "peak_rss_kb",
     "run_quantum",
 ]
 
@@ -44,12 +43,6 @@ def log_file(log_dir: str, quantum_id: str, attempt: int) -> str:
 
 def log_path_for(log_dir: Path, quantum_id: str, attempt: int) -> Path:
     return Path(log_file(str(log_dir), quantum_id, attempt))
-
-
-def peak_rss_kb() -> int:
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return int(max(own, children))
 
 
 def _message(e: BaseException) -> str:
@@ -76,12 +69,18 @@ def run_quantum(
     in_process: bool = False,
     on_exception: Callable[[TracebackType | None], object] | None = None,
     log: str | None = None,
+    meter: AttemptMeter | None = None,
 ) -> Result:
     """Execute and describe the outcome; only KeyboardInterrupt escapes. ``log`` is where a
-    captured quantum's log goes (``log_file`` unless the caller worked it out already)."""
+    captured quantum's log goes (``log_file`` unless the caller worked it out already);
+    ``meter`` measures the attempt (a process that runs many keeps one)."""
+    own_meter = meter is None
+    if meter is None:
+        meter = AttemptMeter()
     kept: str | None = None
     start, t0 = time.time(), time.monotonic()
     outcome = _SUCCEEDED if not in_process else _SUCCEEDED_HERE
+    meter.start()
     try:
         if capture is None:
             executor.execute(quantum, butler)
@@ -95,11 +94,16 @@ def run_quantum(
             finally:
                 kept = capture.stop()
     except KeyboardInterrupt:
+        if own_meter:
+            meter.close()
         raise
     except BaseException as e:
         outcome = _failure(e, in_process)
         if on_exception is not None and not isinstance(e, SystemExit):
             on_exception(e.__traceback__)
+    peak_kb, cpu_s = meter.stop()
+    if own_meter:
+        meter.close()
     status, exit_code, reason, exc_class, exc_message, stop_run = outcome
     return Result(
         quantum_id=quantum.id,
@@ -112,9 +116,10 @@ def run_quantum(
         start_time=start,
         end_time=time.time(),
         duration_s=time.monotonic() - t0,
-        max_rss_kb=peak_rss_kb(),
+        max_rss_kb=peak_kb,
         log_path=kept,
         stop_run=stop_run,
+        cpu_s=cpu_s,
     )
 
 
@@ -126,8 +131,9 @@ _SUCCEEDED_HERE: _Outcome = (ResultStatus.SUCCESS, None, None, None, None, False
 
 def _failure(e: BaseException, in_process: bool) -> _Outcome:
     """How an attempt that raised ``e`` ended: ``sys.exit(0)`` is a success, another exit
-    code an ``exit_code`` failure, any other exception an ``exception`` failure (a
-    ``QuantumFailure`` with its own class name, exit code and stop-the-run flag)."""
+    code an ``exit_code`` failure, a ``MemoryError`` a ``memory`` failure, any other exception
+    an ``exception`` failure (a ``QuantumFailure`` with its own class name, exit code and
+    stop-the-run flag)."""
     if isinstance(e, SystemExit):
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
         if code == 0:
@@ -138,7 +144,8 @@ def _failure(e: BaseException, in_process: bool) -> _Outcome:
         status = ResultStatus.FAILURE
         return status, e.exit_code, Reason.EXCEPTION, e.class_name, _message(e), e.stop_run
     exit_code = None if in_process else EXCEPTION_EXIT_CODE
-    return ResultStatus.FAILURE, exit_code, Reason.EXCEPTION, _class_name(e), _message(e), False
+    reason = Reason.MEMORY if isinstance(e, MemoryError) else Reason.EXCEPTION
+    return ResultStatus.FAILURE, exit_code, reason, _class_name(e), _message(e), False
 
 
 def ended_without_result(

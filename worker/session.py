@@ -5,10 +5,12 @@ task, and never relays: the child takes its quanta from its own socket.
 What the child does is in the record it shares with the agent (``SharedRecord``). The agent
 reads it when the child dies (which attempt it was running, how far it got: EXECUTOR_EXITED),
 on REVOKE (a quantum the child has not taken yet is taken back), on SHUTDOWN with a grace
-(the child starts nothing new) and to enforce a deadline the child's own alarm did not.
+(the child starts nothing new), to enforce a deadline the child's own alarm did not, and to
+watch the memory of an attempt with a memory request (``MemoryWatch``; the child wakes it).
 
-Loop: poll (socket, child exit) until the nearest deadline -> handle broker frames -> handle
-the child's death -> enforce deadlines (a running quantum's, broker silence, parent).
+Loop: poll (socket, child exit, memory wake-up) until the nearest deadline -> handle broker
+frames -> handle the child's death -> enforce deadlines (a running quantum's, its memory,
+broker silence, parent).
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ from common.report import Reason
 from worker.capture import keep_scratch, scratch_path
 from worker.launch import AgentConfig
 from worker.lifecycle import describe_exit
+from worker.memory import MemoryWatch, OverMemory
+from worker.procfs import tree_rss_kb
 from worker.record import Running
 from worker.supervisor import ExecutorSupervisor
 
@@ -78,6 +82,8 @@ class AgentSession:
         self._interval_s = welcome.heartbeat_interval_s
         self._silence_limit_s = welcome.heartbeat_interval_s * welcome.liveness
         self._child = ExecutorSupervisor(welcome, poller, config.endpoint, config.keys_dir)
+        self._memory = MemoryWatch(welcome.memory_enforce)
+        self._idle_kb = 0  # the child's tree when last seen running nothing
         self._poller = poller
         self._draining_until: float | None = None  # stopping once the running quantum ends
         self._restart_at: float | None = None  # when to start a child that died at start
@@ -119,9 +125,13 @@ class AgentSession:
                 wake = min(wake, self._draining_until)
             if self._restart_at is not None:
                 wake = min(wake, self._restart_at)
+            if self._memory.next_sample_at is not None:
+                wake = min(wake, self._memory.next_sample_at)
             events = dict(self._poller.poll(int(max(0.0, wake - now) * 1000)))
             if self._sock in events:
                 self._drain_socket()
+            if self._child.woken(events):
+                self._memory.wake(time.monotonic())
             if self._child.exited(events):
                 self._child_exited()
             now = time.monotonic()
@@ -130,7 +140,22 @@ class AgentSession:
                 self._child.start()
             self._enforce_deadlines(now)
             if now >= self._next_heartbeat:
-                self._send(Heartbeat())
+                self._send(Heartbeat(rss_kb=self._measure()))
+
+    def _measure(self) -> int | None:
+        """What the running quantum uses now, for the broker's memory-pressure watch: the
+        child's process tree less what it used when last seen idle (None when it runs
+        nothing, or cannot be read)."""
+        pid = self._child.pid
+        if pid is None:
+            return None
+        tree = tree_rss_kb(pid)
+        if tree is None:
+            return None
+        if self._running() is None:
+            self._idle_kb = tree
+            return None
+        return max(0, tree - self._idle_kb)
 
     def _running(self) -> Running | None:
         record = self._child.record
@@ -147,6 +172,7 @@ class AgentSession:
         ):
             # The alarm did not end it (the task took SIGALRM over): kill it from here.
             self._child_ended(-signal.SIGKILL, running, timed_out=True)
+        self._watch_memory(now)
         if now - self._last_broker > self._silence_limit_s:
             logger.error("broker silent for %.1fs: exiting", now - self._last_broker)
             self.request_stop("broker lost", ExitCode.BROKER_LOST)
@@ -154,6 +180,14 @@ class AgentSession:
         if parent is not None and os.getppid() != parent:
             logger.error("parent process %d is gone: exiting", parent)
             self.request_stop("parent gone", ExitCode.PARENT_GONE)
+
+    def _watch_memory(self, now: float) -> None:
+        record, pid = self._child.record, self._child.pid
+        if record is None or pid is None:
+            return
+        over = self._memory.sample(record, pid, now)
+        if over is not None:
+            self._child_ended(-signal.SIGKILL, over.running, timed_out=False, over=over)
 
     # ------------------------------------------------------------------ broker frames
     def _drain_socket(self) -> None:
@@ -227,16 +261,25 @@ class AgentSession:
             logger.warning("idle executor child %s; replacing it", describe_exit(code))
         self._child_ended(code, running, timed_out=timed_out)
 
-    def _child_ended(self, code: int, running: Running | None, *, timed_out: bool) -> None:
+    def _child_ended(
+        self,
+        code: int,
+        running: Running | None,
+        *,
+        timed_out: bool,
+        over: OverMemory | None = None,
+    ) -> None:
         """Kill what is left of the child (its process group), tell the broker how far it got
         and how the attempt it was running ended, and start a fresh one."""
         pid, record = self._child.pid, self._child.record
-        oom = code == -signal.SIGKILL and not timed_out and self._child.oom_killed()
+        killed = code == -signal.SIGKILL and not timed_out and over is None
+        oom = killed and self._child.oom_killed()
         died_at_start = self._child.age_s() < _QUICK_DEATH_S and code != 0
         self._child.stop()
+        self._memory.forget()
         last_seq = record.last_seq if record is not None else 0
         now = time.time()
-        status, reason, detail = _outcome(code, running, timed_out=timed_out, oom=oom)
+        status, reason, detail = _outcome(code, running, timed_out=timed_out, oom=oom, over=over)
         log = None
         if running is not None:
             log = running.log_path
@@ -256,6 +299,7 @@ class AgentSession:
                 start_time=running.start_time if running is not None else now,
                 end_time=now,
                 log_path=log,
+                max_rss_kb=(running.peak_kb or None) if running is not None else None,
             )
         )
         if self._draining_until is not None:
@@ -283,12 +327,14 @@ class AgentSession:
 
 
 def _outcome(
-    code: int, running: Running | None, *, timed_out: bool, oom: bool
+    code: int, running: Running | None, *, timed_out: bool, oom: bool, over: OverMemory | None
 ) -> tuple[ResultStatus, Reason | None, str]:
     """Status, reason and message of the attempt a child ended with ``code`` was running."""
     detail = f"executor process {describe_exit(code)}"
     if running is None:
         return ResultStatus.FAILURE, None, detail
+    if over is not None:
+        return ResultStatus.FAILURE, Reason.MEMORY, over.message()
     if timed_out:
         message = f"timed out after {running.timeout_s or 0:g}s; executor killed"
         return ResultStatus.TIMEOUT, Reason.TIMEOUT, message

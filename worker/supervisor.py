@@ -28,7 +28,8 @@ _PRELOAD = ["worker.child", "worker.executor", "common.butler", "common.codec", 
 
 
 class ExecutorSupervisor:
-    """One executor child at a time, its exit sentinel registered in ``poller``.
+    """One executor child at a time, its exit sentinel and its record's wake-ups (an attempt
+    with a memory request started) registered in ``poller``.
 
     ``generation`` counts the children: the broker tells their reports apart by it.
     """
@@ -60,6 +61,13 @@ class ExecutorSupervisor:
     def exited(self, events: dict[object, int]) -> bool:
         return self._child is not None and self._child.sentinel in events
 
+    def woken(self, events: dict[object, int]) -> bool:
+        """The child woke us to watch an attempt's memory (the wake-up is taken)."""
+        if self._child is None or self.record is None or self.record.wake_fd not in events:
+            return False
+        self.record.woken()
+        return True
+
     def start(self) -> None:
         w = self._welcome
         self.generation += 1
@@ -85,6 +93,7 @@ class ExecutorSupervisor:
         self._started_at = time.monotonic()
         self._oom_baseline = oom_kills(os.getpid())  # the child shares our memory cgroup
         self._poller.register(child.sentinel, zmq.POLLIN)
+        self._poller.register(self.record.wake_fd, zmq.POLLIN)
 
     def stop(self) -> None:
         """Kill the child's process group (the task's own children too, even when the child
@@ -98,6 +107,9 @@ class ExecutorSupervisor:
             kill_group(child.pid)
         child.join(5.0)
         child.close()
+        if self.record is not None:
+            self._poller.unregister(self.record.wake_fd)
+            self.record.close()  # its fields stay readable
 
     def age_s(self) -> float:
         """Seconds since the current child was started."""

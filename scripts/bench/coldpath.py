@@ -37,6 +37,7 @@ from common.protocol import Assign, Result, ResultStatus
 from common.quantum import Quantum
 from worker.capture import StandingCapture
 from worker.channel import LinkChannel
+from worker.meter import AttemptMeter
 from worker.record import SharedRecord
 from worker.runner import log_file, run_quantum
 
@@ -95,6 +96,7 @@ def child_path(graph: QuantumGraph, quanta: int, cold: bool, tmp: Path) -> Parts
     executor, butler = NoopExecutor(), Butler(tmp / "repo")
     frames = AssignFrames(graph)
     parts = Parts()
+    meter = AttemptMeter(watched=record.peak_kb)
     try:
         for k in range(quanta):
             frame = frames.frame(k % len(graph), 1, None, k + 1)
@@ -110,7 +112,8 @@ def child_path(graph: QuantumGraph, quanta: int, cold: bool, tmp: Path) -> Parts
             log = log_file(str(tmp / "logs"), assign.quantum.id, assign.attempt)
             record.take(assign.seq, assign.timeout_s, log)
             parts.lap("log path, record it")
-            result = run_quantum(executor, butler, assign.quantum, assign.attempt, capture, log=log)
+            q, attempt = assign.quantum, assign.attempt
+            result = run_quantum(executor, butler, q, attempt, capture, log=log, meter=meter)
             record.finished()
             parts.lap("run it (capture, task, result)")
             channel.send(encode(result))
@@ -118,6 +121,7 @@ def child_path(graph: QuantumGraph, quanta: int, cold: bool, tmp: Path) -> Parts
             broker_end.recv(1 << 16)
     finally:
         capture.close()
+        meter.close()
         channel.close()
         broker_end.close()
         listener.close()

@@ -68,3 +68,20 @@ def test_a_quantum_bigger_than_the_budget_is_refused_before_anything_runs(
     with pytest.raises(GraphError, match=r"'huge' asks for 64.0 GiB of memory, more than"):
         _run(graph, tmp_path, jobs=2, memory="2GB")
     assert not marks.exists()
+
+
+def test_memory_pressure_puts_quanta_back_instead_of_losing_them(tmp_path: Path) -> None:
+    # Given quanta that declare 100 MB but grow to 400 MB (not enforced), three at once
+    # under a 1000 MB budget
+    graph = QuantumGraph.from_quanta(
+        [quantum(f"g{n}", "touch_and_hold", config={"mb": 400, "seconds": 4.0}) for n in range(3)],
+        resources={"touch_and_hold": {"memory": 100}},
+    )
+    ex = _run(
+        graph, tmp_path, jobs=3, memory="1000MB", memory_enforce="off", heartbeat_interval_s=0.2
+    )
+    # Then the run completes, and what measured over the budget was put back, not failed
+    report = ex.getReport()
+    details = [report.details(f"g{n}") for n in range(3)]
+    assert all(d.reason is None and d.attempts == 1 for d in details)
+    assert sum(d.putBack for d in details) >= 1
