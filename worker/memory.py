@@ -70,8 +70,12 @@ class MemoryWatch:
         """The child is gone (its successor wakes the watch when it needs it)."""
         self.next_sample_at = None
 
-    def sample(self, record: SharedRecord, pid: int, now: float) -> OverMemory | None:
-        """Sample once if due; the attempt over its request if it was killed for it."""
+    def sample(
+        self, record: SharedRecord, pid: int, now: float, idle_kb: int = 0
+    ) -> OverMemory | None:
+        """Sample once if due; the attempt over its request if it was killed for it. The
+        attempt's own use is the tree beyond ``idle_kb``, what the executor held idle (the
+        interpreter and the task modules are not the quantum's)."""
         if self.next_sample_at is None or now < self.next_sample_at:
             return None
         target = record.watched()
@@ -87,7 +91,7 @@ class MemoryWatch:
         if rss_kb is None:
             return None  # the child is gone: its exit is reported as such
         with record.sampled(target.seq, rss_kb) as running:
-            if running is None or rss_kb <= target.memory_mb * 1024:
+            if running is None or rss_kb - idle_kb <= target.memory_mb * 1024:
                 return None  # within its request, or ended meanwhile (the sample is not its)
             return self._over(running, target.memory_mb, pid)
 

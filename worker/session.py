@@ -83,7 +83,9 @@ class AgentSession:
         self._silence_limit_s = welcome.heartbeat_interval_s * welcome.liveness
         self._child = ExecutorSupervisor(welcome, poller, config.endpoint, config.keys_dir)
         self._memory = MemoryWatch(welcome.memory_enforce)
-        self._idle_kb = 0  # the child's tree when last seen running nothing
+        # the child's tree when last seen running nothing (or its quantum just beginning):
+        # what a quantum uses, measured, is the tree beyond it
+        self._idle_kb = 0
         self._poller = poller
         self._draining_until: float | None = None  # stopping once the running quantum ends
         self._restart_at: float | None = None  # when to start a child that died at start
@@ -132,6 +134,7 @@ class AgentSession:
                 self._drain_socket()
             if self._child.woken(events):
                 self._memory.wake(time.monotonic())
+                self._idle_kb = self._tree_kb() or self._idle_kb  # (its quantum just began)
             if self._child.exited(events):
                 self._child_exited()
             now = time.monotonic()
@@ -146,16 +149,17 @@ class AgentSession:
         """What the running quantum uses now, for the broker's memory-pressure watch: the
         child's process tree less what it used when last seen idle (None when it runs
         nothing, or cannot be read)."""
-        pid = self._child.pid
-        if pid is None:
-            return None
-        tree = tree_rss_kb(pid)
+        tree = self._tree_kb()
         if tree is None:
             return None
         if self._running() is None:
             self._idle_kb = tree
             return None
         return max(0, tree - self._idle_kb)
+
+    def _tree_kb(self) -> int | None:
+        pid = self._child.pid
+        return None if pid is None else tree_rss_kb(pid)
 
     def _running(self) -> Running | None:
         record = self._child.record
@@ -185,7 +189,7 @@ class AgentSession:
         record, pid = self._child.record, self._child.pid
         if record is None or pid is None:
             return
-        over = self._memory.sample(record, pid, now)
+        over = self._memory.sample(record, pid, now, self._idle_kb)
         if over is not None:
             self._child_ended(-signal.SIGKILL, over.running, timed_out=False, over=over)
 

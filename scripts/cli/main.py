@@ -192,7 +192,7 @@ def _resource_options(args: argparse.Namespace) -> dict[str, Any]:
         "memory_max": args.memory_max,
         "retry_unless_exit": codes,
         "max_failures": args.max_failures,
-        "retries": args.retries,
+        "retries": getattr(args, "retries", None),
     }
     return {k: v for k, v in options.items() if v is not None}
 
@@ -365,6 +365,7 @@ def _add_lsst_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "registry; outputs are registered at the end (needed with --engine dask)",
     )
     _add_dask_options(run)
+    _add_resource_options(run)
     run.add_argument(
         "--run-dir",
         type=Path,
@@ -381,6 +382,7 @@ def cmd_lsst(args: argparse.Namespace) -> ExitCode:
     options = _dask_options(args)
     if options and not args.qbb:
         raise UsageError("LSST on Dask needs --qbb: workers on other hosts write no registry")
+    options.update(_resource_options(args))
     try:
         return cmd_lsst_run(args, _stop_on_signals, options)
     except (OSError, ValueError, LookupError) as e:
