@@ -35,7 +35,7 @@ from worker.channel import Channel, open_channel
 from worker.executor import QuantumExecutor
 from worker.lifecycle import die_with_parent
 from worker.meter import AttemptMeter
-from worker.procfs import tree_rss_kb
+from worker.procfs import own_rss_kb, tree_rss_kb
 from worker.record import SharedRecord
 from worker.runner import log_file, run_quantum
 
@@ -188,7 +188,9 @@ def direct_main(config: ChildConfig, record: SharedRecord) -> None:
             continue  # a follow-on of a dispatch that did not succeed here: never runs
         succeeded = 0
         log = log_file(config.log_dir, qid, attempt)
-        refused = record.take(assign.seq, assign.timeout_s, log, assign.memory_mb)
+        # (with a request, the agent compares the tree beyond what the child holds now)
+        base = 0 if assign.memory_mb is None else own_rss_kb()
+        refused = record.take(assign.seq, assign.timeout_s, log, assign.memory_mb, base)
         if refused == "draining":
             channel.send(encode(Revoked(qid, attempt)))
         if refused is not None:

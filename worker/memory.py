@@ -20,6 +20,11 @@ __all__ = ["SAMPLE_INTERVAL_S", "Enforcement", "MemoryWatch", "OverMemory"]
 logger = logging.getLogger(__name__)
 
 SAMPLE_INTERVAL_S = 0.05  # a sample of a watched attempt's tree at least this often
+# An attempt is over its request once it holds more than the request plus this share of it,
+# and at least ALLOWANCE_MIN_MB more: what the executor allocates around the task (its result,
+# its log) is not the task's
+ALLOWANCE = 0.05
+ALLOWANCE_MIN_MB = 16.0
 
 
 class Enforcement(enum.Enum):
@@ -36,17 +41,23 @@ class OverMemory:
 
     running: Running
     memory_mb: float
+    own_kb: int  # what the attempt held beyond its executor's own when it was killed
 
     @property
     def peak_kb(self) -> int:
         return self.running.peak_kb
 
     def message(self) -> str:
-        return f"{_over_text(self.peak_kb, self.memory_mb)}; killed"
+        return f"{_over_text(self.own_kb, self.memory_mb)}; killed"
 
 
-def _over_text(peak_kb: int, memory_mb: float) -> str:
-    return f"used {peak_kb / 1024:,.0f} MiB, over its request of {memory_mb:,.0f} MiB"
+def limit_kb(memory_mb: float) -> float:
+    """What an attempt requesting ``memory_mb`` may hold before it is over (``ALLOWANCE``)."""
+    return (memory_mb + max(ALLOWANCE * memory_mb, ALLOWANCE_MIN_MB)) * 1024
+
+
+def _over_text(own_kb: int, memory_mb: float) -> str:
+    return f"used {own_kb / 1024:,.0f} MiB, over its request of {memory_mb:,.0f} MiB"
 
 
 class MemoryWatch:
@@ -91,23 +102,24 @@ class MemoryWatch:
         if rss_kb is None:
             return None  # the child is gone: its exit is reported as such
         with record.sampled(target.seq, rss_kb) as running:
-            if running is None or rss_kb - idle_kb <= target.memory_mb * 1024:
+            own = rss_kb - (target.base_kb or idle_kb)
+            if running is None or own <= limit_kb(target.memory_mb):
                 return None  # within its request, or ended meanwhile (the sample is not its)
-            return self._over(running, target.memory_mb, pid)
+            return self._over(running, target.memory_mb, pid, own)
 
-    def _over(self, running: Running, memory_mb: float, pid: int) -> OverMemory | None:
+    def _over(self, running: Running, memory_mb: float, pid: int, own_kb: int) -> OverMemory | None:
         """Act on ``running`` past its request (called with the record held: it cannot end)."""
         match self._enforce:
             case Enforcement.KILL:
                 kill_group(pid)
-                return OverMemory(running, memory_mb)
+                return OverMemory(running, memory_mb, own_kb)
             case Enforcement.WARN:
                 if self._warned != running.seq:
                     self._warned = running.seq
                     logger.warning(
                         "the quantum logging to %s %s",
                         running.log_path,
-                        _over_text(running.peak_kb, memory_mb),
+                        _over_text(own_kb, memory_mb),
                     )
             case Enforcement.OFF:
                 pass

@@ -12,6 +12,7 @@ import psutil
 __all__ = [
     "PAGE_KB",
     "children_of",
+    "own_rss_kb",
     "parse_children",
     "parse_hwm_kb",
     "parse_statm_resident",
@@ -37,6 +38,14 @@ def parse_hwm_kb(status: bytes) -> int | None:
 def parse_statm_resident(statm: bytes) -> int:
     """Resident pages in a ``/proc/PID/statm`` text (its second field)."""
     return int(statm.split()[1])
+
+
+def own_rss_kb() -> int:
+    """This process's resident memory now, KiB (0 if /proc cannot say)."""
+    try:
+        return parse_statm_resident(_read("/proc/self/statm")) * PAGE_KB
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def parse_children(text: bytes) -> list[int]:

@@ -42,6 +42,7 @@ class _Fields(ctypes.Structure):
         ("timeout_s", ctypes.c_double),
         ("memory_mb", ctypes.c_double),  # the running attempt's request; NaN when it has none
         ("peak_kb", ctypes.c_uint64),  # its process tree's peak as the agent sampled it
+        ("base_kb", ctypes.c_uint64),  # the child's own resident memory when it took it
         ("watching", ctypes.c_uint32),  # the agent samples (it needs no wake-up)
         ("revoked_count", ctypes.c_uint64),
         ("revoked", ctypes.c_uint64 * _REVOKED),
@@ -68,6 +69,7 @@ class Watched:
 
     seq: int
     memory_mb: float
+    base_kb: int  # what the child held when the attempt began: not the attempt's
 
 
 class SharedRecord:
@@ -94,7 +96,12 @@ class SharedRecord:
 
     # ------------------------------------------------------------------ child side
     def take(
-        self, seq: int, timeout_s: float | None, log: str, memory_mb: float | None = None
+        self,
+        seq: int,
+        timeout_s: float | None,
+        log: str,
+        memory_mb: float | None = None,
+        base_kb: int = 0,
     ) -> str | None:
         """Take dispatch ``seq`` off the socket; None if it may run (it is now recorded as
         running, its deadline from now, its memory request for the agent to watch), else why
@@ -114,7 +121,7 @@ class SharedRecord:
             f.timeout_s = math.nan if timeout_s is None else timeout_s
             f.deadline = math.nan if timeout_s is None else time.monotonic() + timeout_s
             f.log_path = log.encode()[:MAX_LOG_PATH]
-            f.peak_kb = 0
+            f.peak_kb, f.base_kb = 0, base_kb
             if memory_mb is None:
                 f.memory_mb = math.nan
             else:
@@ -201,7 +208,7 @@ class SharedRecord:
         seq, memory_mb = int(f.last_seq), float(f.memory_mb)
         if not f.running or math.isnan(memory_mb):
             return None
-        return Watched(seq, memory_mb)
+        return Watched(seq, memory_mb, int(f.base_kb))
 
     def stop_watching(self) -> bool:
         """Stop watching unless an attempt with a memory request runs (then False): the next

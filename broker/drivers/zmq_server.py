@@ -501,6 +501,7 @@ class BrokerServer:
                 max_quanta_per_executor=c.max_quanta_per_executor,
                 max_rss_kb=None if c.max_rss_mb is None else c.max_rss_mb * 1024,
                 executor_link=self._links.path if local and self._links is not None else None,
+                memory_enforce=c.memory_enforce,
             ),
         )
 
