@@ -13,9 +13,14 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["GRACE_S", "PressureWatch"]
+__all__ = ["ALLOWANCE", "ALLOWANCE_PER_QUANTUM_MB", "GRACE_S", "PressureWatch"]
 
 GRACE_S = 2.0  # pressure this long stops a quantum; then one more each GRACE_S while it lasts
+# What the running quanta measure may pass the budget by this share, and by this much for each,
+# before it is pressure: what an executor allocates around a task is not in its request (the
+# agents allow the same before killing a quantum over its request)
+ALLOWANCE = 0.05
+ALLOWANCE_PER_QUANTUM_MB = 16.0
 
 
 class PressureWatch:
@@ -50,7 +55,8 @@ class PressureWatch:
     def why(self) -> str | None:
         """What the pressure is, if there is any now."""
         used, available, reserve = self.in_use_mb, self._available, self._reserve
-        if used > self._budget:
+        allowed = self._budget * (1 + ALLOWANCE) + ALLOWANCE_PER_QUANTUM_MB * len(self._measured)
+        if used > allowed:
             return f"the running quanta use {used:,.0f} MiB, over the budget of {self._budget:,.0f}"
         if reserve is not None and available is not None and available < reserve:
             return (
