@@ -715,7 +715,11 @@ class BrokerCore:
         # that at the end of the run, where the order can still lengthen it (``endgame``).
         released = sorted(self._released, key=self.scheduler.priority, reverse=True)
         self._released.clear()
-        if released and self.scheduler.endgame(self.registry.ready_count(), self.state.unfinished):
+        workers = self.registry.ready_count()
+        endgame = len(self.scheduler) > 0 and self.scheduler.endgame(
+            workers, self.state.unfinished
+        )
+        if endgame:
             released.clear()
         for child in released:
             info = self.registry.next_free()
@@ -724,7 +728,7 @@ class BrokerCore:
             if self.scheduler.take(child):
                 out.append(self._dispatched(info, child, now))
         while len(self.scheduler) and (info := self.registry.next_free()) is not None:
-            i = self.scheduler.pop()
+            i = self.scheduler.pop(workers, endgame)
             if i is None:
                 break
             out.append(self._dispatched(info, i, now))

@@ -43,6 +43,8 @@ _ENDGAME_SLACK = 8
 # once. (48: over W3 variants of 90-110 visits in a simulation of the core, the best mean
 # of the caps tried from 32 to 128, and as good as none.)
 _ENDGAME_QUANTA_PER_WORKER = 48
+_SOURCES_OUTRANK = True
+_SOURCES_CP = False
 
 
 class Scheduler:
@@ -60,8 +62,15 @@ class Scheduler:
         self._since_rank = 0  # durations learned since the last re-rank
         self._rank_every = 1 + int((topology.size + topology.edge_count) * _RESULTS_PER_RERANK_ITEM)
         self._priority: array[float] = array("d")
-        self._heap: list[tuple[float, int]] = []
+        # Ready quanta that read what others wrote, by (critical path, tree order); those that
+        # read nothing written in the run (sources) by the same and by tree order alone
+        self._heap: list[tuple[float, int, int]] = []
+        self._fresh: list[tuple[float, int, int]] = []
+        self._fresh_order: list[tuple[int, int]] = []
         self._staged: list[int] = []  # released, not yet in the heap (``release``)
+        self._order = _tree_order(topology)
+        self._source = (np.bincount(as_numpy(topology.succ), minlength=topology.size) == 0
+                        ).astype(np.uint8).tobytes() if topology.size else b""
         self._queued = bytearray(topology.size)
         self._queued_count = 0
         self._plan = _plan(topology)
@@ -122,8 +131,12 @@ class Scheduler:
         self._since_rank = 0
         prio = self._priority
         queued = np.flatnonzero(np.frombuffer(self._queued, np.uint8)).tolist()
-        self._heap = [(-prio[i], i) for i in queued]
-        heapq.heapify(self._heap)
+        order, source = self._order, self._source
+        self._heap = [(-prio[i], i, i) for i in queued if not source[i]]
+        self._fresh = [(-prio[i], i, i) for i in queued if source[i]]
+        self._fresh_order = [(order[i], i) for i in queued if source[i]]
+        for heap in (self._heap, self._fresh, self._fresh_order):
+            heapq.heapify(heap)  # type: ignore[type-var]
         self._staged.clear()
 
     def learn(self, label: int, duration_s: float) -> None:
@@ -183,14 +196,19 @@ class Scheduler:
         if unfinished > _ENDGAME_QUANTA_PER_WORKER * workers:
             return False
         top = self.top_priority()
-        return top is not None and top * (workers - 1) * _ENDGAME_SLACK >= self.work_left_s
+        return top is not None and self._critical(top, workers)
 
     def push(self, i: int) -> None:
         if self._queued[i]:
             return
         self._queued[i] = 1
         self._queued_count += 1
-        heapq.heappush(self._heap, (-self._priority[i], i))
+        entry = (-self._priority[i], i, i)
+        if self._source[i]:
+            heapq.heappush(self._fresh, entry)
+            heapq.heappush(self._fresh_order, (self._order[i], i))
+        else:
+            heapq.heappush(self._heap, entry)
 
     def release(self, i: int) -> None:
         """Like ``push``, for a child its parent just made ready: the driver usually ``take``s
@@ -202,34 +220,68 @@ class Scheduler:
         self._queued_count += 1
         self._staged.append(i)
 
-    def top_priority(self) -> float | None:
-        """The priority of the quantum ``pop`` would return (None when nothing is ready)."""
-        if self._dirty and self._since_rank >= self._rank_every:
-            self._rank()
-        heap, queued, prio = self._heap, self._queued, self._priority
-        while heap and not queued[heap[0][1]]:
-            heapq.heappop(heap)  # taken since it was pushed
-        best = -heap[0][0] if heap else None
-        for i in self._staged:
-            if queued[i] and (best is None or prio[i] > best):
-                best = prio[i]
-        return best
-
-    def pop(self) -> int | None:
-        """The most critical ready quantum (longest path below it, then graph order)."""
-        if self._dirty and self._since_rank >= self._rank_every:
-            self._rank()
+    def _unstage(self) -> None:
+        prio = self._priority
         for i in self._staged:
             if self._queued[i]:
-                heapq.heappush(self._heap, (-self._priority[i], i))
+                heapq.heappush(self._heap, (-prio[i], i, i))
         self._staged.clear()
-        while self._heap:
-            _, i = heapq.heappop(self._heap)
-            if self._queued[i]:
-                self._queued[i] = 0
-                self._queued_count -= 1
-                return i
-        return None
+
+    def _head(self, heap: list[tuple[float, int, int]]) -> int | None:
+        """The first quantum of ``heap`` still ready (entries of those taken go)."""
+        queued = self._queued
+        while heap and not queued[heap[0][2]]:
+            heapq.heappop(heap)
+        return heap[0][2] if heap else None
+
+    def top_priority(self) -> float | None:
+        """The priority of the most critical quantum ready (None when nothing is ready)."""
+        if self._dirty and self._since_rank >= self._rank_every:
+            self._rank()
+        prio = self._priority
+        tops = [self._head(self._heap), self._head(self._fresh)]
+        tops += [i for i in self._staged if self._queued[i]]
+        return max((prio[i] for i in tops if i is not None), default=None)
+
+    def pop(self, workers: int = 1, endgame: bool = True) -> int | None:
+        """The quantum to run next. In the ``endgame``: the most critical one (longest path
+        below it, then tree order). Before it, the order hardly changes when the run ends
+        (Graham), so intermediates are kept few: the most critical quantum that reads what
+        others wrote (chains and gathers already begun finish first), else a source: the most
+        critical one where its path is long enough to lengthen the run (``critical``), else
+        the first in tree order (``_tree_order``: what one gather needs before the next)."""
+        if self._dirty and self._since_rank >= self._rank_every:
+            self._rank()
+        self._unstage()
+        prio = self._priority
+        begun, fresh = self._head(self._heap), self._head(self._fresh)
+        if fresh is not None and (begun is None or prio[fresh] > prio[begun]):
+            if endgame or (_SOURCES_OUTRANK and self._critical(prio[fresh], workers)):
+                return self._take_head(self._fresh)
+        if begun is not None:
+            return self._take_head(self._heap)
+        if fresh is None:
+            return None
+        if _SOURCES_CP or self._critical(prio[fresh], workers):
+            return self._take_head(self._fresh)
+        heap, queued = self._fresh_order, self._queued
+        while not queued[heap[0][1]]:
+            heapq.heappop(heap)
+        _, i = heapq.heappop(heap)
+        self.take(i)
+        return i
+
+    def _take_head(self, heap: list[tuple[float, int, int]]) -> int:
+        _, _, i = heapq.heappop(heap)
+        self.take(i)
+        return i
+
+    def _critical(self, priority: float, workers: int) -> bool:
+        """Whether a path this long can lengthen the run if it waits (``endgame``'s bound;
+        before any duration is learned, the work left is a guess and every path counts)."""
+        if not self._learned_count:
+            return True
+        return priority * (workers - 1) * _ENDGAME_SLACK >= self.work_left_s
 
     def take(self, i: int) -> bool:
         """Take ``i`` out of the ready set if it is there (its heap entry goes stale)."""
@@ -288,3 +340,39 @@ def _bottom_levels(plan: list[_Level], own: npt.NDArray[np.float64]) -> npt.NDAr
     for nodes, below, offsets in plan:
         prio[nodes] += np.maximum.reduceat(prio[below], offsets)
     return prio
+
+
+def _tree_order(t: Topology) -> array[int]:
+    """Each quantum's place in a depth-first walk of the graph from its sinks (in index
+    order), each quantum's parents walked in index order: a tree where every quantum but a
+    sink hangs below its first successor, numbered in preorder. Sources first in this order
+    finish what one sink (a gather) needs before starting on the next. Level by level with
+    numpy: subtree sizes from the sources up, then places from the sinks down."""
+    n = t.size
+    if not n:
+        return array("q")
+    ptr = np.asarray(as_numpy(t.succ_ptr), dtype=np.int64)
+    succ = np.asarray(as_numpy(t.succ), dtype=np.int64)
+    depth = as_numpy(t.depth)
+    inner = np.flatnonzero(np.diff(ptr))
+    up = np.full(n, -1, dtype=np.int64)  # the first successor (-1: a sink, a root)
+    if len(inner):
+        up[inner] = np.minimum.reduceat(succ, ptr[inner])
+    order = np.argsort(depth, kind="stable")
+    levels = np.split(order, np.flatnonzero(np.diff(depth[order])) + 1)
+    size = np.ones(n, dtype=np.int64)
+    for level in levels:  # (a quantum sits deeper than every parent)
+        below = level[up[level] >= 0]
+        np.add.at(size, up[below], size[below])
+    # Where each one starts among those hanging below the same quantum (the roots: one group)
+    group = np.where(up >= 0, up, n)
+    by_group = np.lexsort((np.arange(n), group))
+    before = np.cumsum(size[by_group]) - size[by_group]
+    starts = np.flatnonzero(np.r_[True, np.diff(group[by_group]) != 0])
+    offset = np.empty(n, dtype=np.int64)
+    offset[by_group] = before - np.repeat(before[starts], np.diff(np.r_[starts, n]))
+    place = np.where(up < 0, offset, 0)
+    for level in reversed(levels):
+        below = level[up[level] >= 0]
+        place[below] = place[up[below]] + 1 + offset[below]
+    return array("q", place.tobytes())
