@@ -1,7 +1,7 @@
 """Seeded graph shapes the order is held to, and what any order must keep alive on them.
 
-``shapes()`` builds the set (LSST-shaped graphs with several detector counts, per-visit
-gathers only, coadds over many visits, deep chains, wide fan-ins); ``floor`` is a sound lower
+``shapes()`` builds the set (LSST-shaped graphs with several detector counts and with many
+visits per coadd, per-visit gathers only, deep chains, wide fan-ins); ``floor`` is a sound lower
 bound on the peak number of intermediate datasets any order keeps alive, ``reference_peak``
 the peak of a good one-worker order (what is achievable). Pure: no core, no clock.
 
@@ -13,6 +13,7 @@ is read after each completion. So a run's peak is the largest ``alive(P)`` over 
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -98,27 +99,6 @@ def gathers(seed: int, visits: int, detectors: int) -> Shape:
     return b.shape(f"gathers {visits}v x {detectors}d", rng)
 
 
-def coadds(seed: int, visits: int, detectors: int, patches: int, share: float) -> Shape:
-    """Many visits of few detectors (isr -> calibrate -> measure, a gather per visit); per
-    patch a coadd over the calexps of one detector from a random ``share`` of the visits,
-    and a final quantum over the coadds and the visit summaries."""
-    rng = random.Random(seed)
-    b = _Builder()
-    calexps: dict[tuple[int, int], str] = {}
-    summaries = []
-    for v in range(visits):
-        chains = [b.chain(f"v{v}-d{d}", _DETECTOR_CHAIN) for d in range(detectors)]
-        calexps.update({(v, d): chains[d][1] for d in range(detectors)})
-        summaries.append(b.add(f"gather-v{v}", "gather", [c[-1] for c in chains]))
-    names = []
-    for p in range(patches):
-        d = p % detectors
-        members = sorted(rng.sample(range(visits), max(1, round(share * visits))))
-        names.append(b.add(f"coadd-p{p}", "coadd", [calexps[v, d] for v in members]))
-    b.add("final", "final", [*names, *summaries])
-    return b.shape(f"coadds {visits}v x {detectors}d, {patches} over {share:.0%}", rng)
-
-
 def chains(seed: int, count: int, length: int, group: int) -> Shape:
     """``count`` chains of ``length`` steps (a label per step), a gather per ``group``
     chains, and a final quantum over the gathers."""
@@ -158,13 +138,14 @@ def shapes() -> list[Shape]:
         lsst(1, visits=6, detectors=9, patches=3),
         lsst(2, visits=5, detectors=21, patches=4),
         lsst(3, visits=3, detectors=62, patches=6),
-        gathers(4, visits=8, detectors=14),
-        gathers(5, visits=3, detectors=60),
-        coadds(6, visits=40, detectors=3, patches=6, share=0.6),
-        chains(7, count=12, length=20, group=4),
-        chains(8, count=30, length=6, group=10),
-        fanins(9, width=60, fans=4),
-        fanins(10, width=150, fans=1),
+        lsst(4, visits=2, detectors=189, patches=8),  # (LSSTCam's science detectors)
+        lsst(5, visits=40, detectors=4, patches=2),  # coadds over many visits
+        gathers(6, visits=8, detectors=14),
+        gathers(7, visits=3, detectors=60),
+        chains(8, count=12, length=20, group=4),
+        chains(9, count=30, length=6, group=10),
+        fanins(10, width=60, fans=4),
+        fanins(11, width=150, fans=1),
     ]
 
 
@@ -240,26 +221,40 @@ def floor(quanta: Sequence[Quantum]) -> int:
     ended (a gather's inputs; for each branch the order has not folded into its reader yet,
     either the branch's input or its output). The fewest over every choice of the rest is a
     minimum cut (``_Flow.cut``), so each bounds the peak from below. The floor is the
-    largest over ``R`` = each task label's quanta and each of the three quanta of a label
-    that read the most, alone."""
+    largest over ``R`` = each task label's quanta (first and, where some of them read two
+    parents or more, last) and each of the three quanta of such a label that read the most,
+    alone (first). Checked against the exact least peak of small random graphs in
+    ``tests/unit/test_shapes.py``."""
     flow = _Flow(quanta)
     by_label: dict[str, list[int]] = {}
     for i, label in enumerate(flow.labels):
         by_label.setdefault(label, []).append(i)
-    ancestors = [flow.closure([i], lambda j: flow.parents[j]) for i in range(flow.n)]
-    below = [flow.closure([i], lambda j: flow.children[j]) | {i} for i in range(flow.n)]
+
+    @functools.cache
+    def ancestors(i: int) -> frozenset[int]:
+        return frozenset(flow.closure([i], flow.parents.__getitem__))
+
+    @functools.cache
+    def below(i: int) -> frozenset[int]:
+        return frozenset(flow.closure([i], flow.children.__getitem__)) | {i}
+
     best = 0
     for members in by_label.values():
-        common = set.intersection(*(ancestors[i] for i in members))
-        best = max(best, flow.cut(common, set().union(*(below[i] for i in members))))
+        common = set(ancestors(members[0]))
+        for i in members[1:]:
+            common &= ancestors(i)
+            if not common:
+                break
+        after = flow.closure(members, flow.children.__getitem__) | set(members)
+        best = max(best, flow.cut(common, after))
         if max(len(flow.parents[i]) for i in members) < 2:
             continue  # (chains: what they keep alive shows where they are read)
         for i in sorted(members, key=lambda i: -len(flow.parents[i]))[:3]:
-            best = max(best, flow.cut(ancestors[i], below[i]))
-        ended = set(members).union(*(ancestors[i] for i in members))
+            best = max(best, flow.cut(set(ancestors(i)), set(below(i))))
+        ended = set(members).union(*(ancestors(i) for i in members))
         last = len(flow.datasets)
         for r in members:
-            last = min(last, flow.cut(ended - below[r], below[r]))
+            last = min(last, flow.cut(ended - below(r), set(below(r))))
             if last <= best:
                 break  # (the least over ``r`` cannot raise the floor any more)
         best = max(best, last)

@@ -711,15 +711,13 @@ class BrokerCore:
         self._follow(now, out)
         # Children just released go first, most critical first, to the most recently used
         # worker (where their parent ran): chains finish before new ones start, so
-        # intermediates are read soon after they are written. Then critical-path order; only
-        # that at the end of the run, where the order can still lengthen it (``endgame``).
+        # intermediates are read soon after they are written. Then the scheduler's order
+        # (``Scheduler.pop``: what others' outputs wait for first, by critical path); at the
+        # end of the run, where the order can still lengthen it (``endgame``), only that.
         released = sorted(self._released, key=self.scheduler.priority, reverse=True)
         self._released.clear()
         workers = self.registry.ready_count()
-        endgame = len(self.scheduler) > 0 and self.scheduler.endgame(
-            workers, self.state.unfinished
-        )
-        if endgame:
+        if released and self.scheduler.endgame(workers, self.state.unfinished):
             released.clear()
         for child in released:
             info = self.registry.next_free()
@@ -728,7 +726,7 @@ class BrokerCore:
             if self.scheduler.take(child):
                 out.append(self._dispatched(info, child, now))
         while len(self.scheduler) and (info := self.registry.next_free()) is not None:
-            i = self.scheduler.pop(workers, endgame)
+            i = self.scheduler.pop(workers)
             if i is None:
                 break
             out.append(self._dispatched(info, i, now))

@@ -1,8 +1,11 @@
 """Scheduling policy: which ready quantum runs next. Longest remaining path to a sink first
-(critical path), weighted by durations learned per task label; ties by graph order. The
-driver may ``take`` a particular ready quantum instead (a child its parent just released:
-chains continue where they ran, depth-first) until the ``endgame``, where the order of what
-is ready can still lengthen the run.
+(critical path), weighted by durations learned per task label; ties by graph order. Where
+the order cannot lengthen the run (Graham), what is begun finishes first: quanta that read
+what others wrote go before sources, and sources go in a depth-first order from the sinks,
+so intermediates stay near what the graph itself needs alive (``pop``). The driver may
+``take`` a particular ready quantum instead (a child its parent just released: chains
+continue where they ran) until the ``endgame``, where the order of what is ready can still
+lengthen the run.
 
 Pure: no clock, sockets or processes; durations come in as plain numbers. Quanta are graph
 indices; ranks are computed a depth level at a time with numpy, so re-ranking a million
@@ -43,8 +46,12 @@ _ENDGAME_SLACK = 8
 # once. (48: over W3 variants of 90-110 visits in a simulation of the core, the best mean
 # of the caps tried from 32 to 128, and as good as none.)
 _ENDGAME_QUANTA_PER_WORKER = 48
-_SOURCES_OUTRANK = True
-_SOURCES_CP = False
+# Within the last this many unfinished quanta a worker, a source whose path could lengthen the
+# run goes by critical path before quanta begun (``_urgent``): how the last few quanta pack
+# onto the workers decides the end there, which the time bound alone does not see. (16: on
+# W3-shaped graphs of 1 s quanta the run then ends as soon as two workers can; 8 left a lone
+# chain at the end.)
+_FINAL_QUANTA_PER_WORKER = 16
 
 
 class Scheduler:
@@ -62,15 +69,15 @@ class Scheduler:
         self._since_rank = 0  # durations learned since the last re-rank
         self._rank_every = 1 + int((topology.size + topology.edge_count) * _RESULTS_PER_RERANK_ITEM)
         self._priority: array[float] = array("d")
-        # Ready quanta that read what others wrote, by (critical path, tree order); those that
-        # read nothing written in the run (sources) by the same and by tree order alone
-        self._heap: list[tuple[float, int, int]] = []
-        self._fresh: list[tuple[float, int, int]] = []
+        # Ready quanta with parents by critical path (then graph order); sources (no parents)
+        # so too and by their place in the tree order (``_tree_order``)
+        self._heap: list[tuple[float, int]] = []
+        self._fresh: list[tuple[float, int]] = []
         self._fresh_order: list[tuple[int, int]] = []
         self._staged: list[int] = []  # released, not yet in the heap (``release``)
         self._order = _tree_order(topology)
-        self._source = (np.bincount(as_numpy(topology.succ), minlength=topology.size) == 0
-                        ).astype(np.uint8).tobytes() if topology.size else b""
+        parents = np.bincount(as_numpy(topology.succ), minlength=topology.size)
+        self._source = (parents == 0).astype(np.uint8).tobytes()
         self._queued = bytearray(topology.size)
         self._queued_count = 0
         self._plan = _plan(topology)
@@ -80,6 +87,7 @@ class Scheduler:
         self._unfinished: list[int] = [0] * label_count if per_label is None else per_label.tolist()
         self._learned_left_s = 0.0
         self._unlearned_left = len(labels)
+        self._left = len(labels)  # quanta not ended
         self._rank()
 
     def estimate(self, label: int) -> float:
@@ -132,11 +140,12 @@ class Scheduler:
         prio = self._priority
         queued = np.flatnonzero(np.frombuffer(self._queued, np.uint8)).tolist()
         order, source = self._order, self._source
-        self._heap = [(-prio[i], i, i) for i in queued if not source[i]]
-        self._fresh = [(-prio[i], i, i) for i in queued if source[i]]
+        self._heap = [(-prio[i], i) for i in queued if not source[i]]
+        self._fresh = [(-prio[i], i) for i in queued if source[i]]
         self._fresh_order = [(order[i], i) for i in queued if source[i]]
-        for heap in (self._heap, self._fresh, self._fresh_order):
-            heapq.heapify(heap)  # type: ignore[type-var]
+        heapq.heapify(self._heap)
+        heapq.heapify(self._fresh)
+        heapq.heapify(self._fresh_order)
         self._staged.clear()
 
     def learn(self, label: int, duration_s: float) -> None:
@@ -172,6 +181,7 @@ class Scheduler:
     def _forget(self, label: int, count: int) -> None:
         """``count`` quanta of ``label`` ended: out of the unfinished and the work left."""
         self._unfinished[label] -= count
+        self._left -= count
         est = self._estimates[label]
         if est is None:
             self._unlearned_left -= count
@@ -203,7 +213,7 @@ class Scheduler:
             return
         self._queued[i] = 1
         self._queued_count += 1
-        entry = (-self._priority[i], i, i)
+        entry = (-self._priority[i], i)
         if self._source[i]:
             heapq.heappush(self._fresh, entry)
             heapq.heappush(self._fresh_order, (self._order[i], i))
@@ -224,15 +234,15 @@ class Scheduler:
         prio = self._priority
         for i in self._staged:
             if self._queued[i]:
-                heapq.heappush(self._heap, (-prio[i], i, i))
+                heapq.heappush(self._heap, (-prio[i], i))
         self._staged.clear()
 
-    def _head(self, heap: list[tuple[float, int, int]]) -> int | None:
+    def _head(self, heap: list[tuple[float, int]]) -> int | None:
         """The first quantum of ``heap`` still ready (entries of those taken go)."""
         queued = self._queued
-        while heap and not queued[heap[0][2]]:
+        while heap and not queued[heap[0][1]]:
             heapq.heappop(heap)
-        return heap[0][2] if heap else None
+        return heap[0][1] if heap else None
 
     def top_priority(self) -> float | None:
         """The priority of the most critical quantum ready (None when nothing is ready)."""
@@ -243,26 +253,28 @@ class Scheduler:
         tops += [i for i in self._staged if self._queued[i]]
         return max((prio[i] for i in tops if i is not None), default=None)
 
-    def pop(self, workers: int = 1, endgame: bool = True) -> int | None:
-        """The quantum to run next. In the ``endgame``: the most critical one (longest path
-        below it, then tree order). Before it, the order hardly changes when the run ends
-        (Graham), so intermediates are kept few: the most critical quantum that reads what
-        others wrote (chains and gathers already begun finish first), else a source: the most
-        critical one where its path is long enough to lengthen the run (``critical``), else
-        the first in tree order (``_tree_order``: what one gather needs before the next)."""
+    def pop(self, workers: int = 1) -> int | None:
+        """The quantum to run next. First the most critical one that reads what others wrote
+        (chains and gathers begun finish before new ones start, so intermediates are read
+        soon after they are written), unless a source outranks it that cannot wait behind it
+        (``_urgent``). Then sources: the most critical first where its path could lengthen
+        the run (``_critical``), else the first in tree order (``_tree_order``: what one sink
+        needs before what the next one does). The order hardly changes when the run ends
+        while every path that waits is short against the work left per worker (Graham)."""
         if self._dirty and self._since_rank >= self._rank_every:
             self._rank()
         self._unstage()
         prio = self._priority
         begun, fresh = self._head(self._heap), self._head(self._fresh)
-        if fresh is not None and (begun is None or prio[fresh] > prio[begun]):
-            if endgame or (_SOURCES_OUTRANK and self._critical(prio[fresh], workers)):
-                return self._take_head(self._fresh)
-        if begun is not None:
+        if begun is not None and (
+            fresh is None
+            or prio[fresh] <= prio[begun]
+            or not self._urgent(prio[fresh], begun, workers)
+        ):
             return self._take_head(self._heap)
         if fresh is None:
             return None
-        if _SOURCES_CP or self._critical(prio[fresh], workers):
+        if self._critical(prio[fresh], workers):
             return self._take_head(self._fresh)
         heap, queued = self._fresh_order, self._queued
         while not queued[heap[0][1]]:
@@ -271,14 +283,26 @@ class Scheduler:
         self.take(i)
         return i
 
-    def _take_head(self, heap: list[tuple[float, int, int]]) -> int:
-        _, _, i = heapq.heappop(heap)
+    def _take_head(self, heap: list[tuple[float, int]]) -> int:
+        _, i = heapq.heappop(heap)
         self.take(i)
         return i
 
+    def _urgent(self, priority: float, begun: int, workers: int) -> bool:
+        """Whether a source with a path this long must go before ``begun``: it could
+        lengthen the run, and once ``begun`` ran it would have less time than the remaining
+        work per worker then, less the ``_ENDGAME_SLACK`` share of that."""
+        if not self._critical(priority, workers):
+            return False
+        if self._left <= _FINAL_QUANTA_PER_WORKER * workers:
+            return True
+        wait_s = self.estimate(self._labels[begun])
+        room_s = (self.work_left_s - wait_s) / workers * (1 - 1 / _ENDGAME_SLACK)
+        return priority + wait_s > room_s
+
     def _critical(self, priority: float, workers: int) -> bool:
-        """Whether a path this long can lengthen the run if it waits (``endgame``'s bound;
-        before any duration is learned, the work left is a guess and every path counts)."""
+        """Whether a path this long could lengthen the run if it waits (``endgame``'s bound;
+        before any duration is learned the work left is a guess, and every path counts)."""
         if not self._learned_count:
             return True
         return priority * (workers - 1) * _ENDGAME_SLACK >= self.work_left_s
