@@ -390,11 +390,14 @@ def _tree_order(t: Topology) -> array[int]:
         np.add.at(size, up[below], size[below])
     # Where each one starts among those hanging below the same quantum (the roots: one group)
     group = np.where(up >= 0, up, n)
-    by_group = np.lexsort((np.arange(n), group))
-    before = np.cumsum(size[by_group]) - size[by_group]
-    starts = np.flatnonzero(np.r_[True, np.diff(group[by_group]) != 0])
+    by_group = np.argsort(group, kind="stable")
+    sizes, grouped = size[by_group], group[by_group]
+    before = np.cumsum(sizes) - sizes
+    first = np.ones(n, dtype=bool)
+    np.not_equal(grouped[1:], grouped[:-1], out=first[1:])
+    start = np.maximum.accumulate(np.where(first, np.arange(n), 0))
     offset = np.empty(n, dtype=np.int64)
-    offset[by_group] = before - np.repeat(before[starts], np.diff(np.r_[starts, n]))
+    offset[by_group] = before - before[start]
     place = np.where(up < 0, offset, 0)
     for level in reversed(levels):
         below = level[up[level] >= 0]
