@@ -879,8 +879,9 @@ class BrokerCore:
         self._follow(now, out)
         # Children just released go first, most critical first, to the most recently used
         # worker (where their parent ran): chains finish before new ones start, so
-        # intermediates are read soon after they are written. Then critical-path order; only
-        # that at the end of the run, where the order can still lengthen it (``endgame``).
+        # intermediates are read soon after they are written. Then the scheduler's order
+        # (``Scheduler.pop``: what others' outputs wait for first, by critical path); at the
+        # end of the run, where the order can still lengthen it (``endgame``), only that.
         released = sorted(self._released, key=self.scheduler.priority, reverse=True)
         self._released.clear()
         # (Not while a chain of quanta that cannot run beside each other sets the pace: then
@@ -908,8 +909,9 @@ class BrokerCore:
         head: tuple[float, Vector] | None = None  # the head's shadow and what is spare then
         self._head_priority = None
         self._waiting = []
+        workers = self.registry.ready_count()
         while len(self.scheduler) and self.registry.next_free() is not None:
-            i = self.scheduler.pop()
+            i = self.scheduler.pop(workers)
             if i is None:
                 break
             vector = self.admission.vector(i)

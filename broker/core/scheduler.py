@@ -1,8 +1,11 @@
 """Scheduling policy: which ready quantum runs next. Longest remaining path to a sink first
-(critical path), weighted by durations learned per task label; ties by graph order. The
-driver may ``take`` a particular ready quantum instead (a child its parent just released:
-chains continue where they ran, depth-first) until the ``endgame``, where the order of what
-is ready can still lengthen the run.
+(critical path), weighted by durations learned per task label; ties by graph order. Where
+the order cannot lengthen the run (Graham), what is begun finishes first: quanta that read
+what others wrote go before sources, and sources go in a depth-first order from the sinks,
+so intermediates stay near what the graph itself needs alive (``pop``). The driver may
+``take`` a particular ready quantum instead (a child its parent just released: chains
+continue where they ran) until the ``endgame``, where the order of what is ready can still
+lengthen the run.
 
 Pure: no clock, sockets or processes; durations come in as plain numbers. Quanta are graph
 indices; ranks are computed a depth level at a time with numpy, so re-ranking a million
@@ -45,6 +48,12 @@ _ENDGAME_SLACK = 8
 # once. (48: over W3 variants of 90-110 visits in a simulation of the core, the best mean
 # of the caps tried from 32 to 128, and as good as none.)
 _ENDGAME_QUANTA_PER_WORKER = 48
+# Within the last this many unfinished quanta a worker, a source whose path could lengthen the
+# run goes by critical path before quanta begun (``_urgent``): how the last few quanta pack
+# onto the workers decides the end there, which the time bound alone does not see. (16: on
+# W3-shaped graphs of 1 s quanta the run then ends as soon as two workers can; 8 left a lone
+# chain at the end.)
+_FINAL_QUANTA_PER_WORKER = 16
 
 
 class Scheduler:
@@ -62,8 +71,15 @@ class Scheduler:
         self._since_rank = 0  # durations learned since the last re-rank
         self._rank_every = 1 + int((topology.size + topology.edge_count) * _RESULTS_PER_RERANK_ITEM)
         self._priority: array[float] = array("d")
+        # Ready quanta with parents by critical path (then graph order); sources (no parents)
+        # so too and by their place in the tree order (``_tree_order``)
         self._heap: list[tuple[float, int]] = []
+        self._fresh: list[tuple[float, int]] = []
+        self._fresh_order: list[tuple[int, int]] = []
         self._staged: list[int] = []  # released, not yet in the heap (``release``)
+        self._order = _tree_order(topology)
+        parents = np.bincount(as_numpy(topology.succ), minlength=topology.size)
+        self._source = (parents == 0).astype(np.uint8).tobytes()
         self._queued = bytearray(topology.size)
         self._queued_count = 0
         self._plan = _plan(topology)
@@ -74,6 +90,7 @@ class Scheduler:
         self._unfinished: list[int] = [0] * label_count if per_label is None else per_label.tolist()
         self._learned_left_s = 0.0
         self._unlearned_left = len(labels)
+        self._left = len(labels)  # quanta not ended
         self._rank()
 
     def estimate(self, label: int) -> float:
@@ -127,8 +144,13 @@ class Scheduler:
         self._since_rank = 0
         prio = self._priority
         queued = np.flatnonzero(np.frombuffer(self._queued, np.uint8)).tolist()
-        self._heap = [(-prio[i], i) for i in queued]
+        order, source = self._order, self._source
+        self._heap = [(-prio[i], i) for i in queued if not source[i]]
+        self._fresh = [(-prio[i], i) for i in queued if source[i]]
+        self._fresh_order = [(order[i], i) for i in queued if source[i]]
         heapq.heapify(self._heap)
+        heapq.heapify(self._fresh)
+        heapq.heapify(self._fresh_order)
         self._staged.clear()
 
     def weigh(self, extra: dict[int, float]) -> None:
@@ -174,6 +196,7 @@ class Scheduler:
     def _forget(self, label: int, count: int) -> None:
         """``count`` quanta of ``label`` ended: out of the unfinished and the work left."""
         self._unfinished[label] -= count
+        self._left -= count
         est = self._estimates[label]
         if est is None:
             self._unlearned_left -= count
@@ -198,16 +221,19 @@ class Scheduler:
         if unfinished > _ENDGAME_QUANTA_PER_WORKER * workers:
             return False
         top = self.top_priority()
-        if top is not None and self._extra is not None:
-            top = math.fmod(top, CHAIN_TIER)  # the critical path, without the chain's tier
-        return top is not None and top * (workers - 1) * _ENDGAME_SLACK >= self.work_left_s
+        return top is not None and self._critical(top, workers)
 
     def push(self, i: int) -> None:
         if self._queued[i]:
             return
         self._queued[i] = 1
         self._queued_count += 1
-        heapq.heappush(self._heap, (-self._priority[i], i))
+        entry = (-self._priority[i], i)
+        if self._source[i]:
+            heapq.heappush(self._fresh, entry)
+            heapq.heappush(self._fresh_order, (self._order[i], i))
+        else:
+            heapq.heappush(self._heap, entry)
 
     def release(self, i: int) -> None:
         """Like ``push``, for a child its parent just made ready: the driver usually ``take``s
@@ -219,34 +245,85 @@ class Scheduler:
         self._queued_count += 1
         self._staged.append(i)
 
-    def top_priority(self) -> float | None:
-        """The priority of the quantum ``pop`` would return (None when nothing is ready)."""
-        if self._dirty and self._since_rank >= self._rank_every:
-            self._rank()
-        heap, queued, prio = self._heap, self._queued, self._priority
-        while heap and not queued[heap[0][1]]:
-            heapq.heappop(heap)  # taken since it was pushed
-        best = -heap[0][0] if heap else None
-        for i in self._staged:
-            if queued[i] and (best is None or prio[i] > best):
-                best = prio[i]
-        return best
-
-    def pop(self) -> int | None:
-        """The most critical ready quantum (longest path below it, then graph order)."""
-        if self._dirty and self._since_rank >= self._rank_every:
-            self._rank()
+    def _unstage(self) -> None:
+        prio = self._priority
         for i in self._staged:
             if self._queued[i]:
-                heapq.heappush(self._heap, (-self._priority[i], i))
+                heapq.heappush(self._heap, (-prio[i], i))
         self._staged.clear()
-        while self._heap:
-            _, i = heapq.heappop(self._heap)
-            if self._queued[i]:
-                self._queued[i] = 0
-                self._queued_count -= 1
-                return i
-        return None
+
+    def _head(self, heap: list[tuple[float, int]]) -> int | None:
+        """The first quantum of ``heap`` still ready (entries of those taken go)."""
+        queued = self._queued
+        while heap and not queued[heap[0][1]]:
+            heapq.heappop(heap)
+        return heap[0][1] if heap else None
+
+    def top_priority(self) -> float | None:
+        """The priority of the most critical quantum ready (None when nothing is ready)."""
+        if self._dirty and self._since_rank >= self._rank_every:
+            self._rank()
+        prio = self._priority
+        tops = [self._head(self._heap), self._head(self._fresh)]
+        tops += [i for i in self._staged if self._queued[i]]
+        return max((prio[i] for i in tops if i is not None), default=None)
+
+    def pop(self, workers: int = 1) -> int | None:
+        """The quantum to run next. First the most critical one that reads what others wrote
+        (chains and gathers begun finish before new ones start, so intermediates are read
+        soon after they are written), unless a source outranks it that cannot wait behind it
+        (``_urgent``). Then sources: the most critical first where its path could lengthen
+        the run (``_critical``), else the first in tree order (``_tree_order``: what one sink
+        needs before what the next one does). The order hardly changes when the run ends
+        while every path that waits is short against the work left per worker (Graham)."""
+        if self._dirty and self._since_rank >= self._rank_every:
+            self._rank()
+        self._unstage()
+        prio = self._priority
+        begun, fresh = self._head(self._heap), self._head(self._fresh)
+        if begun is not None and (
+            fresh is None
+            or prio[fresh] <= prio[begun]
+            or not self._urgent(prio[fresh], begun, workers)
+        ):
+            return self._take_head(self._heap)
+        if fresh is None:
+            return None
+        if self._critical(prio[fresh], workers):
+            return self._take_head(self._fresh)
+        heap, queued = self._fresh_order, self._queued
+        while not queued[heap[0][1]]:
+            heapq.heappop(heap)
+        _, i = heapq.heappop(heap)
+        self.take(i)
+        return i
+
+    def _take_head(self, heap: list[tuple[float, int]]) -> int:
+        _, i = heapq.heappop(heap)
+        self.take(i)
+        return i
+
+    def _urgent(self, priority: float, begun: int, workers: int) -> bool:
+        """Whether a source with a path this long must go before ``begun``: it could
+        lengthen the run, and once ``begun`` ran it would have less time than the remaining
+        work per worker then, less the ``_ENDGAME_SLACK`` share of that."""
+        if not self._critical(priority, workers):
+            return False
+        if self._left <= _FINAL_QUANTA_PER_WORKER * workers:
+            return True
+        wait_s = self.estimate(self._labels[begun])
+        room_s = (self.work_left_s - wait_s) / workers * (1 - 1 / _ENDGAME_SLACK)
+        return priority + wait_s > room_s
+
+    def _critical(self, priority: float, workers: int) -> bool:
+        """Whether a path this long could lengthen the run if it waits (``endgame``'s bound;
+        before any duration is learned the work left is a guess, and every path counts). A
+        chain's tier (``weigh``) is not path: it is left out."""
+        if not self._learned_count:
+            return True
+        if self._extra is not None:
+            priority = math.fmod(priority, CHAIN_TIER)
+        return priority * (workers - 1) * _ENDGAME_SLACK >= self.work_left_s
 
     def take(self, i: int) -> bool:
         """Take ``i`` out of the ready set if it is there (its heap entry goes stale)."""
@@ -305,3 +382,42 @@ def _bottom_levels(plan: list[_Level], own: npt.NDArray[np.float64]) -> npt.NDAr
     for nodes, below, offsets in plan:
         prio[nodes] += np.maximum.reduceat(prio[below], offsets)
     return prio
+
+
+def _tree_order(t: Topology) -> array[int]:
+    """Each quantum's place in a depth-first walk of the graph from its sinks (in index
+    order), each quantum's parents walked in index order: a tree where every quantum but a
+    sink hangs below its first successor, numbered in preorder. Sources first in this order
+    finish what one sink (a gather) needs before starting on the next. Level by level with
+    numpy: subtree sizes from the sources up, then places from the sinks down."""
+    n = t.size
+    if not n:
+        return array("q")
+    ptr = np.asarray(as_numpy(t.succ_ptr), dtype=np.int64)
+    succ = np.asarray(as_numpy(t.succ), dtype=np.int64)
+    depth = as_numpy(t.depth)
+    inner = np.flatnonzero(np.diff(ptr))
+    up = np.full(n, -1, dtype=np.int64)  # the first successor (-1: a sink, a root)
+    if len(inner):
+        up[inner] = np.minimum.reduceat(succ, ptr[inner])
+    order = np.argsort(depth, kind="stable")
+    levels = np.split(order, np.flatnonzero(np.diff(depth[order])) + 1)
+    size = np.ones(n, dtype=np.int64)
+    for level in levels:  # (a quantum sits deeper than every parent)
+        below = level[up[level] >= 0]
+        np.add.at(size, up[below], size[below])
+    # Where each one starts among those hanging below the same quantum (the roots: one group)
+    group = np.where(up >= 0, up, n)
+    by_group = np.argsort(group, kind="stable")
+    sizes, grouped = size[by_group], group[by_group]
+    before = np.cumsum(sizes) - sizes
+    first = np.ones(n, dtype=bool)
+    np.not_equal(grouped[1:], grouped[:-1], out=first[1:])
+    start = np.maximum.accumulate(np.where(first, np.arange(n), 0))
+    offset = np.empty(n, dtype=np.int64)
+    offset[by_group] = before - before[start]
+    place = np.where(up < 0, offset, 0)
+    for level in reversed(levels):
+        below = level[up[level] >= 0]
+        place[below] = place[up[below]] + 1 + offset[below]
+    return array("q", place.tobytes())

@@ -4,7 +4,7 @@ test moves it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -15,6 +15,8 @@ from broker.core.events import (
     Action,
     Dispatch,
     Event,
+    ResultReceived,
+    WorkerHeard,
     WorkerJoined,
     WorkerReady,
 )
@@ -96,6 +98,24 @@ class Harness:
 
     def ids(self, indices: Iterable[int]) -> set[str]:
         return {self.core.graph.ids[i] for i in indices}
+
+
+def play(h: Harness, workers: Sequence[bytes], took: Callable[[Dispatch], float]) -> float:
+    """Join ``workers`` (one slot each) and play the run in simulated time, each dispatch
+    taking ``took(dispatch)`` seconds; the makespan."""
+    for w in workers:
+        h.join(w)
+    running = sorted((h.now + took(d), n, d) for n, d in enumerate(h.dispatches()))
+    n = len(running)
+    while not h.core.over:
+        end, _, d = running.pop(0)
+        heard = [WorkerHeard(w) for w in workers]  # their agents heartbeat meanwhile
+        h.step(ResultReceived(d.worker, result(d, duration_s=took(d))), *heard, at=end)
+        for d in h.dispatches():
+            running.append((end + took(d), n, d))
+            n += 1
+        running.sort()
+    return h.now
 
 
 def exited(generation: int, last_seq: int, running: bool, code: int = -11) -> ExecutorExited:

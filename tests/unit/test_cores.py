@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 import pytest
 
 from broker.core.registry import InFlight, WorkerRegistry
-from broker.core.scheduler import Scheduler
+from broker.core.scheduler import Scheduler, _tree_order
 from broker.core.state import GraphState, QState
 from common.topology import Topology
 
@@ -112,7 +112,7 @@ def test_learned_durations_change_the_order() -> None:
     sched.learn(light, 0.01)
     sched.push(g.i("c1"))
     sched.push(g.i("slow"))
-    assert g.n(sched.pop()) == "slow"
+    assert g.n(sched.pop(2)) == "slow"
     assert sched.priority(g.i("c1")) == pytest.approx(0.02)
 
 
@@ -181,9 +181,68 @@ def test_a_released_quantum_taken_at_once_never_enters_the_heap() -> None:
     s.push(g.i("isr0"))
     s.release(g.i("cal1"))
     assert len(s) == 2 and s.take(g.i("cal1")) and len(s) == 1
-    s.release(g.i("cal2"))  # not taken: popped in its turn
-    assert [g.n(s.pop()) for _ in range(3)] == ["isr0", "cal2", None]
+    s.release(g.i("cal2"))  # not taken: popped in its turn, before a source (one worker)
+    s.learn(0, 1.0)
+    assert [g.n(s.pop()) for _ in range(3)] == ["cal2", "isr0", None]
     assert s._heap == []
+
+
+def test_quanta_that_read_what_others_wrote_go_before_sources() -> None:
+    # Given two visits of 10 detectors (isr -> cal), a gather per visit and a final one, with
+    # durations learned: 1 s each
+    edges = [(f"isr{v}{d}", f"cal{v}{d}") for v in range(2) for d in range(10)]
+    edges += [(f"cal{v}{d}", f"gather{v}") for v in range(2) for d in range(10)]
+    edges += [(f"gather{v}", "final") for v in range(2)]
+    g = Named(edges)
+    s = g.scheduler()
+    s.learn(0, 1.0)
+    for v, d in [(1, 0), (0, 0), (1, 1), (0, 1)]:
+        s.push(g.i(f"isr{v}{d}"))
+    # When a calibration is ready that was released and not taken at once
+    s.release(g.i("cal02"))
+    # Then it goes first although every isr outranks it (on 2 workers, 43 s of work left and
+    # paths of 4 s: nothing can lengthen the run by waiting), then the sources in tree order:
+    # the first gather's before the second's, whatever order they became ready in
+    assert [g.n(s.pop(2)) for _ in range(5)] == ["cal02", "isr00", "isr01", "isr10", "isr11"]
+
+
+def test_sources_go_by_critical_path_where_waiting_could_lengthen_the_run() -> None:
+    # Given a chain of 6 s and 2 independent 1 s quanta ahead of it in tree order, learned
+    g = Named([(f"long{i}", f"long{i + 1}") for i in range(5)], nodes=["x0", "x1"])
+    s = g.scheduler()
+    s.learn(0, 1.0)
+    for q in ("x0", "x1", "long0"):
+        s.push(g.i(q))
+    # Then on 2 workers the chain's head goes first (6 s of a path against 8 s of work)
+    assert g.n(s.pop(2)) == "long0"
+    # and on one worker, where no order ends sooner, the tree order decides
+    s.push(g.i("long0"))
+    assert g.n(s.pop(1)) == "x0"
+
+
+def test_a_source_that_cannot_wait_goes_before_begun_quanta() -> None:
+    # Given a begun chain (b1 ready) beside a 6 s chain not begun, all 1 s quanta
+    edges = [("b0", "b1")] + [(f"long{i}", f"long{i + 1}") for i in range(5)]
+    g = Named(edges)
+    s = g.scheduler()
+    s.learn(0, 1.0)
+    s.ended(g.i("b0"))
+    s.push(g.i("long0"))
+    s.release(g.i("b1"))
+    # Then the long chain's head goes first: after b1 its 6 s would not fit in the 6 s of
+    # work left per worker of 2 (less an eighth)
+    assert g.n(s.pop(2)) == "long0"
+
+
+def test_tree_order_walks_each_sink_depth_first() -> None:
+    # Given two gathers of two chains each, the second gather's chains first in the graph
+    edges = [("a1", "a2"), ("b1", "b2"), ("c1", "c2"), ("d1", "d2")]
+    edges += [("a2", "g2"), ("b2", "g2"), ("c2", "g1"), ("d2", "g1"), ("g1", "f"), ("g2", "f")]
+    g = Named(edges, nodes=["a1", "b1", "c1", "d1"])
+    place = _tree_order(g.topology)
+    walk = sorted(g.names, key=lambda n: place[g.i(n)])
+    # Then the walk starts at the sink and goes down each gather's chains before the next
+    assert walk == ["f", "g2", "a2", "a1", "b2", "b1", "g1", "c2", "c1", "d2", "d1"]
 
 
 def test_the_endgame_begins_when_the_critical_path_weighs_against_the_work_left() -> None:

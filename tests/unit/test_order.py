@@ -13,7 +13,7 @@ from broker.core.events import (
 )
 from common.graph import QuantumGraph
 from tests.graphs import independent, quantum
-from tests.unit.harness import Harness, result
+from tests.unit.harness import Harness, play, result
 
 A, B, C = b"wa", b"wb", b"wc"
 
@@ -79,19 +79,7 @@ def _simulate(
         slow = coadd_s is not None and d.quantum_id.startswith("coadd")
         return coadd_s if slow and coadd_s is not None else seconds
 
-    for w in workers:
-        h.join(w)
-    running = sorted((h.now + took(d), n, d) for n, d in enumerate(h.dispatches()))
-    n = len(running)
-    while not h.core.over:
-        end, _, d = running.pop(0)
-        heard = [WorkerHeard(w) for w in workers]  # their agents heartbeat meanwhile
-        h.step(ResultReceived(d.worker, result(d, duration_s=took(d))), *heard, at=end)
-        for d in h.dispatches():
-            running.append((end + took(d), n, d))
-            n += 1
-        running.sort()
-    return h.now
+    return play(h, workers, took)
 
 
 def test_the_end_of_a_run_goes_by_critical_path_and_the_rest_depth_first() -> None:
