@@ -50,9 +50,8 @@ _ENDGAME_SLACK = 8
 _ENDGAME_QUANTA_PER_WORKER = 48
 # Within the last this many unfinished quanta a worker, a source whose path could lengthen the
 # run goes by critical path before quanta begun (``_urgent``): how the last few quanta pack
-# onto the workers decides the end there, which the time bound alone does not see. (16: on
-# W3-shaped graphs of 1 s quanta the run then ends as soon as two workers can; 8 left a lone
-# chain at the end.)
+# onto the workers decides the end there, which the time bound alone does not see. (16: the
+# fewest with which a W3-shaped graph of 1 s quanta ends as soon as two workers can.)
 _FINAL_QUANTA_PER_WORKER = 16
 
 
@@ -304,9 +303,10 @@ class Scheduler:
         return i
 
     def _urgent(self, priority: float, begun: int, workers: int) -> bool:
-        """Whether a source with a path this long must go before ``begun``: it could
-        lengthen the run, and once ``begun`` ran it would have less time than the remaining
-        work per worker then, less the ``_ENDGAME_SLACK`` share of that."""
+        """Whether a source whose path is this long must go before ``begun``: the path
+        could lengthen the run (``_critical``) and, started after ``begun``, would not fit in
+        the work left per worker less its ``_ENDGAME_SLACK`` share; or the run is in its last
+        ``_FINAL_QUANTA_PER_WORKER`` quanta a worker."""
         if not self._critical(priority, workers):
             return False
         if self._left <= _FINAL_QUANTA_PER_WORKER * workers:
