@@ -13,6 +13,7 @@ from broker import MPGraphExecutor
 from common.butler import Butler
 from common.errors import GraphError
 from common.graph import QuantumGraph
+from common.report import Reason
 from tests.graphs import quantum
 from tests.tasks import most_at_once
 from worker.executor import TaskQuantumExecutor
@@ -85,3 +86,20 @@ def test_memory_pressure_puts_quanta_back_instead_of_losing_them(tmp_path: Path)
     details = [report.details(f"g{n}") for n in range(3)]
     assert all(d.reason is None and d.attempts == 1 for d in details)
     assert sum(d.putBack for d in details) >= 1
+
+
+def test_a_quantum_that_outgrows_its_request_succeeds_with_the_multiplier(
+    tmp_path: Path,
+) -> None:
+    # Given a quantum that holds 150 MB but asks for 100 MB, and a memory multiplier of 2
+    graph = QuantumGraph.from_quanta(
+        [quantum("grow", "touch_and_hold", config={"mb": 150, "seconds": 0.5})],
+        resources={"touch_and_hold": {"memory": "100MB"}},
+    )
+    ex = _run(graph, tmp_path, jobs=2, memory="2GB", memory_multiplier=2.0, retries=2)
+    # Then the first attempt was killed for memory, the second (200 MB) succeeded
+    d = ex.getReport().details("grow")
+    assert (d.reason, d.attempts, d.memoryRequest) == (None, 2, 200)
+    [first] = d.earlier
+    assert (first.reason, first.memoryRequest) == (Reason.MEMORY, 100)
+    assert first.maxRss is not None and first.maxRss > 100 * 1024
