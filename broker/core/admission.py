@@ -7,8 +7,10 @@ defaults (``--memory-per-quantum``, ``--cores-per-quantum``); without any, ``cpu
 and memory is learned: 1.2 x the largest peak measured for its label so far. A label not
 measured yet: under a budget the user set (``strict``), one of its quanta runs at a time
 until it is, treated as possibly large: it takes all the memory free when it starts and
-starts only when three quarters of the budget are free, and the label's quanta are ranked as
-a chain (below) until it is measured, so the first is measured early. Under the host's
+starts only when three quarters of the budget are free, until its agent's first measurement
+of it (a heartbeat) shrinks that to 1.5 x what it measured (its growth past that is the
+pressure watch's); the label's quanta are ranked as a chain (below) until it is measured, so
+the first is measured early. Under the host's
 default budget each counts a worker's share of the budget (over the quanta the registered
 workers run at once), or the largest request learned so far if that is more (the
 memory-pressure watch covers one that needs more). A memory
@@ -51,7 +53,13 @@ __all__ = ["UNMEASURED", "Admission", "Budget", "Refusal"]
 LEARNED_MARGIN = 1.2
 # A quantum of a label not measured yet starts only with this share of the memory budget free
 UNMEASURED_SHARE = 0.75
+# A probe (a label's first quantum under a budget the user set) holds all that was free until
+# its agent first measures it, then this much more than what it measures (``probe_measured``)
+PROBE_MARGIN = 1.5
 UNMEASURED = -1.0  # a memory request still to be learned (first of its label)
+# A label's learned peak moves only for a peak this much above it (the margin covers less):
+# requests are not recomputed for every few KiB a warm executor's peak creeps up
+_RELEARN = 1.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +114,13 @@ class _Holding:
         return tuple(out)
 
 
+def _widest(a: Vector | None, b: Vector | None) -> Vector | None:
+    """Per resource the larger of ``a`` and ``b`` (None: not known, so none)."""
+    if a is None or b is None:
+        return None
+    return tuple(map(max, a, b))
+
+
 class Admission:
     """Requests, budgets and what each worker holds; see the module's rules.
 
@@ -123,6 +138,7 @@ class Admission:
         by_label: Mapping[str, Amounts] | None = None,
         defaults: Amounts | None = None,
         strict: bool = True,
+        representatives: Iterable[int] = (),
     ) -> None:
         amounts = budget.amounts()
         self.strict = strict
@@ -139,6 +155,7 @@ class Admission:
         }
         self._peak_mb: list[float | None] = [None] * len(labels)  # largest measured, by label
         self._probing: set[int] = set()  # labels with an unmeasured quantum out
+        self._probes: set[tuple[bytes, int]] = set()  # such quanta holding all that was free
         self._raised: dict[int, float] = {}  # quantum -> memory request of its next attempt
         self._vectors: list[Vector | None] = [None] * len(labels)  # by label, while valid
         self._holding: dict[bytes, _Holding] = {}
@@ -146,6 +163,15 @@ class Admission:
         self._of: dict[tuple[bytes, int], Vector] = {}
         self.used: Vector = (0.0,) * len(self.names)
         self.tight = any(math.isfinite(b) for b in self.budget)
+        # Loose: the largest request there is, times the quanta the workers run at once, fits
+        # every budget, so nothing can fail to fit and nothing is counted (``update_loose``)
+        self.loose = False
+        self._reps = list(representatives)  # a quantum of each label that has any
+        self._own_worst: Vector = (0.0,) * len(self.names)
+        for i in own:  # (memory not declared is its label's: the representatives cover it)
+            v = self._vector(i)
+            self._own_worst = tuple(map(max, self._own_worst, (max(0.0, v[0]), *v[1:])))
+        self._meta: list[tuple[float | None, int] | None] = [None] * len(labels)
 
     # ------------------------------------------------------------------ requests
     def _requested(self, i: int) -> tuple[Amounts, bool]:
@@ -155,16 +181,29 @@ class Admission:
         request = {**base, **own} if own else base
         return request, MEMORY in request
 
+    def dispatch_terms(self, i: int) -> tuple[float | None, int]:
+        """(the memory ``i``'s next attempt declares, enforced while it runs, if any; the
+        cores it is given)."""
+        if i in self._own or i in self._raised:
+            return self._terms(i)
+        label = self._label_of(i)
+        cached = self._meta[label]
+        if cached is None:
+            cached = self._meta[label] = self._terms(i)
+        return cached
+
+    def _terms(self, i: int) -> tuple[float | None, int]:
+        request, declared = self._requested(i)
+        raised = self._raised.get(i)
+        memory = raised if raised is not None else request[MEMORY] if declared else None
+        return memory, int(request.get(CPUS, 1.0))
+
     def declared_memory(self, i: int) -> float | None:
         """The memory ``i``'s next attempt declares (enforced while it runs), if any."""
-        raised = self._raised.get(i)
-        if raised is not None:
-            return raised
-        request, declared = self._requested(i)
-        return request[MEMORY] if declared else None
+        return self.dispatch_terms(i)[0]
 
     def cpus(self, i: int) -> int:
-        return int(self._requested(i)[0].get(CPUS, 1.0))
+        return self.dispatch_terms(i)[1]
 
     def vector(self, i: int) -> Vector:
         """What ``i``'s next attempt asks of each resource (memory ``UNMEASURED`` for the first
@@ -212,7 +251,7 @@ class Admission:
         self._probing.discard(label)
         if peak_mb is not None and peak_mb > 0:
             known = self._peak_mb[label]
-            if known is None or peak_mb > known:
+            if known is None or peak_mb > known * _RELEARN:
                 self._peak_mb[label] = peak_mb
                 # (the guess for labels not measured yet follows the largest learned)
                 self._vectors = [None] * len(self._vectors)
@@ -222,6 +261,40 @@ class Admission:
     def raise_memory(self, i: int, mib: float) -> None:
         """``i``'s next attempt asks for (and is held to) ``mib``."""
         self._raised[i] = mib
+        self._own_worst = tuple(map(max, self._own_worst, self._vector(i)))
+
+    def update_loose(self) -> bool:
+        """Recompute ``loose`` (after the workers, a learned request or a raised one changed);
+        True if it just stopped being loose: what the workers hold must then be counted again
+        (``hold`` for each)."""
+        was = self.loose
+        worst: Vector | None = self._own_worst
+        for i in self._reps:
+            vector = self.vector(i)
+            unknown = vector[0] == UNMEASURED and self.strict  # (it may take all there is)
+            worst = _widest(worst, None if unknown else self._concrete(vector))
+        self.loose = (
+            worst is not None
+            and not self._capacity
+            and all(w * self._threads <= b for w, b in zip(worst, self.budget, strict=True))
+        )
+        if self.loose and not was:
+            self._holding.clear()
+            self._of.clear()
+            self.used = (0.0,) * len(self.names)
+        return was and not self.loose
+
+    def held_by(self, holdings: Iterable[tuple[int, Iterable[int]]]) -> Amounts:
+        """What workers holding these quanta ((threads, quanta) each) hold, by resource:
+        what ``in_use`` says where nothing is counted (``loose``)."""
+        total = [0.0] * len(self.names)
+        for threads, quanta in holdings:
+            h = _Holding(threads, len(self.names))
+            for i in quanta:
+                v = self._concrete(self.vector(i))
+                h.counts[v] = h.counts.get(v, 0) + 1
+            total = [t + x for t, x in zip(total, h.held(), strict=True)]
+        return dict(zip(self.names, total, strict=True))
 
     def offered(self, worker: bytes, resources: Mapping[str, float] | None) -> None:
         """``worker`` offers these resources of its own (its quanta must fit them too; a
@@ -268,6 +341,8 @@ class Admission:
 
     def fits(self, worker: bytes, threads: int, vector: Vector, label: int) -> bool:
         """Whether ``vector`` may start on ``worker`` now."""
+        if self.loose:
+            return True
         if vector[0] == UNMEASURED and self.strict:
             if label in self._probing:
                 return False
@@ -287,8 +362,12 @@ class Admission:
 
     def hold(self, worker: bytes, threads: int, i: int, vector: Vector, label: int) -> None:
         """``i`` was sent to ``worker`` with request ``vector``."""
+        if self.loose:
+            return
         if vector[0] == UNMEASURED:
             self._probing.add(label)
+            if self.strict:
+                self._probes.add((worker, i))
         concrete = self._concrete(vector)
         holding = self._holding.get(worker)
         if holding is None:
@@ -297,9 +376,31 @@ class Admission:
         self._of[worker, i] = concrete
         self._reset(holding, holding.held())
 
+    def probe_measured(self, worker: bytes, i: int, mib: float) -> None:
+        """The probe ``i`` on ``worker`` measures ``mib`` now: it holds ``PROBE_MARGIN``
+        times that from now on (never more than it took), so what fits beside it may start;
+        if it grows past that, the pressure watch stops the newest."""
+        key = (worker, i)
+        holding = self._holding.get(worker)
+        if key not in self._probes or holding is None:
+            return
+        old = self._of[key]
+        new = (min(old[0], max(mib, 1.0) * PROBE_MARGIN), *old[1:])
+        left = holding.counts[old] - 1
+        if left:
+            holding.counts[old] = left
+        else:
+            del holding.counts[old]
+        holding.counts[new] = holding.counts.get(new, 0) + 1
+        self._of[key] = new
+        self._reset(holding, holding.held())
+
     def release(self, worker: bytes, i: int) -> None:
         """``i`` is no longer held by ``worker`` (ended, lost, taken back)."""
+        if self.loose:
+            return
         vector = self._of.pop((worker, i), None)
+        self._probes.discard((worker, i))
         holding = self._holding.get(worker)
         if vector is None or holding is None:
             return
@@ -318,6 +419,7 @@ class Admission:
             return
         for key in [k for k in self._of if k[0] == worker]:
             del self._of[key]
+            self._probes.discard(key)
         self.used = tuple(u - h for u, h in zip(self.used, holding.vector, strict=True))
 
     def _reset(self, holding: _Holding, vector: Vector) -> None:

@@ -168,6 +168,7 @@ class BrokerCore:
         self.scheduler = Scheduler(graph.topology, labels, len(graph.labels))
         self.registry = WorkerRegistry()
         self.admission = _admission(graph, config, labels)
+        self.admission.update_loose()
         self.planner = DispatchPlanner(transport, self.admission)
         self.ledger = Ledger(graph, in_process=in_process)
         done = sorted(done)
@@ -247,9 +248,10 @@ class BrokerCore:
         busy = now - t.first_dispatch if t.first_dispatch is not None else 0.0
         status = self._monitor.snapshot(now, now - t.started, busy, self._stop_reason)
         adm = self.admission
+        held = self.held()
         uses = [
-            ResourceUse(name, used, budget)
-            for name, used, budget in zip(adm.names, adm.used, adm.budget, strict=True)
+            ResourceUse(name, held[name], budget)
+            for name, budget in zip(adm.names, adm.budget, strict=True)
             if math.isfinite(budget)
         ]
         g = self.graph
@@ -257,6 +259,16 @@ class BrokerCore:
         if len(self.scheduler) > len(waiting) and self.registry.next_free() is None:
             waiting.append(WaitingInfo("", "", f"{len(self.scheduler)} ready: no idle worker"))
         return replace(status, resources=uses, waiting=waiting)
+
+    def held(self) -> dict[str, float]:
+        """What the quanta sent to workers hold, by resource (memory in MiB)."""
+        adm = self.admission
+        if not adm.loose:
+            return adm.in_use()
+        # (nothing is counted while nothing can fail to fit: worked out now)
+        return adm.held_by(
+            (w.threads, [d.index for d in w.in_flight.values()]) for w in self.registry.workers()
+        )
 
     def error(self) -> MPGraphExecutorError | None:
         """The error ``execute()`` raises for this outcome, or None if all succeeded."""
@@ -355,6 +367,9 @@ class BrokerCore:
             case WorkerHeard(rss_kb=rss_kb):
                 self.registry.seen(info, now)
                 self.pressure.measured(info.identity, None if rss_kb is None else rss_kb / 1024)
+                if rss_kb is not None and info.in_flight and not self.admission.loose:
+                    running = min(info.in_flight.values(), key=lambda d: d.seq)
+                    self.admission.probe_measured(info.identity, running.index, rss_kb / 1024)
             case ResultReceived(result=result):
                 self._on_result(info, result, now)
             case QuantumRevoked(quantum_id=qid, attempt=attempt):
@@ -415,7 +430,7 @@ class BrokerCore:
         """READY -> RUNNING on ``info`` (PENDING -> RUNNING for a follow-on of dispatch
         ``after``): a new attempt, journaled, with its backstop."""
         qid = self._ids[i]
-        declared = self.admission.declared_memory(i)
+        declared, cpus = self.admission.dispatch_terms(i)
         attempt = self.ledger.dispatched(i, info.worker_id, self._wall(), declared)
         self._record(i, attempt, JournalState.RUNNING)
         timeout = self.graph.timeouts.get(i, self.config.timeout_s)
@@ -429,15 +444,15 @@ class BrokerCore:
         info.sent += 1
         d = InFlight(qid, attempt, now, backstop, i, info.sent, info.generation, after=after)
         self.registry.assign(info, d)
-        label = self._labels[i]
-        self.admission.hold(info.identity, info.threads, i, self.admission.vector(i), label)
+        adm = self.admission
+        if not adm.loose:
+            adm.hold(info.identity, info.threads, i, adm.vector(i), self._labels[i])
         if backstop is not None:
             self._expire_at = min(self._expire_at, backstop)
         self._touched.add(info.identity)
         if self.timings.first_dispatch is None:
             self.timings.first_dispatch = now
         memory = declared if self.config.memory_enforce != "off" else None
-        cpus = self.admission.cpus(i)
         return Dispatch(info.identity, qid, attempt, timeout, i, d.seq, after, memory, cpus)
 
     def _undispatched(self, i: int) -> None:
@@ -513,6 +528,7 @@ class BrokerCore:
         self.ledger.result(i, result)
         rss = result.max_rss_kb
         if self.admission.learn(i, None if rss is None else rss / 1024):
+            self._refresh_admission()
             self._weigh_chain()
         self._record(i, result.attempt, JournalState(result.status.value))
         match result.status:
@@ -554,6 +570,7 @@ class BrokerCore:
             if raised <= base:
                 return False
             self.admission.raise_memory(i, raised)
+            self._refresh_admission()
             why = f"memory: asking {format_memory(raised)} (was {format_memory(base)})"
         elif c.retry_unless_exit is None or result.exit_code in c.retry_unless_exit:
             return False
@@ -627,7 +644,7 @@ class BrokerCore:
         """``info`` no longer holds this attempt (``WorkerRegistry.complete``): what it
         reserved is free."""
         d = self.registry.complete(info, quantum_id, attempt)
-        if d is not None:
+        if d is not None and not self.admission.loose:
             self.admission.release(info.identity, d.index)
         return d
 
@@ -861,6 +878,17 @@ class BrokerCore:
 
     def _count_threads(self) -> None:
         self.admission.workers_changed(sum(max(1, w.threads) for w in self.registry.workers()))
+        self._refresh_admission()
+
+    def _refresh_admission(self) -> None:
+        """Whether admission must count (``Admission.update_loose``); when it starts to, it
+        is told what every worker holds."""
+        if self.admission.update_loose():
+            for info in self.registry.workers():
+                for d in info.in_flight.values():
+                    label = self._labels[d.index]
+                    vector = self.admission.vector(d.index)
+                    self.admission.hold(info.identity, info.threads, d.index, vector, label)
 
     def _enough_ready(self) -> bool:
         return self.registry.ready_count() >= max(1, self._expected_workers)
@@ -889,13 +917,18 @@ class BrokerCore:
         endgame = self.scheduler.endgame(self.registry.ready_count(), self.state.unfinished)
         if released and endgame and not self._chain:
             released.clear()
-        head = self._head_priority
+        head, loose = self._head_priority, self.admission.loose
         for child in released:
-            if self.registry.next_free() is None:
-                break
-            if head is not None and self.scheduler.priority(child) < head:
-                continue  # a quantum waiting for resources comes first (_dispatch_ready)
-            info = self._worker_for(self.admission.vector(child), self._labels[child])
+            if loose:
+                info = self.registry.next_free()
+                if info is None:
+                    break
+            else:
+                if self.registry.next_free() is None:
+                    break
+                if head is not None and self.scheduler.priority(child) < head:
+                    continue  # a quantum waiting for resources comes first (_dispatch_ready)
+                info = self._worker_for(self.admission.vector(child), self._labels[child])
             if info is not None and self.scheduler.take(child):
                 out.append(self._dispatched(info, child, now))
         self._dispatch_ready(now, out)
@@ -910,6 +943,13 @@ class BrokerCore:
         self._head_priority = None
         self._waiting = []
         workers = self.registry.ready_count()
+        if self.admission.loose:  # (everything fits: the order alone decides)
+            while len(self.scheduler) and (info := self.registry.next_free()) is not None:
+                i = self.scheduler.pop(workers)
+                if i is None:
+                    break
+                out.append(self._dispatched(info, i, now))
+            return
         while len(self.scheduler) and self.registry.next_free() is not None:
             i = self.scheduler.pop(workers)
             if i is None:
@@ -940,6 +980,8 @@ class BrokerCore:
     def _worker_for(self, vector: Vector, label: int) -> WorkerInfo | None:
         """The free worker ``vector`` fits on now, in the registry's order (idle ones first,
         most recently used first), or None."""
+        if self.admission.loose:
+            return self.registry.next_free()
         for info in self.registry.free():
             if self.admission.fits(info.identity, info.threads, vector, label):
                 return info
@@ -1097,6 +1139,8 @@ def _admission(graph: QuantumGraph, config: ExecutionConfig, labels: array[int])
         label: {**configured.get(label, {}), **graph.label_resources.get(label, {})}
         for label in graph.labels
     }
+    # a quantum of each label (its first), for what the labels request
+    _, first = np.unique(np.frombuffer(labels, dtype=np.uint32), return_index=True)
     return Admission(
         budget,
         graph.resources,
@@ -1105,6 +1149,7 @@ def _admission(graph: QuantumGraph, config: ExecutionConfig, labels: array[int])
         by_label=by_label,
         defaults=defaults,
         strict=not config.memory_from_host,
+        representatives=first.tolist(),
     )
 
 

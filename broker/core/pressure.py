@@ -34,6 +34,8 @@ class PressureWatch:
         self._available: float | None = None
         self._since: float | None = None  # pressure began
         self._next_stop = -math.inf
+        self._why: str | None = None
+        self._stale = False  # a measurement came in since ``_why`` was worked out
 
     def measured(self, worker: bytes, mib: float | None) -> None:
         """``worker``'s executor tree uses ``mib`` now (None: nothing running there)."""
@@ -41,12 +43,15 @@ class PressureWatch:
             self._measured.pop(worker, None)
         else:
             self._measured[worker] = mib
+        self._stale = True
 
     def host(self, available_mb: float) -> None:
         self._available = available_mb
+        self._stale = True
 
     def forget(self, worker: bytes) -> None:
         self._measured.pop(worker, None)
+        self._stale = True
 
     @property
     def in_use_mb(self) -> float:
@@ -66,7 +71,9 @@ class PressureWatch:
 
     def check(self, now: float) -> tuple[bool, bool]:
         """(whether there is pressure now: admit nothing; whether to stop a quantum now)."""
-        if self.why() is None:
+        if self._stale:
+            self._why, self._stale = self.why(), False
+        if self._why is None:
             self._since = None
             return False, False
         if self._since is None:

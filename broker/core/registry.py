@@ -85,6 +85,7 @@ class WorkerRegistry:
         self._by_identity: dict[bytes, WorkerInfo] = {}
         self._idle: OrderedDict[bytes, None] = OrderedDict()
         self._serial = 0
+        self._ready = 0  # workers READY now
 
     def add(
         self,
@@ -112,6 +113,7 @@ class WorkerRegistry:
             info.last_seen = max(info.last_seen, now)
         if not info.ready:
             info.ready = info.ever_ready = True
+            self._ready += 1
             self._idle[info.identity] = None
 
     def mark_unready(self, info: WorkerInfo, now: float) -> None:
@@ -119,11 +121,12 @@ class WorkerRegistry:
         replaced)."""
         if info.ready:
             info.ready = False
+            self._ready -= 1
             info.unready_since = now
         self._idle.pop(info.identity, None)
 
     def ready_count(self) -> int:
-        return sum(1 for w in self._by_identity.values() if w.ready)
+        return self._ready
 
     def get(self, identity: bytes) -> WorkerInfo | None:
         return self._by_identity.get(identity)
@@ -197,7 +200,8 @@ class WorkerRegistry:
 
     def remove(self, info: WorkerInfo) -> list[InFlight]:
         """Forget a worker; return what it had in flight."""
-        self._by_identity.pop(info.identity, None)
+        if self._by_identity.pop(info.identity, None) is not None and info.ready:
+            self._ready -= 1
         self._idle.pop(info.identity, None)
         lost = list(info.in_flight.values())
         info.in_flight.clear()

@@ -61,7 +61,7 @@ def test_quanta_start_only_while_their_memory_fits_the_budget() -> None:
     assert set(running(h)) == {"q0", "q1"}
     finish(h, running(h)["q0"], at=1.0)
     assert set(running(h)) == {"q1", "q2"}
-    assert h.core.admission.in_use()["memory"] == 1200
+    assert h.core.held()["memory"] == 1200
 
 
 def test_a_queued_quantum_holds_only_what_it_adds_to_the_running_one() -> None:
@@ -76,7 +76,7 @@ def test_a_queued_quantum_holds_only_what_it_adds_to_the_running_one() -> None:
     h.join(A, slots=2)
     # Then the small one is queued behind the big one: the worker holds 1000 MiB, not 1100
     assert {d.quantum_id for d in h.dispatches(A)} == {"big", "small"}
-    assert h.core.admission.in_use()["memory"] == 1000
+    assert h.core.held()["memory"] == 1000
 
 
 def test_cpus_count_one_each_unless_declared() -> None:
@@ -177,7 +177,7 @@ def test_memory_is_learned_per_label_after_a_cautious_first_quantum() -> None:
     # Once it reports a 200 MiB peak, each asks 1.2 x 200 = 240 MiB: four fit in 1000
     finish(h, running(h)["q0"], at=1.0, rss_mb=200)
     assert len(running(h)) == 4
-    assert h.core.admission.in_use()["memory"] == pytest.approx(960)
+    assert h.core.held()["memory"] == pytest.approx(960)
 
 
 def test_declared_memory_travels_with_the_dispatch_unless_enforcement_is_off() -> None:
@@ -215,13 +215,13 @@ def test_run_defaults_and_label_requests_give_quanta_that_declare_nothing() -> N
 def test_a_lost_worker_frees_what_it_held() -> None:
     h = Harness(graph("600MB", "600MB", "600MB"), memory_mb=1500)
     join(h, A, B)
-    assert h.core.admission.in_use()["memory"] == 1200
+    assert h.core.held()["memory"] == 1200
     h.step(WorkerLeft(A, "gone"), at=1.0)
     assert set(running(h)) == {"q1"}
-    assert h.core.admission.in_use()["memory"] == 600
+    assert h.core.held()["memory"] == 600
     join(h, C)
     assert set(running(h)) == {"q0", "q1"}  # q0 again (its attempt was lost), not q2
-    assert h.core.admission.in_use()["memory"] == 1200
+    assert h.core.held()["memory"] == 1200
 
 
 def test_holding_alone() -> None:
@@ -356,3 +356,18 @@ def test_low_host_memory_is_pressure_too() -> None:
     assert running(h) == {}
     h.step(HostMemory(4000), at=1.0)
     assert set(running(h)) == {"q0", "q1"}
+
+
+def test_a_probe_holds_all_that_was_free_until_its_agent_measures_it() -> None:
+    # Given a 1000 MiB budget the user set: "probe" of a label never measured, and "other"
+    # that declares 500 MiB
+    g = QuantumGraph.from_quanta(
+        [quantum("probe", label="new"), quantum("other", label="known", resources={"memory": 500})]
+    )
+    h = Harness(g, memory_mb=1000)
+    join(h, A, B)
+    assert set(running(h)) == {"probe"}  # it took all that was free
+    # When its agent measures it at 200 MiB, it holds 1.5 x that: "other" fits beside it
+    h.step(WorkerHeard(A, rss_kb=200 * 1024), at=0.5)
+    assert set(running(h)) == {"probe", "other"}
+    assert h.core.held()["memory"] == pytest.approx(300 + 500)
