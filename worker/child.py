@@ -176,6 +176,7 @@ def direct_main(config: ChildConfig, record: SharedRecord) -> None:
     loaded = _load(config.executor_blob)
     _preload(config.preload)
     channel = open_channel(config.link, config.endpoint, config.keys_dir)
+    record.ready(own_rss_kb())  # (what its quanta use is measured beyond this)
     channel.send(encode(Ready(config.worker_id, config.agent_pid, config.generation)))
     capture = _standing_capture(Path(config.log_dir))
     signal.signal(signal.SIGALRM, signal.SIG_DFL)  # our deadline: the alarm ends us

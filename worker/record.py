@@ -43,6 +43,7 @@ class _Fields(ctypes.Structure):
         ("memory_mb", ctypes.c_double),  # the running attempt's request; NaN when it has none
         ("peak_kb", ctypes.c_uint64),  # its process tree's peak as the agent sampled it
         ("base_kb", ctypes.c_uint64),  # the child's own resident memory when it took it
+        ("ready_kb", ctypes.c_uint64),  # the child's own resident memory when it was ready
         ("watching", ctypes.c_uint32),  # the agent samples (it needs no wake-up)
         ("revoked_count", ctypes.c_uint64),
         ("revoked", ctypes.c_uint64 * _REVOKED),
@@ -130,6 +131,14 @@ class SharedRecord:
         if wake:
             os.write(self._wake_w.fileno(), b"w")
         return None
+
+    def ready(self, rss_kb: int) -> None:
+        """(child side) It is ready, holding ``rss_kb``: what any quantum holds is beyond it."""
+        self._fields.ready_kb = rss_kb
+
+    @property
+    def ready_kb(self) -> int:
+        return int(self._fields.ready_kb)
 
     def finished(self) -> None:
         with self._lock:

@@ -155,7 +155,9 @@ class AgentSession:
         if self._running() is None:
             self._idle_kb = tree
             return None
-        return max(0, tree - self._idle_kb)
+        record = self._child.record
+        idle = max(self._idle_kb, record.ready_kb if record is not None else 0)
+        return max(0, tree - idle)
 
     def _tree_kb(self) -> int | None:
         pid = self._child.pid
@@ -189,7 +191,7 @@ class AgentSession:
         record, pid = self._child.record, self._child.pid
         if record is None or pid is None:
             return
-        over = self._memory.sample(record, pid, now, self._idle_kb)
+        over = self._memory.sample(record, pid, now, max(self._idle_kb, record.ready_kb))
         if over is not None:
             self._child_ended(-signal.SIGKILL, over.running, timed_out=False, over=over)
 

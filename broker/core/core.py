@@ -105,6 +105,9 @@ _CHAIN_MAX = 4096
 # in one dispatch for one that may go ahead of them (backfill)
 _BACKFILL_SCAN = 64
 _WAITING_SHOWN = 5  # ready quanta passed over that a status names, with why
+# A quantum memory pressure put back this often is not stopped again: pressure that returns
+# whenever it runs is not of its making alone, and it must be able to finish
+_MAX_PUT_BACKS = 2
 # A dead executor child's results travel on its own connection, its agent's report on
 # another: a result still on its way is awaited this long before the attempt counts as lost.
 ORPHAN_GRACE_S = 2.0
@@ -849,12 +852,15 @@ class BrokerCore:
         self._under_pressure = pressed
         if not stop:
             return
+        put_back = self.ledger.put_back
         running = [
             (d.sent_at, info, d)
             for info in self.registry.workers()
             if info.in_flight
             for d in [min(info.in_flight.values(), key=lambda q: q.seq)]
-            if not d.orphan and (d.quantum_id, d.attempt) not in self._preempting
+            if not d.orphan
+            and (d.quantum_id, d.attempt) not in self._preempting
+            and put_back.get(d.index, 0) < _MAX_PUT_BACKS  # (then it runs through)
         ]
         if not running:
             return

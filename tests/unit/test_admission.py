@@ -17,6 +17,7 @@ from broker.core.events import (
     ResultReceived,
     WorkerHeard,
     WorkerLeft,
+    WorkerReady,
 )
 from broker.core.pressure import GRACE_S
 from broker.core.state import QState
@@ -371,3 +372,23 @@ def test_a_probe_holds_all_that_was_free_until_its_agent_measures_it() -> None:
     h.step(WorkerHeard(A, rss_kb=200 * 1024), at=0.5)
     assert set(running(h)) == {"probe", "other"}
     assert h.core.held()["memory"] == pytest.approx(300 + 500)
+
+
+def test_a_quantum_put_back_twice_is_not_stopped_again() -> None:
+    # Given pressure that comes back whenever the one quantum runs
+    h = Harness(graph("100MB"), memory_mb=1000)
+    join(h, A)
+    t = 0.0
+    for put_back in range(2):
+        d = running(h)["q0"]
+        h.step(WorkerHeard(A, rss_kb=2000 * 1024), at=t + 0.1)
+        h.step(at=t + 0.1 + GRACE_S)
+        assert [p.quantum_id for p in h.of(PreemptQuantum)] == ["q0"]
+        h.step(ExecutorGone(A, exited(0, d.seq, True, -9)), at=t + 0.2 + GRACE_S)
+        h.step(WorkerReady(A, 0), at=t + 0.3 + GRACE_S)  # (its replacement executor)
+        t += 10.0
+    assert h.core.report(None).details("q0").putBack == 2
+    # Then the third time it runs through
+    h.step(WorkerHeard(A, rss_kb=2000 * 1024), at=t + 0.1)
+    h.step(at=t + 0.1 + 2 * GRACE_S)
+    assert h.of(PreemptQuantum) == []
