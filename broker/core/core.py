@@ -1126,7 +1126,7 @@ def _ended(d: InFlight, exited: ExecutorExited) -> Result:
         start_time=exited.start_time,
         end_time=exited.end_time,
         duration_s=max(0.0, exited.end_time - exited.start_time),
-        max_rss_kb=None,
+        max_rss_kb=exited.max_rss_kb,  # its peak as the agent watched it, if it watched
         log_path=exited.log_path,
     )
 

@@ -118,10 +118,12 @@ def play(h: Harness, workers: Sequence[bytes], took: Callable[[Dispatch], float]
     return h.now
 
 
-def exited(generation: int, last_seq: int, running: bool, code: int = -11) -> ExecutorExited:
+def exited(
+    generation: int, last_seq: int, running: bool, code: int = -11, **kw: Any
+) -> ExecutorExited:
     status = ResultStatus.FAILURE
     reason = Reason.SIGNAL if running else None
     detail = "executor process killed by signal 11 (SIGSEGV)"
     return ExecutorExited(
-        generation, last_seq, running, status, code, reason, detail, 5.0, 6.0, None
+        generation, last_seq, running, status, code, reason, detail, 5.0, 6.0, None, **kw
     )

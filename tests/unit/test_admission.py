@@ -4,6 +4,7 @@ declared, configured or learned. Stepped with chosen times, no sockets."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -268,6 +269,21 @@ def test_a_memory_failure_is_retried_with_a_larger_request_up_to_the_max() -> No
     ]
 
 
+def test_a_child_killed_for_memory_reports_the_peak_its_agent_watched() -> None:
+    # Given a quantum whose executor child its agent killed past its request
+    h = Harness(graph("100MB"), memory_mb=4096, memory_multiplier=2.0, retries=1)
+    join(h, A)
+    d = running(h)["q0"]
+    gone = exited(0, d.seq, True, -9, max_rss_kb=150 * 1024)
+    gone = dataclasses.replace(gone, reason=Reason.MEMORY, detail="used 150 MiB; killed")
+    h.step(ExecutorGone(A, gone), WorkerHeard(A), at=1.0)
+    # then it is retried with twice the request, and the report keeps that attempt's peak
+    join(h, B)
+    assert (running(h)["q0"].attempt, running(h)["q0"].memory_mb) == (2, 200)
+    [first] = h.core.report(None).details("q0").earlier
+    assert (first.reason, first.memoryRequest, first.maxRss) == (Reason.MEMORY, 100, 150 * 1024)
+
+
 def test_memory_failures_are_not_retried_without_a_multiplier() -> None:
     h = Harness(graph("1GB"), memory_mb=4096, retries=3)
     join(h, A)
@@ -379,7 +395,7 @@ def test_a_quantum_put_back_twice_is_not_stopped_again() -> None:
     h = Harness(graph("100MB"), memory_mb=1000)
     join(h, A)
     t = 0.0
-    for put_back in range(2):
+    for _put_back in range(2):
         d = running(h)["q0"]
         h.step(WorkerHeard(A, rss_kb=2000 * 1024), at=t + 0.1)
         h.step(at=t + 0.1 + GRACE_S)
