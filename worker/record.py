@@ -25,10 +25,10 @@ from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
 from multiprocessing.synchronize import Lock
 
-__all__ = ["MAX_LOG_PATH", "Running", "SharedRecord", "Watched"]
+__all__ = ["MAX_LOG_PATH", "REVOKED_HELD", "Running", "SharedRecord", "Watched"]
 
 MAX_LOG_PATH = 4096  # bytes of the running quantum's log path kept (PATH_MAX)
-_REVOKED = 64  # revoked dispatches remembered (only those not yet taken matter)
+REVOKED_HELD = 64  # revocations the child has not copied yet, at most (the agent refuses more)
 _LOCK_WAIT_S = 0.5  # a child killed while holding the lock must not hang its agent
 
 
@@ -46,7 +46,8 @@ class _Fields(ctypes.Structure):
         ("ready_kb", ctypes.c_uint64),  # the child's own resident memory when it was ready
         ("watching", ctypes.c_uint32),  # the agent samples (it needs no wake-up)
         ("revoked_count", ctypes.c_uint64),
-        ("revoked", ctypes.c_uint64 * _REVOKED),
+        ("revoked_seen", ctypes.c_uint64),  # of those, the ones the child has copied
+        ("revoked", ctypes.c_uint64 * REVOKED_HELD),
         ("log_path", ctypes.c_char * MAX_LOG_PATH),
     ]
 
@@ -151,19 +152,20 @@ class SharedRecord:
     def _catch_up(self) -> None:
         f = self._fields
         for n in range(self._seen, f.revoked_count):
-            self._revoked.add(f.revoked[n % _REVOKED])
-        self._seen = f.revoked_count
+            self._revoked.add(f.revoked[n % REVOKED_HELD])
+        self._seen = f.revoked_seen = f.revoked_count
 
     # ------------------------------------------------------------------ agent side
     def revoke(self, seq: int) -> bool:
-        """Take back dispatch ``seq`` if the child has not taken it yet."""
+        """Take back dispatch ``seq`` if the child has not taken it yet, and the revocations
+        it has not copied yet leave room for one more (else it runs: none is forgotten)."""
         f = self._fields
         if not self._lock.acquire(timeout=_LOCK_WAIT_S):
             return False
         try:
-            if f.last_seq >= seq:
+            if f.last_seq >= seq or f.revoked_count - f.revoked_seen >= REVOKED_HELD:
                 return False
-            f.revoked[f.revoked_count % _REVOKED] = seq
+            f.revoked[f.revoked_count % REVOKED_HELD] = seq
             f.revoked_count += 1
             return True
         finally:

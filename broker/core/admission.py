@@ -339,14 +339,17 @@ class Admission:
         guess = min(self.budget[0], max(share, learned * LEARNED_MARGIN))
         return (guess, *vector[1:])
 
-    def fits(self, worker: bytes, threads: int, vector: Vector, label: int) -> bool:
-        """Whether ``vector`` may start on ``worker`` now."""
+    def fits(
+        self, worker: bytes, threads: int, vector: Vector, label: int, used: Vector | None = None
+    ) -> bool:
+        """Whether ``vector`` may start on ``worker`` now (with ``used`` in use, if given)."""
         if self.loose:
             return True
+        used = self.used if used is None else used
         if vector[0] == UNMEASURED and self.strict:
             if label in self._probing:
                 return False
-            if self.budget[0] - self.used[0] < UNMEASURED_SHARE * self.budget[0]:
+            if self.budget[0] - used[0] < UNMEASURED_SHARE * self.budget[0]:
                 return False
         holding = self._holding.get(worker)
         concrete = self._concrete(vector)
@@ -358,7 +361,26 @@ class Admission:
         capacity = self._capacity.get(worker)
         if capacity is not None and any(a > c + 1e-9 for a, c in zip(after, capacity, strict=True)):
             return False
-        return all(u + a <= b + 1e-9 for u, a, b in zip(self.used, added, self.budget, strict=True))
+        return all(u + a <= b + 1e-9 for u, a, b in zip(used, added, self.budget, strict=True))
+
+    def fits_moved(self, source: bytes, i: int, worker: bytes, threads: int, label: int) -> bool:
+        """Whether ``i``, sent to ``source`` and not started, would fit on ``worker`` if taken
+        back: what ``source`` holds for it alone is free then. (A quantum taken back to fit
+        nowhere else would be sent to ``source`` again, and taken back again.)"""
+        if self.loose:
+            return True
+        holding, mine = self._holding.get(source), self._of.get((source, i))
+        if holding is None or mine is None:
+            return self.fits(worker, threads, self.vector(i), label)
+        rest = _Holding(holding.threads, len(self.names))
+        rest.counts = dict(holding.counts)
+        if rest.counts[mine] > 1:
+            rest.counts[mine] -= 1
+        else:
+            del rest.counts[mine]
+        freed = (h - r for h, r in zip(holding.vector, rest.held(), strict=True))
+        used = tuple(u - f for u, f in zip(self.used, freed, strict=True))
+        return self.fits(worker, threads, self.vector(i), label, used)
 
     def hold(self, worker: bytes, threads: int, i: int, vector: Vector, label: int) -> None:
         """``i`` was sent to ``worker`` with request ``vector``."""

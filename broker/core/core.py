@@ -1053,13 +1053,16 @@ class BrokerCore:
 
     def _stealable(self) -> list[tuple[WorkerInfo, InFlight, InFlight]]:
         """(worker, running, queued) where a prefetched quantum waits behind another, when a
-        ready worker sits idle and nothing else is ready: the last one queued that is not a
-        follow-on of another one there (taking a quantum back drops its follow-ons too)."""
-        if len(self.scheduler) or not any(
-            w.ready and not w.in_flight for w in self.registry.workers()
-        ):
+        ready worker sits idle that it would fit on and nothing else is ready: the last one
+        queued that is not a follow-on of another one there (taking a quantum back drops its
+        follow-ons too)."""
+        if len(self.scheduler):
+            return []
+        idle = [w for w in self.registry.workers() if w.ready and not w.in_flight]
+        if not idle:
             return []
         out = []
+        adm = self.admission
         for info in self.registry.workers():
             if len(info.in_flight) < 2:
                 continue
@@ -1068,7 +1071,9 @@ class BrokerCore:
             head = next((d for d in reversed(queued) if d.after not in seqs), None)
             if head is None or head.orphan or (head.quantum_id, head.attempt) in self._revoking:
                 continue
-            out.append((info, running, head))
+            i, label = head.index, self._labels[head.index]
+            if any(adm.fits_moved(info.identity, i, w.identity, w.threads, label) for w in idle):
+                out.append((info, running, head))
         return out
 
     def _steal(self, now: float, out: list[Action]) -> None:

@@ -9,14 +9,18 @@ from typing import Any
 
 import pytest
 
+from broker.core import STEAL_AFTER_S
 from broker.core.admission import UNMEASURED, Admission, Budget
 from broker.core.events import (
     Dispatch,
     ExecutorGone,
     HostMemory,
     PreemptQuantum,
+    QuantumRevoked,
     ResultReceived,
+    RevokeQuantum,
     WorkerHeard,
+    WorkerJoined,
     WorkerLeft,
     WorkerReady,
 )
@@ -408,3 +412,27 @@ def test_a_quantum_put_back_twice_is_not_stopped_again() -> None:
     h.step(WorkerHeard(A, rss_kb=2000 * 1024), at=t + 0.1)
     h.step(at=t + 0.1 + 2 * GRACE_S)
     assert h.of(PreemptQuantum) == []
+
+
+@pytest.mark.parametrize(("queued", "taken_back"), [("300MB", True), ("400MB", False)])
+def test_a_queued_quantum_is_taken_back_only_for_an_idle_worker_it_fits_on(
+    queued: str, taken_back: bool
+) -> None:
+    # Given A runs 700 MiB of a 1000 MiB budget with a smaller quantum queued behind it
+    # (it holds nothing more there), and B joins idle
+    h = Harness(graph("700MB", queued), memory_mb=1000, workers=1)
+    h.join(A, slots=2)
+    assert [d.quantum_id for d in h.dispatches(A)] == ["q0", "q1"]
+    h.step(WorkerJoined(B, 9, "host", 2, True), WorkerReady(B))
+    # When q0 has run a while, q1 is taken back for B only if it fits there beside q0:
+    # taken back to go nowhere else, it would be sent to A again, and again
+    h.step(at=STEAL_AFTER_S)
+    revokes = h.of(RevokeQuantum)
+    assert [r.quantum_id for r in revokes] == (["q1"] if taken_back else [])
+    for r in revokes:
+        h.step(QuantumRevoked(A, r.quantum_id, r.attempt), at=STEAL_AFTER_S + 0.01)
+        assert [d.quantum_id for d in h.dispatches(B)] == ["q1"]
+    for t in (2, 3, 4):
+        h.step(at=STEAL_AFTER_S * t)
+        assert h.of(RevokeQuantum) == []
+    assert h.core.held()["memory"] == (1000 if taken_back else 700)

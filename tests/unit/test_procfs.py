@@ -17,7 +17,7 @@ from worker import procfs
 from worker.memory import MemoryWatch
 from worker.meter import AttemptMeter
 from worker.procfs import parse_children, parse_hwm_kb, parse_statm_resident, tree_rss_kb
-from worker.record import SharedRecord
+from worker.record import REVOKED_HELD, SharedRecord
 
 STATUS = (
     b"Name:\tpython\nUmask:\t0022\nState:\tS (sleeping)\nTgid:\t42\nPid:\t42\n"
@@ -150,6 +150,24 @@ def _woken(record: SharedRecord) -> bool:
     if readable:
         record.woken()
     return bool(readable)
+
+
+def test_revocations_beyond_what_the_record_holds_are_refused_never_forgotten(
+    record: SharedRecord,
+) -> None:
+    # Given a child running dispatch 1 and the agent asked to take back 2..200 meanwhile
+    assert record.take(1, None, "/l/1") is None
+    taken_back = {seq for seq in range(2, 201) if record.revoke(seq)}
+    # then it takes back as many as the record holds, and says no to the rest
+    assert taken_back == set(range(2, 2 + REVOKED_HELD))
+    record.finished()
+    # and the child runs exactly those it was not told were taken back
+    for seq in range(2, 201):
+        assert (record.take(seq, None, f"/l/{seq}") is None) == (seq not in taken_back)
+        record.finished()
+    # once the child has caught up, there is room again
+    assert record.revoke(202)
+    assert record.take(202, None, "/l/202") == "revoked"
 
 
 def test_an_attempt_with_a_request_wakes_the_agent_only_when_it_is_not_watching(
