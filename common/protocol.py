@@ -187,6 +187,9 @@ class Result:
     log_path: str | None
     stop_run: bool = False  # the executor says this failure must stop the whole run
     cpu_s: Seconds | None = None  # user + system CPU of its process tree while it ran
+    # What its executor held before it (its own, when ready): the attempt's own use is
+    # ``max_rss_kb`` less this. None where the attempt had its process to itself.
+    base_rss_kb: Kibibytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,6 +264,7 @@ class ExecutorExited:
     end_time: Epoch
     log_path: str | None
     max_rss_kb: Kibibytes | None = None  # the running attempt's peak as the agent watched it
+    base_rss_kb: Kibibytes | None = None  # what the child held when ready (``Result``'s)
 
 
 @dataclass(frozen=True, slots=True)

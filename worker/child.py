@@ -176,7 +176,8 @@ def direct_main(config: ChildConfig, record: SharedRecord) -> None:
     loaded = _load(config.executor_blob)
     _preload(config.preload)
     channel = open_channel(config.link, config.endpoint, config.keys_dir)
-    record.ready(own_rss_kb())  # (what its quanta use is measured beyond this)
+    ready_kb = own_rss_kb()
+    record.ready(ready_kb)  # (what its quanta use is measured beyond this)
     channel.send(encode(Ready(config.worker_id, config.agent_pid, config.generation)))
     capture = _standing_capture(Path(config.log_dir))
     signal.signal(signal.SIGALRM, signal.SIG_DFL)  # our deadline: the alarm ends us
@@ -203,7 +204,9 @@ def direct_main(config: ChildConfig, record: SharedRecord) -> None:
         else:
             executor, butler = loaded
             quantum = assign.quantum
-            result = run_quantum(executor, butler, quantum, attempt, capture, log=log, meter=meter)
+            result = run_quantum(
+                executor, butler, quantum, attempt, capture, log=log, meter=meter, base_kb=ready_kb
+            )
         if assign.timeout_s is not None:
             signal.setitimer(signal.ITIMER_REAL, 0)
         # Marked finished before it is sent: dying in between loses a result (the attempt is

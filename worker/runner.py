@@ -70,10 +70,12 @@ def run_quantum(
     on_exception: Callable[[TracebackType | None], object] | None = None,
     log: str | None = None,
     meter: AttemptMeter | None = None,
+    base_kb: int | None = None,
 ) -> Result:
     """Execute and describe the outcome; only KeyboardInterrupt escapes. ``log`` is where a
     captured quantum's log goes (``log_file`` unless the caller worked it out already);
-    ``meter`` measures the attempt (a process that runs many keeps one)."""
+    ``meter`` measures the attempt (a process that runs many keeps one); ``base_kb``: what
+    that process held before it, not the attempt's own (``Result.base_rss_kb``)."""
     own_meter = meter is None
     if meter is None:
         meter = AttemptMeter()
@@ -120,6 +122,7 @@ def run_quantum(
         log_path=kept,
         stop_run=stop_run,
         cpu_s=cpu_s,
+        base_rss_kb=base_kb,
     )
 
 

@@ -306,6 +306,7 @@ class AgentSession:
                 end_time=now,
                 log_path=log,
                 max_rss_kb=(running.peak_kb or None) if running is not None else None,
+                base_rss_kb=(record.ready_kb or None) if record is not None else None,
             )
         )
         if self._draining_until is not None:

@@ -4,7 +4,9 @@ own request, fits every budget (memory, cores, custom resources).
 What a quantum requests: what it declares (its own values over its task label's, from the
 graph), else its label's request from the run's configuration (a BPS config), else the run's
 defaults (``--memory-per-quantum``, ``--cores-per-quantum``); without any, ``cpus`` counts one
-and memory is learned: 1.2 x the largest peak measured for its label so far. A label not
+and memory is learned: 1.05 x the largest peak its label's quanta used of their own so far
+(their process's peak less what their executor held before them; a quantum that outgrows
+that is the pressure watch's, and its peak moves the label's request). A label not
 measured yet: under a budget the user set (``strict``), one of its quanta runs at a time
 until it is, treated as possibly large: it takes all the memory free when it starts and
 starts only when three quarters of the budget are free, until its agent's first measurement
@@ -49,8 +51,9 @@ from common.resources import CPUS, MEMORY, Amounts, format_memory
 
 __all__ = ["UNMEASURED", "Admission", "Budget", "Refusal"]
 
-# A learned request is this much above the largest peak measured for the label
-LEARNED_MARGIN = 1.2
+# A learned request is this much above the largest peak measured for the label (quanta of one
+# label are alike; what strays further is caught by the pressure watch and learned from)
+LEARNED_MARGIN = 1.05
 # A quantum of a label not measured yet starts only with this share of the memory budget free
 UNMEASURED_SHARE = 0.75
 # A probe (a label's first quantum under a budget the user set) holds all that was free until

@@ -529,8 +529,8 @@ class BrokerCore:
         """RUNNING -> SUCCEEDED (children may become ready) or FAILED / TIMED_OUT."""
         self.timings.last_result = now
         self.ledger.result(i, result)
-        rss = result.max_rss_kb
-        if self.admission.learn(i, None if rss is None else rss / 1024):
+        own = _own_kb(result)
+        if self.admission.learn(i, None if own is None else own / 1024):
             self._refresh_admission()
             self._weigh_chain()
         self._record(i, result.attempt, JournalState(result.status.value))
@@ -564,8 +564,8 @@ class BrokerCore:
             if c.memory_multiplier is None:
                 return False
             asked = self.admission.declared_memory(i)
-            peak = None if result.max_rss_kb is None else result.max_rss_kb / 1024
-            base = asked if asked is not None else peak
+            own = _own_kb(result)
+            base = asked if asked is not None else None if own is None else own / 1024
             if base is None:
                 return False
             limit = min(c.memory_max_mb or math.inf, self.admission.budget[0])
@@ -1118,6 +1118,13 @@ class BrokerCore:
         self._over = True
 
 
+def _own_kb(result: Result) -> int | None:
+    """What the attempt itself used at its peak: its process's peak less what its executor
+    held before it (what admission learns; the report keeps the process's peak)."""
+    peak, base = result.max_rss_kb, result.base_rss_kb
+    return peak if peak is None or base is None else max(0, peak - base)
+
+
 def _ended(d: InFlight, exited: ExecutorExited) -> Result:
     """The result of the attempt ``d`` that an executor child died running."""
     return Result(
@@ -1132,6 +1139,7 @@ def _ended(d: InFlight, exited: ExecutorExited) -> Result:
         end_time=exited.end_time,
         duration_s=max(0.0, exited.end_time - exited.start_time),
         max_rss_kb=exited.max_rss_kb,  # its peak as the agent watched it, if it watched
+        base_rss_kb=exited.base_rss_kb,
         log_path=exited.log_path,
     )
 

@@ -180,10 +180,15 @@ def test_memory_is_learned_per_label_after_a_cautious_first_quantum() -> None:
     # Then only the first runs: its label has not been measured
     assert set(running(h)) == {"q0"}
     assert running(h)["q0"].memory_mb is None  # learned requests are not enforced
-    # Once it reports a 200 MiB peak, each asks 1.2 x 200 = 240 MiB: four fit in 1000
-    finish(h, running(h)["q0"], at=1.0, rss_mb=200)
-    assert len(running(h)) == 4
-    assert h.core.held()["memory"] == pytest.approx(960)
+    # Once it reports a 280 MiB peak of which its executor held 40 before it, each asks
+    # 1.05 x 240 = 252 MiB: three fit in 1000, not four
+    d = running(h)["q0"]
+    r = result(d, max_rss_kb=280 * 1024, base_rss_kb=40 * 1024)
+    h.step(ResultReceived(d.worker, r), at=1.0)
+    assert len(running(h)) == 3
+    assert h.core.held()["memory"] == pytest.approx(3 * 252)
+    # and the report keeps the process's peak
+    assert h.core.report(None).details("q0").maxRss == 280 * 1024
 
 
 def test_declared_memory_travels_with_the_dispatch_unless_enforcement_is_off() -> None:
