@@ -374,11 +374,12 @@ class BrokerCore:
                     running = min(info.in_flight.values(), key=lambda d: d.seq)
                     self.admission.probe_measured(info.identity, running.index, rss_kb / 1024)
             case ResultReceived(result=result):
+                self.pressure.ended(info.identity)
                 self._on_result(info, result, now)
             case QuantumRevoked(quantum_id=qid, attempt=attempt):
                 self._on_revoked(info, qid, attempt)
             case ExecutorGone(exited=exited):
-                self.pressure.measured(info.identity, None)  # (its child, measured, is gone)
+                self.pressure.ended(info.identity)  # (its child, measured, is gone)
                 self._executor_gone(info, exited, now)
             case ExecutorUnreachable(generation=generation):
                 self._executor_unreachable(info, generation, now)

@@ -40,10 +40,16 @@ class PressureWatch:
     def measured(self, worker: bytes, mib: float | None) -> None:
         """``worker``'s executor tree uses ``mib`` now (None: nothing running there)."""
         if mib is None:
-            self._measured.pop(worker, None)
+            if self._measured.pop(worker, None) is None:
+                return
         else:
             self._measured[worker] = mib
         self._stale = True
+
+    def ended(self, worker: bytes) -> None:
+        """What ran on ``worker`` ended: what it measured was that quantum's, not the next
+        one's (its next heartbeat says what that uses)."""
+        self.measured(worker, None)
 
     def host(self, available_mb: float) -> None:
         self._available = available_mb

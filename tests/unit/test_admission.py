@@ -374,6 +374,19 @@ def test_memory_pressure_stops_admitting_then_puts_the_newest_quantum_back() -> 
     assert (details.putBack, details.attempts, details.reason) == (1, 1, None)
 
 
+def test_what_a_finished_quantum_measured_is_not_counted_as_pressure() -> None:
+    # Given A's quantum measured 900 MiB before it finished, then B's measures 600 MiB
+    g = QuantumGraph.from_quanta([quantum(f"q{n}", resources={"memory": 100}) for n in range(3)])
+    h = Harness(g, memory_mb=1000)
+    join(h, A, B)
+    h.step(WorkerHeard(A, rss_kb=900 * 1024), at=1.0)
+    finish(h, running(h)["q0"], at=1.5)
+    h.step(WorkerHeard(B, rss_kb=600 * 1024), at=1.6)
+    # then only B's is in use, and what is ready still starts
+    assert h.core.pressure.in_use_mb == pytest.approx(600)
+    assert "q2" in running(h)
+
+
 def test_low_host_memory_is_pressure_too() -> None:
     g = QuantumGraph.from_quanta([quantum(f"q{n}") for n in range(2)])
     h = Harness(g, memory_reserve_mb=2048)
