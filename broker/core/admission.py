@@ -8,11 +8,10 @@ and memory is learned: 1.05 x the largest peak its label's quanta used of their 
 (their process's peak less what their executor held before them; a quantum that outgrows
 that is the pressure watch's, and its peak moves the label's request). A label not
 measured yet: under a budget the user set (``strict``), one of its quanta runs at a time
-until it is, treated as possibly large: it takes all the memory free when it starts and
-starts only when three quarters of the budget are free, until its agent's first measurement
-of it (a heartbeat) shrinks that to 1.5 x what it measured (its growth past that is the
-pressure watch's); the label's quanta are ranked as a chain (below) until it is measured, so
-the first is measured early. Under the host's
+until it is, treated as possibly large: it starts only when three quarters of the budget are
+free and holds all that was free until it ends (what it measures while it runs says nothing
+of what it will take next); the label's quanta are ranked as a chain (below) until it is
+measured, so the first is measured early. Under the host's
 default budget each counts a worker's share of the budget (over the quanta the registered
 workers run at once), or the largest request learned so far if that is more (the
 memory-pressure watch covers one that needs more). A memory
@@ -56,9 +55,6 @@ __all__ = ["UNMEASURED", "Admission", "Budget", "Refusal"]
 LEARNED_MARGIN = 1.05
 # A quantum of a label not measured yet starts only with this share of the memory budget free
 UNMEASURED_SHARE = 0.75
-# A probe (a label's first quantum under a budget the user set) holds all that was free until
-# its agent first measures it, then this much more than what it measures (``probe_measured``)
-PROBE_MARGIN = 1.5
 UNMEASURED = -1.0  # a memory request still to be learned (first of its label)
 # A label's learned peak moves only for a peak this much above it (the margin covers less):
 # requests are not recomputed for every few KiB a warm executor's peak creeps up
@@ -158,7 +154,6 @@ class Admission:
         }
         self._peak_mb: list[float | None] = [None] * len(labels)  # largest measured, by label
         self._probing: set[int] = set()  # labels with an unmeasured quantum out
-        self._probes: set[tuple[bytes, int]] = set()  # such quanta holding all that was free
         self._raised: dict[int, float] = {}  # quantum -> memory request of its next attempt
         self._vectors: list[Vector | None] = [None] * len(labels)  # by label, while valid
         self._holding: dict[bytes, _Holding] = {}
@@ -391,8 +386,6 @@ class Admission:
             return
         if vector[0] == UNMEASURED:
             self._probing.add(label)
-            if self.strict:
-                self._probes.add((worker, i))
         concrete = self._concrete(vector)
         holding = self._holding.get(worker)
         if holding is None:
@@ -401,31 +394,11 @@ class Admission:
         self._of[worker, i] = concrete
         self._reset(holding, holding.held())
 
-    def probe_measured(self, worker: bytes, i: int, mib: float) -> None:
-        """The probe ``i`` on ``worker`` measures ``mib`` now: it holds ``PROBE_MARGIN``
-        times that from now on (never more than it took), so what fits beside it may start;
-        if it grows past that, the pressure watch stops the newest."""
-        key = (worker, i)
-        holding = self._holding.get(worker)
-        if key not in self._probes or holding is None:
-            return
-        old = self._of[key]
-        new = (min(old[0], max(mib, 1.0) * PROBE_MARGIN), *old[1:])
-        left = holding.counts[old] - 1
-        if left:
-            holding.counts[old] = left
-        else:
-            del holding.counts[old]
-        holding.counts[new] = holding.counts.get(new, 0) + 1
-        self._of[key] = new
-        self._reset(holding, holding.held())
-
     def release(self, worker: bytes, i: int) -> None:
         """``i`` is no longer held by ``worker`` (ended, lost, taken back)."""
         if self.loose:
             return
         vector = self._of.pop((worker, i), None)
-        self._probes.discard((worker, i))
         holding = self._holding.get(worker)
         if vector is None or holding is None:
             return
@@ -444,7 +417,6 @@ class Admission:
             return
         for key in [k for k in self._of if k[0] == worker]:
             del self._of[key]
-            self._probes.discard(key)
         self.used = tuple(u - h for u, h in zip(self.used, holding.vector, strict=True))
 
     def _reset(self, holding: _Holding, vector: Vector) -> None:

@@ -370,9 +370,6 @@ class BrokerCore:
             case WorkerHeard(rss_kb=rss_kb):
                 self.registry.seen(info, now)
                 self.pressure.measured(info.identity, None if rss_kb is None else rss_kb / 1024)
-                if rss_kb is not None and info.in_flight and not self.admission.loose:
-                    running = min(info.in_flight.values(), key=lambda d: d.seq)
-                    self.admission.probe_measured(info.identity, running.index, rss_kb / 1024)
             case ResultReceived(result=result):
                 self.pressure.ended(info.identity)
                 self._on_result(info, result, now)

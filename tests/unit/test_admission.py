@@ -397,7 +397,7 @@ def test_low_host_memory_is_pressure_too() -> None:
     assert set(running(h)) == {"q0", "q1"}
 
 
-def test_a_probe_holds_all_that_was_free_until_its_agent_measures_it() -> None:
+def test_a_probe_holds_all_that_was_free_until_it_ends() -> None:
     # Given a 1000 MiB budget the user set: "probe" of a label never measured, and "other"
     # that declares 500 MiB
     g = QuantumGraph.from_quanta(
@@ -406,10 +406,14 @@ def test_a_probe_holds_all_that_was_free_until_its_agent_measures_it() -> None:
     h = Harness(g, memory_mb=1000)
     join(h, A, B)
     assert set(running(h)) == {"probe"}  # it took all that was free
-    # When its agent measures it at 200 MiB, it holds 1.5 x that: "other" fits beside it
+    # What its agent measures while it runs does not shrink that: it may grow yet
     h.step(WorkerHeard(A, rss_kb=200 * 1024), at=0.5)
-    assert set(running(h)) == {"probe", "other"}
-    assert h.core.held()["memory"] == pytest.approx(300 + 500)
+    assert set(running(h)) == {"probe"}
+    assert h.core.held()["memory"] == pytest.approx(1000)
+    # Once it ends with a 300 MiB peak, "other" starts beside what its label learned
+    finish(h, running(h)["probe"], at=1.0, rss_mb=300)
+    assert set(running(h)) == {"other"}
+    assert h.core.held()["memory"] == pytest.approx(500)
 
 
 def test_a_quantum_put_back_twice_is_not_stopped_again() -> None:
