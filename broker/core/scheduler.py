@@ -75,6 +75,7 @@ class Scheduler:
         self._heap: list[tuple[float, int]] = []
         self._fresh: list[tuple[float, int]] = []
         self._fresh_order: list[tuple[int, int]] = []
+        self._agree = False  # sources in critical-path order are in tree order (``_rank``)
         self._staged: list[int] = []  # released, not yet in the heap (``release``)
         self._order = _tree_order(topology)
         parents = np.bincount(as_numpy(topology.succ), minlength=topology.size)
@@ -144,9 +145,10 @@ class Scheduler:
         prio = self._priority
         queued = np.flatnonzero(np.frombuffer(self._queued, np.uint8)).tolist()
         order, source = self._order, self._source
+        self._agree = _orders_agree(self._priority, order, source)
         self._heap = [(-prio[i], i) for i in queued if not source[i]]
         self._fresh = [(-prio[i], i) for i in queued if source[i]]
-        self._fresh_order = [(order[i], i) for i in queued if source[i]]
+        self._fresh_order = [] if self._agree else [(order[i], i) for i in queued if source[i]]
         heapq.heapify(self._heap)
         heapq.heapify(self._fresh)
         heapq.heapify(self._fresh_order)
@@ -230,7 +232,8 @@ class Scheduler:
         entry = (-self._priority[i], i)
         if self._source[i]:
             heapq.heappush(self._fresh, entry)
-            heapq.heappush(self._fresh_order, (self._order[i], i))
+            if not self._agree:
+                heapq.heappush(self._fresh_order, (self._order[i], i))
         else:
             heapq.heappush(self._heap, entry)
 
@@ -288,7 +291,7 @@ class Scheduler:
             return self._take_head(self._heap)
         if fresh is None:
             return None
-        if self._critical(prio[fresh], workers):
+        if self._agree or self._critical(prio[fresh], workers):
             return self._take_head(self._fresh)
         heap, queued = self._fresh_order, self._queued
         while not queued[heap[0][1]]:
@@ -338,6 +341,18 @@ class Scheduler:
 
     def __len__(self) -> int:
         return self._queued_count
+
+
+def _orders_agree(priority: array[float], order: array[int], source: bytes) -> bool:
+    """Whether the sources by critical path (then index) are the sources in tree order, as
+    where every source ranks the same and the tree walks them by index (independent quanta):
+    one heap then serves both orders."""
+    sources = np.flatnonzero(np.frombuffer(source, np.uint8))
+    if len(sources) < 2:
+        return True
+    prio = np.frombuffer(priority, np.float64)[sources]
+    places = np.frombuffer(order, np.int64)[sources]
+    return bool((prio == prio[0]).all() and (np.diff(places) > 0).all())
 
 
 def _moved(ranked: float, now: float) -> bool:
