@@ -932,7 +932,7 @@ class BrokerCore:
                     break
                 if head is not None and self.scheduler.priority(child) < head:
                     continue  # a quantum waiting for resources comes first (_dispatch_ready)
-                info = self._worker_for(self.admission.vector(child), self._labels[child])
+                info = self._worker_for(self.admission.vector(child), self._labels[child], now)
             if info is not None and self.scheduler.take(child):
                 out.append(self._dispatched(info, child, now))
         self._dispatch_ready(now, out)
@@ -944,22 +944,26 @@ class BrokerCore:
         it does not delay it (``Admission.backfills``); it and those passed over stay ready."""
         passed: list[int] = []
         head: tuple[float, Vector] | None = None  # the head's shadow and what is spare then
-        self._head_priority = None
         self._waiting = []
         workers = self.registry.ready_count()
         if self.admission.loose:  # (everything fits: the order alone decides)
+            self._head_priority = None
             while len(self.scheduler) and (info := self.registry.next_free()) is not None:
                 i = self.scheduler.pop(workers)
                 if i is None:
                     break
                 out.append(self._dispatched(info, i, now))
             return
+        if not len(self.scheduler) or self.registry.next_free() is not None:
+            # (with no worker free the head is still the head: children released meanwhile
+            # must not go ahead of it by the released path)
+            self._head_priority = None
         while len(self.scheduler) and self.registry.next_free() is not None:
             i = self.scheduler.pop(workers)
             if i is None:
                 break
             vector = self.admission.vector(i)
-            info = self._worker_for(vector, self._labels[i])
+            info = self._worker_for(vector, self._labels[i], now)
             if info is not None and head is not None:
                 ends = now + self._ahead_s(info, now) + self.scheduler.estimate(self._labels[i])
                 spare = self.admission.backfills(vector, ends, *head)
@@ -981,15 +985,23 @@ class BrokerCore:
         for i in passed:
             self.scheduler.push(i)
 
-    def _worker_for(self, vector: Vector, label: int) -> WorkerInfo | None:
-        """The free worker ``vector`` fits on now, in the registry's order (idle ones first,
-        most recently used first), or None."""
+    def _worker_for(self, vector: Vector, label: int, now: float) -> WorkerInfo | None:
+        """The free worker ``vector`` fits on now: the first idle one in the registry's order
+        (most recently used first), else the busy one that will have run what it holds
+        soonest (a quantum queued there starts then), or None."""
         if self.admission.loose:
             return self.registry.next_free()
+        best: WorkerInfo | None = None
+        best_s = math.inf
         for info in self.registry.free():
-            if self.admission.fits(info.identity, info.threads, vector, label):
+            if not self.admission.fits(info.identity, info.threads, vector, label):
+                continue
+            if not info.in_flight:
                 return info
-        return None
+            ahead = self._ahead_s(info, now)
+            if ahead < best_s:
+                best, best_s = info, ahead
+        return best
 
     def _ahead_s(self, info: WorkerInfo, now: float) -> float:
         """How long until ``info`` has run what it holds, by the durations learned."""

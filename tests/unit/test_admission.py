@@ -149,6 +149,31 @@ def test_the_head_is_not_starved_by_small_quanta_behind_it() -> None:
     assert set(running(h)) == {"tail", "head", "s0", "s1"}
 
 
+def test_a_child_released_while_no_worker_was_free_does_not_pass_the_head() -> None:
+    # Given a 1001 MiB budget: "run" (600 MiB, 1 s) on A, "p" (1 s) on B, and "head" (800)
+    # waiting for "run" to end; "p"'s child "c" needs 300 MiB for 5 s
+    g = QuantumGraph.from_quanta(
+        [
+            quantum("run", label="r", resources={"memory": 600}),
+            quantum("tail", label="t", inputs=["run"], resources={"memory": 1}),
+            quantum("head", label="h", resources={"memory": 800}),
+            quantum("p", label="p", resources={"memory": 1}),
+            quantum("c", label="c", inputs=["p"], resources={"memory": 300}),
+        ]
+    )
+    h = Harness(g, memory_mb=1001)
+    learn(h, r=1.0, t=20.0, h=10.0, p=1.0, c=5.0)
+    join(h, A, B)
+    assert set(running(h)) == {"run", "p"}
+    h.step(WorkerHeard(A), WorkerHeard(B), at=0.5)  # (a step with no worker free)
+    # When "p" ends, "c" does not start: it would still hold 300 MiB when "run" ends, and
+    # the head needs all but 201 of the budget then
+    finish(h, running(h)["p"], at=0.6)
+    assert set(running(h)) == {"run"}
+    finish(h, running(h)["run"], at=1.0)
+    assert set(running(h)) == {"tail", "head"}
+
+
 def test_short_quanta_fill_the_gap_before_the_head_starts() -> None:
     # Given "r0" (600 MiB) running 10 s, "head" (900 MiB) next, and 1 s quanta of 300 MiB
     g = QuantumGraph.from_quanta(
