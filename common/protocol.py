@@ -49,8 +49,9 @@ __all__ = [
 
 # 2: typed RESULT reason, bounded numbers; 3: executor children direct; 4: follow-ons;
 # 5: a quantum travels as an array; 6: resources (ASSIGN's request, the quantum's own peak, CPU;
-# HEARTBEAT's measure, PREEMPT)
-PROTOCOL_VERSION = 6
+# HEARTBEAT's measure, PREEMPT); 7: RESULT and EXECUTOR_EXITED carry what the executor held
+# before the attempt (base_rss_kb)
+PROTOCOL_VERSION = 7
 
 
 @dataclass(frozen=True, slots=True)

@@ -146,6 +146,7 @@ def child_main(
     _start(agent_pid)
     loaded = _load(executor_blob)
     _preload(preload)
+    ready_kb = own_rss_kb()  # (what its quanta use is measured beyond this)
     conn.send_bytes(encode(Ready(worker_id="", pid=agent_pid, generation=1)))
     capture = _standing_capture(Path(log_dir))
     meter = AttemptMeter()
@@ -163,7 +164,9 @@ def child_main(
         else:
             executor, butler = loaded
             quantum, attempt = assign.quantum, assign.attempt
-            result = run_quantum(executor, butler, quantum, attempt, capture, meter=meter)
+            result = run_quantum(
+                executor, butler, quantum, attempt, capture, meter=meter, base_kb=ready_kb
+            )
         conn.send_bytes(encode(result))
     capture.close()
     meter.close()

@@ -371,7 +371,6 @@ class BrokerCore:
                 self.registry.seen(info, now)
                 self.pressure.measured(info.identity, None if rss_kb is None else rss_kb / 1024)
             case ResultReceived(result=result):
-                self.pressure.ended(info.identity)
                 self._on_result(info, result, now)
             case QuantumRevoked(quantum_id=qid, attempt=attempt):
                 self._on_revoked(info, qid, attempt)
@@ -478,6 +477,8 @@ class BrokerCore:
     def _on_result(self, info: WorkerInfo, result: Result, now: float) -> None:
         self._preempting.discard((result.quantum_id, result.attempt))  # (ended before)
         d = self._complete(info, result.quantum_id, result.attempt)
+        if d is not None:
+            self.pressure.ended(info.identity)  # (its measure was this quantum's)
         if d is None:
             self._drops.warn(
                 "ignoring result for %s attempt %d from %s: not in flight there",
@@ -647,6 +648,8 @@ class BrokerCore:
         d = self.registry.complete(info, quantum_id, attempt)
         if d is not None and not self.admission.loose:
             self.admission.release(info.identity, d.index)
+        if d is not None and self._revoking:
+            self._revoking.discard((quantum_id, attempt))  # (a refused revocation ends here)
         return d
 
     def _lose_worker(
@@ -1132,7 +1135,8 @@ def _own_kb(result: Result) -> int | None:
     """What the attempt itself used at its peak: its process's peak less what its executor
     held before it (what admission learns; the report keeps the process's peak)."""
     peak, base = result.max_rss_kb, result.base_rss_kb
-    return peak if peak is None or base is None else max(0, peak - base)
+    # (a measurement at or under the base still measures the label: at least 1 MiB)
+    return peak if peak is None or base is None else max(1024, peak - base)
 
 
 def _ended(d: InFlight, exited: ExecutorExited) -> Result:
