@@ -154,6 +154,7 @@ class Admission:
         }
         self._peak_mb: list[float | None] = [None] * len(labels)  # largest measured, by label
         self._probing: set[int] = set()  # labels with an unmeasured quantum out
+        self._probe_of: dict[int, tuple[bytes, int]] = {}  # label -> (worker, that quantum)
         self._raised: dict[int, float] = {}  # quantum -> memory request of its next attempt
         self._vectors: list[Vector | None] = [None] * len(labels)  # by label, while valid
         self._holding: dict[bytes, _Holding] = {}
@@ -247,6 +248,7 @@ class Admission:
         request changed."""
         label = self._label_of(i)
         self._probing.discard(label)
+        self._probe_of.pop(label, None)
         if peak_mb is not None and peak_mb > 0:
             known = self._peak_mb[label]
             if known is None or peak_mb > known * _RELEARN:
@@ -386,6 +388,7 @@ class Admission:
             return
         if vector[0] == UNMEASURED:
             self._probing.add(label)
+            self._probe_of[label] = (worker, i)
         concrete = self._concrete(vector)
         holding = self._holding.get(worker)
         if holding is None:
@@ -395,9 +398,14 @@ class Admission:
         self._reset(holding, holding.held())
 
     def release(self, worker: bytes, i: int) -> None:
-        """``i`` is no longer held by ``worker`` (ended, lost, taken back)."""
+        """``i`` is no longer held by ``worker`` (ended, lost, taken back, put back): a probe
+        that leaves unmeasured lets the next of its label probe."""
         if self.loose:
             return
+        label = self._label_of(i)
+        if self._probe_of.get(label) == (worker, i):
+            del self._probe_of[label]
+            self._probing.discard(label)
         vector = self._of.pop((worker, i), None)
         holding = self._holding.get(worker)
         if vector is None or holding is None:
@@ -412,6 +420,9 @@ class Admission:
     def forget(self, worker: bytes) -> None:
         """``worker`` is gone with all it held."""
         self._capacity.pop(worker, None)
+        for label in [n for n, (w, _) in self._probe_of.items() if w == worker]:
+            del self._probe_of[label]
+            self._probing.discard(label)
         holding = self._holding.pop(worker, None)
         if holding is None:
             return

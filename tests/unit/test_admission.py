@@ -461,6 +461,22 @@ def test_a_quantum_put_back_twice_is_not_stopped_again() -> None:
     assert h.of(PreemptQuantum) == []
 
 
+def test_a_probe_put_back_under_pressure_runs_again() -> None:
+    # Given the first quantum of an unmeasured label, stopped under memory pressure
+    g = QuantumGraph.from_quanta([quantum(f"q{n}", label="new") for n in range(2)])
+    h = Harness(g, memory_mb=1000)
+    join(h, A)
+    d = running(h)["q0"]
+    h.step(WorkerHeard(A, rss_kb=2000 * 1024), at=0.1)
+    h.step(at=0.1 + GRACE_S)
+    assert [p.quantum_id for p in h.of(PreemptQuantum)] == ["q0"]
+    h.step(ExecutorGone(A, exited(0, d.seq, True, -9)), at=0.2 + GRACE_S)
+    # When its worker is ready again, it runs again (its label is not left "probing")
+    h.step(WorkerReady(A, 0), at=0.3 + GRACE_S)
+    again = running(h)["q0"]
+    assert again.attempt == 1 and again.seq != d.seq
+
+
 @pytest.mark.parametrize(("queued", "taken_back"), [("300MB", True), ("400MB", False)])
 def test_a_queued_quantum_is_taken_back_only_for_an_idle_worker_it_fits_on(
     queued: str, taken_back: bool
