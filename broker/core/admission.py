@@ -153,8 +153,8 @@ class Admission:
             for n, label in enumerate(labels)
         }
         self._peak_mb: list[float | None] = [None] * len(labels)  # largest measured, by label
-        self._probing: set[int] = set()  # labels with an unmeasured quantum out
-        self._probe_of: dict[int, tuple[bytes, int]] = {}  # label -> (worker, that quantum)
+        # labels with an unmeasured quantum out -> (its worker, that quantum)
+        self._probe_of: dict[int, tuple[bytes, int]] = {}
         self._raised: dict[int, float] = {}  # quantum -> memory request of its next attempt
         self._vectors: list[Vector | None] = [None] * len(labels)  # by label, while valid
         self._holding: dict[bytes, _Holding] = {}
@@ -247,7 +247,6 @@ class Admission:
         """``i`` ended with this measured peak (None: no measurement); whether its label's
         request changed."""
         label = self._label_of(i)
-        self._probing.discard(label)
         self._probe_of.pop(label, None)
         if peak_mb is not None and peak_mb > 0:
             known = self._peak_mb[label]
@@ -347,7 +346,7 @@ class Admission:
             return True
         used = self.used if used is None else used
         if vector[0] == UNMEASURED and self.strict:
-            if label in self._probing:
+            if label in self._probe_of:
                 return False
             if self.budget[0] - used[0] < UNMEASURED_SHARE * self.budget[0]:
                 return False
@@ -387,7 +386,6 @@ class Admission:
         if self.loose:
             return
         if vector[0] == UNMEASURED:
-            self._probing.add(label)
             self._probe_of[label] = (worker, i)
         concrete = self._concrete(vector)
         holding = self._holding.get(worker)
@@ -405,7 +403,6 @@ class Admission:
         label = self._label_of(i)
         if self._probe_of.get(label) == (worker, i):
             del self._probe_of[label]
-            self._probing.discard(label)
         vector = self._of.pop((worker, i), None)
         holding = self._holding.get(worker)
         if vector is None or holding is None:
@@ -422,7 +419,6 @@ class Admission:
         self._capacity.pop(worker, None)
         for label in [n for n, (w, _) in self._probe_of.items() if w == worker]:
             del self._probe_of[label]
-            self._probing.discard(label)
         holding = self._holding.pop(worker, None)
         if holding is None:
             return
@@ -439,7 +435,7 @@ class Admission:
     def why_not(self, vector: Vector, label: int) -> str:
         """Why a quantum of ``vector`` cannot start now, for people: the first budget it
         does not fit (``memory: needs 8.0 GiB, 3.0 GiB free``)."""
-        if vector[0] == UNMEASURED and self.strict and label in self._probing:
+        if vector[0] == UNMEASURED and self.strict and label in self._probe_of:
             return "memory: waiting for the first of its task to be measured"
         concrete = self._concrete(vector)
         for name, need, used, budget in zip(

@@ -477,8 +477,6 @@ class BrokerCore:
     def _on_result(self, info: WorkerInfo, result: Result, now: float) -> None:
         self._preempting.discard((result.quantum_id, result.attempt))  # (ended before)
         d = self._complete(info, result.quantum_id, result.attempt)
-        if d is not None:
-            self.pressure.ended(info.identity)  # (its measure was this quantum's)
         if d is None:
             self._drops.warn(
                 "ignoring result for %s attempt %d from %s: not in flight there",
@@ -488,6 +486,7 @@ class BrokerCore:
                 now=now,
             )
             return
+        self.pressure.ended(info.identity)  # (its measure was this quantum's)
         if result.status is not ResultStatus.SUCCESS:
             self._drop_followers(info, d.seq)
         else:
