@@ -164,7 +164,7 @@ class Assign:
     seq: Seq
     after: Seq = 0
     memory_mb: Megabytes | None = None  # this attempt's memory request (None: none declared)
-    cpus: Slots | None = None  # the cores it was given (LSST's ExecutionResources)
+    cpus: Slots | None = None  # the cores it declares (None: none; LSST's ExecutionResources)
 
 
 @dataclass(frozen=True, slots=True)

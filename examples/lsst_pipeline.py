@@ -29,10 +29,19 @@ class FlakyAddTaskConfig(AddTaskConfig):
     invalid_detector = Field[int](doc="raise InvalidQuantumError here", default=-1)  # type: ignore[no-untyped-call]
     sleep_detector = Field[int](doc="sleep on this detector", default=-1)  # type: ignore[no-untyped-call]
     sleep_s = Field[float](doc="how long to sleep", default=0.0)  # type: ignore[no-untyped-call]
+    needs_mb = Field[float](  # type: ignore[no-untyped-call]
+        doc="raise MemoryError where ExecutionResources.max_mem is under this (MiB; 0: never)",
+        default=0.0,
+    )
+    alloc_detector = Field[int](doc="allocate alloc_mb MiB on this detector", default=-1)  # type: ignore[no-untyped-call]
+    alloc_mb = Field[int](doc="how much to allocate (and touch)", default=0)  # type: ignore[no-untyped-call]
 
 
 class FlakyAddTask(AddTask):
-    """AddTask that fails, is invalid, or hangs on configured detectors."""
+    """AddTask that fails, is invalid, hangs or allocates memory on configured detectors,
+    fails with ``MemoryError`` where it is given less memory than it needs (as LSST's mocks'
+    ``memory_required``), and records the ``ExecutionResources`` it was given in its
+    metadata (``maxMemMiB``, 0 for none, and ``numCores``)."""
 
     ConfigClass = FlakyAddTaskConfig
     _DefaultName = "flaky_add_task"
@@ -46,6 +55,15 @@ class FlakyAddTask(AddTask):
             raise InvalidQuantumError(f"detector {detector} is invalid")
         if detector == config.sleep_detector:
             time.sleep(config.sleep_s)
+        given = butlerQC.resources
+        max_mem = 0.0 if given.max_mem is None else given.max_mem.to_value("byte") / 2**20
+        self.metadata["maxMemMiB"] = max_mem
+        self.metadata["numCores"] = given.num_cores
+        if config.needs_mb and max_mem < config.needs_mb:
+            raise MemoryError(f"needs {config.needs_mb:g} MiB, given {max_mem:g}")
+        if detector == config.alloc_detector:
+            block = bytearray(config.alloc_mb * 2**20)  # (zeroed: every page touched)
+            del block
         super().runQuantum(butlerQC, inputRefs, outputRefs)
 
 

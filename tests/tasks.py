@@ -120,6 +120,14 @@ def record_then_nap(*, path: str, tag: str, seconds: float = 1.0, **inputs: Any)
 _HELD: list[bytes] = []
 
 
+def allotment(**inputs: Any) -> list[float | None]:
+    """What the running attempt was given (``worker.executor.allotted()``): [MiB, cores]."""
+    from worker.executor import allotted
+
+    given = allotted()
+    return [given.memory_mb, None if given.cpus is None else float(given.cpus)]
+
+
 def allocate(*, mb: int = 100, **inputs: Any) -> int:
     """Keeps ``mb`` MiB alive in this process (so its RSS stays high); returns the pid."""
     _HELD.append(b"x" * (mb * 1024 * 1024))

@@ -32,7 +32,7 @@ from common.protocol import Assign, Ready, Refuse, Result, ResultStatus, Revoked
 from common.report import Reason
 from worker.capture import StandingCapture
 from worker.channel import Channel, open_channel
-from worker.executor import QuantumExecutor
+from worker.executor import NOTHING_DECLARED, Allotment, QuantumExecutor
 from worker.lifecycle import die_with_parent
 from worker.meter import AttemptMeter
 from worker.procfs import own_rss_kb, tree_rss_kb
@@ -165,7 +165,14 @@ def child_main(
             executor, butler = loaded
             quantum, attempt = assign.quantum, assign.attempt
             result = run_quantum(
-                executor, butler, quantum, attempt, capture, meter=meter, base_kb=ready_kb
+                executor,
+                butler,
+                quantum,
+                attempt,
+                capture,
+                meter=meter,
+                base_kb=ready_kb,
+                allotment=_allotment(assign),
             )
         conn.send_bytes(encode(result))
     capture.close()
@@ -208,7 +215,15 @@ def direct_main(config: ChildConfig, record: SharedRecord) -> None:
             executor, butler = loaded
             quantum = assign.quantum
             result = run_quantum(
-                executor, butler, quantum, attempt, capture, log=log, meter=meter, base_kb=ready_kb
+                executor,
+                butler,
+                quantum,
+                attempt,
+                capture,
+                log=log,
+                meter=meter,
+                base_kb=ready_kb,
+                allotment=_allotment(assign),
             )
         if assign.timeout_s is not None:
             signal.setitimer(signal.ITIMER_REAL, 0)
@@ -222,6 +237,12 @@ def direct_main(config: ChildConfig, record: SharedRecord) -> None:
     capture.close()
     meter.close()
     channel.close()
+
+
+def _allotment(assign: Assign) -> Allotment:
+    if assign.memory_mb is None and assign.cpus is None:
+        return NOTHING_DECLARED
+    return Allotment(assign.memory_mb, assign.cpus)
 
 
 def _next_assign(channel: Channel) -> Assign | None:

@@ -6,14 +6,56 @@ from __future__ import annotations
 
 import logging
 import time
+from contextvars import ContextVar, Token
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from common.butler import Butler
 from common.quantum import Quantum, resolve_task
 
-__all__ = ["OutputMismatchError", "QuantumExecutor", "QuantumFailure", "TaskQuantumExecutor"]
+__all__ = [
+    "NOTHING_DECLARED",
+    "Allotment",
+    "OutputMismatchError",
+    "QuantumExecutor",
+    "QuantumFailure",
+    "TaskQuantumExecutor",
+    "allot",
+    "allotted",
+    "unallot",
+]
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Allotment:
+    """What the running attempt was given: the memory it requests in MiB (declared, from
+    the run's defaults or raised by a memory retry; None: none) and the cores it declares
+    (None: none, it counts one). Executors read it with ``allotted()`` (LSST's executor makes
+    it the task's ``ExecutionResources``)."""
+
+    memory_mb: float | None = None
+    cpus: int | None = None
+
+
+NOTHING_DECLARED = Allotment()
+_ALLOTTED: ContextVar[Allotment] = ContextVar("zmpexec_allotment", default=NOTHING_DECLARED)
+
+
+def allotted() -> Allotment:
+    """The allotment of the attempt running in this thread (``NOTHING_DECLARED`` outside
+    one)."""
+    return _ALLOTTED.get()
+
+
+def allot(allotment: Allotment) -> Token[Allotment]:
+    """The runner: ``allotment`` is the running attempt's until ``unallot`` of the token."""
+    return _ALLOTTED.set(allotment)
+
+
+def unallot(token: Token[Allotment]) -> None:
+    _ALLOTTED.reset(token)
 
 
 class QuantumFailure(Exception):

@@ -15,16 +15,23 @@ from typing import Any
 
 from lsst.daf.butler import Quantum as LsstQuantum
 from lsst.daf.butler import QuantumBackedButler
-from lsst.pipe.base import InvalidQuantumError, RepeatableQuantumError, TaskFactory
+from lsst.pipe.base import (
+    ExecutionResources,
+    InvalidQuantumError,
+    RepeatableQuantumError,
+    TaskFactory,
+)
 from lsst.pipe.base.pipeline_graph import PipelineGraph, TaskNode
 from lsst.pipe.base.quantum_graph import PredictedQuantumGraph, PredictedQuantumGraphReader
 from lsst.pipe.base.single_quantum_executor import SingleQuantumExecutor
 
 from common.butler import Butler
 from common.quantum import Quantum
-from worker.executor import QuantumFailure
+from worker.executor import NOTHING_DECLARED, Allotment, QuantumFailure, allotted
 
-__all__ = ["GraphFile", "LsstQuantumExecutor", "qbb_executor"]
+__all__ = ["GraphFile", "LsstQuantumExecutor", "execution_resources", "qbb_executor"]
+
+_MIB = 1024 * 1024
 
 
 class GraphFile:
@@ -90,6 +97,11 @@ class LsstQuantumExecutor:
 
     LSST's exit semantics are kept: ``RepeatableQuantumError`` fails with exit code 20,
     ``InvalidQuantumError`` with 21 and stops the whole run; ``NoWorkFound`` is a success.
+
+    What an attempt was given (``allotted()``: its memory request, as declared, from
+    ``--memory-per-quantum`` or raised by a memory retry, and its declared cores) reaches the
+    task as LSST's ``ExecutionResources`` (``max_mem``, ``num_cores``), over what the LSST
+    executor was made with; what the attempt does not set keeps the executor's own.
     """
 
     def __init__(
@@ -101,6 +113,7 @@ class LsstQuantumExecutor:
         self.lsst_executor = lsst_executor
         self.qbb_repo = qbb_repo
         self._file: GraphFile | None = None
+        self._made_with: ExecutionResources | None = None  # the LSST executor's own
 
     def __getstate__(self) -> dict[str, Any]:
         return {
@@ -121,6 +134,7 @@ class LsstQuantumExecutor:
                 self.lsst_executor = qbb_executor(self.qbb_repo, self._file.pipeline_graph)
         quantum_id = uuid.UUID(quantum.id)
         task_node, built = self._file.quantum(quantum_id)
+        self._give(allotted())
         try:
             self.lsst_executor.execute(task_node, built, quantum_id=quantum_id)
         except RepeatableQuantumError as e:
@@ -129,6 +143,34 @@ class LsstQuantumExecutor:
             raise QuantumFailure(
                 str(e), class_name=_name(e), exit_code=e.EXIT_CODE, stop_run=True
             ) from e
+
+    def _give(self, allotment: Allotment) -> None:
+        """Make ``allotment`` the next quantum's ``ExecutionResources``. LSST's
+        ``SingleQuantumExecutor`` hands the task what it holds as ``_resources``; an LSST
+        whose executor keeps them elsewhere fails here, loudly (and the tests that read a
+        task's ``max_mem``), rather than running tasks without what they were given."""
+        executor = self.lsst_executor
+        if self._made_with is None:
+            if allotment is NOTHING_DECLARED:
+                return  # (the executor's own stand until an attempt sets any)
+            if not hasattr(executor, "_resources"):
+                raise TypeError(
+                    f"cannot hand ExecutionResources to {type(executor).__name__}: it has no "
+                    "_resources (SingleQuantumExecutor's)"
+                )
+            self._made_with = executor._resources or ExecutionResources()
+        executor._resources = execution_resources(allotment, self._made_with)
+
+
+def execution_resources(allotment: Allotment, base: ExecutionResources) -> ExecutionResources:
+    """``base`` with what ``allotment`` sets: ``max_mem`` from its memory (MiB), ``num_cores``
+    from its cores."""
+    if allotment.memory_mb is None and allotment.cpus is None:
+        return base
+    return ExecutionResources(
+        num_cores=base.num_cores if allotment.cpus is None else allotment.cpus,
+        max_mem=base.max_mem if allotment.memory_mb is None else int(allotment.memory_mb * _MIB),
+    )
 
 
 def _name(e: BaseException) -> str:

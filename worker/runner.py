@@ -18,7 +18,14 @@ from common.protocol import Result, ResultStatus
 from common.quantum import Quantum
 from common.report import Reason
 from worker.capture import LogCapture, keep_scratch, scratch_path
-from worker.executor import QuantumExecutor, QuantumFailure
+from worker.executor import (
+    NOTHING_DECLARED,
+    Allotment,
+    QuantumExecutor,
+    QuantumFailure,
+    allot,
+    unallot,
+)
 from worker.meter import AttemptMeter
 
 __all__ = [
@@ -71,17 +78,20 @@ def run_quantum(
     log: str | None = None,
     meter: AttemptMeter | None = None,
     base_kb: int | None = None,
+    allotment: Allotment = NOTHING_DECLARED,
 ) -> Result:
     """Execute and describe the outcome; only KeyboardInterrupt escapes. ``log`` is where a
     captured quantum's log goes (``log_file`` unless the caller worked it out already);
     ``meter`` measures the attempt (a process that runs many keeps one); ``base_kb``: what
-    that process held before it, not the attempt's own (``Result.base_rss_kb``)."""
+    that process held before it, not the attempt's own (``Result.base_rss_kb``);
+    ``allotment``: what the attempt was given (``allotted()`` while it runs)."""
     own_meter = meter is None
     if meter is None:
         meter = AttemptMeter()
     kept: str | None = None
     start, t0 = time.time(), time.monotonic()
     outcome = _SUCCEEDED if not in_process else _SUCCEEDED_HERE
+    given = allot(allotment)
     meter.start()
     try:
         if capture is None:
@@ -103,6 +113,8 @@ def run_quantum(
         outcome = _failure(e, in_process)
         if on_exception is not None and not isinstance(e, SystemExit):
             on_exception(e.__traceback__)
+    finally:
+        unallot(given)
     peak_kb, cpu_s = meter.stop()
     if own_meter:
         meter.close()

@@ -170,7 +170,7 @@ class Admission:
         for i in own:  # (memory not declared is its label's: the representatives cover it)
             v = self._vector(i)
             self._own_worst = tuple(map(max, self._own_worst, (max(0.0, v[0]), *v[1:])))
-        self._meta: list[tuple[float | None, int] | None] = [None] * len(labels)
+        self._meta: list[tuple[float | None, int | None] | None] = [None] * len(labels)
 
     # ------------------------------------------------------------------ requests
     def _requested(self, i: int) -> tuple[Amounts, bool]:
@@ -180,9 +180,9 @@ class Admission:
         request = {**base, **own} if own else base
         return request, MEMORY in request
 
-    def dispatch_terms(self, i: int) -> tuple[float | None, int]:
+    def dispatch_terms(self, i: int) -> tuple[float | None, int | None]:
         """(the memory ``i``'s next attempt declares, enforced while it runs, if any; the
-        cores it is given)."""
+        cores it declares, if any: it counts one otherwise)."""
         if i in self._own or i in self._raised:
             return self._terms(i)
         label = self._label_of(i)
@@ -191,18 +191,15 @@ class Admission:
             cached = self._meta[label] = self._terms(i)
         return cached
 
-    def _terms(self, i: int) -> tuple[float | None, int]:
+    def _terms(self, i: int) -> tuple[float | None, int | None]:
         request, declared = self._requested(i)
         raised = self._raised.get(i)
         memory = raised if raised is not None else request[MEMORY] if declared else None
-        return memory, int(request.get(CPUS, 1.0))
+        return memory, int(request[CPUS]) if CPUS in request else None
 
     def declared_memory(self, i: int) -> float | None:
         """The memory ``i``'s next attempt declares (enforced while it runs), if any."""
         return self.dispatch_terms(i)[0]
-
-    def cpus(self, i: int) -> int:
-        return self.dispatch_terms(i)[1]
 
     def vector(self, i: int) -> Vector:
         """What ``i``'s next attempt asks of each resource (memory ``UNMEASURED`` for the first

@@ -225,7 +225,7 @@ class Dispatch:
     seq: int = 0  # the worker's dispatches, numbered in the order they are sent
     after: int = 0  # a follow-on: run only if dispatch ``after`` succeeded there (0: none)
     memory_mb: float | None = None  # the declared memory it is held to (None: not declared)
-    cpus: int = 1  # the cores it was given
+    cpus: int | None = None  # the cores it declares (None: it counts one)
 
 
 @dataclass(frozen=True, slots=True)

@@ -61,13 +61,6 @@ def _add_run_options(p: argparse.ArgumentParser, *, jobs_default: int) -> None:
         help="continue the run: skip quanta whose outputs an earlier run stored",
     )
     p.add_argument("--start-method", choices=["spawn", "forkserver", "fork"], default="spawn")
-    p.add_argument(
-        "--retries",
-        type=int,
-        default=None,
-        help="attempts after the first for a quantum lost with its worker, a memory failure "
-        "(with --memory-multiplier) or a failure --retry-unless-exit allows (default 1)",
-    )
     p.add_argument("--heartbeat", type=float, default=1.0, help="heartbeat interval, seconds")
     p.add_argument("--liveness", type=int, default=10, help="missed heartbeats before lost")
     p.add_argument(
@@ -83,6 +76,19 @@ def _add_run_options(p: argparse.ArgumentParser, *, jobs_default: int) -> None:
         default=2.0,
         help="seconds running quanta get to finish after SIGINT/SIGTERM or cancel",
     )
+    _add_executor_options(p)
+    _add_resource_options(p)
+
+
+def _add_executor_options(p: argparse.ArgumentParser) -> None:
+    """Retries and executor recycling (``run``, ``broker``, ``lsst run``)."""
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=None,
+        help="attempts after the first for a quantum lost with its worker, a memory failure "
+        "(with --memory-multiplier) or a failure --retry-unless-exit allows (default 1)",
+    )
     p.add_argument(
         "--max-quanta-per-executor",
         type=int,
@@ -97,7 +103,6 @@ def _add_run_options(p: argparse.ArgumentParser, *, jobs_default: int) -> None:
         metavar="MB",
         help="replace an executor process whose memory passes MB",
     )
-    _add_resource_options(p)
 
 
 def _add_resource_options(p: argparse.ArgumentParser) -> None:
@@ -365,6 +370,7 @@ def _add_lsst_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "registry; outputs are registered at the end (needed with --engine dask)",
     )
     _add_dask_options(run)
+    _add_executor_options(run)
     _add_resource_options(run)
     run.add_argument(
         "--run-dir",
@@ -383,6 +389,7 @@ def cmd_lsst(args: argparse.Namespace) -> ExitCode:
     if options and not args.qbb:
         raise UsageError("LSST on Dask needs --qbb: workers on other hosts write no registry")
     options.update(_resource_options(args))
+    options.update(_executor_options(args))
     try:
         return cmd_lsst_run(args, _stop_on_signals, options)
     except (OSError, ValueError, LookupError) as e:
@@ -460,12 +467,17 @@ def _executor_for(args: argparse.Namespace, display: ProgressDisplay) -> MPGraph
         progress=display.update,
         progress_interval_s=display.interval_s,
         shutdown_grace_s=args.grace,
-        max_quanta_per_executor=args.max_quanta_per_executor,
-        max_rss_mb=args.max_rss,
         resume=args.resume,
         **options,
         **_resource_options(args),
+        **_executor_options(args),
     )
+
+
+def _executor_options(args: argparse.Namespace) -> dict[str, Any]:
+    """What ``_add_executor_options`` read, as ``MPGraphExecutor`` takes it (``retries``
+    goes with the resource options)."""
+    return {"max_quanta_per_executor": args.max_quanta_per_executor, "max_rss_mb": args.max_rss}
 
 
 def cmd_run(args: argparse.Namespace) -> ExitCode:

@@ -103,3 +103,23 @@ def test_a_quantum_that_outgrows_its_request_succeeds_with_the_multiplier(
     [first] = d.earlier
     assert (first.reason, first.memoryRequest) == (Reason.MEMORY, 100)
     assert first.maxRss is not None and first.maxRss > 100 * 1024
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_an_attempt_reads_what_it_was_given(tmp_path: Path, jobs: int) -> None:
+    # Given a quantum declaring 300 MB and 2 cores, one taking the run's default memory and
+    # one declaring nothing, in a run with no default cores
+    graph = QuantumGraph.from_quanta(
+        [
+            quantum("declared", "allotment", resources={"memory": 300, "cpus": 2}),
+            quantum("default", "allotment"),
+        ]
+    )
+    ex = MPGraphExecutor(
+        jobs, None, TaskQuantumExecutor(), run_dir=tmp_path / "run", memory_per_quantum="200MB"
+    )
+    with Butler(tmp_path / "repo") as butler:
+        ex.execute(graph, butler)
+        # Then each read its own (in a worker's executor and in-process alike)
+        assert butler.get("declared") == [300.0, 2.0]
+        assert butler.get("default") == [200.0, None]

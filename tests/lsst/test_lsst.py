@@ -269,3 +269,62 @@ def test_zmpexec_lsst_run_without_a_graph_file_is_a_one_line_error(tmp_path: Pat
     )
     assert out.returncode == 2
     assert "no quantum graph file" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_memory_and_cores_per_quantum_reach_tasks_and_a_memory_retry_raises_max_mem(
+    tmp_path: Path,
+) -> None:
+    # Given task1 needs 600 MiB of ExecutionResources.max_mem (MemoryError below, as LSST's
+    # mocks' memory_required), and a run giving 400 MiB and 2 cores a quantum, doubling on
+    # a memory failure
+    _, qgraph = make_repo_and_graph(
+        tmp_path / "repo", n_tasks=3, n_detectors=2, flaky={"needs_mb": 600.0}
+    )
+    PredictedQuantumGraphComponents.from_old_quantum_graph(qgraph).write(str(tmp_path / "g.qg"))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    argv = [sys.executable, "-m", "scripts.cli", "lsst", "run", "g.qg", "--butler", "repo"]
+    argv += ["-j", "2", "--qbb", "--summary", "s.json"]
+    argv += ["--memory-per-quantum", "400", "--cores-per-quantum", "2"]
+    argv += ["--memory-multiplier", "2", "--retries", "1"]
+    # When it runs
+    out = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    # Then task1's quanta failed for memory with 400 MiB, then ran with 800 MiB, with 2
+    # cores
+    assert out.returncode == 0, out.stderr
+    assert _statuses(Report.model_validate_json((tmp_path / "s.json").read_text())) == {
+        "success": 6
+    }
+    butler = Butler.from_config(str(tmp_path / "repo"), collections="test")
+    for det in range(2):
+        meta = butler.get("task1_metadata", instrument="INSTR", detector=det)
+        assert meta["task1"]["maxMemMiB"] == 800.0
+        assert meta["task1"]["numCores"] == 2
+
+
+def test_task_metadata_on_a_warm_executor_gives_each_quantum_its_own_peak(
+    tmp_path: Path,
+) -> None:
+    # Given a chain task0 -> task1 -> task2 where task1 allocates 300 MiB and frees it, run
+    # by persistent workers (task2 after task1 on the same executor)
+    _, qgraph = make_repo_and_graph(
+        tmp_path / "repo",
+        n_tasks=3,
+        n_detectors=1,
+        flaky={"alloc_detector": 0, "alloc_mb": 300},
+    )
+    ex = _executor(tmp_path / "repo", tmp_path)
+    # When it runs
+    ex.execute(qgraph)
+    # Then LSST's metadata gives task1 its 300 MiB and task2, after it there, its own peak
+    assert ex.zmpexec_report is not None
+    ran_on = {r.taskLabel: d.worker for r, d in ex.zmpexec_report.entries()}
+    assert ran_on["task1"] == ran_on["task2"]
+    butler = Butler.from_config(str(tmp_path / "repo"), collections="test")
+    mib = 2**20
+
+    def rss(label: str, when: str) -> float:
+        meta = butler.get(f"{label}_metadata", instrument="INSTR", detector=0)
+        return float(meta["quantum"][f"{when}MaxResidentSetSize"]) / mib
+
+    assert rss("task1", "end") - rss("task1", "prep") >= 280
+    assert rss("task2", "end") < rss("task1", "end") - 250

@@ -95,6 +95,7 @@ def test_cpus_count_one_each_unless_declared() -> None:
     assert running(h)["wide"].cpus == 2
     finish(h, running(h)["wide"], at=1.0)
     assert set(running(h)) == {"a", "b"}
+    assert {d.cpus for d in running(h).values()} == {None}  # (declared none: LSST's default)
 
 
 def test_a_custom_resource_caps_the_quanta_that_declare_it() -> None:
