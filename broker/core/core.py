@@ -434,9 +434,10 @@ class BrokerCore:
         attempt = self.ledger.dispatched(i, info.worker_id, self._wall(), declared)
         self._record(i, attempt, JournalState.RUNNING)
         timeout = self.graph.timeouts.get(i, self.config.timeout_s)
-        # A prefetched quantum starts after those ahead of it on the worker.
-        ahead = sum((d.backstop or now) - now for d in info.in_flight.values())
-        backstop = None if timeout is None else now + ahead + timeout + BACKSTOP_GRACE_S
+        backstop = None
+        if timeout is not None:  # (a prefetched quantum starts after those ahead of it)
+            ahead = sum((d.backstop or now) - now for d in info.in_flight.values())
+            backstop = now + ahead + timeout + BACKSTOP_GRACE_S
         if after:
             self.state.follow(i)
         else:
