@@ -33,9 +33,10 @@ from common.graphparts import GraphBuilder
 from common.report import Report
 from worker.lsst import LsstQuantumExecutor
 
-__all__ = ["GRAPH_FILE", "MPGraphExecutor", "read_schedule", "to_lsst_report"]
+__all__ = ["GRAPH_FILE", "REPORT_FILE", "MPGraphExecutor", "read_schedule", "to_lsst_report"]
 
 GRAPH_FILE = "graph.qg"
+REPORT_FILE = "report.json"  # our report of an LSST run (``zmpexec report`` reads it)
 
 
 def read_schedule(graph_file: Path) -> tuple[QuantumGraph, QgraphSummary]:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Final
 
 from common.quantum import Quantum
-from common.report import Reason
+from common.report import Caveat, Reason
 
 __all__ = [
     "MESSAGE_TYPES",
@@ -50,8 +50,8 @@ __all__ = [
 # 2: typed RESULT reason, bounded numbers; 3: executor children direct; 4: follow-ons;
 # 5: a quantum travels as an array; 6: resources (ASSIGN's request, the quantum's own peak, CPU;
 # HEARTBEAT's measure, PREEMPT); 7: RESULT and EXECUTOR_EXITED carry what the executor held
-# before the attempt (base_rss_kb)
-PROTOCOL_VERSION = 7
+# before the attempt (base_rss_kb); 8: RESULT's caveat (a success with a note)
+PROTOCOL_VERSION = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +191,7 @@ class Result:
     # What its executor held before it (its own, when ready): the attempt's own use is
     # ``max_rss_kb`` less this. None where the attempt had its process to itself.
     base_rss_kb: Kibibytes | None = None
+    caveat: Caveat | None = None  # a success with a note (no work found, ...)
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ from typing import Any, TextIO
 
 __all__ = [
     "AttemptDetails",
+    "Caveat",
     "Entry",
     "ExceptionInfo",
     "ExecutionStatus",
@@ -57,6 +58,17 @@ class Reason(enum.StrEnum):
     @classmethod
     def _missing_(cls, value: object) -> Reason | None:
         return cls.MEMORY if value == "out_of_memory" else None  # summaries before "memory"
+
+
+class Caveat(enum.StrEnum):
+    """A success with a note (our extension, in ``quantaDetails``): the task found no work
+    (LSST's ``NoWorkFound``, in ``adjustQuantum`` or ``runQuantum``), its outputs existed
+    already so it did not run (LSST's skip-existing), or some outputs are missing (LSST's
+    partial outputs)."""
+
+    NO_WORK = "no_work"
+    SKIPPED_EXISTING = "skipped_existing"
+    PARTIAL_OUTPUTS = "partial_outputs"
 
 
 def lsst_quantum_id(qid: str) -> str:
@@ -157,7 +169,8 @@ class QuantumDetails:
     is the last attempt's own peak over its process tree, ``cpuTime`` its user + system CPU
     seconds (children included), ``wallTime`` how long it ran, ``memoryRequest`` the memory it
     declared (MiB); ``earlier``: the attempts before it, where it was tried again;
-    ``putBack``: how often memory pressure stopped it and put it back in the queue."""
+    ``putBack``: how often memory pressure stopped it and put it back in the queue;
+    ``caveat``: the note on a success, if any."""
 
     id: str
     reason: Reason | None = None
@@ -174,6 +187,7 @@ class QuantumDetails:
     memoryRequest: float | None = None
     earlier: tuple[AttemptDetails, ...] = ()
     putBack: int = 0
+    caveat: Caveat | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -192,6 +206,7 @@ class QuantumDetails:
             "memoryRequest": self.memoryRequest,
             "earlier": [a.to_dict() for a in self.earlier],
             "putBack": self.putBack,
+            "caveat": self.caveat.value if self.caveat else None,
         }
 
     @classmethod
@@ -212,6 +227,7 @@ class QuantumDetails:
             memoryRequest=d.get("memoryRequest"),
             earlier=tuple(AttemptDetails.from_dict(a) for a in d.get("earlier") or ()),
             putBack=int(d.get("putBack") or 0),
+            caveat=Caveat(d["caveat"]) if d.get("caveat") else None,
         )
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy
 from lsst.daf.butler import Butler
 from lsst.pex.config import Field
-from lsst.pipe.base import InvalidQuantumError, Pipeline
+from lsst.pipe.base import InvalidQuantumError, NoWorkFound, Pipeline
 from lsst.pipe.base.graph import QuantumGraph
 from lsst.pipe.base.tests.simpleQGraph import (
     AddTask,
@@ -33,6 +33,7 @@ class FlakyAddTaskConfig(AddTaskConfig):
         doc="raise MemoryError where ExecutionResources.max_mem is under this (MiB; 0: never)",
         default=0.0,
     )
+    no_work_detector = Field[int](doc="raise NoWorkFound on this detector", default=-1)  # type: ignore[no-untyped-call]
     alloc_detector = Field[int](doc="allocate alloc_mb MiB on this detector", default=-1)  # type: ignore[no-untyped-call]
     alloc_mb = Field[int](doc="how much to allocate (and touch)", default=0)  # type: ignore[no-untyped-call]
 
@@ -53,6 +54,8 @@ class FlakyAddTask(AddTask):
             raise RuntimeError(f"detector {detector} failed on purpose")
         if detector == config.invalid_detector:
             raise InvalidQuantumError(f"detector {detector} is invalid")
+        if detector == config.no_work_detector:
+            raise NoWorkFound(f"nothing to do on detector {detector}")
         if detector == config.sleep_detector:
             time.sleep(config.sleep_s)
         given = butlerQC.resources

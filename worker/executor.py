@@ -12,6 +12,7 @@ from typing import Protocol, runtime_checkable
 
 from common.butler import Butler
 from common.quantum import Quantum, resolve_task
+from common.report import Caveat
 
 __all__ = [
     "NOTHING_DECLARED",
@@ -77,9 +78,10 @@ class OutputMismatchError(Exception):
 
 @runtime_checkable
 class QuantumExecutor(Protocol):
-    """Runs one quantum; raises on failure. Must be picklable: it travels to every worker."""
+    """Runs one quantum; raises on failure, may return a ``Caveat`` on success (the report
+    counts them). Must be picklable: it travels to every worker."""
 
-    def execute(self, quantum: Quantum, butler: Butler) -> None: ...
+    def execute(self, quantum: Quantum, butler: Butler) -> Caveat | None: ...
 
 
 class TaskQuantumExecutor:

@@ -18,6 +18,7 @@ from lsst.daf.butler import QuantumBackedButler
 from lsst.pipe.base import (
     ExecutionResources,
     InvalidQuantumError,
+    QuantumSuccessCaveats,
     RepeatableQuantumError,
     TaskFactory,
 )
@@ -27,9 +28,21 @@ from lsst.pipe.base.single_quantum_executor import SingleQuantumExecutor
 
 from common.butler import Butler
 from common.quantum import Quantum
+from common.report import Caveat
 from worker.executor import NOTHING_DECLARED, Allotment, QuantumFailure, allotted
 
-__all__ = ["GraphFile", "LsstQuantumExecutor", "execution_resources", "qbb_executor"]
+__all__ = [
+    "KEPT_PREVIOUS_QUANTA",
+    "GraphFile",
+    "LsstQuantumExecutor",
+    "caveat_of",
+    "execution_resources",
+    "qbb_executor",
+]
+
+# Each quantum's log lists (LSST: ``previous_process_quanta``) the last this many quanta its
+# executor process ran before it, not all of them
+KEPT_PREVIOUS_QUANTA = 5
 
 _MIB = 1024 * 1024
 
@@ -127,7 +140,7 @@ class LsstQuantumExecutor:
             state["graph_path"], state["lsst_executor"], qbb_repo=state["qbb_repo"]
         )
 
-    def execute(self, quantum: Quantum, butler: Butler) -> None:
+    def execute(self, quantum: Quantum, butler: Butler) -> Caveat | None:
         if self._file is None:  # first quantum in this process: open the graph file
             self._file = GraphFile(self.graph_path)
             if self.qbb_repo is not None:
@@ -136,13 +149,15 @@ class LsstQuantumExecutor:
         task_node, built = self._file.quantum(quantum_id)
         self._give(allotted())
         try:
-            self.lsst_executor.execute(task_node, built, quantum_id=quantum_id)
+            return caveat_of(self.lsst_executor.execute(task_node, built, quantum_id=quantum_id))
         except RepeatableQuantumError as e:
             raise QuantumFailure(str(e), class_name=_name(e), exit_code=e.EXIT_CODE) from e
         except InvalidQuantumError as e:
             raise QuantumFailure(
                 str(e), class_name=_name(e), exit_code=e.EXIT_CODE, stop_run=True
             ) from e
+        finally:
+            _forget_older_quanta(self.lsst_executor)
 
     def _give(self, allotment: Allotment) -> None:
         """Make ``allotment`` the next quantum's ``ExecutionResources``. LSST's
@@ -171,6 +186,44 @@ def execution_resources(allotment: Allotment, base: ExecutionResources) -> Execu
         num_cores=base.num_cores if allotment.cpus is None else allotment.cpus,
         max_mem=base.max_mem if allotment.memory_mb is None else int(allotment.memory_mb * _MIB),
     )
+
+
+_NO_WORK = (
+    QuantumSuccessCaveats.NO_WORK
+    | QuantumSuccessCaveats.ADJUST_QUANTUM_RAISED
+    | QuantumSuccessCaveats.UPSTREAM_FAILURE_NO_WORK
+)
+_PARTIAL = QuantumSuccessCaveats.ANY_OUTPUTS_MISSING | QuantumSuccessCaveats.PARTIAL_OUTPUTS_ERROR
+
+
+def caveat_of(result: Any) -> Caveat | None:
+    """The note on an LSST executor's successful ``QuantumExecutionResult`` (None for
+    anything else): skipped as existing, no work found (``NoWorkFound`` in ``adjustQuantum``
+    or ``runQuantum``: the quantum metadata's ``caveats``), or partial outputs."""
+    if getattr(result, "skipped_existing", False):
+        return Caveat.SKIPPED_EXISTING
+    if getattr(result, "adjusted_no_work", False):
+        return Caveat.NO_WORK
+    try:
+        flags = QuantumSuccessCaveats(int(result.task_metadata["quantum"]["caveats"]))
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return None
+    if flags & _NO_WORK:
+        return Caveat.NO_WORK
+    if flags & _PARTIAL:
+        return Caveat.PARTIAL_OUTPUTS
+    return None
+
+
+def _forget_older_quanta(executor: Any) -> None:
+    """Keep the last ``KEPT_PREVIOUS_QUANTA`` of the quanta ``executor`` ran. LSST's
+    ``SingleQuantumExecutor`` lists all it ran (``_previous_process_quanta``) in each next
+    quantum's log (and so in provenance built from logs): under a warm executor that grows
+    with every quantum, quadratic in all. (The tests fail where LSST no longer keeps that
+    list, or keeps it elsewhere.)"""
+    previous = getattr(executor, "_previous_process_quanta", None)
+    if isinstance(previous, list) and len(previous) > KEPT_PREVIOUS_QUANTA:
+        del previous[:-KEPT_PREVIOUS_QUANTA]
 
 
 def _name(e: BaseException) -> str:

@@ -16,7 +16,7 @@ from common.butler import Butler
 from common.codec import Peek
 from common.protocol import Result, ResultStatus
 from common.quantum import Quantum
-from common.report import Reason
+from common.report import Caveat, Reason
 from worker.capture import LogCapture, keep_scratch, scratch_path
 from worker.executor import (
     NOTHING_DECLARED,
@@ -92,14 +92,15 @@ def run_quantum(
     start, t0 = time.time(), time.monotonic()
     outcome = _SUCCEEDED if not in_process else _SUCCEEDED_HERE
     given = allot(allotment)
+    caveat: object = None
     meter.start()
     try:
         if capture is None:
-            executor.execute(quantum, butler)
+            caveat = executor.execute(quantum, butler)
         else:
             capture.start(log or log_file(str(capture.log_dir), quantum.id, attempt))
             try:
-                executor.execute(quantum, butler)
+                caveat = executor.execute(quantum, butler)
             except BaseException:
                 traceback.print_exc()  # the traceback belongs in the quantum's log
                 raise
@@ -135,6 +136,7 @@ def run_quantum(
         stop_run=stop_run,
         cpu_s=cpu_s,
         base_rss_kb=base_kb,
+        caveat=caveat if isinstance(caveat, Caveat) and status is ResultStatus.SUCCESS else None,
     )
 
 

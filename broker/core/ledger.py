@@ -18,6 +18,7 @@ from common.graph import QuantumGraph
 from common.protocol import Result
 from common.report import (
     AttemptDetails,
+    Caveat,
     ExceptionInfo,
     ExecutionStatus,
     QuantumDetails,
@@ -73,6 +74,7 @@ class Ledger:
         self.put_back: dict[int, int] = {}  # quanta memory pressure put back, how often
         self.problems: dict[int, Problem] = {}
         self.log_paths: dict[int, str] = {}
+        self.caveats: dict[int, Caveat] = {}  # successes with a note
         self._resumed = bytearray(n)  # finished by an earlier run
         self.first_problem: int | None = None
 
@@ -138,6 +140,8 @@ class Ledger:
             self.log_paths[i] = result.log_path
         else:
             self.log_paths.pop(i, None)
+        if result.caveat is not None:
+            self.caveats[i] = result.caveat
         if result.reason is None and result.exc_class is None and not result.exc_message:
             self.problems.pop(i, None)
             return
@@ -262,6 +266,7 @@ class Ledger:
                     memoryRequest=_time(request),
                     earlier=tuple(self._earlier.get(i, ())),
                     putBack=self.put_back.get(i, 0),
+                    caveat=self.caveats.get(i) if qstate is QState.SUCCEEDED else None,
                 ),
             )
 

@@ -20,7 +20,7 @@ from lsst.pipe.base.quantum_graph import PredictedQuantumGraph, PredictedQuantum
 from lsst.pipe.base.script.transfer_from_graph import transfer_from_graph
 from lsst.pipe.base.single_quantum_executor import SingleQuantumExecutor
 
-from broker.lsst import GRAPH_FILE, MPGraphExecutor, read_schedule
+from broker.lsst import GRAPH_FILE, REPORT_FILE, MPGraphExecutor, read_schedule
 from common.exits import ExitCode
 from scripts.cli.views import ProgressDisplay
 
@@ -83,6 +83,11 @@ def cmd_lsst_run(
     report = executor.getReport()
     if args.summary is not None:
         args.summary.write_text(report.model_dump_json(indent=2))
+    if executor.zmpexec_report is not None:  # (ours: causes, logs, resources, caveats)
+        ours = run_dir / REPORT_FILE
+        with ours.open("w") as stream:
+            executor.zmpexec_report.write_json(stream)
+        print(f"triage: zmpexec report {ours} [--resources] [--json]", file=sys.stderr)
     print(f"done in {time.monotonic() - t0:.2f}s: {report.status.value}", file=sys.stderr)
     if received:
         return ExitCode.for_signal(received[0])

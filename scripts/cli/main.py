@@ -27,7 +27,7 @@ from common.graphfile import SUFFIXES
 from common.summary import read_summary
 from common.usage import bps_block, label_usage, usage_table
 from scripts.cli.attach import run_workers
-from scripts.cli.views import ProgressDisplay, render_report, render_status
+from scripts.cli.views import ProgressDisplay, render_report, render_status, render_triage_json
 from worker.executor import TaskQuantumExecutor
 from worker.runner import log_path_for
 
@@ -278,6 +278,11 @@ def _parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="summarize a JSON report written by --summary")
     rep.add_argument("file", type=Path)
     rep.add_argument("--all", action="store_true", help="list every quantum, not only problems")
+    rep.add_argument(
+        "--json",
+        action="store_true",
+        help="the triage as JSON (counts per task, failure and skip groups) for scripts",
+    )
     rep.add_argument(
         "--timeline",
         type=Path,
@@ -576,6 +581,8 @@ def cmd_report(args: argparse.Namespace) -> ExitCode:
             shown = usage_table(usage) if args.resources else ""
             if args.bps_config is not None:
                 args.bps_config.write_text(bps_block(usage, str(args.file)))
+        elif args.json:
+            shown = render_triage_json(report)
         else:
             shown = render_report(report, every_quantum=args.all)
     except OSError as e:

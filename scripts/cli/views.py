@@ -5,9 +5,11 @@
 from __future__ import annotations
 
 import heapq
+import json
 import sys
 import time
 from collections import Counter
+from collections.abc import Mapping
 from typing import TextIO
 
 from rich.console import Console, Group
@@ -16,11 +18,20 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from common.report import ExecutionStatus, QuantumDetails, QuantumReport, Report
+from common.report import Caveat, ExecutionStatus, QuantumDetails, QuantumReport, Report
 from common.resources import format_memory
 from common.status import RunStatus
+from common.triage import FIRST_KEPT, Triage
+from common.triage import Group as QuantaGroup
 
-__all__ = ["ProgressDisplay", "overall_bar", "render_report", "render_status", "status_table"]
+__all__ = [
+    "ProgressDisplay",
+    "overall_bar",
+    "render_report",
+    "render_status",
+    "render_triage_json",
+    "status_table",
+]
 
 _DONE = ("succeeded", "failed", "timed_out", "skipped", "cancelled")
 
@@ -34,27 +45,17 @@ def _fmt_s(seconds: float | None) -> str:
     return time.strftime("%H:%M:%S", time.gmtime(seconds))
 
 
-_LISTED_PER_BLOCKER = 3  # skipped quanta named one per line under a blocker; more collapse
-
-
 def render_report(report: Report, *, every_quantum: bool = False) -> str:
-    """Totals by status and label, every quantum that did not succeed (failures with their
-    cause and log, skipped ones under the quantum that blocked them), the slowest quanta;
+    """Totals by status and label (with successes that found no work, were skipped as
+    existing or left outputs missing), the quanta that did not succeed grouped by task label
+    and how they ended (``Triage``: a group of a few lists each with its cause and log, a
+    larger one its count, first quanta, first message and log), the slowest quanta;
     ``every_quantum`` lists all of them. One pass over the report's entries."""
-    by_label: dict[str, Counter[str]] = {}
-    problems: list[str] = []
-    skipped: dict[str, list[tuple[str, str]]] = {}
+    triage = Triage(report.status)
     every = ["every quantum:"] if every_quantum else []
     slowest: list[tuple[float, str]] = []  # a heap of the 5 longest
     for r, d in report.entries():
-        counts = by_label.get(r.taskLabel)
-        if counts is None:
-            counts = by_label[r.taskLabel] = Counter()
-        counts[r.status.value] += 1
-        if r.status in (ExecutionStatus.FAILURE, ExecutionStatus.TIMEOUT):
-            problems += _problem(r, d)
-        elif r.status is ExecutionStatus.SKIPPED:
-            skipped.setdefault(_skip_group(d), []).append((d.id, r.taskLabel))
+        triage.add(r, d)
         if every_quantum:
             every.append(_line(r, d))
         if d.startTime is not None and d.endTime is not None:
@@ -63,26 +64,21 @@ def render_report(report: Report, *, every_quantum: bool = False) -> str:
                 heapq.heappush(slowest, item)
             elif item > slowest[0]:
                 heapq.heapreplace(slowest, item)
-    totals = Counter[str]()
-    for c in by_label.values():
-        totals.update(c)
+    totals = triage.totals()
     lines = [
         f"status: {report.status.value}; "
         + ", ".join(f"{totals[s.value]} {s.value}" for s in ExecutionStatus if totals[s.value])
     ]
-    width = max((len(label) for label in by_label), default=5)
-    lines.append(
-        f"{'task':<{width}}  {'total':>6}  " + "  ".join(f"{s.value:>8}" for s in ExecutionStatus)
-    )
-    for label, c in sorted(by_label.items()):
-        lines.append(
-            f"{label:<{width}}  {sum(c.values()):>6}  "
-            + "  ".join(f"{c.get(s.value, 0):>8}" for s in ExecutionStatus)
-        )
+    lines += _label_table(triage)
     peak = report.figures.get("peakIntermediates")
     if peak is not None:
         lines.append(f"peak intermediate datasets alive at once: {peak:,.0f}")
-    not_succeeded = problems + _skipped_lines(skipped)
+    not_succeeded = [
+        line
+        for skipped in (False, True)
+        for group in triage.groups(skipped=skipped)
+        for line in _group_lines(group)
+    ]
     if not_succeeded:
         lines += ["did not succeed:", *not_succeeded]
     lines += every
@@ -92,22 +88,82 @@ def render_report(report: Report, *, every_quantum: bool = False) -> str:
     return "\n".join(lines)
 
 
+def render_triage_json(report: Report) -> str:
+    """``zmpexec report --json``: the triage for scripts (``Triage.to_dict``)."""
+    return json.dumps(Triage(report.status).feed(report.entries()).to_dict(), indent=2)
+
+
+# successes with a note, as the label table heads them
+_CAVEAT_COLUMNS = {
+    Caveat.NO_WORK.value: "no work",
+    Caveat.SKIPPED_EXISTING.value: "existed",
+    Caveat.PARTIAL_OUTPUTS.value: "partial",
+}
+
+
+def _label_table(triage: Triage) -> list[str]:
+    """A row per task label: quanta by status, and successes by caveat where any has one."""
+    notes = [c for c in _CAVEAT_COLUMNS if any(n.get(c) for n in triage.caveats.values())]
+    width = max((len(label) for label in triage.by_label), default=5)
+    heads = [s.value for s in ExecutionStatus] + [_CAVEAT_COLUMNS[c] for c in notes]
+    lines = [f"{'task':<{width}}  {'total':>6}  " + "  ".join(f"{h:>8}" for h in heads)]
+    for label, c in sorted(triage.by_label.items()):
+        noted = triage.caveats.get(label, Counter[str]())
+        cells = [c.get(s.value, 0) for s in ExecutionStatus] + [noted.get(n, 0) for n in notes]
+        lines.append(
+            f"{label:<{width}}  {sum(c.values()):>6}  " + "  ".join(f"{n:>8}" for n in cells)
+        )
+    return lines
+
+
+def _group_lines(group: QuantaGroup) -> list[str]:
+    """A group of quanta that did not succeed: each of a few as its own line (with cause and
+    log), more as one line with the count, the first quanta, the first message and log."""
+    if group.count <= FIRST_KEPT:
+        return [line for r, d in group.first for line in _problem(r, d)]
+    if group.status == ExecutionStatus.SKIPPED.value:
+        how = _skip_group_text(group)
+    else:
+        how = f"{group.status} ({group.cause})"
+    message = "" if group.message is None else f": {_clip(group.message)}"
+    first = ", ".join(d.id + (f" {_data_id(r.dataId)}" if r.dataId else "") for r, d in group.first)
+    lines = [
+        f"  {group.count} quanta [{group.label}] {how}{message}",
+        f"    first: {first}, ... (--all lists every quantum)",
+    ]
+    if group.log:
+        lines.append(f"    log: {group.log}")
+    return lines
+
+
+def _data_id(data_id: Mapping[str, int | str]) -> str:
+    return "{" + ", ".join(f"{k}: {v}" for k, v in data_id.items()) + "}"
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
 def _problem(r: QuantumReport, d: QuantumDetails) -> list[str]:
-    """A failed or timed-out quantum with its cause and log."""
+    """A quantum that did not succeed, with its cause (what blocked it, for a skipped one)
+    and log."""
+    if r.status is ExecutionStatus.SKIPPED:
+        return [f"  {d.id} [{r.taskLabel}] {_skip_text(d)}"]
     cause = (
         f"{r.exceptionInfo.className}: {r.exceptionInfo.message}"
         if r.exceptionInfo
         else (d.message or "unknown")
     )
-    cause = cause if len(cause) <= 200 else cause[:200] + "..."
     reason = f" ({d.reason.value})" if d.reason else ""
-    lines = [f"  {d.id} [{r.taskLabel}] {r.status.value}{reason}, exit {r.exitCode}: {cause}"]
+    lines = [
+        f"  {d.id} [{r.taskLabel}] {r.status.value}{reason}, exit {r.exitCode}: {_clip(cause)}"
+    ]
     if d.logPath:
         lines.append(f"    log: {d.logPath}")
     return lines
 
 
-def _skip_group(d: QuantumDetails) -> str:
+def _skip_text(d: QuantumDetails) -> str:
     if d.blockedBy:
         return "skipped, blocked by " + ", ".join(d.blockedBy)
     if d.reason is not None:
@@ -115,21 +171,11 @@ def _skip_group(d: QuantumDetails) -> str:
     return "skipped"
 
 
-def _skipped_lines(groups: dict[str, list[tuple[str, str]]]) -> list[str]:
-    """Skipped quanta under what blocked them; cancelled ones together. A group of more than
-    a few is one line with a count per task label."""
-    lines = []
-    for key, members in groups.items():
-        if len(members) <= _LISTED_PER_BLOCKER:
-            lines += [f"  {qid} [{label}] {key}" for qid, label in members]
-            continue
-        per_label = Counter(label for _, label in members)
-        labels = ", ".join(f"{label}: {n}" for label, n in sorted(per_label.items()))
-        first = ", ".join(qid for qid, _ in members[:_LISTED_PER_BLOCKER])
-        lines.append(
-            f"  {len(members)} quanta {key} ({labels}): {first}, ... (--all lists every quantum)"
-        )
-    return lines
+def _skip_group_text(group: QuantaGroup) -> str:
+    if group.blocked_by:
+        more = ", ..." if group.more_blockers else ""
+        return "skipped, blocked by " + ", ".join(group.blocked_by) + more
+    return f"skipped ({group.cause})"
 
 
 def _line(r: QuantumReport, d: QuantumDetails) -> str:

@@ -3,6 +3,7 @@ pipeline and its quantum graph, LSST's SingleQuantumExecutor on zmpexec's worker
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from typing import Any
 import numpy
 import pytest
 from lsst.daf.butler import Butler
+from lsst.daf.butler.logging import ButlerLogRecords
 from lsst.pipe.base import TaskFactory
 from lsst.pipe.base.mp_graph_executor import MPGraphExecutorError, MPTimeoutError
 from lsst.pipe.base.quantum_graph import (
@@ -26,7 +28,7 @@ from lsst.pipe.base.single_quantum_executor import SingleQuantumExecutor
 
 from broker.lsst import MPGraphExecutor, read_schedule
 from examples.lsst_pipeline import make_repo_and_graph
-from worker.lsst import GraphFile
+from worker.lsst import KEPT_PREVIOUS_QUANTA, GraphFile
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 ROOT = Path(__file__).resolve().parents[2]
@@ -328,3 +330,71 @@ def test_task_metadata_on_a_warm_executor_gives_each_quantum_its_own_peak(
 
     assert rss("task1", "end") - rss("task1", "prep") >= 280
     assert rss("task2", "end") < rss("task1", "end") - 250
+
+
+def test_a_warm_executors_logs_stay_the_size_of_a_fresh_ones(tmp_path: Path) -> None:
+    # Given 80 quanta run by two warm executors on quantum-backed butlers (LSST lists every
+    # quantum its executor ran before into each one's log there)
+    _, qgraph = make_repo_and_graph(tmp_path / "repo", n_tasks=2, n_detectors=40)
+    ex = MPGraphExecutor(
+        num_proc=2, timeout=120, qbb_repo=str(tmp_path / "repo"), run_dir=tmp_path / "run"
+    )
+    # When they run
+    ex.execute(qgraph)
+    # Then each log names at most the last few quanta run before it in its process, so the
+    # logs of the last quanta are the size of the first ones'
+    logs = sorted(
+        (tmp_path / "repo" / "test").glob("task*_log/**/*.json"), key=lambda p: p.stat().st_mtime
+    )
+    assert len(logs) == 80
+    listed = [len(_extra(p)["previous_process_quanta"]) for p in logs]
+    assert max(listed) == KEPT_PREVIOUS_QUANTA  # (LSST still lists them: what we keep)
+    first, last = logs[:10], logs[-10:]
+    assert sum(p.stat().st_size for p in last) <= 1.2 * sum(p.stat().st_size for p in first)
+
+
+def _extra(log: Path) -> dict[str, Any]:
+    """What LSST stored beside a quantum's log records (its ``extra``)."""
+    extra = ButlerLogRecords.from_file(str(log)).extra
+    assert isinstance(extra, dict)
+    return extra
+
+
+def test_lsst_run_triage_counts_no_work_and_groups_failures(tmp_path: Path) -> None:
+    # Given task1 finds no work on detector 1 (its child then has no inputs: no work either)
+    # and fails on detector 2
+    _, qgraph = make_repo_and_graph(
+        tmp_path / "repo",
+        n_tasks=3,
+        n_detectors=4,
+        flaky={"no_work_detector": 1, "fail_detector": 2},
+    )
+    qgraph.saveUri(str(tmp_path / "g.qgraph"))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    argv = [sys.executable, "-m", "scripts.cli", "lsst", "run", "g.qgraph", "--butler", "repo"]
+    argv += ["-j", "2", "--run-dir", "run"]
+    out = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1, out.stderr
+    assert "zmpexec report run/report.json" in out.stderr
+    # When the operator triages the run
+    shown = subprocess.run(
+        [sys.executable, "-m", "scripts.cli", "report", "run/report.json", "--json"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    # Then no work found counts as success with its caveat, per task; the failure names its
+    # task, exception, data id and log
+    assert shown.returncode == 0, shown.stderr
+    data = json.loads(shown.stdout)
+    assert data["tasks"]["task1"]["caveats"] == {"no_work": 1}
+    assert data["tasks"]["task2"]["caveats"] == {"no_work": 1}
+    assert data["tasks"]["task1"]["success"] == 3
+    [failed] = data["failures"]
+    assert (failed["task"], failed["exception"], failed["count"]) == ("task1", "RuntimeError", 1)
+    assert failed["quanta"][0]["dataId"] == {"instrument": "INSTR", "detector": 2}
+    assert failed["log"] is not None and Path(tmp_path, failed["log"]).exists()
+    [skipped] = data["skipped"]
+    assert (skipped["task"], skipped["cause"], skipped["count"]) == ("task2", "upstream_failure", 1)
