@@ -240,9 +240,9 @@ def direct_main(config: ChildConfig, record: SharedRecord) -> None:
 
 
 def _allotment(assign: Assign) -> Allotment:
-    if assign.memory_mb is None and assign.cpus is None:
+    if assign.memory_mb is None and assign.cpus is None and assign.attempt == 1:
         return NOTHING_DECLARED
-    return Allotment(assign.memory_mb, assign.cpus)
+    return Allotment(assign.memory_mb, assign.cpus, assign.attempt)
 
 
 def _next_assign(channel: Channel) -> Assign | None:

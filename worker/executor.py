@@ -32,12 +32,14 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True, slots=True)
 class Allotment:
     """What the running attempt was given: the memory it requests in MiB (declared, from
-    the run's defaults or raised by a memory retry; None: none) and the cores it declares
-    (None: none, it counts one). Executors read it with ``allotted()`` (LSST's executor makes
-    it the task's ``ExecutionResources``)."""
+    the run's defaults or raised by a memory retry; None: none), the cores it declares
+    (None: none, it counts one), and its number (1: the first; a later one may find what an
+    earlier one left). Executors read it with ``allotted()`` (LSST's executor makes it the
+    task's ``ExecutionResources``, and clears a failed attempt's outputs before a retry)."""
 
     memory_mb: float | None = None
     cpus: int | None = None
+    attempt: int = 1
 
 
 NOTHING_DECLARED = Allotment()

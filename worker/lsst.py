@@ -29,7 +29,7 @@ from lsst.pipe.base.single_quantum_executor import SingleQuantumExecutor
 from common.butler import Butler
 from common.quantum import Quantum
 from common.report import Caveat
-from worker.executor import NOTHING_DECLARED, Allotment, QuantumFailure, allotted
+from worker.executor import Allotment, QuantumFailure, allotted
 
 __all__ = [
     "KEPT_PREVIOUS_QUANTA",
@@ -80,11 +80,12 @@ class GraphFile:
         self._stack.close()
 
 
-def qbb_executor(repo: str, pipeline_graph: PipelineGraph) -> SingleQuantumExecutor:
+def qbb_executor(repo: str, pipeline_graph: PipelineGraph, **options: Any) -> SingleQuantumExecutor:
     """LSST's SingleQuantumExecutor on quantum-backed butlers, as ``pipetask run-qbb`` makes
     it: quanta read inputs through the graph's datastore records and write outputs to the
     datastore only, so workers never contend for the registry (outputs are registered
-    afterwards with ``transfer_from_graph``)."""
+    afterwards with ``transfer_from_graph``). ``options`` go to it as pipetask's do
+    (``raise_on_partial_outputs``, ``assume_no_existing_outputs``, ``enable_lsst_debug``)."""
     universe = pipeline_graph.universe
     dataset_types = {n.name: n.dataset_type for n in pipeline_graph.dataset_types.values()}
 
@@ -99,6 +100,7 @@ def qbb_executor(repo: str, pipeline_graph: PipelineGraph) -> SingleQuantumExecu
         limited_butler_factory=factory,
         skip_existing=True,
         clobber_outputs=True,
+        **options,
     )
 
 
@@ -118,33 +120,46 @@ class LsstQuantumExecutor:
     """
 
     def __init__(
-        self, graph_path: str, lsst_executor: Any = None, *, qbb_repo: str | None = None
+        self,
+        graph_path: str,
+        lsst_executor: Any = None,
+        *,
+        qbb_repo: str | None = None,
+        qbb_options: dict[str, Any] | None = None,
     ) -> None:
         if (lsst_executor is None) == (qbb_repo is None):
             raise ValueError("give either an LSST quantum executor or a repository for QBB")
         self.graph_path = graph_path
         self.lsst_executor = lsst_executor
         self.qbb_repo = qbb_repo
+        self.qbb_options = qbb_options or {}
         self._file: GraphFile | None = None
         self._made_with: ExecutionResources | None = None  # the LSST executor's own
+        self._clobbers: bool | None = None  # the LSST executor's own clobber_outputs
 
     def __getstate__(self) -> dict[str, Any]:
         return {
             "graph_path": self.graph_path,
             "lsst_executor": self.lsst_executor,
             "qbb_repo": self.qbb_repo,
+            "qbb_options": self.qbb_options,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(  # type: ignore[misc]
-            state["graph_path"], state["lsst_executor"], qbb_repo=state["qbb_repo"]
+            state["graph_path"],
+            state["lsst_executor"],
+            qbb_repo=state["qbb_repo"],
+            qbb_options=state.get("qbb_options"),
         )
 
     def execute(self, quantum: Quantum, butler: Butler) -> Caveat | None:
         if self._file is None:  # first quantum in this process: open the graph file
             self._file = GraphFile(self.graph_path)
             if self.qbb_repo is not None:
-                self.lsst_executor = qbb_executor(self.qbb_repo, self._file.pipeline_graph)
+                self.lsst_executor = qbb_executor(
+                    self.qbb_repo, self._file.pipeline_graph, **self.qbb_options
+                )
         quantum_id = uuid.UUID(quantum.id)
         task_node, built = self._file.quantum(quantum_id)
         self._give(allotted())
@@ -160,13 +175,26 @@ class LsstQuantumExecutor:
             _forget_older_quanta(self.lsst_executor)
 
     def _give(self, allotment: Allotment) -> None:
-        """Make ``allotment`` the next quantum's ``ExecutionResources``. LSST's
-        ``SingleQuantumExecutor`` hands the task what it holds as ``_resources``; an LSST
-        whose executor keeps them elsewhere fails here, loudly (and the tests that read a
-        task's ``max_mem``), rather than running tasks without what they were given."""
+        """Make ``allotment`` the next quantum's ``ExecutionResources``, and have a retry
+        clear what its failed attempt left (its log, partial outputs: LSST refuses to run a
+        quantum over them unless clobbering; they are this run's own). LSST's
+        ``SingleQuantumExecutor`` hands the task what it holds as ``_resources`` and reads
+        ``_clobber_outputs``; an LSST whose executor keeps them elsewhere fails here, loudly
+        (and the tests that read a task's ``max_mem`` or retry), rather than running tasks
+        without what they were given."""
         executor = self.lsst_executor
+        clobbers = self._clobbers
+        if clobbers is None:
+            clobbers = self._clobbers = getattr(executor, "_clobber_outputs", None)
+        if clobbers is False:  # (on for a retry only; a user's True stays)
+            executor._clobber_outputs = allotment.attempt > 1
+        elif clobbers is None and allotment.attempt > 1:
+            raise TypeError(
+                f"cannot clear a failed attempt's outputs with {type(executor).__name__}: it "
+                "has no _clobber_outputs (SingleQuantumExecutor's)"
+            )
         if self._made_with is None:
-            if allotment is NOTHING_DECLARED:
+            if allotment.memory_mb is None and allotment.cpus is None:
                 return  # (the executor's own stand until an attempt sets any)
             if not hasattr(executor, "_resources"):
                 raise TypeError(

@@ -73,7 +73,7 @@ def run_in_process(
                         capture,
                         in_process=True,
                         on_exception=debugger.post_mortem if debugger else None,
-                        allotment=Allotment(action.memory_mb, action.cpus),
+                        allotment=Allotment(action.memory_mb, action.cpus, action.attempt),
                     )
                     events.append(ResultReceived(_ME, result))
             if not events:

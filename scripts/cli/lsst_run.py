@@ -7,21 +7,36 @@ from __future__ import annotations
 
 import argparse
 import logging
+import resource
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import lsst.utils.timer
+from lsst.ctrl.mpexec.cli.butler_factory import ButlerFactory
 from lsst.daf.butler import Butler
+from lsst.daf.butler.cli.cliLog import CliLog
 from lsst.daf.butler.registry import ConflictingDefinitionError
 from lsst.pipe.base import TaskFactory
+from lsst.pipe.base.execution_graph_fixup import ExecutionGraphFixup
 from lsst.pipe.base.mp_graph_executor import MPGraphExecutorError
 from lsst.pipe.base.quantum_graph import PredictedQuantumGraph, PredictedQuantumGraphComponents
 from lsst.pipe.base.script.transfer_from_graph import transfer_from_graph
 from lsst.pipe.base.single_quantum_executor import SingleQuantumExecutor
+from lsst.utils import doImportType
+from lsst.utils.threads import disable_implicit_threading
 
-from broker.lsst import GRAPH_FILE, REPORT_FILE, MPGraphExecutor, read_schedule
+from broker.lsst import (
+    GRAPH_FILE,
+    REPORT_FILE,
+    MPGraphExecutor,
+    fixed_up,
+    read_schedule,
+    write_provenance,
+)
 from common.exits import ExitCode
+from scripts.cli.lsst_options import collections_given
 from scripts.cli.views import ProgressDisplay
 
 __all__ = ["cmd_lsst_run"]
@@ -32,33 +47,61 @@ logger = logging.getLogger("zmpexec")
 def cmd_lsst_run(
     args: argparse.Namespace, stop_on_signals: object, options: dict[str, Any]
 ) -> ExitCode:
-    """OK, or QUANTA_FAILED; bad input raises (the caller maps it to BAD_INPUT)."""
+    """OK, or QUANTA_FAILED; bad input raises (the caller maps it to BAD_INPUT). The steps
+    of ``pipetask run`` (``run-qbb`` with ``--qbb``), with zmpexec's executor."""
     if not args.qgraph.exists():
         raise FileNotFoundError(f"no quantum graph file {args.qgraph}")
+    if args.resume:  # (zmpexec's word for pipetask's)
+        args.skip_existing = args.clobber_outputs = True
+        args.extend_run = collections_given(args)
+    if not args.enable_implicit_threading:
+        disable_implicit_threading()  # (inherited by the workers)
+    _init_logging(args)
     graph_file, run_dir = _graph_file_and_run_dir(args)
-    output_run, butler = _init_outputs_written(graph_file, args.butler)
+    init = _read_init(graph_file)
+    if args.qgraph_id is not None:
+        logger.warning("--qgraph-id: a .qg graph has no id to check (as pipetask)")
+    butler, skip_existing_in, clobber = _write_butler(args, init)
+    output_run = butler.run
+    assert output_run is not None  # (a write butler has one)
+    _write_init_outputs(args, init, butler)
+    if args.init_only:
+        print(f"init-outputs written to run {output_run!r}; --init-only: no quanta run")
+        return ExitCode.OK
     quantum_executor = (
         None
         if args.qbb
         else SingleQuantumExecutor(
             butler=butler,
             task_factory=TaskFactory(),
-            skip_existing_in=[output_run] if args.resume else None,
-            clobber_outputs=args.resume,
+            skip_existing_in=skip_existing_in,
+            clobber_outputs=clobber,
+            enable_lsst_debug=args.debug,
+            raise_on_partial_outputs=args.raise_on_partial_outputs,
         )
     )
-    schedule, summary = read_schedule(graph_file)
+    schedule, summary = read_schedule(graph_file, only=args.qgraph_node_id)
+    if args.graph_fixup is not None:
+        full = PredictedQuantumGraph.read_execution_quanta(str(graph_file))
+        schedule = fixed_up(schedule, full, _graph_fixup(args.graph_fixup))
     display = ProgressDisplay()
     executor = MPGraphExecutor(
         num_proc=args.jobs,
         timeout=args.timeout,
         quantum_executor=quantum_executor,
+        start_method=args.start_method,
         fail_fast=args.fail_fast,
+        pdb=args.pdb,
         run_dir=run_dir,
         progress=display.update,
         progress_interval_s=display.interval_s,
         qbb_repo=str(args.butler) if args.qbb else None,
-        **options,  # the engine
+        qbb_options={
+            "raise_on_partial_outputs": args.raise_on_partial_outputs,
+            "assume_no_existing_outputs": args.no_existing_outputs,
+            "enable_lsst_debug": args.debug,
+        },
+        **options,  # the engine, resources, retries
     )
     received = stop_on_signals(executor)  # type: ignore[operator]
     print(
@@ -68,7 +111,7 @@ def cmd_lsst_run(
     )
     t0 = time.monotonic()
     failed = False
-    with display:
+    with display, lsst.utils.timer.profile(args.profile, logger):
         try:
             executor.execute_file(graph_file, schedule, summary, run_dir)
         except MPGraphExecutorError as e:
@@ -76,13 +119,19 @@ def cmd_lsst_run(
             logger.error("%s", e)
         finally:
             if args.qbb:  # register what the quanta wrote, finished or not
-                n = transfer_from_graph(
-                    str(args.qgraph), str(args.butler), True, False, False, False, ()
-                )
-                print(f"registered {n} output datasets", file=sys.stderr)
+                with _Step() as step:
+                    n = transfer_from_graph(
+                        str(args.qgraph), str(args.butler), True, False, True, False, ()
+                    )
+                print(f"registered {n} output datasets {step}", file=sys.stderr)
+            if args.provenance is not None:
+                with _Step() as step:
+                    attempted = executor.attempted()
+                    n = write_provenance(args.provenance, graph_file, butler, attempted)
+                print(f"provenance of {n} quanta: {args.provenance} {step}", file=sys.stderr)
     report = executor.getReport()
     if args.summary is not None:
-        args.summary.write_text(report.model_dump_json(indent=2))
+        args.summary.write_text(report.model_dump_json(exclude_none=True, indent=2))
     if executor.zmpexec_report is not None:  # (ours: causes, logs, resources, caveats)
         ours = run_dir / REPORT_FILE
         with ours.open("w") as stream:
@@ -94,24 +143,125 @@ def cmd_lsst_run(
     return ExitCode.QUANTA_FAILED if failed else ExitCode.OK
 
 
-def _init_outputs_written(graph_file: Path, repo: Path) -> tuple[str, Butler]:
-    """What pipetask does before running quanta (init-outputs, configs, package versions),
-    done in the graph's output run of ``repo``: that run and a writeable butler on it."""
+class _Step:
+    """How long a step took and how far it raised this process's peak memory."""
+
+    def __enter__(self) -> _Step:
+        self._t0 = time.monotonic()
+        self._rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.monotonic() - self._t0
+        self.grew_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - self._rss0) / 1024
+
+    def __str__(self) -> str:
+        return f"({self.seconds:.1f}s, peak memory +{self.grew_mb:.0f} MB)"
+
+
+def _init_logging(args: argparse.Namespace) -> None:
+    """pipetask's ``--log-level`` (LEVEL or LOGGER=LEVEL), ``--long-log``, ``--log-file``
+    (for this process; the tasks' logs go to the butler as LSST captures them)."""
+    if not (args.log_level or args.long_log or args.log_file):
+        return
+    CliLog.initLog(longlog=args.long_log, log_file=tuple(args.log_file))
+    levels: list[tuple[str | None, str]] = []
+    for item in args.log_level:
+        component, sep, level = item.rpartition("=")
+        if level.upper() not in logging.getLevelNamesMapping():
+            raise ValueError(f"--log-level {item!r}: not a level (DEBUG, INFO, ...)")
+        levels.append((component if sep else None, level.upper()))
+    CliLog.setLogLevels(levels)
+
+
+def _read_init(graph_file: Path) -> PredictedQuantumGraph:
+    """The graph's header and init quanta (not the quanta: the broker reads only the thin
+    graph)."""
     with PredictedQuantumGraph.open(str(graph_file)) as reader:
-        reader.read_init_quanta()  # not the quanta: the broker reads only the thin graph
-        init = reader.finish()
-    output_run = init.header.output_run
-    butler = Butler.from_config(str(repo), run=output_run, writeable=True)
+        reader.read_init_quanta()
+        return reader.finish()
+
+
+def _write_butler(
+    args: argparse.Namespace, init: PredictedQuantumGraph
+) -> tuple[Butler, tuple[str, ...], bool]:
+    """A writeable butler on the output run, the collections to skip quanta whose outputs
+    exist in, and whether to clobber a failed quantum's earlier outputs. With any of
+    pipetask's collection options, pipetask's rules (its ``ButlerFactory``: the output run
+    must be the graph's; ``-o`` makes or extends the CHAINED collection; an existing run
+    needs ``--extend-run``, which implies ``--skip-existing``; ``--clobber-outputs`` only
+    with ``--extend-run``). Without, the graph's output run is written to, made if it is
+    not there."""
+    graph_run = init.header.output_run
+    if args.output_run is not None and args.output_run != graph_run:
+        raise ValueError(
+            f"Output run defined on command line ({args.output_run}) has to be identical to "
+            f"graph metadata ({graph_run}). To update graph metadata run `pipetask "
+            "update-graph-run` command."
+        )
+    skip_existing, clobber = args.skip_existing, args.clobber_outputs
+    if collections_given(args) and not args.qbb:
+        if args.extend_run:
+            skip_existing = True
+        else:
+            clobber = False
+        butler = ButlerFactory.make_write_butler(
+            str(args.butler),
+            init.pipeline_graph,
+            output=args.output,
+            output_run=graph_run,
+            inputs=args.input or [],
+            extend_run=args.extend_run,
+            rebase=args.rebase,
+            replace_run=args.replace_run,
+            prune_replaced=args.prune_replaced,
+        )
+    else:
+        if collections_given(args):
+            raise ValueError(
+                "with --qbb the graph's collections are used (pipetask run-qbb takes no "
+                "-i/-o/--extend-run/--replace-run); its output chain is updated at the end"
+            )
+        butler = Butler.from_config(str(args.butler), run=graph_run, writeable=True)
+    skip_in = tuple(args.skip_existing_in or ())
+    if skip_existing:
+        skip_in += (graph_run,)
+    return butler, skip_in, clobber
+
+
+def _write_init_outputs(
+    args: argparse.Namespace, init: PredictedQuantumGraph, butler: Butler
+) -> None:
+    """What pipetask does before running quanta: dataset types registered if asked,
+    init-outputs, configs and package versions written (unless skipped)."""
+    if args.register_dataset_types:
+        init.pipeline_graph.register_dataset_types(butler, include_packages=not args.no_versions)
+    if args.skip_init_writes:
+        return
+    compare = args.extend_run or not collections_given(args)
     try:
-        init.write_init_outputs(butler, skip_existing=True)
-        init.write_configs(butler, compare_existing=True)
-        init.write_packages(butler, compare_existing=True)
+        init.write_init_outputs(butler, skip_existing=compare)
+        init.write_configs(butler, compare_existing=compare)
+        if not args.no_versions:
+            init.write_packages(butler, compare_existing=compare)
     except ConflictingDefinitionError as e:
         raise ValueError(
-            f"run {output_run!r} of {repo} already holds outputs that differ from this "
-            f"graph's (a different graph was run into it?): {e}"
+            f"run {butler.run!r} of {args.butler} already holds outputs that differ from "
+            f"this graph's (a different graph was run into it?): {e}"
         ) from e
-    return output_run, butler
+
+
+def _graph_fixup(name: str) -> Any:
+    """pipetask's ``--graph-fixup``: an ``ExecutionGraphFixup`` made by the class or factory
+    ``name``."""
+    try:
+        factory = doImportType(name)
+    except Exception as e:
+        raise ValueError(f"--graph-fixup {name}: cannot import it ({e})") from e
+    fixup = factory()
+    if not isinstance(fixup, ExecutionGraphFixup):
+        raise ValueError(f"--graph-fixup {name}: not an ExecutionGraphFixup")
+    return fixup
 
 
 def _graph_file_and_run_dir(args: argparse.Namespace) -> tuple[Path, Path]:

@@ -27,6 +27,7 @@ from common.graphfile import SUFFIXES
 from common.summary import read_summary
 from common.usage import bps_block, label_usage, usage_table
 from scripts.cli.attach import run_workers
+from scripts.cli.lsst_options import add_pipetask_options
 from scripts.cli.views import ProgressDisplay, render_report, render_status, render_triage_json
 from worker.executor import TaskQuantumExecutor
 from worker.runner import log_path_for
@@ -105,7 +106,8 @@ def _add_executor_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_resource_options(p: argparse.ArgumentParser) -> None:
+def _add_resource_options(p: argparse.ArgumentParser, *, pipetask: bool = False) -> None:
+    """``pipetask``: with pipetask's ``-n`` for ``--cores-per-quantum``."""
     r = p.add_argument_group(
         "resources (sizes: a number of MB, or with a unit: 512MB, 2GB, 1.5GiB)"
     )
@@ -130,7 +132,13 @@ def _add_resource_options(p: argparse.ArgumentParser) -> None:
         help="a custom resource and how much of it there is (repeatable)",
     )
     r.add_argument("--memory-per-quantum", metavar="SIZE", help="for quanta declaring none")
-    r.add_argument("--cores-per-quantum", type=int, metavar="N", help="for quanta declaring none")
+    r.add_argument(
+        *(["-n"] if pipetask else []),
+        "--cores-per-quantum",
+        type=int,
+        metavar="N",
+        help="for quanta declaring none",
+    )
     r.add_argument(
         "--bps-config",
         type=Path,
@@ -357,9 +365,13 @@ def _add_lsst_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     lsst = sub.add_parser("lsst", help="run LSST quantum graphs (needs the [lsst] extra)")
     lsst_sub = lsst.add_subparsers(dest="lsst_command", required=True)
     run = lsst_sub.add_parser("run", help="execute a pipetask quantum graph file")
-    run.add_argument("qgraph", type=Path, help="graph file from pipetask qgraph (.qg/.qgraph)")
-    run.add_argument("--butler", "-b", type=Path, required=True, help="butler repository")
-    run.add_argument("-j", "--jobs", type=int, default=1, help="worker processes")
+    run.add_argument(
+        "qgraph", type=Path, nargs="?", help="graph file from pipetask qgraph (.qg/.qgraph)"
+    )
+    run.add_argument(
+        "--butler", "-b", "--butler-config", type=Path, required=True, help="butler repository"
+    )
+    run.add_argument("-j", "--jobs", "--processes", type=int, default=1, help="worker processes")
     run.add_argument("--timeout", type=float, default=None, help="per-quantum timeout, seconds")
     run.add_argument("--fail-fast", action="store_true", help="stop at the first failure")
     run.add_argument("--summary", type=Path, default=None, help="write LSST's Report JSON here")
@@ -376,7 +388,8 @@ def _add_lsst_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     _add_dask_options(run)
     _add_executor_options(run)
-    _add_resource_options(run)
+    _add_resource_options(run, pipetask=True)
+    add_pipetask_options(run)
     run.add_argument(
         "--run-dir",
         type=Path,
@@ -390,6 +403,14 @@ def cmd_lsst(args: argparse.Namespace) -> ExitCode:
         from scripts.cli.lsst_run import cmd_lsst_run
     except ImportError as e:
         raise UsageError(f"the LSST stack is not installed ({e}): pip install -e '.[lsst]'") from e
+    if args.refused is not None:
+        raise UsageError(
+            f"{args.refused} builds a quantum graph: build it with `pipetask qgraph ... "
+            "--save-qgraph FILE`, then run FILE here"
+        )
+    if (args.qgraph is None) == (args.qgraph_option is None):
+        raise UsageError("give the quantum graph file once: as QGRAPH or -g/--qgraph")
+    args.qgraph = args.qgraph or Path(args.qgraph_option)
     options = _dask_options(args)
     if options and not args.qbb:
         raise UsageError("LSST on Dask needs --qbb: workers on other hosts write no registry")

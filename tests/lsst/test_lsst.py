@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -16,12 +17,13 @@ import numpy
 import pytest
 from lsst.daf.butler import Butler
 from lsst.daf.butler.logging import ButlerLogRecords
-from lsst.pipe.base import TaskFactory
+from lsst.pipe.base import QuantumAttemptStatus, QuantumSuccessCaveats, TaskFactory
 from lsst.pipe.base.mp_graph_executor import MPGraphExecutorError, MPTimeoutError
 from lsst.pipe.base.quantum_graph import (
     PredictedQuantumGraph,
     PredictedQuantumGraphComponents,
     PredictedQuantumGraphReader,
+    ProvenanceQuantumGraph,
 )
 from lsst.pipe.base.quantum_reports import ExecutionStatus, Report
 from lsst.pipe.base.single_quantum_executor import SingleQuantumExecutor
@@ -398,3 +400,158 @@ def test_lsst_run_triage_counts_no_work_and_groups_failures(tmp_path: Path) -> N
     assert failed["log"] is not None and Path(tmp_path, failed["log"]).exists()
     [skipped] = data["skipped"]
     assert (skipped["task"], skipped["cause"], skipped["count"]) == ("task2", "upstream_failure", 1)
+
+
+PIPELINE_YAML = """description: two AddTasks
+tasks:
+  task0:
+    class: lsst.pipe.base.tests.simpleQGraph.AddTask
+    config:
+      connections.in_tmpl: "0"
+      connections.out_tmpl: "1"
+  task1:
+    class: lsst.pipe.base.tests.simpleQGraph.AddTask
+    config:
+      connections.in_tmpl: "1"
+      connections.out_tmpl: "2"
+"""
+
+
+def _repository_state(root: Path) -> tuple[dict[str, Any], set[tuple[Any, ...]]]:
+    """Every collection (type, chain) and every dataset (type, data id, run, id, stored)."""
+    butler = Butler.from_config(str(root))
+    collections: dict[str, Any] = {}
+    for info in butler.collections.query_info("*"):
+        collections[info.name] = (info.type.name, tuple(info.children))
+    runs = [name for name, (kind, _) in collections.items() if kind == "RUN"]
+    datasets = {
+        (ref.datasetType.name, str(ref.dataId.required), ref.run, str(ref.id), butler.stored(ref))
+        for ref in butler.registry.queryDatasets(..., collections=runs, findFirst=False)
+    }
+    return collections, datasets
+
+
+def test_a_pipetask_run_script_leaves_the_same_repository_with_zmpexec(tmp_path: Path) -> None:
+    # Given a graph built by pipetask qgraph (inputs in 'test', output chain 'out') and two
+    # copies of its repository
+    make_repo_and_graph(tmp_path / "repo", n_tasks=3, n_detectors=4)
+    config = tmp_path / "repo" / "butler.yaml"  # (its registry by a path inside it, to copy)
+    config.write_text(config.read_text().replace(str(tmp_path / "repo") + "/", "<butlerRoot>"))
+    (tmp_path / "p.yaml").write_text(PIPELINE_YAML)
+    pipetask = str(Path(sys.executable).parent / "pipetask")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+
+    def run(argv: list[str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+        )
+
+    qgraph = ["qgraph", "-b", "repo", "-p", "p.yaml", "-i", "test", "-o", "out"]
+    built = run([pipetask, *qgraph, "--save-qgraph", "g.qg"])
+    assert built.returncode == 0, built.stderr
+    shutil.copytree(tmp_path / "repo", tmp_path / "a")
+    shutil.copytree(tmp_path / "repo", tmp_path / "b")
+    script = ["-g", "g.qg", "-i", "test", "-o", "out", "-j", "2", "--skip-existing-in", "out"]
+    script += ["--clobber-outputs"]
+    # When the script runs once with pipetask run and once with zmpexec lsst run
+    theirs = run([pipetask, "run", "-b", "a", *script, "--summary", "a.json"])
+    assert theirs.returncode == 0, theirs.stderr
+    zmpexec = [sys.executable, "-m", "scripts.cli", "lsst", "run"]
+    ours = run([*zmpexec, "-b", "b", *script, "--summary", "b.json"])
+    assert ours.returncode == 0, ours.stderr
+    # Then the repositories hold the same collections, chain and datasets, and the
+    # summaries the same statuses
+    collections, datasets = _repository_state(tmp_path / "a")
+    assert collections["out"][0] == "CHAINED" and collections["out"][1][1:] == ("test",)
+    assert len(datasets) > 30
+    assert _repository_state(tmp_path / "b") == (collections, datasets)
+    a, b = (Report.model_validate_json((tmp_path / f).read_text()) for f in ("a.json", "b.json"))
+    assert _statuses(a) == _statuses(b) == {"success": 8}
+
+
+def test_lsst_run_refuses_graph_building_options_and_runs_chosen_quanta(tmp_path: Path) -> None:
+    _, qgraph = make_repo_and_graph(tmp_path / "repo", n_tasks=2, n_detectors=3)
+    PredictedQuantumGraphComponents.from_old_quantum_graph(qgraph).write(str(tmp_path / "g.qg"))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    argv = [sys.executable, "-m", "scripts.cli", "lsst", "run", "-b", "repo", "-g", "g.qg"]
+
+    def run(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*argv, *extra], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+        )
+
+    # A graph-building option is one line saying where graphs are built
+    refused = run("-p", "pipeline.yaml", "-c", "task0:x=1")
+    assert refused.returncode == 2
+    assert refused.stderr.count("\n") == 1 and "pipetask qgraph" in refused.stderr
+    # --qgraph-node-id runs those quanta only (task0's, whose inputs exist)
+    xgraph = PredictedQuantumGraph.from_old_quantum_graph(qgraph).quantum_only_xgraph
+    chosen = [str(q) for q in xgraph if xgraph.nodes[q]["task_label"] == "task0"]
+    out = run("--qgraph-node-id", ",".join(chosen[:2]), chosen[2], "--summary", "s.json")
+    assert out.returncode == 0, out.stderr
+    report = Report.model_validate_json((tmp_path / "s.json").read_text())
+    assert {str(q.quantumId) for q in report.quantaReports} == set(chosen)
+    # --init-only writes the init-outputs and runs nothing
+    again = run("--init-only", "--extend-run")
+    assert again.returncode == 0, again.stderr
+    assert "no quanta run" in again.stdout
+
+
+@pytest.mark.parametrize("mode", ["direct", "qbb"])
+def test_provenance_at_j2_reads_back_in_lsst_with_each_quantums_status(
+    tmp_path: Path, mode: str
+) -> None:
+    # Given task1 fails on detector 2 (its child is blocked), finds no work on detector 3,
+    # and needs more memory than the first attempt is given (a memory retry succeeds)
+    _, qgraph = make_repo_and_graph(
+        tmp_path / "repo",
+        n_tasks=3,
+        n_detectors=4,
+        flaky={"fail_detector": 2, "no_work_detector": 3, "needs_mb": 600.0},
+    )
+    PredictedQuantumGraphComponents.from_old_quantum_graph(qgraph).write(str(tmp_path / "g.qg"))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    argv = [sys.executable, "-m", "scripts.cli", "lsst", "run", "g.qg", "-b", "repo", "-j", "2"]
+    argv += ["--provenance", "p.qg", "--summary", "s.json", "--memory-per-quantum", "400"]
+    argv += ["--memory-multiplier", "2", "--retries", "1", *(["--qbb"] if mode == "qbb" else [])]
+    # When it runs at -j 2 with --provenance
+    out = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1, out.stderr
+    # Then LSST's reader gives every quantum the status the summary gives it
+    summary = Report.model_validate_json((tmp_path / "s.json").read_text())
+    expected = {
+        ExecutionStatus.SUCCESS: QuantumAttemptStatus.SUCCESSFUL,
+        ExecutionStatus.FAILURE: QuantumAttemptStatus.FAILED,
+        ExecutionStatus.SKIPPED: QuantumAttemptStatus.BLOCKED,
+    }
+    with ProvenanceQuantumGraph.from_args(str(tmp_path / "p.qg")) as (graph, _):
+        nodes = graph.quantum_only_xgraph.nodes
+        assert len(nodes) == len(summary.quantaReports) == 12
+        for q in summary.quantaReports:
+            node = nodes[q.quantumId]
+            assert node["status"] is expected[q.status], (q.taskLabel, q.dataId)
+            # (a failure's usage comes from its log, which LSST's direct-butler log drops)
+            failed = q.status is ExecutionStatus.FAILURE
+            if q.status is ExecutionStatus.SUCCESS or (mode == "qbb" and failed):
+                assert node["resource_usage"].memory > 0, (q.taskLabel, q.dataId)
+        by_data = {(n["task_label"], n["data_id"]["detector"]): n for n in nodes.values()}
+    assert by_data["task1", 2]["exception"].type_name == "RuntimeError"
+    assert by_data["task1", 3]["caveats"] & QuantumSuccessCaveats.NO_WORK
+    if mode == "qbb":  # (and earlier attempts: see the README)
+        statuses = [a.status for a in by_data["task1", 0]["attempts"]]
+        assert statuses == [QuantumAttemptStatus.FAILED, QuantumAttemptStatus.SUCCESSFUL]
+
+
+def test_the_drop_in_writes_provenance_with_several_processes(tmp_path: Path) -> None:
+    # Given LSST's executor interface with 3 processes (LSST's own raises
+    # NotImplementedError for provenance there)
+    _, qgraph = make_repo_and_graph(tmp_path / "repo", n_tasks=2, n_detectors=3)
+    ex = _executor(tmp_path / "repo", tmp_path)
+    # When it runs with a provenance graph file
+    ex.execute(qgraph, provenance_graph_file=str(tmp_path / "p.qg"))
+    # Then the file holds every quantum, successful, with its resource usage
+    with ProvenanceQuantumGraph.from_args(str(tmp_path / "p.qg")) as (graph, _):
+        nodes = graph.quantum_only_xgraph.nodes
+        assert len(nodes) == 6
+        assert {n["status"] for n in nodes.values()} == {QuantumAttemptStatus.SUCCESSFUL}
+        assert all(n["resource_usage"].memory > 0 for n in nodes.values())
