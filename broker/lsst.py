@@ -112,7 +112,9 @@ def fixed_up(schedule: QuantumGraph, graph: PredictedQuantumGraph, fixup: Any) -
     fixup.fixup_graph(xgraph, graph.quanta_by_task)
     if nx.is_directed_acyclic_graph(xgraph) is False:
         raise LsstExecutorError("Updated execution graph has dependency cycle.")
-    return schedule.with_edges([(str(a), str(b)) for a, b in xgraph.edges if (a, b) not in before])
+    ids = set(schedule.ids)  # (it may run some of the graph's quanta only)
+    added = [(str(a), str(b)) for a, b in xgraph.edges if (a, b) not in before]
+    return schedule.with_edges([(a, b) for a, b in added if a in ids and b in ids])
 
 
 def write_provenance(
@@ -204,7 +206,9 @@ class MPGraphExecutor:
     (``run_dir``, ``retries``, ``heartbeat_interval_s``, ...); ``run_dir`` also holds the graph
     file the workers read. ``qbb_repo=REPO`` instead of a ``quantum_executor`` runs quanta on
     quantum-backed butlers, as ``pipetask run-qbb`` does (register the outputs afterwards),
-    with ``qbb_options`` for LSST's executor there (``raise_on_partial_outputs``, ...)."""
+    with ``qbb_options`` for LSST's executor there (``raise_on_partial_outputs``, ...).
+    ``log_levels``: (logger, level) pairs set in every process that runs tasks (pipetask's
+    ``--log-level``)."""
 
     def __init__(
         self,
@@ -222,6 +226,7 @@ class MPGraphExecutor:
         self._fail_fast, self._pdb = fail_fast, pdb
         self._qbb_repo: str | None = options.pop("qbb_repo", None)  # quantum-backed butlers
         self._qbb_options: dict[str, Any] = options.pop("qbb_options", None) or {}
+        self._log_levels: list[tuple[str | None, str]] = options.pop("log_levels", None) or []
         run_dir = options.pop("run_dir", None)
         self._run_dir = Path(run_dir) if run_dir is not None else None
         self._quantum_executor = quantum_executor
@@ -271,11 +276,17 @@ class MPGraphExecutor:
             schedule = fixed_up(schedule, new, self._fixup)
         try:
             self.execute_file(run_dir / GRAPH_FILE, schedule, new._make_summary(), run_dir)
-        finally:
+        except BaseException:
             if provenance_graph_file is not None and butler is not None:
-                write_provenance(
-                    provenance_graph_file, run_dir / GRAPH_FILE, butler, self.attempted()
-                )
+                try:  # (what failed the run is what the caller hears of)
+                    write_provenance(
+                        provenance_graph_file, run_dir / GRAPH_FILE, butler, self.attempted()
+                    )
+                except Exception as e:
+                    logger.error("no provenance graph written: %s", e)
+            raise
+        if provenance_graph_file is not None and butler is not None:
+            write_provenance(provenance_graph_file, run_dir / GRAPH_FILE, butler, self.attempted())
 
     def attempted(self) -> set[str]:
         """The quanta an attempt was made of (ran, or started and were lost), by our report."""
@@ -297,6 +308,7 @@ class MPGraphExecutor:
                 self._quantum_executor,
                 qbb_repo=self._qbb_repo,
                 qbb_options=self._qbb_options,
+                log_levels=self._log_levels,
             ),
             startMethod=self._start_method,
             failFast=self._fail_fast,

@@ -9,12 +9,15 @@ reading costs about a millisecond per quantum. Imports the LSST stack (``pip ins
 
 from __future__ import annotations
 
+import logging
 import uuid
+from collections.abc import Sequence
 from contextlib import ExitStack
 from typing import Any
 
 from lsst.daf.butler import Quantum as LsstQuantum
 from lsst.daf.butler import QuantumBackedButler
+from lsst.daf.butler.cli.cliLog import CliLog
 from lsst.pipe.base import (
     ExecutionResources,
     InvalidQuantumError,
@@ -39,6 +42,8 @@ __all__ = [
     "execution_resources",
     "qbb_executor",
 ]
+
+logger = logging.getLogger(__name__)
 
 # Each quantum's log lists (LSST: ``previous_process_quanta``) the last this many quanta its
 # executor process ran before it, not all of them
@@ -126,6 +131,7 @@ class LsstQuantumExecutor:
         *,
         qbb_repo: str | None = None,
         qbb_options: dict[str, Any] | None = None,
+        log_levels: Sequence[tuple[str | None, str]] = (),
     ) -> None:
         if (lsst_executor is None) == (qbb_repo is None):
             raise ValueError("give either an LSST quantum executor or a repository for QBB")
@@ -133,9 +139,12 @@ class LsstQuantumExecutor:
         self.lsst_executor = lsst_executor
         self.qbb_repo = qbb_repo
         self.qbb_options = qbb_options or {}
+        self.log_levels = list(log_levels)  # (logger or None for the root, level)
         self._file: GraphFile | None = None
         self._made_with: ExecutionResources | None = None  # the LSST executor's own
         self._clobbers: bool | None = None  # the LSST executor's own clobber_outputs
+        self._warned = False
+        self._own_resources: ExecutionResources | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         return {
@@ -143,6 +152,7 @@ class LsstQuantumExecutor:
             "lsst_executor": self.lsst_executor,
             "qbb_repo": self.qbb_repo,
             "qbb_options": self.qbb_options,
+            "log_levels": self.log_levels,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -151,10 +161,13 @@ class LsstQuantumExecutor:
             state["lsst_executor"],
             qbb_repo=state["qbb_repo"],
             qbb_options=state.get("qbb_options"),
+            log_levels=state.get("log_levels", ()),
         )
 
     def execute(self, quantum: Quantum, butler: Butler) -> Caveat | None:
         if self._file is None:  # first quantum in this process: open the graph file
+            if self.log_levels:  # (pipetask's --log-level, in every process running tasks)
+                CliLog.setLogLevels(self.log_levels)
             self._file = GraphFile(self.graph_path)
             if self.qbb_repo is not None:
                 self.lsst_executor = qbb_executor(
@@ -172,37 +185,52 @@ class LsstQuantumExecutor:
                 str(e), class_name=_name(e), exit_code=e.EXIT_CODE, stop_run=True
             ) from e
         finally:
+            self._take_back()
             _forget_older_quanta(self.lsst_executor)
 
     def _give(self, allotment: Allotment) -> None:
         """Make ``allotment`` the next quantum's ``ExecutionResources``, and have a retry
         clear what its failed attempt left (its log, partial outputs: LSST refuses to run a
-        quantum over them unless clobbering; they are this run's own). LSST's
-        ``SingleQuantumExecutor`` hands the task what it holds as ``_resources`` and reads
-        ``_clobber_outputs``; an LSST whose executor keeps them elsewhere fails here, loudly
-        (and the tests that read a task's ``max_mem`` or retry), rather than running tasks
-        without what they were given."""
+        quantum over them unless clobbering; they are this run's own); ``_take_back`` after
+        it. LSST's ``SingleQuantumExecutor`` hands the task what it holds as ``_resources``
+        and reads ``_clobber_outputs``; an executor without them is warned about once and
+        run as it is (the tests that read a task's ``max_mem`` or retry fail where LSST's
+        keeps them elsewhere)."""
         executor = self.lsst_executor
-        clobbers = self._clobbers
-        if clobbers is None:
-            clobbers = self._clobbers = getattr(executor, "_clobber_outputs", None)
-        if clobbers is False:  # (on for a retry only; a user's True stays)
-            executor._clobber_outputs = allotment.attempt > 1
-        elif clobbers is None and allotment.attempt > 1:
-            raise TypeError(
-                f"cannot clear a failed attempt's outputs with {type(executor).__name__}: it "
-                "has no _clobber_outputs (SingleQuantumExecutor's)"
-            )
+        if self._clobbers is None:
+            self._clobbers = getattr(executor, "_clobber_outputs", None)
+        if self._clobbers is False and allotment.attempt > 1:
+            executor._clobber_outputs = True  # (a user's True stays as it is)
+        elif self._clobbers is None and allotment.attempt > 1:
+            self._cannot("clear a failed attempt's outputs", "_clobber_outputs")
+        if allotment.memory_mb is None and allotment.cpus is None:
+            return  # (the executor's own stand)
         if self._made_with is None:
-            if allotment.memory_mb is None and allotment.cpus is None:
-                return  # (the executor's own stand until an attempt sets any)
             if not hasattr(executor, "_resources"):
-                raise TypeError(
-                    f"cannot hand ExecutionResources to {type(executor).__name__}: it has no "
-                    "_resources (SingleQuantumExecutor's)"
-                )
+                self._cannot("hand a task its ExecutionResources", "_resources")
+                return
+            self._own_resources = executor._resources
             self._made_with = executor._resources or ExecutionResources()
         executor._resources = execution_resources(allotment, self._made_with)
+
+    def _take_back(self) -> None:
+        """The LSST executor as it was made, for the next quantum (and for its owner: the
+        in-process engine runs the user's own)."""
+        executor = self.lsst_executor
+        if self._clobbers is False:
+            executor._clobber_outputs = False
+        if self._made_with is not None:
+            executor._resources = self._own_resources
+
+    def _cannot(self, what: str, attribute: str) -> None:
+        if not self._warned:
+            self._warned = True
+            logger.warning(
+                "cannot %s with %s: it has no %s (SingleQuantumExecutor's); running it as it is",
+                what,
+                type(self.lsst_executor).__name__,
+                attribute,
+            )
 
 
 def execution_resources(allotment: Allotment, base: ExecutionResources) -> ExecutionResources:

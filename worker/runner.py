@@ -91,9 +91,9 @@ def run_quantum(
     kept: str | None = None
     start, t0 = time.time(), time.monotonic()
     outcome = _SUCCEEDED if not in_process else _SUCCEEDED_HERE
-    given = allot(allotment)
     caveat: object = None
     meter.start()
+    given = allot(allotment)
     try:
         if capture is None:
             caveat = executor.execute(quantum, butler)

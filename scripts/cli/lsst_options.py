@@ -54,8 +54,8 @@ class _Refuse(argparse.Action):
 
 
 class _Commas(argparse.Action):
-    """A repeatable option whose values may each be comma-separated (as click's
-    ``split_commas``): all of them, in order."""
+    """A repeatable option (one value each time, as click's ``multiple``) whose values may
+    each be comma-separated (click's ``split_commas``): all of them, in order."""
 
     def __call__(
         self,
@@ -82,12 +82,11 @@ def add_pipetask_options(run: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--qgraph-node-id",
         action=_Commas,
-        nargs="+",
         default=None,
         metavar="UUID",
         help="run only these quanta of the graph",
     )
-    g.add_argument("-i", "--input", action=_Commas, nargs="+", default=None, metavar="COLLECTION")
+    g.add_argument("-i", "--input", action=_Commas, default=None, metavar="COLLECTION")
     g.add_argument("-o", "--output", default=None, metavar="COLL", help="output CHAINED collection")
     g.add_argument("--output-run", default=None, metavar="COLL", help="output RUN collection")
     g.add_argument("--extend-run", action="store_true", help="write into an existing output run")
@@ -99,7 +98,6 @@ def add_pipetask_options(run: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--skip-existing-in",
         action=_Commas,
-        nargs="+",
         default=None,
         metavar="COLLECTION",
         help="skip quanta whose outputs all exist in these collections",

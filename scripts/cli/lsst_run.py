@@ -56,7 +56,7 @@ def cmd_lsst_run(
         args.extend_run = collections_given(args)
     if not args.enable_implicit_threading:
         disable_implicit_threading()  # (inherited by the workers)
-    _init_logging(args)
+    log_levels = _init_logging(args)
     graph_file, run_dir = _graph_file_and_run_dir(args)
     init = _read_init(graph_file)
     if args.qgraph_id is not None:
@@ -101,6 +101,7 @@ def cmd_lsst_run(
             "assume_no_existing_outputs": args.no_existing_outputs,
             "enable_lsst_debug": args.debug,
         },
+        log_levels=log_levels,
         **options,  # the engine, resources, retries
     )
     received = stop_on_signals(executor)  # type: ignore[operator]
@@ -125,10 +126,14 @@ def cmd_lsst_run(
                     )
                 print(f"registered {n} output datasets {step}", file=sys.stderr)
             if args.provenance is not None:
-                with _Step() as step:
-                    attempted = executor.attempted()
-                    n = write_provenance(args.provenance, graph_file, butler, attempted)
-                print(f"provenance of {n} quanta: {args.provenance} {step}", file=sys.stderr)
+                try:
+                    with _Step() as step:
+                        attempted = executor.attempted()
+                        n = write_provenance(args.provenance, graph_file, butler, attempted)
+                    print(f"provenance of {n} quanta: {args.provenance} {step}", file=sys.stderr)
+                except Exception as e:  # (the run's outcome is still reported)
+                    failed = True
+                    logger.error("no provenance graph written: %s: %s", type(e).__name__, e)
     report = executor.getReport()
     if args.summary is not None:
         args.summary.write_text(report.model_dump_json(exclude_none=True, indent=2))
@@ -159,19 +164,20 @@ class _Step:
         return f"({self.seconds:.1f}s, peak memory +{self.grew_mb:.0f} MB)"
 
 
-def _init_logging(args: argparse.Namespace) -> None:
-    """pipetask's ``--log-level`` (LEVEL or LOGGER=LEVEL), ``--long-log``, ``--log-file``
-    (for this process; the tasks' logs go to the butler as LSST captures them)."""
-    if not (args.log_level or args.long_log or args.log_file):
-        return
-    CliLog.initLog(longlog=args.long_log, log_file=tuple(args.log_file))
+def _init_logging(args: argparse.Namespace) -> list[tuple[str | None, str]]:
+    """pipetask's ``--log-level`` (LEVEL or LOGGER=LEVEL), ``--long-log``, ``--log-file`` for
+    this process; the levels, which the processes running tasks set too (and so the logs
+    LSST captures into the butler)."""
     levels: list[tuple[str | None, str]] = []
     for item in args.log_level:
         component, sep, level = item.rpartition("=")
         if level.upper() not in logging.getLevelNamesMapping():
             raise ValueError(f"--log-level {item!r}: not a level (DEBUG, INFO, ...)")
         levels.append((component if sep else None, level.upper()))
-    CliLog.setLogLevels(levels)
+    if levels or args.long_log or args.log_file:
+        CliLog.initLog(longlog=args.long_log, log_file=tuple(args.log_file))
+        CliLog.setLogLevels(levels)
+    return levels
 
 
 def _read_init(graph_file: Path) -> PredictedQuantumGraph:
@@ -258,7 +264,10 @@ def _graph_fixup(name: str) -> Any:
         factory = doImportType(name)
     except Exception as e:
         raise ValueError(f"--graph-fixup {name}: cannot import it ({e})") from e
-    fixup = factory()
+    try:
+        fixup = factory()
+    except Exception as e:
+        raise ValueError(f"--graph-fixup {name}: cannot make one ({e})") from e
     if not isinstance(fixup, ExecutionGraphFixup):
         raise ValueError(f"--graph-fixup {name}: not an ExecutionGraphFixup")
     return fixup

@@ -398,6 +398,31 @@ def _add_lsst_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
 
 
+def _check_pipetask_options(args: argparse.Namespace) -> None:
+    """pipetask's option combinations that cannot work, refused before anything runs."""
+    if args.replace_run and (args.extend_run or args.resume):
+        raise UsageError("--replace-run cannot go with --extend-run (or --resume)")
+    if args.prune_replaced and not args.replace_run:
+        raise UsageError("--prune-replaced needs --replace-run")
+    if args.qbb:
+        given = [
+            flag
+            for flag, value in (
+                ("--skip-existing", args.skip_existing),
+                ("--skip-existing-in", args.skip_existing_in),
+                ("--clobber-outputs", args.clobber_outputs),
+            )
+            if value
+        ]
+        if given:
+            raise UsageError(
+                f"{given[0]} is not for --qbb: quanta there skip what exists and clobber "
+                "partial outputs always (as pipetask run-qbb)"
+            )
+    elif args.no_existing_outputs:
+        raise UsageError("--no-existing-outputs is for --qbb (pipetask run-qbb's option)")
+
+
 def cmd_lsst(args: argparse.Namespace) -> ExitCode:
     try:
         from scripts.cli.lsst_run import cmd_lsst_run
@@ -410,6 +435,7 @@ def cmd_lsst(args: argparse.Namespace) -> ExitCode:
         )
     if (args.qgraph is None) == (args.qgraph_option is None):
         raise UsageError("give the quantum graph file once: as QGRAPH or -g/--qgraph")
+    _check_pipetask_options(args)
     args.qgraph = args.qgraph or Path(args.qgraph_option)
     options = _dask_options(args)
     if options and not args.qbb:

@@ -484,13 +484,29 @@ def test_lsst_run_refuses_graph_building_options_and_runs_chosen_quanta(tmp_path
     refused = run("-p", "pipeline.yaml", "-c", "task0:x=1")
     assert refused.returncode == 2
     assert refused.stderr.count("\n") == 1 and "pipetask qgraph" in refused.stderr
-    # --qgraph-node-id runs those quanta only (task0's, whose inputs exist)
+    # --qgraph-node-id runs those quanta only (task0's, whose inputs exist), and
+    # --log-level reaches the processes that run them (the logs LSST keeps)
     xgraph = PredictedQuantumGraph.from_old_quantum_graph(qgraph).quantum_only_xgraph
     chosen = [str(q) for q in xgraph if xgraph.nodes[q]["task_label"] == "task0"]
-    out = run("--qgraph-node-id", ",".join(chosen[:2]), chosen[2], "--summary", "s.json")
+    quiet = "lsst.pipe.base.single_quantum_executor=WARNING"  # (it logs INFO per quantum)
+    out = run(
+        "--qgraph-node-id",
+        ",".join(chosen[:2]),
+        "--qgraph-node-id",
+        chosen[2],
+        "--summary",
+        "s.json",
+        "--log-level",
+        quiet,
+        "-j",
+        "2",
+    )
     assert out.returncode == 0, out.stderr
     report = Report.model_validate_json((tmp_path / "s.json").read_text())
     assert {str(q.quantumId) for q in report.quantaReports} == set(chosen)
+    butler = Butler.from_config(str(tmp_path / "repo"), collections="test")
+    log = butler.get("task0_log", instrument="INSTR", detector=0)
+    assert log and not [r for r in log if r.name == "lsst.pipe.base.single_quantum_executor"]
     # --init-only writes the init-outputs and runs nothing
     again = run("--init-only", "--extend-run")
     assert again.returncode == 0, again.stderr
