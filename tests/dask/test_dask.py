@@ -363,7 +363,11 @@ def test_lsst_pipeline_on_dask_with_quantum_backed_butlers(tmp_path: Path) -> No
     pytest.importorskip("lsst.pipe.base")
     import numpy
     from lsst.daf.butler import Butler as LsstButler
-    from lsst.pipe.base.quantum_graph import PredictedQuantumGraphComponents
+    from lsst.pipe.base import QuantumAttemptStatus
+    from lsst.pipe.base.quantum_graph import (
+        PredictedQuantumGraphComponents,
+        ProvenanceQuantumGraph,
+    )
     from lsst.pipe.base.quantum_reports import Report as LsstReport
 
     from examples.lsst_pipeline import make_repo_and_graph
@@ -376,12 +380,22 @@ def test_lsst_pipeline_on_dask_with_quantum_backed_butlers(tmp_path: Path) -> No
     refused = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert refused.returncode == 2 and "needs --qbb" in refused.stderr
     out = subprocess.run(
-        [*argv, "--qbb"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+        [*argv, "--qbb", "--provenance", "p.qg"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.returncode == 0, out.stderr
     report = LsstReport.model_validate_json((tmp_path / "s.json").read_text())
     assert {q.status.value for q in report.quantaReports} == {"success"}
     assert len(report.quantaReports) == 6
+    with ProvenanceQuantumGraph.from_args(str(tmp_path / "p.qg")) as (provenance, _):
+        nodes = provenance.quantum_only_xgraph.nodes
+        assert {nodes[q.quantumId]["status"] for q in report.quantaReports} == {
+            QuantumAttemptStatus.SUCCESSFUL
+        }
     butler = LsstButler.from_config(str(tmp_path / "repo"), collections="test")
     value = butler.get("add_dataset2", instrument="INSTR", detector=1)
     assert numpy.array_equal(value, numpy.array([0.0, 1.0, 2.0, 5.0]) + 6)
