@@ -1,7 +1,8 @@
 """The run's resource options as the entry points take them (sizes as strings, a BPS config
 path), turned into ``ExecutionConfig`` fields, with the host's defaults: memory is what the
 host has available when the run starts less a reserve for the broker, the workers' agents and
-the OS (``MEMORY_RESERVE``); cpus the larger of ``-j`` and the CPUs this process may use.
+the OS (``MEMORY_RESERVE``); cpus the larger of ``-j`` and the CPUs this process may use
+(and, in the planner, never fewer than the registered workers' threads).
 Reads the host; the core gets plain numbers.
 """
 
@@ -83,6 +84,7 @@ def resource_options(jobs: int, options: dict[str, Any]) -> dict[str, Any]:
     out["memory_reserve_mb"] = host_reserve_mb()  # the pressure watch keeps it available
     cpus = out.pop("cpus", None)
     out["cpus"] = int(cpus) if cpus is not None else max(jobs, host_cpus())
+    out["cpus_from_host"] = cpus is None
     out["resources"] = _custom(out.pop("resources", None))
     per_quantum = _size(out.pop("memory_per_quantum", None), "memory per quantum")
     memory_max = _size(out.pop("memory_max", None), "memory max")

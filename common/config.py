@@ -58,6 +58,7 @@ class ExecutionConfig:
     memory_from_host: bool = False  # memory_mb is the host's default, not the user's
     memory_reserve_mb: float | None = None  # the host's available memory kept above this
     cpus: int | None = None
+    cpus_from_host: bool = False  # cpus is the default: it grows with the workers' threads
     resources: Amounts | None = None
     memory_per_quantum_mb: float | None = None
     cores_per_quantum: int | None = None

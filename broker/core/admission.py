@@ -137,10 +137,12 @@ class Admission:
         by_label: Mapping[str, Amounts] | None = None,
         defaults: Amounts | None = None,
         strict: bool = True,
+        cpus_follow_workers: bool = False,
         representatives: Iterable[int] = (),
     ) -> None:
         amounts = budget.amounts()
         self.strict = strict
+        self._cpus_floor = budget.cpus if cpus_follow_workers else None
         self._threads = 1  # quanta the registered workers run at once
         self.names: list[str] = list(amounts)
         self._slot = {name: k for k, name in enumerate(self.names)}
@@ -300,8 +302,14 @@ class Admission:
 
     def workers_changed(self, threads: int) -> None:
         """The registered workers run ``threads`` quanta at once (a worker's share of the
-        budget, for quanta not measured yet, is the budget over these)."""
+        budget, for quanta not measured yet, is the budget over these). A default cpus
+        budget (``cpus_follow_workers``) is at least that: quanta that declare nothing count
+        one core each, and attached workers (of other hosts, too) must not sit idle for
+        the cores of this one."""
         self._threads = max(1, threads)
+        if self._cpus_floor is not None:
+            cpus = max(self._cpus_floor, float(self._threads))
+            self.budget = (self.budget[0], cpus, *self.budget[2:])
 
     def peak_mb(self, label: int) -> float | None:
         return self._peak_mb[label]

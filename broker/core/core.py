@@ -1182,6 +1182,7 @@ def _admission(graph: QuantumGraph, config: ExecutionConfig, labels: array[int])
         by_label=by_label,
         defaults=defaults,
         strict=not config.memory_from_host,
+        cpus_follow_workers=config.cpus_from_host,
         representatives=first.tolist(),
     )
 

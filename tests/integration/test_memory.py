@@ -155,8 +155,9 @@ def test_a_quantum_over_its_memory_request_is_killed_with_reason_memory(
     assert out.max_rss_kb is not None and out.max_rss_kb > 100 * MIB
     assert "over its request of 100 MiB" in out.detail
     # what it used beyond its executor's own (the interpreter and task modules) is named
+    # (killed once past 100 + 16 MiB: named rounded, so 116 at least)
     used = re.match(r"used ([\d,]+) MiB, over its request of 100 MiB; killed", out.detail)
-    assert used is not None and 116 < int(used.group(1).replace(",", "")) <= out.max_rss_kb / 1024
+    assert used is not None and 116 <= int(used.group(1).replace(",", "")) <= out.max_rss_kb / 1024
     assert time.monotonic() - t0 < 30
     # and the worker goes on serving with a fresh child
     after = broker.run("touch", mb=1, memory_mb=100)

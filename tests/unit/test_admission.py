@@ -98,6 +98,19 @@ def test_cpus_count_one_each_unless_declared() -> None:
     assert {d.cpus for d in running(h).values()} == {None}  # (declared none: LSST's default)
 
 
+@pytest.mark.parametrize(("from_host", "at_once"), [(True, 3), (False, 2)])
+def test_a_default_cpus_budget_grows_with_the_workers_a_given_one_does_not(
+    from_host: bool, at_once: int
+) -> None:
+    # Given a cpus budget of 2 (the host's default, or the user's) and three workers (one
+    # attached beyond -j 2), and quanta that declare nothing
+    g = QuantumGraph.from_quanta([quantum(f"q{n}") for n in range(6)])
+    h = Harness(g, cpus=2, cpus_from_host=from_host)
+    join(h, A, B, C)
+    # Then the default lets every worker run one; the user's 2 cores hold
+    assert len(running(h)) == at_once
+
+
 def test_a_custom_resource_caps_the_quanta_that_declare_it() -> None:
     g = QuantumGraph.from_quanta(
         [quantum(f"db{n}", resources={"db": 1}) for n in range(3)] + [quantum("free")]
