@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import networkx as nx
+import zstandard
 from lsst.daf.butler import Butler as LsstButler
 from lsst.pipe.base.graph import QgraphSummary, QgraphTaskSummary
 from lsst.pipe.base.graph import QuantumGraph as OldQuantumGraph
@@ -140,9 +141,10 @@ def write_provenance(
         ) from e
     ran = 0
     with ExitStack() as stack:
-        writer = ProvenanceQuantumGraphWriter(
-            path, exit_stack=stack, log_on_close=LogOnClose(logger.log), predicted=graph
-        )
+        # Blocks are compressed with a dictionary trained on the first quanta's (as LSST's
+        # aggregator does): they are held, uncompressed, until there are enough to train on.
+        writer: ProvenanceQuantumGraphWriter | None = None
+        held: list[ProvenanceQuantumScanData] = []
         for quantum_id, quantum in quanta.items():
             node = graph.pipeline_graph.tasks[labels[quantum_id]["task_label"]]
             stored = butler.stored_many(itertools.chain.from_iterable(quantum.outputs.values()))
@@ -151,21 +153,66 @@ def write_provenance(
             logs = None if log is None else _read(butler, stored, log.dataset_type_name)
             if metadata is None and logs is None and str(quantum_id) not in attempted:
                 blocked = ProvenanceQuantumScanStatus.BLOCKED
-                writer.write_scan_data(ProvenanceQuantumScanData(quantum_id, status=blocked))
+                scan = ProvenanceQuantumScanData(quantum_id, status=blocked)
+            else:
+                models = ProvenanceQuantumScanModels.from_metadata_and_logs(
+                    predicted[quantum_id], metadata, logs
+                )
+                for ref, exists in stored.items():  # (what metadata and logs do not say)
+                    models.output_existence.setdefault(ref.id, exists)
+                compressor = None if writer is None else writer.compressor
+                scan = models.to_scan_data(predicted[quantum_id], compressor=compressor)
+                ran += 1
+            if writer is not None:
+                writer.write_scan_data(scan)
                 continue
-            models = ProvenanceQuantumScanModels.from_metadata_and_logs(
-                predicted[quantum_id], metadata, logs
-            )
-            for ref, exists in stored.items():  # (what metadata and logs do not say)
-                models.output_existence.setdefault(ref.id, exists)
-            writer.write_scan_data(
-                models.to_scan_data(predicted[quantum_id], compressor=writer.compressor)
-            )
-            ran += 1
+            held.append(scan)
+            if len(held) >= _DICTIONARY_SAMPLES:
+                writer = _provenance_writer(path, graph, predicted, held, stack)
+        if writer is None:
+            writer = _provenance_writer(path, graph, predicted, held, stack)
         writer.write_overall_inputs()
         writer.write_packages()
         writer.write_init_outputs(assume_existence=True)
     return ran
+
+
+# A provenance graph's compression dictionary: its size, and the blocks of each kind it is
+# trained on (LSST's aggregator's defaults)
+_DICTIONARY_BYTES = 32768
+_DICTIONARY_SAMPLES = 512
+
+
+def _provenance_writer(
+    path: str,
+    graph: PredictedQuantumGraph,
+    predicted: Mapping[uuid.UUID, Any],
+    held: list[ProvenanceQuantumScanData],
+    stack: ExitStack,
+) -> ProvenanceQuantumGraphWriter:
+    """The writer, its dictionary trained on the first predicted quanta (their datastore
+    records left out: provenance has none) and on ``held``, which it writes at once."""
+    samples: list[bytes | bytearray | memoryview] = []
+    for model in itertools.islice(predicted.values(), _DICTIONARY_SAMPLES):
+        bare = model.model_copy(update={"datastore_records": {}})
+        samples.append(bare.model_dump_json().encode())
+    for scan in held:
+        samples += [b for b in (scan.quantum, scan.metadata, scan.logs) if b]
+    try:
+        cdict = zstandard.train_dictionary(_DICTIONARY_BYTES, samples).as_bytes()
+    except zstandard.ZstdError:  # (too few samples, or too alike, to train on)
+        cdict = None
+    writer = ProvenanceQuantumGraphWriter(
+        path,
+        exit_stack=stack,
+        log_on_close=LogOnClose(logger.log),
+        predicted=graph,
+        cdict_data=cdict,
+    )
+    for scan in held:
+        writer.write_scan_data(scan)
+    held.clear()
+    return writer
 
 
 def _read(butler: LsstButler, stored: Mapping[Any, bool], dataset_type: str) -> Any:
