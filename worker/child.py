@@ -32,7 +32,7 @@ from common.protocol import Assign, Ready, Refuse, Result, ResultStatus, Revoked
 from common.report import Reason
 from worker.capture import StandingCapture
 from worker.channel import Channel, open_channel
-from worker.executor import NOTHING_DECLARED, Allotment, QuantumExecutor
+from worker.executor import QuantumExecutor, allotment
 from worker.lifecycle import die_with_parent
 from worker.meter import AttemptMeter
 from worker.procfs import own_rss_kb, tree_rss_kb
@@ -172,7 +172,7 @@ def child_main(
                 capture,
                 meter=meter,
                 base_kb=ready_kb,
-                allotment=_allotment(assign),
+                allotment=allotment(assign.memory_mb, assign.cpus, assign.attempt),
             )
         conn.send_bytes(encode(result))
     capture.close()
@@ -223,7 +223,7 @@ def direct_main(config: ChildConfig, record: SharedRecord) -> None:
                 log=log,
                 meter=meter,
                 base_kb=ready_kb,
-                allotment=_allotment(assign),
+                allotment=allotment(assign.memory_mb, assign.cpus, assign.attempt),
             )
         if assign.timeout_s is not None:
             signal.setitimer(signal.ITIMER_REAL, 0)
@@ -237,12 +237,6 @@ def direct_main(config: ChildConfig, record: SharedRecord) -> None:
     capture.close()
     meter.close()
     channel.close()
-
-
-def _allotment(assign: Assign) -> Allotment:
-    if assign.memory_mb is None and assign.cpus is None and assign.attempt == 1:
-        return NOTHING_DECLARED
-    return Allotment(assign.memory_mb, assign.cpus, assign.attempt)
 
 
 def _next_assign(channel: Channel) -> Assign | None:

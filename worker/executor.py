@@ -22,6 +22,7 @@ __all__ = [
     "QuantumFailure",
     "TaskQuantumExecutor",
     "allot",
+    "allotment",
     "allotted",
     "unallot",
 ]
@@ -43,6 +44,16 @@ class Allotment:
 
 
 NOTHING_DECLARED = Allotment()
+
+
+def allotment(memory_mb: float | None, cpus: int | None, attempt: int) -> Allotment:
+    """The allotment of an attempt sent with these terms (``NOTHING_DECLARED``, shared, for
+    a first attempt that declares nothing)."""
+    if memory_mb is None and cpus is None and attempt == 1:
+        return NOTHING_DECLARED
+    return Allotment(memory_mb, cpus, attempt)
+
+
 _ALLOTTED: ContextVar[Allotment] = ContextVar("zmpexec_allotment", default=NOTHING_DECLARED)
 
 

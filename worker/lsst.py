@@ -141,10 +141,10 @@ class LsstQuantumExecutor:
         self.qbb_options = qbb_options or {}
         self.log_levels = list(log_levels)  # (logger or None for the root, level)
         self._file: GraphFile | None = None
-        self._made_with: ExecutionResources | None = None  # the LSST executor's own
+        self._own_resources: ExecutionResources | None = None  # the LSST executor's own
+        self._resources_read = False  # (whether ``_own_resources`` was read from it)
         self._clobbers: bool | None = None  # the LSST executor's own clobber_outputs
         self._warned = False
-        self._own_resources: ExecutionResources | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         return {
@@ -205,13 +205,13 @@ class LsstQuantumExecutor:
             self._cannot("clear a failed attempt's outputs", "_clobber_outputs")
         if allotment.memory_mb is None and allotment.cpus is None:
             return  # (the executor's own stand)
-        if self._made_with is None:
+        if not self._resources_read:
             if not hasattr(executor, "_resources"):
                 self._cannot("hand a task its ExecutionResources", "_resources")
                 return
-            self._own_resources = executor._resources
-            self._made_with = executor._resources or ExecutionResources()
-        executor._resources = execution_resources(allotment, self._made_with)
+            self._own_resources, self._resources_read = executor._resources, True
+        base = self._own_resources or ExecutionResources()
+        executor._resources = execution_resources(allotment, base)
 
     def _take_back(self) -> None:
         """The LSST executor as it was made, for the next quantum (and for its owner: the
@@ -219,7 +219,7 @@ class LsstQuantumExecutor:
         executor = self.lsst_executor
         if self._clobbers is False:
             executor._clobber_outputs = False
-        if self._made_with is not None:
+        if self._resources_read:
             executor._resources = self._own_resources
 
     def _cannot(self, what: str, attribute: str) -> None:
@@ -236,8 +236,6 @@ class LsstQuantumExecutor:
 def execution_resources(allotment: Allotment, base: ExecutionResources) -> ExecutionResources:
     """``base`` with what ``allotment`` sets: ``max_mem`` from its memory (MiB), ``num_cores``
     from its cores."""
-    if allotment.memory_mb is None and allotment.cpus is None:
-        return base
     return ExecutionResources(
         num_cores=base.num_cores if allotment.cpus is None else allotment.cpus,
         max_mem=base.max_mem if allotment.memory_mb is None else int(allotment.memory_mb * _MIB),

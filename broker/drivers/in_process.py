@@ -28,7 +28,7 @@ from common.config import ExecutionConfig
 from common.errors import MPGraphExecutorError
 from common.graph import QuantumGraph
 from worker.capture import LogCapture
-from worker.executor import Allotment, QuantumExecutor
+from worker.executor import QuantumExecutor, allotment
 from worker.runner import run_quantum
 
 __all__ = ["run_in_process"]
@@ -73,7 +73,7 @@ def run_in_process(
                         capture,
                         in_process=True,
                         on_exception=debugger.post_mortem if debugger else None,
-                        allotment=Allotment(action.memory_mb, action.cpus, action.attempt),
+                        allotment=allotment(action.memory_mb, action.cpus, action.attempt),
                     )
                     events.append(ResultReceived(_ME, result))
             if not events:

@@ -20,7 +20,7 @@ import warnings
 from pathlib import Path
 
 
-def _build(root: Path, quanta: int) -> Path:
+def build_graph(root: Path, quanta: int) -> Path:
     """A repository at ``root / "repo"`` and its graph, written as ``root / "g.qg"``."""
     warnings.simplefilter("ignore")
     from lsst.pipe.base.quantum_graph import PredictedQuantumGraphComponents
@@ -32,6 +32,20 @@ def _build(root: Path, quanta: int) -> Path:
     return root / "g.qg"
 
 
+def run_qbb(root: Path, graph: Path, *extra: str) -> tuple[str, float]:
+    """``zmpexec lsst run GRAPH --qbb -j 2`` on ``root / "repo"`` with ``extra`` options:
+    its stderr and wall seconds (RuntimeError with its stderr's end if it fails)."""
+    argv = [sys.executable, "-m", "scripts.cli", "lsst", "run", str(graph), "--qbb", "-j", "2"]
+    argv += ["--butler", str(root / "repo"), "--run-dir", str(root / "r"), *extra]
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    t0 = time.monotonic()
+    out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=7200)
+    wall = time.monotonic() - t0
+    if out.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv[3:])} failed:\n{out.stderr[-2000:]}")
+    return out.stderr, wall
+
+
 def _bytes_per_quantum(run: Path, kind: str) -> tuple[int, float]:
     files = [p for p in run.glob(f"*_{kind}/**/*") if p.is_file()]
     return len(files), sum(p.stat().st_size for p in files) / max(1, len(files))
@@ -40,17 +54,8 @@ def _bytes_per_quantum(run: Path, kind: str) -> tuple[int, float]:
 def measure(quanta: int, engine: str) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="zmplogs-") as tmp:
         root = Path(tmp)
-        graph = _build(root, quanta)
-        argv = [sys.executable, "-m", "scripts.cli", "lsst", "run", str(graph)]
-        argv += ["--butler", str(root / "repo"), "--qbb", "-j", "2", "--run-dir", str(root / "r")]
-        if engine == "dask":
-            argv += ["--engine", "dask"]
-        env = dict(os.environ, PYTHONPATH=os.getcwd())
-        t0 = time.monotonic()
-        out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=3600)
-        wall = time.monotonic() - t0
-        if out.returncode != 0:
-            raise RuntimeError(f"{engine} at {quanta} quanta failed:\n{out.stderr[-2000:]}")
+        graph = build_graph(root, quanta)
+        _, wall = run_qbb(root, graph, *(["--engine", "dask"] if engine == "dask" else []))
         logs, log_b = _bytes_per_quantum(root / "repo" / "test", "log")
         metas, meta_b = _bytes_per_quantum(root / "repo" / "test", "metadata")
         if logs != quanta or metas != quanta:

@@ -9,15 +9,11 @@ the quanta left (time, how far each raised the process's peak memory), and the f
 from __future__ import annotations
 
 import argparse
-import os
 import re
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-from scripts.bench.lsst_logs import _build
+from scripts.bench.lsst_logs import build_graph, run_qbb
 
 _STEP = re.compile(r"\((?P<s>[\d.]+)s, peak memory \+(?P<mb>\d+) MB\)")
 
@@ -25,18 +21,10 @@ _STEP = re.compile(r"\((?P<s>[\d.]+)s, peak memory \+(?P<mb>\d+) MB\)")
 def measure(quanta: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="zmpprov-") as tmp:
         root = Path(tmp)
-        graph = _build(root, quanta)
-        argv = [sys.executable, "-m", "scripts.cli", "lsst", "run", str(graph), "--qbb"]
-        argv += ["--butler", str(root / "repo"), "-j", "2", "--run-dir", str(root / "r")]
-        argv += ["--provenance", str(root / "p.qg")]
-        env = dict(os.environ, PYTHONPATH=os.getcwd())
-        t0 = time.monotonic()
-        out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=7200)
-        wall = time.monotonic() - t0
-        if out.returncode != 0:
-            raise RuntimeError(f"{quanta} quanta failed:\n{out.stderr[-2000:]}")
-        registered = next(ln for ln in out.stderr.splitlines() if ln.startswith("registered"))
-        provenance = next(ln for ln in out.stderr.splitlines() if ln.startswith("provenance"))
+        graph = build_graph(root, quanta)
+        stderr, wall = run_qbb(root, graph, "--provenance", str(root / "p.qg"))
+        registered = next(ln for ln in stderr.splitlines() if ln.startswith("registered"))
+        provenance = next(ln for ln in stderr.splitlines() if ln.startswith("provenance"))
         reg, prov = _STEP.search(registered), _STEP.search(provenance)
         assert reg is not None and prov is not None
         return {

@@ -222,12 +222,7 @@ def _write_butler(
             replace_run=args.replace_run,
             prune_replaced=args.prune_replaced,
         )
-    else:
-        if collections_given(args):
-            raise ValueError(
-                "with --qbb the graph's collections are used (pipetask run-qbb takes no "
-                "-i/-o/--extend-run/--replace-run); its output chain is updated at the end"
-            )
+    else:  # (with --qbb the graph's collections: main refuses collection options there)
         butler = Butler.from_config(str(args.butler), run=graph_run, writeable=True)
     skip_in = tuple(args.skip_existing_in or ())
     if skip_existing:

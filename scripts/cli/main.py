@@ -27,7 +27,7 @@ from common.graphfile import SUFFIXES
 from common.summary import read_summary
 from common.usage import bps_block, label_usage, usage_table
 from scripts.cli.attach import run_workers
-from scripts.cli.lsst_options import add_pipetask_options
+from scripts.cli.lsst_options import add_pipetask_options, collections_given
 from scripts.cli.views import ProgressDisplay, render_report, render_status, render_triage_json
 from worker.executor import TaskQuantumExecutor
 from worker.runner import log_path_for
@@ -404,6 +404,11 @@ def _check_pipetask_options(args: argparse.Namespace) -> None:
         raise UsageError("--replace-run cannot go with --extend-run (or --resume)")
     if args.prune_replaced and not args.replace_run:
         raise UsageError("--prune-replaced needs --replace-run")
+    if args.qbb and collections_given(args):
+        raise UsageError(
+            "with --qbb the graph's collections are used (pipetask run-qbb takes no "
+            "-i/-o/--extend-run/--replace-run); its output chain is updated at the end"
+        )
     if args.qbb:
         given = [
             flag
